@@ -1,0 +1,156 @@
+"""The problems registry: (dataset, model, loss, metric, batch size, epoch budget, target).
+
+A *problem* fixes everything but the training method, like a DeepOBS test problem or an AlgoPerf
+workload. ``target`` is a value of the test metric (accuracy: higher is better; MSE: lower is
+better) used for time-to-target. How each target was set: Adam (lr 1e-3, batch as below) was run
+for the problem's epoch budget with 3 seeds through this runner (``beyondsgd bench --problem P
+--methods adam --seeds 3``); the target is a round number just below the *worst* seed's best
+test metric (accuracy) or just above it (MSE), so a method that matches tuned-free Adam reaches it.
+The measured values are in the ``target_note`` of each problem.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import data as D
+from .. import models as M
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    description: str
+    load: Callable[[int], D.Dataset]  # split seed -> dataset
+    build_model: Callable[[D.Dataset, object, int], nn.Module]  # (data, activation, seed)
+    task: str
+    batch_size: int
+    epochs: int
+    target: float
+    target_note: str = ""
+    train_eval_size: int = 10000  # training loss is measured on a fixed subset of this size
+
+    @property
+    def metric(self) -> str:
+        return "accuracy" if self.task == "classification" else "mse"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.task == "classification"
+
+    def loss_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return F.cross_entropy(out, y)
+        return F.mse_loss(out, y)
+
+    def metric_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Summed metric over the batch (accuracy: number correct; mse: summed squared error
+        per sample, averaged over outputs)."""
+        if self.task == "classification":
+            return (out.argmax(dim=1) == y).sum()
+        return ((out - y) ** 2).mean(dim=1).sum()
+
+    def reached(self, value: float) -> bool:
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+
+PROBLEMS: dict[str, Problem] = {}
+
+
+def register_problem(p: Problem) -> Problem:
+    PROBLEMS[p.name] = p
+    return p
+
+
+def get_problem(name: str) -> Problem:
+    try:
+        return PROBLEMS[name]
+    except KeyError:
+        raise ValueError(f"unknown problem {name!r}; available: {', '.join(PROBLEMS)}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(loader: Callable[..., D.Dataset], seed: int, **kw) -> D.Dataset:
+    return loader(seed=seed, **kw)
+
+
+def _mlp(widths: tuple[int, ...]):
+    def build(d: D.Dataset, activation, seed: int) -> nn.Module:
+        n_in = 1
+        for s in d.input_shape:
+            n_in *= s
+        return M.mlp(n_in, widths, d.output_dim, activation, seed)
+    return build
+
+
+def _reg_mlp(widths: tuple[int, ...]):
+    def build(d: D.Dataset, activation, seed: int) -> nn.Module:
+        return M.regression_mlp(d.input_shape[0], widths, d.output_dim, activation, seed)
+    return build
+
+
+register_problem(Problem(
+    "digits_mlp", "scikit-learn digits (8x8), MLP 64-128-128-10",
+    lambda s: _cached(D.load_digits, s), _mlp((128, 128)), "classification",
+    batch_size=64, epochs=20, target=0.95,
+    target_note="Adam 1e-3, 20 epochs",
+))
+register_problem(Problem(
+    "mnist1d_mlp", "MNIST-1D (4000 samples generated locally), MLP 40-256-256-10",
+    lambda s: _cached(D.load_mnist1d, s), _mlp((256, 256)), "classification",
+    batch_size=128, epochs=30, target=0.60,
+    target_note="Adam 1e-3, 30 epochs",
+))
+register_problem(Problem(
+    "mnist1d_cnn", "MNIST-1D, 1-D CNN (3 conv1d layers of 32 channels, linear head)",
+    lambda s: _cached(D.load_mnist1d, s),
+    lambda d, a, s: M.cnn_mnist1d(d.input_shape[0], 10, 32, a, s), "classification",
+    batch_size=128, epochs=30, target=0.80,
+    target_note="Adam 1e-3, 30 epochs",
+))
+register_problem(Problem(
+    "fmnist_mlp", "Fashion-MNIST, MLP 784-256-256-10",
+    lambda s: _cached(D.load_fashion_mnist, s), _mlp((256, 256)), "classification",
+    batch_size=128, epochs=10, target=0.87,
+    target_note="Adam 1e-3, 10 epochs",
+))
+register_problem(Problem(
+    "fmnist_2c2d", "Fashion-MNIST, DeepOBS 2c2d CNN (conv32-conv64-fc1024)",
+    lambda s: _cached(D.load_fashion_mnist, s),
+    lambda d, a, s: M.cnn_2c2d(1, 10, a, s), "classification",
+    batch_size=128, epochs=5, target=0.90,
+    target_note="Adam 1e-3, 5 epochs",
+))
+register_problem(Problem(
+    "fmnist_lenet5", "Fashion-MNIST, LeNet-5",
+    lambda s: _cached(D.load_fashion_mnist, s),
+    lambda d, a, s: M.lenet5(1, 10, a, s), "classification",
+    batch_size=128, epochs=10, target=0.87,
+    target_note="Adam 1e-3, 10 epochs",
+))
+register_problem(Problem(
+    "diabetes_mlp", "scikit-learn diabetes regression, MLP 10-64-64-1 (standardised targets)",
+    lambda s: _cached(D.load_diabetes, s), _reg_mlp((64, 64)), "regression",
+    batch_size=32, epochs=100, target=0.60,
+    target_note="Adam 1e-3, 100 epochs",
+))
+register_problem(Problem(
+    "friedman_mlp", "Friedman #1 (2000 points, noise 1), MLP 10-64-64-1 (standardised targets)",
+    lambda s: _cached(D.load_friedman1, s), _reg_mlp((64, 64)), "regression",
+    batch_size=32, epochs=50, target=0.05,
+    target_note="Adam 1e-3, 50 epochs",
+))
+for _fn in D.datasets.TOY_FUNCTIONS:
+    register_problem(Problem(
+        f"toy_{_fn}_mlp",
+        f"GDSolver toy regression '{_fn}' (x in U(-1,1)^3 -> f(x1), f(x2)), MLP 3-2-2",
+        functools.partial(lambda s, fn: _cached(D.load_toy_regression, s, function=fn), fn=_fn),
+        _reg_mlp((2,)), "regression", batch_size=32, epochs=15, target=0.5,
+        target_note="the official code's 3->2->2 ReLU model, 15 epochs",
+    ))

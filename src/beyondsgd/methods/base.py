@@ -1,0 +1,311 @@
+"""The one small interface every training method implements, and the method registry.
+
+The benchmark runner trains *every* method (baselines included) with the same loop::
+
+    method = make_method("adam", {"lr": 3e-4})
+    model = method.prepare(model, ctx)            # ProxProp swaps layers, PHT activations, ...
+    for epoch in range(epochs):
+        for batch in ctx.train_batches(epoch):
+            loss = method.train_step(model, batch, ctx.loss_fn)   # detached scalar tensor
+        events = method.end_of_epoch(model, ctx, epoch)           # list of dicts
+    state = method.state_dict()                    # checkpoint / resume
+
+Nothing here knows about the benchmark store, the CLI or datasets: a ``TrainContext`` carries what
+a method may need (device, loss function, task, the training and validation tensors).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameters
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HParam:
+    """A declared hyperparameter: its type, default, allowed values and tuning range.
+
+    ``low``/``high`` give the search space used by the tuning protocol (``log=True`` means the
+    range is sampled uniformly in log space); ``choices`` restricts string/int values.
+    """
+
+    name: str
+    default: Any
+    type: type = float
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+    tune: bool = False  # part of the tuning search space
+
+    def parse(self, value: Any) -> Any:
+        """Convert ``value`` (possibly a string from the CLI) to this parameter's type, validated."""
+        if isinstance(value, str) and self.type is not str:
+            text = value.strip()
+            try:
+                if self.type is bool:
+                    if text.lower() in ("1", "true", "yes", "on"):
+                        value = True
+                    elif text.lower() in ("0", "false", "no", "off"):
+                        value = False
+                    else:
+                        raise ValueError
+                elif self.type is int:
+                    value = int(float(text)) if float(text).is_integer() else int(text)
+                else:
+                    value = self.type(text)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"hyperparameter {self.name!r}: cannot read {value!r} as {self.type.__name__}"
+                ) from None
+        elif self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif self.type is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if value is not None and not isinstance(value, self.type):
+            raise ValueError(
+                f"hyperparameter {self.name!r}: expected {self.type.__name__}, got {value!r}"
+            )
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(
+                f"hyperparameter {self.name!r}: {value!r} is not one of {list(self.choices)}"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"hyperparameter {self.name!r}: {value!r} is not finite")
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# What a method may see of the problem
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainContext:
+    """Everything a method may need from the problem it trains on.
+
+    ``x_train``/``y_train`` and ``x_val``/``y_val`` are whole tensors on ``device`` (the built-in
+    problems fit in memory); ``train_batches(epoch)`` yields the shuffled minibatches of an epoch.
+    ``task`` is ``"classification"`` or ``"regression"``.
+    """
+
+    device: torch.device
+    loss_fn: LossFn
+    task: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int
+    num_classes: int | None = None
+    batch_iter: Callable[[int], Iterator[Batch]] | None = None
+    seed: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        if self.batch_iter is None:
+            raise RuntimeError("this TrainContext has no batch iterator")
+        return self.batch_iter(epoch)
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096
+    ) -> float:
+        """Mean loss of ``model`` on ``(x, y)`` in eval mode (restores the training mode)."""
+        was_training = model.training
+        model.eval()
+        total, n = 0.0, 0
+        for i in range(0, x.shape[0], chunk):
+            xb, yb = x[i : i + chunk], y[i : i + chunk]
+            total += float(self.loss_fn(model(xb), yb)) * xb.shape[0]
+            n += xb.shape[0]
+        model.train(was_training)
+        return total / max(n, 1)
+
+    def val_loss(self, model: nn.Module) -> float:
+        return self.evaluate(model, self.x_val, self.y_val)
+
+
+# --------------------------------------------------------------------------------------------
+# The Method interface
+# --------------------------------------------------------------------------------------------
+class Method:
+    """Base class of every training method the runner can train.
+
+    Subclasses declare ``name``, ``summary``, ``paper`` and ``hparams`` and override what they need.
+    ``self.hp`` holds the validated hyperparameters (defaults filled in).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    hparams: ClassVar[tuple[HParam, ...]] = ()
+    # Published defaults differ from our per-problem defaults for some methods; the tuning
+    # protocol's "defaults" column uses these when given.
+    published_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, hp: dict[str, Any] | None = None):
+        self.hp = resolve_hparams(type(self), hp or {})
+
+    # ---- the four hooks -------------------------------------------------------------------
+    def prepare(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
+        """Adapt the model (swap layers/activations) and build optimizers. Returns the model."""
+        return model
+
+    def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> torch.Tensor:
+        """One optimisation step on ``batch``. Returns the minibatch loss as a detached tensor."""
+        raise NotImplementedError
+
+    def end_of_epoch(self, model: nn.Module, ctx: TrainContext, epoch: int) -> list[dict]:
+        """Called after each epoch's steps (``epoch`` counts from 0). Returns method events."""
+        return []
+
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """Extra numbers recorded with every evaluation (e.g. SLBI support size)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        """The model to evaluate (SLBI may evaluate the sparse model); default: ``model``."""
+        return model
+
+
+def resolve_hparams(cls: type[Method], given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in, every value parsed and validated; unknown names raise ``ValueError``."""
+    known = {h.name: h for h in cls.hparams}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(
+            f"method {cls.name!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(sorted(known)) or '(none)'}"
+        )
+    out = {}
+    for name, h in known.items():
+        out[name] = h.parse(given[name]) if name in given else h.default
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Methods that are "a torch optimizer + an optional LR schedule"
+# --------------------------------------------------------------------------------------------
+SCHEDULE_HPARAMS = (
+    HParam("schedule", "constant", str, "LR schedule per epoch",
+           choices=("constant", "step", "cosine")),
+    HParam("step_size", 0, int, "epochs between LR drops for schedule=step (0: epochs/3)"),
+    HParam("gamma", 0.1, float, "LR factor at each drop for schedule=step"),
+)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, hp: dict[str, Any], epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch LR scheduler named by ``hp['schedule']`` (None for constant)."""
+    kind = hp.get("schedule", "constant")
+    if kind == "constant":
+        return None
+    if kind == "step":
+        step = hp.get("step_size") or max(1, epochs // 3)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=hp["gamma"])
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    raise ValueError(f"unknown schedule {kind!r}; accepted: constant, step, cosine")
+
+
+class OptimizerMethod(Method):
+    """A method that is one ``torch.optim.Optimizer`` over ``model.parameters()``.
+
+    Subclasses implement ``make_optimizer``. Steps go through ``optimizer.step(closure)`` so that
+    optimizers that need the loss value (BPGrad, L-BFGS) work unchanged.
+    """
+
+    hparams = SCHEDULE_HPARAMS
+
+    def __init__(self, hp: dict[str, Any] | None = None):
+        super().__init__(hp)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
+        self.optimizer = self.make_optimizer(model)
+        self.scheduler = make_scheduler(self.optimizer, self.hp, ctx.epochs)
+        return model
+
+    def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> torch.Tensor:
+        x, y = batch
+        opt = self.optimizer
+        out: list[torch.Tensor] = []
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            out.append(loss)
+            return loss
+
+        opt.step(closure)
+        return out[0].detach()
+
+    def end_of_epoch(self, model: nn.Module, ctx: TrainContext, epoch: int) -> list[dict]:
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict()}
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a Method available to the runner and CLI under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} is already registered")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method_class(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}"
+        ) from None
+
+
+def make_method(name: str, hp: dict[str, Any] | None = None) -> Method:
+    """Instantiate registered method ``name`` with hyperparameters ``hp`` (validated)."""
+    return get_method_class(name)(hp)
