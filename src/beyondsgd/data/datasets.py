@@ -7,6 +7,7 @@ scaling is kept in ``info`` so MSE can be converted back to the original units).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -182,13 +183,15 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False,
                        cache_dir: str | Path | None = None) -> Dataset:
     """Fashion-MNIST (Xiao et al. 2017) from a directory of the four IDX files (gz or raw).
 
-    Looks in ``root``, else ``/usr/share/datasets/fashion-mnist`` (Debian package
+    Looks in ``root`` (or ``$BEYONDSGD_FASHION_MNIST``), else ``/usr/share/datasets/fashion-mnist`` (Debian package
     ``dataset-fashion-mnist``), else the cache; ``download=True`` fetches the official files
     (SHA-256 checked) into the cache. 60k train (``val_size`` held out for validation), 10k test.
     """
     how = ("Install it with `apt-get install dataset-fashion-mnist`, point root= (CLI: --data-dir) "
            "at a directory with the four IDX files, or pass download=True (CLI: --download)")
     cache = Path(cache_dir) if cache_dir else default_cache_dir() / "fashion-mnist"
+    root = root or os.environ.get("BEYONDSGD_FASHION_MNIST") or None
+    download = download or os.environ.get("BEYONDSGD_DOWNLOAD", "") == "1"
     if root is None:
         candidates = [FASHION_MNIST_DIR, cache]
         root = next((c for c in candidates if _find_idx(c, IDX_FILES["train_images"])), None)
@@ -211,6 +214,8 @@ def load_mnist(root: str | Path | None = None, download: bool = False, val_size:
     how = ("MNIST is not bundled: pass download=True (CLI: --download) on a machine with internet, "
            "or point root= (CLI: --data-dir) at a directory with the four IDX files")
     cache = Path(cache_dir) if cache_dir else default_cache_dir() / "mnist"
+    root = root or os.environ.get("BEYONDSGD_MNIST") or None
+    download = download or os.environ.get("BEYONDSGD_DOWNLOAD", "") == "1"
     root = Path(root) if root is not None else cache
     if download and _find_idx(root, IDX_FILES["train_images"]) is None:
         root = cache

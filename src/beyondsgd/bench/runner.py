@@ -1,0 +1,321 @@
+"""The trial runner: one loop that trains every method.
+
+A *trial* is (problem, method, hyperparameters, seed[, epochs, train fraction, tag]). The runner
+
+1. loads the problem's data (split seed fixed at 0, so every trial of a problem sees the same
+   train/validation/test split; the trial seed drives initialisation and minibatch order),
+2. builds the model from the seed, lets the method ``prepare`` it,
+3. evaluates before training (epoch 0) and after every epoch: training loss on a fixed subset of
+   the training set, validation and test loss and metric, plus the method's ``metrics()``,
+4. counts only training time (steps and end-of-epoch hooks, e.g. GDSolver's MILP) in
+   ``train_seconds``; evaluation is excluded,
+5. ends the trial as ``diverged`` when a loss becomes NaN/inf (recorded, not raised),
+6. with a store, writes every evaluation and event as it happens and checkpoints model, method
+   state and RNG states after every epoch, so a killed trial resumes from its last finished epoch
+   and ends with the same numbers as an uninterrupted run.
+
+The minibatch order of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone, so it
+needs no saved state to resume.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..methods import METHODS, TrainContext, get_method_class
+from ..methods.base import Batch, resolve_hparams
+from .problems import Problem, get_problem
+from .store import Store, trial_key
+
+DATA_SPLIT_SEED = 0
+
+
+@dataclass
+class TrialResult:
+    problem: str
+    method: str
+    hparams: dict[str, Any]
+    seed: int
+    status: str
+    evals: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    trial_id: int | None = None
+    error: str | None = None
+    skipped: bool = False  # already finished in the store
+
+    @property
+    def final(self) -> dict:
+        return self.evals[-1] if self.evals else {}
+
+    @property
+    def best(self) -> float | None:
+        vals = [e["test_metric"] for e in self.evals[1:] if e.get("test_metric") is not None]
+        if not vals:
+            return None
+        prob = get_problem(self.problem)
+        return max(vals) if prob.higher_is_better else min(vals)
+
+
+def environment() -> dict[str, Any]:
+    """Versions, CPU and threads, and the git commit: recorded with every trial."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": commit,
+    }
+
+
+def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int
+                  ) -> Iterator[Batch]:
+    """Shuffled minibatches of one epoch; the order depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    perm = torch.randperm(x.shape[0], generator=g).to(x.device)
+    for i in range(0, x.shape[0], batch_size):
+        idx = perm[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
+@torch.no_grad()
+def evaluate(problem: Problem, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             chunk: int = 4096) -> tuple[float, float]:
+    """(mean loss, metric) of ``model`` on ``(x, y)`` in eval mode."""
+    was = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    metric_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    for i in range(0, x.shape[0], chunk):
+        out = model(x[i:i + chunk])
+        yb = y[i:i + chunk]
+        loss_sum += problem.loss_fn(out, yb).double() * yb.shape[0]
+        metric_sum += problem.metric_fn(out, yb).double()
+    model.train(was)
+    n = max(int(x.shape[0]), 1)
+    return float(loss_sum) / n, float(metric_sum) / n
+
+
+def _rng_state() -> dict[str, Any]:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+          "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def default_checkpoint_dir(store: Store | None) -> Path | None:
+    if store is None or store.path == ":memory:":
+        return None
+    return Path(store.path).with_suffix("").parent / (Path(store.path).stem + "_checkpoints")
+
+
+def run_trial(
+    problem: str | Problem,
+    method: str,
+    hparams: dict[str, Any] | None = None,
+    seed: int = 0,
+    epochs: int | None = None,
+    device: str | torch.device = "cpu",
+    store: Store | None = None,
+    progress: bool | Callable[[dict], None] = False,
+    train_fraction: float = 1.0,
+    tag: str = "",
+    checkpoint_dir: str | Path | None = None,
+    dataset=None,
+    stop_after_epoch: int | None = None,
+) -> TrialResult:
+    """Train ``method`` on ``problem`` for ``epochs`` (default: the problem's budget).
+
+    ``progress`` may be a callable receiving each evaluation dict (the CLI's progress bar), or
+    True to print one line per epoch. ``dataset`` overrides the problem's data (tests).
+    ``stop_after_epoch`` stops early, leaving the trial resumable (tests of resume).
+    """
+    prob = problem if isinstance(problem, Problem) else get_problem(problem)
+    cls = get_method_class(method)
+    hp = resolve_hparams(cls, hparams or {})
+    epochs = prob.epochs if epochs is None else int(epochs)
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if not 0.0 < train_fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    device = torch.device(device)
+
+    key = trial_key(prob.name, method, hp, seed, epochs, train_fraction, tag)
+    trial_id = None
+    if store is not None:
+        row = store.trial_by_key(key)
+        if row is not None and row["status"] in ("finished", "diverged"):
+            return TrialResult(prob.name, method, hp, seed, row["status"],
+                               evals=store.evals(row["id"]), events=store.events(row["id"]),
+                               trial_id=row["id"], skipped=True)
+        trial_id = store.begin_trial(key, prob.name, method, hp, seed, epochs, train_fraction,
+                                     tag, environment())
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(store)
+    ckpt_path = ckpt_dir / f"{key}.pt" if ckpt_dir is not None else None
+
+    result = TrialResult(prob.name, method, hp, seed, "running", trial_id=trial_id)
+    try:
+        _train(prob, cls, hp, seed, epochs, device, store, trial_id, ckpt_path, progress,
+               train_fraction, dataset, stop_after_epoch, result)
+    except Exception as exc:  # a crash of one trial is recorded, then re-raised
+        result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+        if store is not None and trial_id is not None:
+            store.end_trial(trial_id, "failed", {}, traceback.format_exc())
+        raise
+    return result
+
+
+def _summary(prob: Problem, evals: list[dict]) -> dict[str, Any]:
+    if not evals:
+        return {}
+    pick = max if prob.higher_is_better else min
+    trained = evals[1:] or evals
+
+    def best(k: str) -> float | None:
+        vals = [e[k] for e in trained if e.get(k) is not None and math.isfinite(e[k])]
+        return pick(vals) if vals else None
+
+    last = evals[-1]
+    return {"final_train_loss": last.get("train_loss"), "final_val_metric": last.get("val_metric"),
+            "final_test_metric": last.get("test_metric"), "best_val_metric": best("val_metric"),
+            "best_test_metric": best("test_metric")}
+
+
+def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_path, progress,
+           train_fraction, dataset, stop_after_epoch, result: TrialResult) -> None:
+    data = dataset if dataset is not None else prob.load(DATA_SPLIT_SEED)
+    if train_fraction < 1.0:
+        data = data.subsample_train(train_fraction, seed=DATA_SPLIT_SEED)
+    data = data.to(device)
+    n_eval = min(prob.train_eval_size, data.x_train.shape[0])
+    x_tr_eval, y_tr_eval = data.x_train[:n_eval], data.y_train[:n_eval]
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    model = prob.build_model(data, "relu", seed).to(device)
+    method = cls(hp)
+    steps_per_epoch = math.ceil(data.x_train.shape[0] / prob.batch_size)
+
+    def batches(epoch: int) -> Iterator[Batch]:
+        return epoch_batches(data.x_train, data.y_train, prob.batch_size, seed, epoch)
+
+    ctx = TrainContext(device=device, loss_fn=prob.loss_fn, task=prob.task,
+                       x_train=data.x_train, y_train=data.y_train, x_val=data.x_val,
+                       y_val=data.y_val, batch_size=prob.batch_size, epochs=epochs,
+                       steps_per_epoch=steps_per_epoch, num_classes=data.num_classes,
+                       batch_iter=batches, seed=seed, extras={"problem": prob.name})
+    model = method.prepare(model, ctx)
+
+    start_epoch, step, train_seconds = 0, 0, 0.0
+    if ckpt_path is not None and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        method.load_state_dict(ck["method"])
+        _set_rng_state(ck["rng"])
+        start_epoch, step, train_seconds = ck["epoch"], ck["step"], ck["train_seconds"]
+        if store is not None:
+            store.truncate_after(trial_id, start_epoch)
+            result.evals = store.evals(trial_id)
+            result.events = store.events(trial_id)
+
+    def record(epoch: int) -> dict:
+        em = method.eval_model(model)
+        tr_loss, _ = evaluate(prob, em, x_tr_eval, y_tr_eval)
+        va_loss, va_metric = evaluate(prob, em, data.x_val, data.y_val)
+        te_loss, te_metric = evaluate(prob, em, data.x_test, data.y_test)
+        row = {"epoch": epoch, "step": step, "train_seconds": train_seconds,
+               "train_loss": tr_loss, "val_loss": va_loss, "val_metric": va_metric,
+               "test_loss": te_loss, "test_metric": te_metric, **method.metrics(model)}
+        result.evals.append(row)
+        if store is not None:
+            store.add_eval(trial_id, row)
+        if callable(progress):
+            progress(row)
+        elif progress:
+            print(f"  epoch {epoch:3d}  train {tr_loss:.4f}  val {va_loss:.4f}  "
+                  f"test {prob.metric} {te_metric:.4f}  ({train_seconds:.1f}s)", flush=True)
+        return row
+
+    if start_epoch == 0:
+        row = record(0)
+        if not math.isfinite(row["train_loss"]):
+            return _finish(prob, store, trial_id, result, "diverged", ckpt_path)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        sync()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for batch in batches(epoch):
+            loss_sum += method.train_step(model, batch, prob.loss_fn)
+            step += 1
+        events = method.end_of_epoch(model, ctx, epoch)
+        sync()
+        train_seconds += time.perf_counter() - t0
+        if events:
+            result.events.extend({"epoch": epoch + 1, "step": step, **e} for e in events)
+            if store is not None:
+                store.add_events(trial_id, epoch + 1, step, events)
+        row = record(epoch + 1)
+        if not (math.isfinite(float(loss_sum)) and math.isfinite(row["train_loss"])):
+            return _finish(prob, store, trial_id, result, "diverged", ckpt_path)
+        if ckpt_path is not None:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            _save_atomic({"epoch": epoch + 1, "step": step, "train_seconds": train_seconds,
+                          "model": model.state_dict(), "method": method.state_dict(),
+                          "rng": _rng_state()}, ckpt_path)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
+            result.status = "running"
+            return None
+    _finish(prob, store, trial_id, result, "finished", ckpt_path)
+
+
+def _finish(prob: Problem, store, trial_id, result: TrialResult, status: str,
+            ckpt_path: Path | None) -> None:
+    result.status = status
+    if store is not None:
+        store.end_trial(trial_id, status, _summary(prob, result.evals))
+    if ckpt_path is not None and ckpt_path.exists():
+        ckpt_path.unlink()
+
+
+def available_methods() -> list[str]:
+    return sorted(METHODS)

@@ -1,0 +1,203 @@
+"""Datasets: the IDX reader against hand-made bytes, checked downloads from a local HTTP server,
+split determinism and clear errors."""
+
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from beyondsgd import data as D
+from beyondsgd.data import datasets as DS
+from beyondsgd.data.idx import DataFileError, parse_idx, read_idx, write_idx
+
+
+def _idx_bytes(code: int, shape: tuple, payload: bytes) -> bytes:
+    """IDX bytes written by hand from the format description (not with write_idx)."""
+    return bytes([0, 0, code, len(shape)]) + b"".join(struct.pack(">I", s) for s in shape) \
+        + payload
+
+
+def test_idx_reader_uint8_by_hand(tmp_path):
+    pixels = bytes(range(24))
+    raw = _idx_bytes(0x08, (2, 3, 4), pixels)
+    (tmp_path / "a").write_bytes(raw)
+    (tmp_path / "a.gz").write_bytes(gzip.compress(raw))
+    for name in ("a", "a.gz"):
+        arr = read_idx(tmp_path / name)
+        assert arr.shape == (2, 3, 4) and arr.dtype == np.uint8
+        assert arr[1, 2, 3] == 23 and arr[0, 1, 0] == 4
+
+
+def test_idx_reader_big_endian_int32_and_float32():
+    ints = parse_idx(_idx_bytes(0x0C, (3,), struct.pack(">iii", 1, -2, 70000)))
+    assert ints.tolist() == [1, -2, 70000]
+    floats = parse_idx(_idx_bytes(0x0D, (2,), struct.pack(">ff", 1.5, -0.25)))
+    assert floats.tolist() == [1.5, -0.25]
+
+
+def test_idx_roundtrip_writer(tmp_path):
+    a = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    b = np.array([[1.0, -2.0]], dtype=np.float64)
+    assert np.array_equal(read_idx(write_idx(tmp_path / "a.gz", a)), a)
+    assert np.array_equal(read_idx(write_idx(tmp_path / "b", b)), b)
+
+
+@pytest.mark.parametrize("raw,match", [
+    (b"\x01\x02\x08\x01", "bad magic"),
+    (_idx_bytes(0x07, (1,), b"\x00"), "unknown IDX type"),
+    (_idx_bytes(0x08, (10,), b"\x00" * 9), "corrupt IDX"),
+])
+def test_idx_corrupt_files_name_the_path(tmp_path, raw, match):
+    p = tmp_path / "bad-idx"
+    p.write_bytes(raw)
+    with pytest.raises(DataFileError, match=match) as e:
+        read_idx(p)
+    assert str(p) in str(e.value)
+
+
+def test_corrupt_gzip(tmp_path):
+    p = tmp_path / "x.gz"
+    p.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00" * 10)[:15])
+    with pytest.raises(DataFileError, match="corrupt gzip"):
+        read_idx(p)
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataFileError) as e:
+        D.load_fashion_mnist(root=tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert "download" in msg
+
+
+def _write_tiny_mnist(root: Path, n_train=20, n_test=10, seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    for name, a in arrays.items():
+        write_idx(root / name, a)
+    return arrays
+
+
+class _Server:
+    """A static file server on 127.0.0.1 (never the real internet)."""
+
+    def __init__(self, directory: Path):
+        handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+            *a, directory=str(directory), **k)
+        handler.log_message = lambda *a: None
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _sums(root: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.iterdir()}
+
+
+def test_mnist_download_from_local_server(tmp_path, monkeypatch):
+    served = tmp_path / "served"
+    arrays = _write_tiny_mnist(served)
+    monkeypatch.setattr(DS, "MNIST_SHA256", _sums(served))
+    cache = tmp_path / "cache"
+    with _Server(served) as srv:
+        ds = D.load_mnist(download=True, base_url=srv.url, cache_dir=cache, val_size=5)
+        # second call uses the cache: works with the server gone
+    ds2 = D.load_mnist(download=True, base_url="http://127.0.0.1:9/", cache_dir=cache, val_size=5)
+    assert len(ds.x_train) == 15 and len(ds.x_val) == 5 and len(ds.x_test) == 10
+    assert ds.x_train.shape[1:] == (1, 28, 28) and ds.x_train.max() <= 1.0
+    assert torch.equal(ds.x_test, ds2.x_test)
+    expect = torch.from_numpy(arrays["t10k-images-idx3-ubyte.gz"].astype(np.float32) / 255)
+    assert torch.equal(ds.x_test[:, 0], expect)
+
+
+def test_download_checksum_mismatch_fails_clearly(tmp_path, monkeypatch):
+    served = tmp_path / "served"
+    _write_tiny_mnist(served)
+    bad = {k: "0" * 64 for k in _sums(served)}
+    monkeypatch.setattr(DS, "FASHION_MNIST_SHA256", bad)
+    cache = tmp_path / "cache"
+    with _Server(served) as srv, pytest.raises(DataFileError, match="checksum mismatch"):
+        D.load_fashion_mnist(root=tmp_path / "empty", download=True, base_url=srv.url,
+                             cache_dir=cache)
+    assert not any(cache.glob("*.gz")), "a file with a bad checksum must not be kept"
+
+
+def test_download_unreachable_server_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(DS, "MNIST_SHA256", {"train-images-idx3-ubyte.gz": None})
+    with pytest.raises(DataFileError, match="could not download"):
+        D.load_mnist(download=True, base_url="http://127.0.0.1:9/", cache_dir=tmp_path)
+
+
+def test_mnist_without_files_says_download():
+    with pytest.raises(DataFileError, match="download=True"):
+        D.load_mnist(root="/nonexistent/mnist")
+
+
+@pytest.mark.skipif(not DS.FASHION_MNIST_DIR.exists(), reason="dataset-fashion-mnist missing")
+def test_fashion_mnist_debian_package():
+    ds = D.load_fashion_mnist(seed=0)
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (55000, 5000, 10000)
+    assert ds.x_train.dtype == torch.float32 and 0 <= ds.x_train.min() and ds.x_train.max() <= 1
+    assert sorted(ds.y_test.unique().tolist()) == list(range(10))
+    ds1 = D.load_fashion_mnist(seed=1)
+    assert not torch.equal(ds.y_val, ds1.y_val)
+    assert torch.equal(ds.x_test, ds1.x_test)  # the official test set never changes
+
+
+def test_splits_are_deterministic_and_disjoint():
+    a, b, c = D.load_digits(seed=0), D.load_digits(seed=0), D.load_digits(seed=1)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.y_train, c.y_train)
+    assert len(a.x_train) + len(a.x_val) + len(a.x_test) == 1797
+    tr, va, te = DS._split_three(1797, 0, 0.2, 0.2)
+    assert not (set(tr) & set(va)) and not (set(tr) & set(te)) and not (set(va) & set(te))
+    # standardised with training statistics
+    assert a.x_train.mean(0).abs().max() < 1e-5
+
+
+def test_mnist1d_is_generated_locally_and_restores_numpy_rng():
+    np.random.seed(123)
+    expected = np.random.get_state()[1].copy()
+    ds = D.load_mnist1d(seed=0)
+    assert np.array_equal(np.random.get_state()[1], expected)
+    assert ds.x_train.shape[1:] == (40,) and ds.num_classes == 10
+    assert len(ds.x_train) + len(ds.x_val) == 4000 and len(ds.x_test) == 1000
+
+
+def test_regression_sets():
+    for ds in (D.load_diabetes(), D.load_friedman1(), D.load_toy_regression("formula")):
+        assert ds.task == "regression" and ds.y_train.ndim == 2
+        assert abs(float(ds.y_train.mean())) < 1e-4  # standardised targets
+    toy = D.load_toy_regression("affine", n_train=50, n_test=30, n_val=10)
+    assert toy.y_train.shape == (50, 2) and len(toy.x_test) == 30
+    with pytest.raises(ValueError, match="accepted: identity, affine"):
+        D.load_toy_regression("cubic")
+
+
+def test_subsample_train():
+    ds = D.load_digits()
+    half = ds.subsample_train(0.5, seed=0)
+    assert len(half.x_train) == round(0.5 * len(ds.x_train))
+    assert torch.equal(half.x_test, ds.x_test)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        ds.subsample_train(1.5)

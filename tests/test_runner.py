@@ -1,0 +1,177 @@
+"""The runner: every field recorded, NaN -> diverged, resume after a kill equals an uninterrupted
+run, baselines reduce the loss, finished trials are skipped."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from beyondsgd.bench.problems import PROBLEMS
+from beyondsgd.bench.runner import epoch_batches, run_trial
+from beyondsgd.bench.store import Store
+from beyondsgd.methods import METHODS
+from beyondsgd.methods.baselines import Adam
+
+BASELINES = ["sgd", "momentum", "adam", "adamw", "adagrad", "adadelta", "rmsprop"]
+FIELDS = {"epoch", "step", "train_seconds", "train_loss", "val_loss", "val_metric", "test_loss",
+          "test_metric"}
+
+
+def _numbers(evals):
+    """Evaluation rows without the wall-clock column."""
+    return [{k: v for k, v in e.items() if k != "train_seconds"} for e in evals]
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_each_baseline_reduces_loss_on_digits(method):
+    res = run_trial("digits_mlp", method, seed=0, epochs=3)
+    assert res.status == "finished"
+    first, last = res.evals[0], res.evals[-1]
+    assert last["train_loss"] < 0.6 * first["train_loss"], (method, first, last)
+    assert last["test_metric"] > 0.5
+
+
+def test_runner_records_all_fields(tmp_store):
+    res = run_trial("digits_mlp", "adam", seed=1, epochs=3, store=tmp_store)
+    assert [e["epoch"] for e in res.evals] == [0, 1, 2, 3]
+    steps_per_epoch = -(-len(PROBLEMS["digits_mlp"].load(0).x_train) // 64)
+    assert [e["step"] for e in res.evals] == [0, steps_per_epoch, 2 * steps_per_epoch,
+                                              3 * steps_per_epoch]
+    for e in res.evals:
+        assert FIELDS <= set(e)
+        assert all(e[k] is not None for k in FIELDS)
+    secs = [e["train_seconds"] for e in res.evals]
+    assert secs[0] == 0 and all(b > a for a, b in zip(secs, secs[1:]))
+    (t,) = tmp_store.trials()
+    assert t["status"] == "finished" and t["hparams"]["lr"] == 1e-3 and t["seed"] == 1
+    assert t["env"]["torch"] == torch.__version__
+    stored = tmp_store.evals(t["id"])
+    assert _numbers(stored) == _numbers(res.evals)
+    assert t["final_test_metric"] == res.evals[-1]["test_metric"]
+    assert t["best_test_metric"] == max(e["test_metric"] for e in res.evals[1:])
+
+
+def test_nan_ends_trial_as_diverged(tmp_store):
+    res = run_trial("digits_mlp", "sgd", {"lr": 1e4}, seed=0, epochs=5, store=tmp_store)
+    assert res.status == "diverged"
+    assert len(res.evals) < 6
+    (t,) = tmp_store.trials()
+    assert t["status"] == "diverged"
+
+
+def test_finished_trials_are_skipped(tmp_store):
+    a = run_trial("digits_mlp", "sgd", seed=0, epochs=2, store=tmp_store)
+    b = run_trial("digits_mlp", "sgd", seed=0, epochs=2, store=tmp_store)
+    assert not a.skipped and b.skipped
+    assert _numbers(a.evals) == _numbers(b.evals)
+    assert len(tmp_store.trials()) == 1
+
+
+def test_same_seed_same_numbers_different_seed_different():
+    a = run_trial("digits_mlp", "momentum", seed=3, epochs=2)
+    b = run_trial("digits_mlp", "momentum", seed=3, epochs=2)
+    c = run_trial("digits_mlp", "momentum", seed=4, epochs=2)
+    assert _numbers(a.evals) == _numbers(b.evals)
+    assert _numbers(a.evals) != _numbers(c.evals)
+
+
+def test_epoch_batches_cover_the_data_once():
+    x = torch.arange(10.0).unsqueeze(1)
+    y = torch.arange(10)
+    seen = torch.cat([yb for _, yb in epoch_batches(x, y, 3, seed=0, epoch=2)])
+    assert sorted(seen.tolist()) == list(range(10))
+    again = torch.cat([yb for _, yb in epoch_batches(x, y, 3, seed=0, epoch=2)])
+    other = torch.cat([yb for _, yb in epoch_batches(x, y, 3, seed=0, epoch=3)])
+    assert torch.equal(seen, again) and not torch.equal(seen, other)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown problem 'nope'"):
+        run_trial("nope", "adam")
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        run_trial("digits_mlp", "nope")
+    with pytest.raises(ValueError, match="no hyperparameter 'lrate'"):
+        run_trial("digits_mlp", "adam", {"lrate": 1})
+    with pytest.raises(ValueError, match="epochs must be >= 0"):
+        run_trial("digits_mlp", "adam", epochs=-2)
+    with pytest.raises(ValueError, match="cannot read 'fast' as float"):
+        run_trial("digits_mlp", "adam", {"lr": "fast"})
+
+
+def test_lr_schedule_changes_lr():
+    m = Adam({"schedule": "step", "step_size": 1, "gamma": 0.5})
+    res = run_trial("digits_mlp", "adam", {"schedule": "step", "step_size": 1, "gamma": 0.5},
+                    seed=0, epochs=2)
+    assert res.status == "finished" and m.hp["gamma"] == 0.5
+    cos = run_trial("digits_mlp", "adam", {"schedule": "cosine"}, seed=0, epochs=2)
+    const = run_trial("digits_mlp", "adam", seed=0, epochs=2)
+    assert _numbers(cos.evals)[1] == _numbers(const.evals)[1]  # same first epoch
+    assert _numbers(cos.evals)[2] != _numbers(const.evals)[2]
+
+
+def test_stop_and_resume_in_process_equals_uninterrupted(tmp_path):
+    with Store(tmp_path / "a.db") as a, Store(tmp_path / "b.db") as b:
+        full = run_trial("digits_mlp", "adam", seed=0, epochs=4, store=a)
+        part = run_trial("digits_mlp", "adam", seed=0, epochs=4, store=b, stop_after_epoch=2)
+        assert part.status == "running"
+        assert b.trials()[0]["status"] == "running"
+        resumed = run_trial("digits_mlp", "adam", seed=0, epochs=4, store=b)
+        assert resumed.status == "finished"
+        assert _numbers(resumed.evals) == _numbers(full.evals)
+        assert _numbers(b.evals(b.trials()[0]["id"])) == _numbers(full.evals)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    torch.set_num_threads(1)
+    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.store import Store
+    st = Store(sys.argv[1])
+    slow = lambda row: time.sleep(0.4)          # make epochs slow enough to be killed mid-run
+    run_trial("digits_mlp", "momentum", seed=2, epochs=8, store=st, progress=slow)
+""")
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    """SIGKILL a training subprocess mid-run, re-run the same trial, compare every number."""
+    path = tmp_path / "killed.db"
+    script = tmp_path / "train.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(path)])
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            time.sleep(0.2)
+            if path.exists():
+                try:
+                    with Store(path) as st:
+                        rows = st.trials()
+                except Exception:
+                    continue
+                if rows and rows[0]["epochs_done"] >= 3:
+                    break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    with Store(path) as st:
+        (t,) = st.trials()
+        assert t["status"] == "running" and 3 <= t["epochs_done"] < 8
+        resumed = run_trial("digits_mlp", "momentum", seed=2, epochs=8, store=st)
+        stored = st.evals(t["id"])
+    full = run_trial("digits_mlp", "momentum", seed=2, epochs=8)
+    assert resumed.status == "finished"
+    assert _numbers(stored) == _numbers(full.evals)
+
+
+def test_registered_methods_have_declared_hparams():
+    for name, cls in METHODS.items():
+        assert cls.name == name and cls.summary and cls.paper
+        names = [h.name for h in cls.hparams]
+        assert len(names) == len(set(names)), name
+        for h in cls.hparams:
+            assert h.parse(h.default) == h.default or h.default is None, (name, h)
