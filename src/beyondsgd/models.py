@@ -2,8 +2,8 @@
 
 Every model is a plain ``nn.Sequential`` (so layers are easy to find, swap and prune), takes its
 activation as an argument (a name from ``ACTIVATIONS`` or a zero-argument factory returning an
-``nn.Module``) and is initialised from an explicit ``seed`` without touching the global RNG. Layers
-use PyTorch's default initialisation, U(+-1/sqrt(fan_in)), which is also what the ProxProp paper used.
+``nn.Module``) and is initialised from an explicit ``seed`` without touching the global RNG.
+Layers use PyTorch's default initialisation, U(+-1/sqrt(fan_in)), as in the ProxProp paper.
 """
 
 from __future__ import annotations

@@ -26,21 +26,23 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-# Official locations and SHA-256 of the gzip files (the values are those published with
-# tensorflow/datasets' URL checksums; see docs/data.md).
+# Official locations and SHA-256 of the gzip files (the values tensorflow/datasets publishes in
+# its url_checksums files, mnist.txt and fashion_mnist.txt; sizes 26421880/29515/4422102/5148 and
+# 9912422/28881/1648877/4542 bytes). The Debian package's files are recompressed (other bytes,
+# same content), which is why the local reader never checks them.
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 FASHION_MNIST_SHA256: dict[str, str | None] = {
-    "train-images-idx3-ubyte.gz": None,
-    "train-labels-idx1-ubyte.gz": None,
-    "t10k-images-idx3-ubyte.gz": None,
-    "t10k-labels-idx1-ubyte.gz": None,
+    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",  # noqa: E501
+    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",  # noqa: E501
+    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",  # noqa: E501
+    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",  # noqa: E501
 }
 MNIST_SHA256: dict[str, str | None] = {
-    "train-images-idx3-ubyte.gz": None,
-    "train-labels-idx1-ubyte.gz": None,
-    "t10k-images-idx3-ubyte.gz": None,
-    "t10k-labels-idx1-ubyte.gz": None,
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",  # noqa: E501
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",  # noqa: E501
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",  # noqa: E501
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",  # noqa: E501
 }
 
 
@@ -183,8 +185,9 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False,
                        cache_dir: str | Path | None = None) -> Dataset:
     """Fashion-MNIST (Xiao et al. 2017) from a directory of the four IDX files (gz or raw).
 
-    Looks in ``root`` (or ``$BEYONDSGD_FASHION_MNIST``), else ``/usr/share/datasets/fashion-mnist`` (Debian package
-    ``dataset-fashion-mnist``), else the cache; ``download=True`` fetches the official files
+    Looks in ``root`` (or ``$BEYONDSGD_FASHION_MNIST``), else
+    ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``), else the
+    cache; ``download=True`` fetches the official files
     (SHA-256 checked) into the cache. 60k train (``val_size`` held out for validation), 10k test.
     """
     how = ("Install it with `apt-get install dataset-fashion-mnist`, point root= (CLI: --data-dir) "
@@ -232,7 +235,8 @@ def _sklearn():
     try:
         import sklearn.datasets as skd
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("this dataset needs scikit-learn: pip install 'beyondsgd[bench]'") from None
+        raise ImportError("this dataset needs scikit-learn: pip install 'beyondsgd[bench]'") \
+            from None
     return skd
 
 

@@ -3,6 +3,14 @@
 Importing this package registers every method (``beyondsgd.methods.METHODS``).
 """
 
+from . import (
+    baselines,  # noqa: F401  (registers sgd, momentum, adam, ...)
+    bpgrad,  # noqa: F401
+    gdsolver,  # noqa: F401
+    pht,  # noqa: F401
+    proxprop,  # noqa: F401
+    slbi,  # noqa: F401
+)
 from .base import (
     METHODS,
     HParam,
@@ -13,12 +21,6 @@ from .base import (
     make_method,
     register,
 )
-from . import baselines  # noqa: F401  (registers sgd, momentum, adam, ...)
-from . import bpgrad  # noqa: F401
-from . import proxprop  # noqa: F401
-from . import slbi  # noqa: F401
-from . import gdsolver  # noqa: F401
-from . import pht  # noqa: F401
 
 __all__ = [
     "METHODS",

@@ -50,7 +50,7 @@ class HParam:
     tune: bool = False  # part of the tuning search space
 
     def parse(self, value: Any) -> Any:
-        """Convert ``value`` (possibly a string from the CLI) to this parameter's type, validated."""
+        """Convert ``value`` (maybe a string from the CLI) to this parameter's type, validated."""
         if isinstance(value, str) and self.type is not str:
             text = value.strip()
             try:
