@@ -1,4 +1,4 @@
-"""Command line: ``beyondsgd list | bench | train | report | export``.
+"""Command line: ``beyondsgd list | bench | train | suite | report | export``.
 
 Argument parsing and progress display only; the work is done by ``beyondsgd.bench``.
 """
@@ -206,6 +206,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if res.status == "finished" else 3
 
 
+def cmd_suite(args: argparse.Namespace) -> int:
+    from .bench.suite import BUDGETS, run_suite
+
+    if args.budget not in BUDGETS:
+        raise CLIError(f"unknown budget {args.budget!r}; accepted: {', '.join(BUDGETS)}")
+    methods = resolve_methods(args.methods) if args.methods else None
+    _apply_data_flags(args)
+    store = args.store or f"results/suite_{args.budget}.db"
+    print(f"suite {args.budget}: {BUDGETS[args.budget].description}; store {store}; "
+          f"{args.workers} worker(s)", file=sys.stderr)
+    try:
+        res = run_suite(args.budget, store, methods, workers=args.workers, threads=args.threads,
+                        device=args.device, progress=not args.quiet)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    with Store(store) as st:
+        path = write_report(st, args.out or f"results/report_{args.budget}")
+    print(path.read_text())
+    print(f"suite {args.budget}: {res.jobs} trials in {res.seconds:.1f} s; report {path}",
+          file=sys.stderr)
+    for f in res.failed:
+        print(f"FAILED: {f}", file=sys.stderr)
+    return 1 if res.failed else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     if not Path(args.store).exists():
         raise CLIError(f"no store at {args.store}")
@@ -291,6 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--store", help="optional SQLite results file")
     common(t)
 
+    su = sub.add_parser("suite", help="the benchmark protocol: tuning + seeds + defaults for "
+                                      "every problem x method of a budget, then the report")
+    su.add_argument("--budget", default="smoke", help="smoke | small | full")
+    su.add_argument("--methods", help="restrict to these methods (comma-separated)")
+    su.add_argument("--store", help="SQLite results file (default results/suite_BUDGET.db)")
+    su.add_argument("--out", help="report directory (default results/report_BUDGET)")
+    su.add_argument("--workers", type=_pos_int, default=1, help="worker processes")
+    su.add_argument("--threads", type=_pos_int, help="torch threads per worker "
+                                                     "(default: cores / workers)")
+    su.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    su.add_argument("--quiet", action="store_true")
+    su.add_argument("--data-dir", help="directory with the (Fashion-)MNIST IDX files")
+    su.add_argument("--download", action="store_true")
+
     r = sub.add_parser("report", help="Markdown table and PNG curves from a store")
     r.add_argument("store")
     r.add_argument("--out", default="report")
@@ -309,8 +348,8 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-COMMANDS = {"list": cmd_list, "bench": cmd_bench, "train": cmd_train, "report": cmd_report,
-            "export": cmd_export}
+COMMANDS = {"list": cmd_list, "bench": cmd_bench, "train": cmd_train, "suite": cmd_suite,
+            "report": cmd_report, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
