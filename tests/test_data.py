@@ -175,11 +175,15 @@ def test_splits_are_deterministic_and_disjoint():
     assert a.x_train.mean(0).abs().max() < 1e-5
 
 
-def test_mnist1d_is_generated_locally_and_restores_numpy_rng():
+def test_mnist1d_is_generated_locally_and_restores_numpy_rng(tmp_path, monkeypatch):
+    monkeypatch.setenv("BEYONDSGD_DATA", str(tmp_path))  # empty cache: really generate
     np.random.seed(123)
     expected = np.random.get_state()[1].copy()
     ds = D.load_mnist1d(seed=0)
     assert np.array_equal(np.random.get_state()[1], expected)
+    assert list(tmp_path.glob("mnist1d_*.npz")), "generated data are cached"
+    cached = D.load_mnist1d(seed=0)
+    assert torch.equal(cached.x_train, ds.x_train) and torch.equal(cached.y_test, ds.y_test)
     assert ds.x_train.shape[1:] == (40,) and ds.num_classes == 10
     assert len(ds.x_train) + len(ds.x_val) == 4000 and len(ds.x_test) == 1000
 

@@ -263,7 +263,8 @@ def load_mnist1d(seed: int = 0, num_samples: int = 5000, val_fraction: float = 0
 
     The generator's own seed is fixed (42, its default) so the *data* are the standard ones;
     ``seed`` chooses the validation split. numpy's global RNG, which the generator reseeds, is
-    restored afterwards.
+    restored afterwards. The generated arrays are cached in the data cache directory (about 1 MB)
+    so worker processes do not regenerate them.
     """
     try:
         from mnist1d.data import get_dataset_args, make_dataset
@@ -272,11 +273,27 @@ def load_mnist1d(seed: int = 0, num_samples: int = 5000, val_fraction: float = 0
             from None
     args = get_dataset_args()
     args.num_samples = num_samples
-    state = np.random.get_state()
-    try:
-        d = make_dataset(args)
-    finally:
-        np.random.set_state(state)
+    cache = default_cache_dir() / f"mnist1d_{num_samples}_seed{args.seed}.npz"
+    d = None
+    if cache.exists():
+        try:
+            with np.load(cache) as z:
+                d = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+        except (OSError, ValueError, KeyError):
+            d = None  # unreadable cache: regenerate
+    if d is None:
+        state = np.random.get_state()
+        try:
+            d = make_dataset(args)
+        finally:
+            np.random.set_state(state)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.npz")
+            np.savez(tmp, **{k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")})
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only cache directory only costs the regeneration next time
     x, y = np.asarray(d["x"], np.float32), np.asarray(d["y"], np.int64)
     p = _perm(len(x), seed)
     n_val = int(round(val_fraction * len(x)))
