@@ -195,12 +195,17 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
             bar.update(1)
             bar.set_postfix_str(f"{job.problem}/{job.method}/{job.tag}: {status}")
 
-    _execute(tuning_jobs(b, methods), store_path, workers, threads, device, done)
-    with Store(store_path) as st:
-        best = best_settings(st, b, methods)
-    finals = [Job(p, m, sc.hparams, s, b.problems[p], FINAL_TAG)
-              for (p, m), sc in best.items() for s in range(1, b.seeds + 1)]
-    _execute(finals, store_path, workers, threads, device, done)
+    # problem by problem, so an interrupted suite leaves complete results for finished problems
+    best: dict[tuple[str, str], Scored] = {}
+    for problem, epochs in b.problems.items():
+        one = Budget(b.name, {problem: epochs}, b.n_tune, b.seeds, b.methods)
+        _execute(tuning_jobs(one, methods), store_path, workers, threads, device, done)
+        with Store(store_path) as st:
+            best_p = best_settings(st, one, methods)
+        finals = [Job(p, m, sc.hparams, s, epochs, FINAL_TAG)
+                  for (p, m), sc in best_p.items() for s in range(1, b.seeds + 1)]
+        _execute(finals, store_path, workers, threads, device, done)
+        best.update(best_p)
     if bar is not None:
         bar.close()
     result.best = {k: {"hparams": v.hparams, "val_score": v.score} for k, v in best.items()}
