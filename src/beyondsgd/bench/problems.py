@@ -5,8 +5,9 @@ workload. ``target`` is a value of the test metric (accuracy: higher is better; 
 better) used for time-to-target. How each target was set: Adam (lr 1e-3, batch as below) was run
 for the problem's epoch budget with 3 seeds through this runner (``beyondsgd bench --problem P
 --methods adam --seeds 3``); the target is a round number just below the *worst* seed's best
-test metric (accuracy) or just above it (MSE), so a method that matches tuned-free Adam reaches it.
-The measured values are in the ``target_note`` of each problem.
+test metric (accuracy) or just above it (MSE), so a method that matches untuned Adam reaches it.
+The measured values (best test metric per seed, 2026-11-23, store results/targets.db) are in the
+``target_note`` of each problem.
 """
 
 from __future__ import annotations
@@ -98,27 +99,27 @@ def _reg_mlp(widths: tuple[int, ...]):
 register_problem(Problem(
     "digits_mlp", "scikit-learn digits (8x8), MLP 64-128-128-10",
     lambda s: _cached(D.load_digits, s), _mlp((128, 128)), "classification",
-    batch_size=64, epochs=20, target=0.95,
-    target_note="Adam 1e-3, 20 epochs",
+    batch_size=64, epochs=20, target=0.96,
+    target_note="Adam 1e-3, 20 epochs, seeds 0-2: best test accuracy 0.978 / 0.975 / 0.967",
 ))
 register_problem(Problem(
     "mnist1d_mlp", "MNIST-1D (4000 samples generated locally), MLP 40-256-256-10",
     lambda s: _cached(D.load_mnist1d, s), _mlp((256, 256)), "classification",
-    batch_size=128, epochs=30, target=0.60,
-    target_note="Adam 1e-3, 30 epochs",
+    batch_size=128, epochs=30, target=0.62,
+    target_note="Adam 1e-3, 30 epochs, seeds 0-2: best test accuracy 0.629 / 0.622 / 0.633",
 ))
 register_problem(Problem(
     "mnist1d_cnn", "MNIST-1D, 1-D CNN (3 conv1d layers of 32 channels, linear head)",
     lambda s: _cached(D.load_mnist1d, s),
     lambda d, a, s: M.cnn_mnist1d(d.input_shape[0], 10, 32, a, s), "classification",
-    batch_size=128, epochs=30, target=0.80,
-    target_note="Adam 1e-3, 30 epochs",
+    batch_size=128, epochs=30, target=0.60,
+    target_note="Adam 1e-3, 30 epochs, seeds 0-2: best test accuracy 0.656 / 0.608 / 0.633",
 ))
 register_problem(Problem(
     "fmnist_mlp", "Fashion-MNIST, MLP 784-256-256-10",
     lambda s: _cached(D.load_fashion_mnist, s), _mlp((256, 256)), "classification",
-    batch_size=128, epochs=10, target=0.87,
-    target_note="Adam 1e-3, 10 epochs",
+    batch_size=128, epochs=10, target=0.88,
+    target_note="Adam 1e-3, 10 epochs, seeds 0-2: best test accuracy 0.885 / 0.886 / 0.886",
 ))
 register_problem(Problem(
     "fmnist_2c2d", "Fashion-MNIST, DeepOBS 2c2d CNN (conv32-conv64-fc1024)",
@@ -131,26 +132,36 @@ register_problem(Problem(
     "fmnist_lenet5", "Fashion-MNIST, LeNet-5",
     lambda s: _cached(D.load_fashion_mnist, s),
     lambda d, a, s: M.lenet5(1, 10, a, s), "classification",
-    batch_size=128, epochs=10, target=0.87,
-    target_note="Adam 1e-3, 10 epochs",
+    batch_size=128, epochs=10, target=0.88,
+    target_note="Adam 1e-3, 10 epochs, seeds 0-2: best test accuracy 0.889 / 0.891 / 0.895",
 ))
 register_problem(Problem(
     "diabetes_mlp", "scikit-learn diabetes regression, MLP 10-64-64-1 (standardised targets)",
     lambda s: _cached(D.load_diabetes, s), _reg_mlp((64, 64)), "regression",
-    batch_size=32, epochs=100, target=0.60,
-    target_note="Adam 1e-3, 100 epochs",
+    batch_size=32, epochs=100, target=0.50,
+    target_note="Adam 1e-3, 100 epochs, seeds 0-2: best test MSE 0.488 / 0.476 / 0.484 "
+                "(standardised targets; the final MSE, 0.67-0.71, is worse: it overfits)",
 ))
 register_problem(Problem(
     "friedman_mlp", "Friedman #1 (2000 points, noise 1), MLP 10-64-64-1 (standardised targets)",
     lambda s: _cached(D.load_friedman1, s), _reg_mlp((64, 64)), "regression",
-    batch_size=32, epochs=50, target=0.05,
-    target_note="Adam 1e-3, 50 epochs",
+    batch_size=32, epochs=50, target=0.07,
+    target_note="Adam 1e-3, 50 epochs, seeds 0-2: best test MSE 0.066 / 0.068 / 0.068",
 ))
-for _fn in D.datasets.TOY_FUNCTIONS:
+# Adam 1e-3, 15 epochs, seeds 0-2, best test MSE (standardised targets). identity and affine
+# coincide exactly: after standardising the targets, 3x + 4 and x are the same regression task.
+_TOY_TARGETS = {
+    "identity": (0.75, "0.745 / 0.455 / 0.549"),
+    "affine": (0.75, "0.745 / 0.455 / 0.549"),
+    "polynomial": (0.92, "0.911 / 0.663 / 0.660"),
+    "formula": (0.92, "0.918 / 0.652 / 0.625"),
+}
+for _fn, (_target, _measured) in _TOY_TARGETS.items():
     register_problem(Problem(
         f"toy_{_fn}_mlp",
         f"GDSolver toy regression '{_fn}' (x in U(-1,1)^3 -> f(x1), f(x2)), MLP 3-2-2",
         functools.partial(lambda s, fn: _cached(D.load_toy_regression, s, function=fn), fn=_fn),
-        _reg_mlp((2,)), "regression", batch_size=32, epochs=15, target=0.5,
-        target_note="the official code's 3->2->2 ReLU model, 15 epochs",
+        _reg_mlp((2,)), "regression", batch_size=32, epochs=15, target=_target,
+        target_note=f"the official code's 3->2->2 ReLU model; Adam 1e-3, 15 epochs, seeds 0-2: "
+                    f"best test MSE {_measured}",
     ))
