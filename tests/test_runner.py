@@ -175,3 +175,31 @@ def test_registered_methods_have_declared_hparams():
         assert len(names) == len(set(names)), name
         for h in cls.hparams:
             assert h.parse(h.default) == h.default or h.default is None, (name, h)
+
+
+def test_a_method_crashing_on_nan_weights_is_diverged_not_failed(tmp_store):
+    """A solver that raises on NaN inputs (e.g. a least-squares solve) ends the trial as
+    diverged; an exception with finite weights is a real failure and propagates."""
+    from beyondsgd.methods.base import register
+
+    @register
+    class _NanThenRaise(Adam):
+        name = "_test_nan_then_raise"
+
+        def end_of_epoch(self, model, ctx, epoch):
+            if self.hp["lr"] > 1:
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("nan"))
+            raise RuntimeError("solver failed")
+
+    try:
+        res = run_trial("digits_mlp", "_test_nan_then_raise", {"lr": 2.0}, seed=0, epochs=2,
+                        store=tmp_store)
+        assert res.status == "diverged" and "solver failed" in res.error
+        assert tmp_store.trials()[0]["status"] == "diverged"
+        with pytest.raises(RuntimeError, match="solver failed"):
+            run_trial("digits_mlp", "_test_nan_then_raise", {"lr": 1e-3}, seed=0, epochs=2,
+                      store=tmp_store)
+        assert tmp_store.trials()[1]["status"] == "failed"
+    finally:
+        METHODS.pop("_test_nan_then_raise")

@@ -284,10 +284,18 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         sync()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
-        for batch in batches(epoch):
-            loss_sum += method.train_step(model, batch, prob.loss_fn)
-            step += 1
-        events = method.end_of_epoch(model, ctx, epoch)
+        try:
+            for batch in batches(epoch):
+                loss_sum += method.train_step(model, batch, prob.loss_fn)
+                step += 1
+            events = method.end_of_epoch(model, ctx, epoch)
+        except (RuntimeError, ValueError, ArithmeticError) as exc:
+            # A method that trips over NaN/inf weights (a linear solver, a MILP) has diverged;
+            # anything else is a real failure and propagates.
+            if _finite(model) and math.isfinite(float(loss_sum)):
+                raise
+            result.error = f"diverged: {type(exc).__name__}: {exc}"
+            return _finish(prob, store, trial_id, result, "diverged", ckpt_path)
         sync()
         train_seconds += time.perf_counter() - t0
         if events:
@@ -306,6 +314,10 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
             result.status = "running"
             return None
     _finish(prob, store, trial_id, result, "finished", ckpt_path)
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _finish(prob: Problem, store, trial_id, result: TrialResult, status: str,
