@@ -1,1 +1,485 @@
-"""Placeholder: this method is being implemented (see the issue tracker)."""
+r"""GDSolver: gradient descent, and a MILP on the last layer whenever GD plateaus.
+
+Ashok, Nagisetty, Srinivasa & Ganesh (IJCAI-22, Sec. 3, Algorithm 1) alternate two phases:
+
+1. **GD phase.** Train every parameter with a torch optimizer (SGD or Adam) until the loss on a
+   validation split stops improving: ``patience`` epochs in a row with
+   ``val_loss >= best - min_delta`` (the official code's early stopping, patience 2).
+2. **Solver phase.** Freeze the penultimate activations ``h_n`` of ``n_points`` training points
+   (misclassified ones first, as in the official code) and solve, over the final ``nn.Linear``
+   only, the MILP/LP of :mod:`beyondsgd.methods.milp`::
+
+       classification:  max_{W,b} #{n : z_{n,y_n} >= z_{n,j} + delta  for all j != y_n}
+       regression:      min_{W,b} sum_{n,o} |W h_n + b - y_n|_o     (or the max, norm="linf")
+       subject to       |W - W_GD| <= radius,  |b - b_GD| <= radius   (elementwise box)
+
+   The step is **accepted only if the validation loss decreases**, otherwise the weights are
+   reverted (the paper: stop when the solver finds no lower-loss point; the official code keeps
+   any solution, available as ``keep_worse=True``). Then GD resumes.
+
+The solver's size depends on the last layer's width and ``n_points``, not on the depth.
+
+Use it in your own loop::
+
+    >>> import torch
+    >>> from torch import nn
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <...>
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> solver = GDSolver(model, radius=0.05, time_limit=5.0)
+    >>> event = solver.step(x[:48], y[:48], x[48:], y[48:])   # one MILP step, accept/reject
+    >>> event["status"] in ("optimal", "feasible", "no_solution", "infeasible")
+    True
+
+or train with the registered method ``gdsolver`` (``beyondsgd train --problem digits_mlp --method
+gdsolver``). Supported models: any ``nn.Module`` whose output is the output of one ``nn.Linear``
+with a bias (found automatically as the last ``nn.Linear``, or named with ``head=``) applied to a
+2-D input; anything after that layer (a softmax, a reshape) is rejected with a clear error.
+
+Reference: D. Ashok, V. Nagisetty, C. Srinivasa, V. Ganesh. *A Solver + Gradient Descent Training
+Algorithm for Deep Neural Networks.* IJCAI-22, pp. 1766-1773, doi:10.24963/ijcai.2022/246.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import SCHEDULE_HPARAMS, HParam, OptimizerMethod, TrainContext, register
+from .milp import (
+    LinearProgram,
+    MILPResult,
+    build_classification_milp,
+    build_regression_lp,
+    classification_margins,
+    solve_classification_milp,
+    solve_program,
+    solve_regression_lp,
+)
+
+__all__ = [
+    "GDSolver",
+    "GDSolverMethod",
+    "LinearProgram",
+    "MILPResult",
+    "PlateauDetector",
+    "build_classification_milp",
+    "build_regression_lp",
+    "classification_margins",
+    "find_head",
+    "select_points",
+    "solve_classification_milp",
+    "solve_program",
+    "solve_regression_lp",
+]
+
+SELECTIONS = ("misclassified", "random", "all")
+TASKS = ("classification", "regression")
+
+
+# --------------------------------------------------------------------------------------------
+# Small pure pieces
+# --------------------------------------------------------------------------------------------
+def find_head(model: nn.Module, head: nn.Linear | str | None = None) -> nn.Linear:
+    """The final layer the solver optimises: ``head`` (a module or its name in
+    ``model.named_modules()``) or, by default, the last ``nn.Linear`` of ``model.modules()``."""
+    if isinstance(head, str):
+        named = dict(model.named_modules())
+        if head not in named:
+            lin = [n for n, m in named.items() if isinstance(m, nn.Linear)]
+            raise ValueError(f"model has no submodule named {head!r}; nn.Linear submodules: {lin}")
+        head = named[head]
+    if head is None:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("GDSolver needs a model whose final layer is an nn.Linear; "
+                             f"{type(model).__name__} has no nn.Linear")
+        head = linears[-1]
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"head must be an nn.Linear, got {type(head).__name__}")
+    if not any(m is head for m in model.modules()):
+        raise ValueError("head is not a submodule of model")
+    if head.bias is None:
+        raise ValueError("GDSolver needs the final nn.Linear to have a bias (bias=True)")
+    return head
+
+
+def select_points(
+    task: str,
+    out: torch.Tensor,
+    y: torch.Tensor,
+    n_points: int,
+    selection: str = "misclassified",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Indices of the points given to the solver.
+
+    ``misclassified``: the misclassified points in dataset order, then the correct ones
+    (classification; the official code takes the first 32 misclassified), or the points with the
+    largest absolute error first (regression); ``random``: a random subset; ``all``: every point.
+    ``n_points <= 0`` means all points.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
+    n = out.shape[0]
+    k = n if (n_points <= 0 or selection == "all") else min(int(n_points), n)
+    if selection == "all" or k == n:
+        return torch.arange(n, device=out.device)
+    if selection == "random":
+        return torch.randperm(n, generator=generator).to(out.device)[:k].sort().values
+    if task == "classification":
+        wrong = (out.argmax(dim=1) != y).to(torch.int8)
+        order = torch.argsort(-wrong, stable=True)  # wrong first, dataset order within each
+    else:
+        err = (out - y.reshape(out.shape)).abs().reshape(n, -1).sum(dim=1)
+        order = torch.argsort(-err, stable=True)
+    return order[:k]
+
+
+class PlateauDetector:
+    """Early-stopping counter: ``update(v)`` is True after ``patience`` consecutive values with
+    ``v >= best - min_delta``; ``reset`` starts a new phase."""
+
+    def __init__(self, patience: int = 2, min_delta: float = 0.0):
+        if int(patience) < 1:
+            raise ValueError(f"patience must be >= 1, got {patience!r}")
+        if not (min_delta >= 0):
+            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+        self.patience, self.min_delta = int(patience), float(min_delta)
+        self.best, self.bad = math.inf, 0
+
+    def update(self, value: float) -> bool:
+        if value < self.best - self.min_delta:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def reset(self, best: float = math.inf) -> None:
+        self.best, self.bad = best, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad = float(state["best"]), int(state["bad"])
+
+
+# --------------------------------------------------------------------------------------------
+# The public solver step
+# --------------------------------------------------------------------------------------------
+class GDSolver:
+    """One GDSolver solver step for your own training loop.
+
+    Args:
+        model: the network; its output must be the output of ``head``.
+        head: the final ``nn.Linear`` (module or name); default: the last ``nn.Linear``.
+        task: ``"classification"`` or ``"regression"``; default: from the labels' dtype
+            (integer labels: classification).
+        radius: half-width of the box around the current weights and biases (the official code's
+            ``w_range / 2``; 0.05 for its MNIST/CIFAR models).
+        time_limit, mip_gap, threads: HiGHS options (seconds, relative gap, threads).
+        n_points, selection: how many training points go to the solver and which
+            (see :func:`select_points`); 32 misclassified first, as in the official code.
+        margin: classification margin ``delta`` (1e-4 in the official code).
+        norm: regression objective, ``"l1"`` or ``"linf"``.
+        min_gain: if > 0, require ``#correct >= start + min_gain * n_points`` in the MILP (the
+            official code asks for batch accuracy + 0.05); infeasible then means "no such point".
+        keep_worse: keep a solution even if the validation loss rises (the official behaviour).
+        loss_fn: validation loss; default cross-entropy / MSE by task.
+        seed: seeds ``random`` point selection and HiGHS.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        head: nn.Linear | str | None = None,
+        task: str | None = None,
+        radius: float = 0.05,
+        time_limit: float = 30.0,
+        mip_gap: float = 1e-4,
+        threads: int = 1,
+        n_points: int = 32,
+        selection: str = "misclassified",
+        margin: float = 1e-4,
+        norm: str = "l1",
+        min_gain: float = 0.0,
+        keep_worse: bool = False,
+        loss_fn: Any = None,
+        seed: int = 0,
+    ):
+        if task is not None and task not in TASKS:
+            raise ValueError(f"task must be one of {list(TASKS)} or None, got {task!r}")
+        if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
+            raise ValueError(f"radius must be a positive finite number, got {radius!r}")
+        if not (time_limit > 0):
+            raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
+        if not (0 <= mip_gap < 1):
+            raise ValueError(f"mip_gap must be in [0, 1), got {mip_gap!r}")
+        if int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads!r}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
+        if norm not in ("l1", "linf"):
+            raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
+        if not (0 <= min_gain <= 1):
+            raise ValueError(f"min_gain must be in [0, 1], got {min_gain!r}")
+        if not (margin >= 0):
+            raise ValueError(f"margin must be >= 0, got {margin!r}")
+        self.model = model
+        self.head = find_head(model, head)
+        self.task = task
+        self.radius, self.time_limit, self.mip_gap = float(radius), float(time_limit), mip_gap
+        self.threads, self.n_points, self.selection = int(threads), int(n_points), selection
+        self.margin, self.norm, self.min_gain = float(margin), norm, float(min_gain)
+        self.keep_worse, self.loss_fn, self.seed = bool(keep_worse), loss_fn, int(seed)
+        self.n_solves = 0  # seeds the random selection of each solve
+
+    # ---- pieces ---------------------------------------------------------------------------
+    def _task(self, y: torch.Tensor) -> str:
+        if self.task is not None:
+            return self.task
+        return "regression" if torch.is_floating_point(y) else "classification"
+
+    def _loss(self, task: str):
+        if self.loss_fn is not None:
+            return self.loss_fn
+        return F.cross_entropy if task == "classification" else F.mse_loss
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, out)``: the head's input and the model's output on ``x`` (eval mode).
+
+        Raises ``ValueError`` if the model's output is not the head's output."""
+        captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+            captured.append((inp[0], out))
+
+        handle = self.head.register_forward_hook(hook)
+        was = self.model.training
+        self.model.eval()
+        hs, outs = [], []
+        try:
+            for i in range(0, x.shape[0], chunk):
+                captured.clear()
+                out = self.model(x[i:i + chunk])
+                if len(captured) != 1:
+                    raise ValueError(f"the head was called {len(captured)} times in one forward "
+                                     "pass; GDSolver needs it called exactly once")
+                h, hout = captured[0]
+                if h.dim() != 2:
+                    raise ValueError(f"the head's input must be 2-D (batch, features), got shape "
+                                     f"{tuple(h.shape)}")
+                if not (out is hout or (out.shape == hout.shape and torch.equal(out, hout))):
+                    raise ValueError("the model's output is not the output of its last nn.Linear "
+                                     "(something follows it); pass head= naming the final layer")
+                hs.append(h)
+                outs.append(out)
+        finally:
+            handle.remove()
+            self.model.train(was)
+        return torch.cat(hs), torch.cat(outs)
+
+    def solve(self, x: torch.Tensor, y: torch.Tensor) -> tuple[MILPResult, torch.Tensor]:
+        """Select points of ``(x, y)``, build and solve the MILP/LP. Weights are not touched.
+
+        Returns the result and the indices of the selected points."""
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+        task = self._task(y)
+        h, out = self.features(x)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.n_solves)
+        idx = select_points(task, out, y, self.n_points, self.selection, g)
+        self.n_solves += 1
+        hs = h[idx].detach().cpu().double().numpy()
+        w = self.head.weight.detach().cpu().double().numpy()
+        b = self.head.bias.detach().cpu().double().numpy()
+        if task == "classification":
+            ys = y[idx].detach().cpu().numpy()
+            min_correct = None
+            if self.min_gain > 0:
+                start = int(np.all(classification_margins(hs, ys, w, b) >= self.margin,
+                                   axis=1).sum())
+                min_correct = min(len(ys), int(start + self.min_gain * len(ys)))
+            res = solve_classification_milp(
+                hs, ys, w, b, self.radius, self.margin, min_correct, self.time_limit,
+                self.mip_gap, self.threads, seed=self.seed)
+        else:
+            ys = y[idx].detach().cpu().double().numpy().reshape(len(idx), -1)
+            res = solve_regression_lp(hs, ys, w, b, self.radius, self.norm, self.time_limit,
+                                      self.threads, seed=self.seed)
+        return res, idx
+
+    @torch.no_grad()
+    def _val_loss(self, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int = 8192
+                  ) -> float:
+        was = self.model.training
+        self.model.eval()
+        loss_fn = self._loss(task)
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        for i in range(0, x.shape[0], chunk):
+            xb, yb = x[i:i + chunk], y[i:i + chunk]
+            total += loss_fn(self.model(xb), yb).double() * xb.shape[0]
+        self.model.train(was)
+        return float(total) / max(1, x.shape[0])
+
+    def step(
+        self,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_val: torch.Tensor,
+        y_val: torch.Tensor,
+        val_loss_before: float | None = None,
+    ) -> dict[str, Any]:
+        """One solver step: solve on training points, write the new last layer, keep it only if
+        the validation loss decreases (or ``keep_worse``). Returns an event dict:
+        ``accepted``, ``status``, ``objective``/``start_objective``/``bound``/``gap``,
+        ``val_loss_before``/``val_loss_after``, ``solve_seconds``/``build_seconds``, sizes."""
+        task = self._task(y_train)
+        if val_loss_before is None:
+            val_loss_before = self._val_loss(x_val, y_val, task)
+        res, idx = self.solve(x_train, y_train)
+        event: dict[str, Any] = {"kind": "milp", "task": task, **res.summary(),
+                                 "val_loss_before": val_loss_before, "val_loss_after": None,
+                                 "accepted": False, "weight_change": 0.0}
+        if not res.has_solution:
+            return event  # infeasible / out of time: weights untouched
+        wt, bt = self.head.weight, self.head.bias
+        old_w, old_b = wt.detach().clone(), bt.detach().clone()
+        change = max(float(np.abs(res.weight - old_w.cpu().double().numpy()).max()),
+                     float(np.abs(res.bias - old_b.cpu().double().numpy()).max()))
+        with torch.no_grad():
+            wt.copy_(torch.as_tensor(res.weight, dtype=wt.dtype, device=wt.device))
+            bt.copy_(torch.as_tensor(res.bias, dtype=bt.dtype, device=bt.device))
+        after = self._val_loss(x_val, y_val, task)
+        accepted = bool(math.isfinite(after) and (after < val_loss_before or self.keep_worse))
+        if not accepted:
+            with torch.no_grad():
+                wt.copy_(old_w)
+                bt.copy_(old_b)
+        event.update(val_loss_after=after, accepted=accepted, weight_change=change)
+        return event
+
+
+# --------------------------------------------------------------------------------------------
+# The registered method
+# --------------------------------------------------------------------------------------------
+@register
+class GDSolverMethod(OptimizerMethod):
+    """GD (SGD or Adam over all parameters) until the validation loss plateaus, then one solver
+    step on the last layer (see :class:`GDSolver`), accepted only if the validation loss
+    decreases; then GD again. Budgets: ``max_solves`` and ``solver_seconds`` (0: unlimited).
+    Each solve is an event (``kind="milp"``) returned by ``end_of_epoch``."""
+
+    name = "gdsolver"
+    summary = "GD + MILP (HiGHS) on the last layer when the validation loss plateaus"
+    paper = "Ashok, Nagisetty, Srinivasa & Ganesh, IJCAI 2022"
+    hparams = (
+        HParam("optimizer", "sgd", str, "inner GD optimizer", choices=("sgd", "adam")),
+        HParam("lr", 0.05, float, "inner optimizer learning rate (official: 0.05)",
+               low=1e-4, high=1.0, log=True, tune=True),
+        HParam("momentum", 0.0, float, "SGD momentum (official: 0)"),
+        HParam("radius", 0.05, float, "half-width of the weight/bias box (official ±0.05)",
+               low=1e-3, high=10.0, log=True, tune=True),
+        HParam("patience", 2, int, "epochs without validation improvement before a solve"),
+        HParam("min_delta", 0.0, float, "improvement smaller than this counts as none"),
+        HParam("n_points", 32, int, "training points per solve (0: all)"),
+        HParam("selection", "misclassified", str, "which points go to the solver",
+               choices=SELECTIONS),
+        HParam("time_limit", 30.0, float, "HiGHS time limit per solve, seconds"),
+        HParam("mip_gap", 1e-4, float, "HiGHS relative MIP gap"),
+        HParam("threads", 1, int, "HiGHS threads"),
+        HParam("margin", 1e-4, float, "classification margin delta"),
+        HParam("norm", "l1", str, "regression objective", choices=("l1", "linf")),
+        HParam("min_gain", 0.0, float, "required gain in correct batch points (official 0.05)"),
+        HParam("keep_worse", False, bool, "keep solutions that raise the validation loss"),
+        HParam("max_solves", 0, int, "maximum number of solves (0: unlimited)"),
+        HParam("solver_seconds", 600.0, float, "total solver time budget (0: unlimited)"),
+        HParam("solve_every", 0, int, "also solve every k epochs regardless of plateaus (0: off)"),
+        *SCHEDULE_HPARAMS,
+    )
+
+    def __init__(self, hp: dict[str, Any] | None = None):
+        super().__init__(hp)
+        for name in ("lr", "radius", "time_limit"):
+            if not self.hp[name] > 0:
+                raise ValueError(f"hyperparameter {name!r} must be > 0, got {self.hp[name]!r}")
+        for name in ("max_solves", "solve_every", "n_points", "solver_seconds", "min_delta"):
+            if self.hp[name] < 0:
+                raise ValueError(f"hyperparameter {name!r} must be >= 0, got {self.hp[name]!r}")
+        if self.hp["patience"] < 1:
+            raise ValueError(f"hyperparameter 'patience' must be >= 1, got {self.hp['patience']}")
+        self.solver: GDSolver | None = None
+        self.plateau = PlateauDetector(self.hp["patience"], self.hp["min_delta"])
+        self.solves = 0
+        self.accepted = 0
+        self.seconds_used = 0.0
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        if self.hp["optimizer"] == "adam":
+            return torch.optim.Adam(model.parameters(), lr=self.hp["lr"])
+        return torch.optim.SGD(model.parameters(), lr=self.hp["lr"], momentum=self.hp["momentum"])
+
+    def prepare(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
+        model = super().prepare(model, ctx)
+        hp = self.hp
+        self.solver = GDSolver(
+            model, task=ctx.task, radius=hp["radius"], time_limit=hp["time_limit"],
+            mip_gap=hp["mip_gap"], threads=hp["threads"], n_points=hp["n_points"],
+            selection=hp["selection"], margin=hp["margin"], norm=hp["norm"],
+            min_gain=hp["min_gain"], keep_worse=hp["keep_worse"], loss_fn=ctx.loss_fn,
+            seed=ctx.seed)
+        return model
+
+    def _budget_left(self) -> float:
+        if self.hp["max_solves"] and self.solves >= self.hp["max_solves"]:
+            return 0.0
+        if self.hp["solver_seconds"]:
+            return self.hp["solver_seconds"] - self.seconds_used
+        return math.inf
+
+    def end_of_epoch(self, model: nn.Module, ctx: TrainContext, epoch: int) -> list[dict]:
+        events = super().end_of_epoch(model, ctx, epoch)  # LR schedule
+        val = ctx.val_loss(model)
+        plateau = self.plateau.update(val)
+        every = self.hp["solve_every"]
+        if not (plateau or (every and (epoch + 1) % every == 0)):
+            return events
+        left = self._budget_left()
+        if left <= 0:
+            return events
+        self.solver.time_limit = min(self.hp["time_limit"], left)
+        ev = self.solver.step(ctx.x_train, ctx.y_train, ctx.x_val, ctx.y_val, val)
+        self.solves += 1
+        self.accepted += int(ev["accepted"])
+        self.seconds_used += ev["solve_seconds"] + ev["build_seconds"]
+        after = ev["val_loss_after"] if ev["accepted"] else val
+        self.plateau.reset(best=after)  # a new GD phase starts
+        ev["trigger"] = "plateau" if plateau else "schedule"
+        events.append(ev)
+        return events
+
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        return {"milp_solves": float(self.solves), "milp_accepted": float(self.accepted)}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(plateau=self.plateau.state_dict(), solves=self.solves,
+                     accepted=self.accepted, seconds_used=self.seconds_used,
+                     solver_calls=self.solver.n_solves if self.solver else 0)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.plateau.load_state_dict(state["plateau"])
+        self.solves, self.accepted = int(state["solves"]), int(state["accepted"])
+        self.seconds_used = float(state["seconds_used"])
+        if self.solver is not None:
+            self.solver.n_solves = int(state["solver_calls"])

@@ -1,0 +1,549 @@
+r"""The solver half of GDSolver: a MILP (classification) or LP (regression) over the last layer.
+
+With the penultimate activations ``h_n`` (``N x d``) held fixed, the network's output
+``z_n = W h_n + b`` is *linear* in the final layer's parameters ``(W, b)``. Ashok et al. (IJCAI-22,
+Sec. 3, "Solver step") let a MILP solver search a box around the gradient-descent weights for
+weights that fit more training points. Everything here goes from numpy arrays straight into
+HiGHS (``highspy``) as one CSR matrix: no per-nonzero Python objects.
+
+Classification (maximise the number of points correct with a margin)::
+
+    max_{W, b, s}  sum_n s_n
+    s.t.  m_nj(W, b) - M_nj s_n >= delta - M_nj      for every n, every j != y_n    (1)
+          |W - W0| <= eps,  |b - b0| <= eps,  s_n in {0, 1}                          (2)
+    where m_nj(W, b) = (W_{y_n} - W_j) . h_n + b_{y_n} - b_j  (the margin of class y_n over j)
+
+(1) is the official code's indicator "s_n = 1 => every margin of point n >= delta" written as an
+exact big-M row (lesson 2 of the digest; HiGHS has no indicator constraints): inside the box (2)
+``m_nj >= m0_nj - 2 eps (||h_n||_1 + 1)`` with ``m0`` the margin at ``(W0, b0)``, so
+``M_nj = delta - (m0_nj - 2 eps (||h_n||_1 + 1))`` is the smallest M that never cuts off a point
+of the box; rows with ``M_nj <= 0`` hold everywhere in the box and are dropped. One binary per
+point replaces the official per-class binaries (they are redundant). Points that cannot reach the
+margin anywhere in the box get ``s_n`` fixed to 0. Biases are boxed like the weights (the official
+code leaves them unbounded below at 0, a bug). The warm start is ``(W0, b0)`` with ``s_n = 1`` iff
+point n already has every margin >= delta, so the solver starts from a feasible point.
+
+Regression (the paper's "flexible output constraints"; an LP because only the last layer is in
+it)::
+
+    L1:    min  (1 / (N O)) sum_{n,o} t_no   s.t.  -t_no <= (W h_n + b - y_n)_o <= t_no,  box (2)
+    Linf:  min  t                           s.t.  -t    <= (W h_n + b - y_n)_o <= t,     box (2)
+
+The official code asks instead for exact equality or a feasibility tube (see the digest); an
+objective with slack variables is the digest's lesson 5 and always has a feasible point.
+
+Reference: D. Ashok, V. Nagisetty, C. Srinivasa, V. Ganesh. *A Solver + Gradient Descent Training
+Algorithm for Deep Neural Networks.* IJCAI-22, pp. 1766-1773, doi:10.24963/ijcai.2022/246.
+
+Example::
+
+    >>> import numpy as np
+    >>> h = np.array([[1.0, 0.0], [0.0, 1.0]]); y = np.array([0, 1])
+    >>> res = solve_classification_milp(h, y, np.zeros((2, 2)), np.zeros(2), radius=0.1)
+    >>> res.status, res.objective
+    ('optimal', 2.0)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "LinearProgram",
+    "MILPResult",
+    "build_classification_milp",
+    "build_regression_lp",
+    "classification_margins",
+    "solve_classification_milp",
+    "solve_program",
+    "solve_regression_lp",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Problem data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LinearProgram:
+    """A (mixed-integer) linear program in arrays: ``row_lower <= A x <= row_upper``,
+    ``col_lower <= x <= col_upper``, objective ``cost . x`` (``maximize`` or minimise).
+
+    ``A`` is CSR (``start``, ``index``, ``value``). Columns ``[0, C*d)`` are the weights ``W``
+    (row-major, ``W[k, i]`` at ``k*d + i``), ``[C*d, C*d + C)`` the biases, then the auxiliary
+    columns (binaries ``s`` or slacks ``t``). ``start_solution`` is the warm start.
+    """
+
+    cost: np.ndarray
+    col_lower: np.ndarray
+    col_upper: np.ndarray
+    row_lower: np.ndarray
+    row_upper: np.ndarray
+    start: np.ndarray
+    index: np.ndarray
+    value: np.ndarray
+    integer: np.ndarray  # bool per column
+    maximize: bool
+    start_solution: np.ndarray
+    n_weight: int  # number of weight columns (C*d)
+    n_bias: int
+    objective_scale: float = 1.0  # reported objective = scale * solver objective
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_col(self) -> int:
+        return int(self.cost.shape[0])
+
+    @property
+    def num_row(self) -> int:
+        return int(self.row_lower.shape[0])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.value.shape[0])
+
+    def dense(self) -> np.ndarray:
+        """The constraint matrix as a dense array (tests and small problems only)."""
+        a = np.zeros((self.num_row, self.num_col))
+        for r in range(self.num_row):
+            sl = slice(self.start[r], self.start[r + 1])
+            a[r, self.index[sl]] = self.value[sl]
+        return a
+
+
+@dataclass
+class MILPResult:
+    """Outcome of one solver call.
+
+    ``status``: ``"optimal"`` (proved within ``mip_gap``), ``"feasible"`` (stopped at the time
+    limit with a solution), ``"infeasible"``, ``"no_solution"`` (stopped without a solution) or
+    ``"error"``. ``weight``/``bias`` are set only when ``has_solution`` (clipped into the box).
+    ``objective`` is the number of points correct with margin (classification) or the mean
+    absolute / max error (regression); ``start_objective`` is the same at the warm start;
+    ``bound`` is the solver's dual bound and ``gap`` the relative gap.
+    """
+
+    status: str
+    has_solution: bool
+    objective: float | None
+    bound: float | None
+    gap: float | None
+    start_objective: float | None
+    solve_seconds: float
+    build_seconds: float
+    n_points: int
+    num_col: int
+    num_row: int
+    nnz: int
+    n_binaries: int
+    highs_status: str = ""
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar fields as a JSON-friendly dict (no arrays)."""
+        d = asdict(self)
+        d.pop("weight")
+        d.pop("bias")
+        info = d.pop("info")
+        d.update({k: v for k, v in info.items() if np.isscalar(v)})
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------
+def _as2d(name: str, a: Any) -> np.ndarray:
+    a = np.asarray(_to_numpy(a), dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return a
+
+
+def _to_numpy(a: Any) -> Any:
+    if hasattr(a, "detach"):  # torch tensor, without importing torch here
+        return a.detach().cpu().double().numpy()
+    return a
+
+
+def _check_common(features: Any, weight: Any, bias: Any, radius: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    h = _as2d("features", features)
+    w0 = _as2d("weight", weight)
+    b0 = np.asarray(_to_numpy(bias), dtype=np.float64).reshape(-1)
+    if w0.shape[1] != h.shape[1]:
+        raise ValueError(f"weight has {w0.shape[1]} inputs but features have {h.shape[1]} columns")
+    if b0.shape[0] != w0.shape[0]:
+        raise ValueError(f"bias has {b0.shape[0]} entries, weight has {w0.shape[0]} rows")
+    if not np.all(np.isfinite(b0)):
+        raise ValueError("bias contains NaN or inf")
+    radius = float(radius)
+    if not (np.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be a positive finite number, got {radius!r}")
+    if h.shape[0] == 0:
+        raise ValueError("features has no rows (need at least one point)")
+    return h, w0, b0, radius
+
+
+def classification_margins(features: Any, labels: Any, weight: Any, bias: Any) -> np.ndarray:
+    """``m[n, j] = z[n, y_n] - z[n, j]`` with ``z = h W^T + b`` (``m[n, y_n] = +inf``)."""
+    h = np.asarray(_to_numpy(features), dtype=np.float64)
+    y = np.asarray(_to_numpy(labels)).astype(np.int64).reshape(-1)
+    z = h @ np.asarray(_to_numpy(weight), dtype=np.float64).T
+    z = z + np.asarray(_to_numpy(bias), dtype=np.float64).reshape(1, -1)
+    m = z[np.arange(len(y)), y][:, None] - z
+    m[np.arange(len(y)), y] = np.inf
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# Builders (pure: arrays in, arrays out)
+# --------------------------------------------------------------------------------------------
+def build_classification_milp(
+    features: Any,
+    labels: Any,
+    weight: Any,
+    bias: Any,
+    radius: float,
+    margin: float = 1e-4,
+    min_correct: int | None = None,
+) -> LinearProgram:
+    """The classification MILP (1)-(2) of the module docstring as arrays.
+
+    ``features``: ``N x d`` penultimate activations; ``labels``: ``N`` class indices;
+    ``weight``/``bias``: the current final layer ``(C x d, C)``; ``radius``: half-width ``eps`` of
+    the box; ``margin``: ``delta``; ``min_correct``: optional extra row ``sum_n s_n >=
+    min_correct`` (the official code asks for batch accuracy + 5%).
+    """
+    h, w0, b0, eps = _check_common(features, weight, bias, radius)
+    n, d = h.shape
+    c = w0.shape[0]
+    y = np.asarray(_to_numpy(labels)).reshape(-1)
+    if y.shape[0] != n:
+        raise ValueError(f"labels has {y.shape[0]} entries, features has {n} rows")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError("labels must be integer class indices")
+    y = y.astype(np.int64)
+    if c < 2:
+        raise ValueError(f"classification needs at least 2 classes, weight has {c} rows")
+    if y.min() < 0 or y.max() >= c:
+        raise ValueError(f"labels must lie in [0, {c - 1}], got range [{y.min()}, {y.max()}]")
+    margin = float(margin)
+    if not (np.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+    if min_correct is not None and not (0 <= int(min_correct) <= n):
+        raise ValueError(f"min_correct must be in [0, {n}], got {min_correct!r}")
+
+    m0 = classification_margins(h, y, w0, b0)  # N x C, +inf on the label
+    reach = 2.0 * eps * (np.abs(h).sum(axis=1) + 1.0)  # N: max change of any margin in the box
+    big_m = margin - (m0 - reach[:, None])  # N x C
+    keep = np.isfinite(big_m) & (big_m > 0)  # rows that can bind somewhere in the box
+    rn, rj = np.nonzero(keep)  # row r: point rn[r], rival class rj[r]
+    ry = y[rn]
+    mr = big_m[rn, rj]
+    n_rows = rn.shape[0]
+
+    # Row r: sum_i h[n,i] (W[y,i] - W[j,i]) + b_y - b_j - M s_n >= delta - M
+    nw = c * d
+    hr = h[rn]  # R x d
+    nzr, nzi = np.nonzero(hr)  # drop zero features (ReLU)
+    cnt = np.bincount(nzr, minlength=n_rows)  # nonzero features per row
+    per_row = 2 * cnt + 3  # +W_y, -W_j, b_y, b_j, s_n
+    start = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(per_row, out=start[1:])
+    nnz = int(start[-1])
+    index = np.empty(nnz, dtype=np.int32)
+    value = np.empty(nnz, dtype=np.float64)
+    # position of each feature nonzero within its row block
+    first = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(cnt, out=first[1:])
+    k = np.arange(nzr.shape[0]) - first[nzr]
+    base = start[nzr]
+    hv = hr[nzr, nzi]
+    index[base + k] = ry[nzr] * d + nzi
+    value[base + k] = hv
+    index[base + cnt[nzr] + k] = rj[nzr] * d + nzi
+    value[base + cnt[nzr] + k] = -hv
+    tail = start[1:] - 3
+    index[tail], value[tail] = nw + ry, 1.0
+    index[tail + 1], value[tail + 1] = nw + rj, -1.0
+    index[tail + 2], value[tail + 2] = nw + c + rn, -mr
+    row_lower = margin - mr
+    row_upper = np.full(n_rows, np.inf)
+
+    if min_correct is not None:
+        index = np.concatenate([index, (nw + c + np.arange(n)).astype(np.int32)])
+        value = np.concatenate([value, np.ones(n)])
+        start = np.append(start, start[-1] + n)
+        row_lower = np.append(row_lower, float(min_correct))
+        row_upper = np.append(row_upper, np.inf)
+
+    ncol = nw + c + n
+    col_lower = np.concatenate([(w0 - eps).ravel(), b0 - eps, np.zeros(n)])
+    col_upper = np.concatenate([(w0 + eps).ravel(), b0 + eps, np.ones(n)])
+    reachable = np.all(m0 + reach[:, None] >= margin, axis=1)
+    col_upper[nw + c:][~reachable] = 0.0  # cannot reach the margin anywhere in the box
+    cost = np.concatenate([np.zeros(nw + c), np.ones(n)])
+    integer = np.zeros(ncol, dtype=bool)
+    integer[nw + c:] = True
+    s0 = np.all(m0 >= margin, axis=1).astype(np.float64)
+    x0 = np.concatenate([w0.ravel(), b0, s0])
+    return LinearProgram(
+        cost=cost, col_lower=col_lower, col_upper=col_upper, row_lower=row_lower,
+        row_upper=row_upper, start=start, index=index, value=value, integer=integer,
+        maximize=True, start_solution=x0, n_weight=nw, n_bias=c,
+        info={"task": "classification", "n_points": n, "n_classes": c, "n_features": d,
+              "rows_dropped": int(n * (c - 1) - n_rows), "reachable": int(reachable.sum()),
+              "start_correct": int(s0.sum()), "margin": margin, "radius": eps},
+    )
+
+
+def build_regression_lp(
+    features: Any,
+    targets: Any,
+    weight: Any,
+    bias: Any,
+    radius: float,
+    norm: str = "l1",
+) -> LinearProgram:
+    """The regression LP of the module docstring (``norm`` = ``"l1"`` or ``"linf"``) as arrays.
+
+    ``targets`` is ``N x O`` (or ``N`` for one output); ``weight``/``bias`` are ``O x d`` and ``O``.
+    """
+    h, w0, b0, eps = _check_common(features, weight, bias, radius)
+    if norm not in ("l1", "linf"):
+        raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
+    n, d = h.shape
+    o = w0.shape[0]
+    yt = np.asarray(_to_numpy(targets), dtype=np.float64)
+    if yt.ndim == 1:
+        yt = yt[:, None]
+    if yt.shape != (n, o):
+        raise ValueError(f"targets must have shape ({n}, {o}), got {yt.shape}")
+    if not np.all(np.isfinite(yt)):
+        raise ValueError("targets contains NaN or inf")
+    nw = o * d
+    n_slack = n * o if norm == "l1" else 1
+    # Pair rows (n, o): the upper row  yhat - t <= y  and the lower row  yhat + t >= y.
+    nzn, nzi = np.nonzero(h)
+    cnt = np.bincount(nzn, minlength=n)
+    per_row = cnt + 2  # features, bias, slack
+    rows_per_pair = np.repeat(per_row, o)  # row block for (n, o) in order n-major
+    lens = np.concatenate([rows_per_pair, rows_per_pair])  # upper rows, then lower rows
+    start = np.zeros(2 * n * o + 1, dtype=np.int64)
+    np.cumsum(lens, out=start[1:])
+    index = np.empty(int(start[-1]), dtype=np.int32)
+    value = np.empty(int(start[-1]), dtype=np.float64)
+    first = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(cnt, out=first[1:])
+    k = np.arange(nzn.shape[0]) - first[nzn]
+    hv = h[nzn, nzi]
+    slack_col = nw + o + (np.arange(n * o) if norm == "l1" else np.zeros(n * o, dtype=np.int64))
+    for half, sign in ((0, -1.0), (1, 1.0)):
+        for oo in range(o):  # O is the output width (small): a loop over outputs, not elements
+            pair = nzn * o + oo
+            base = start[half * n * o + pair]
+            index[base + k] = oo * d + nzi
+            value[base + k] = hv
+            rows = half * n * o + np.arange(n) * o + oo
+            tail = start[rows + 1] - 2
+            index[tail], value[tail] = nw + oo, 1.0
+            index[tail + 1], value[tail + 1] = slack_col[np.arange(n) * o + oo], sign
+    yflat = yt.ravel()
+    row_lower = np.concatenate([np.full(n * o, -np.inf), yflat])
+    row_upper = np.concatenate([yflat, np.full(n * o, np.inf)])
+    resid0 = h @ w0.T + b0[None, :] - yt
+    if norm == "l1":
+        cost_t = np.ones(n_slack)
+        t0 = np.abs(resid0).ravel()
+        scale = 1.0 / (n * o)
+    else:
+        cost_t = np.ones(1)
+        t0 = np.array([np.abs(resid0).max()])
+        scale = 1.0
+    cost = np.concatenate([np.zeros(nw + o), cost_t])
+    col_lower = np.concatenate([(w0 - eps).ravel(), b0 - eps, np.zeros(n_slack)])
+    col_upper = np.concatenate([(w0 + eps).ravel(), b0 + eps, np.full(n_slack, np.inf)])
+    x0 = np.concatenate([w0.ravel(), b0, t0])
+    return LinearProgram(
+        cost=cost, col_lower=col_lower, col_upper=col_upper, row_lower=row_lower,
+        row_upper=row_upper, start=start, index=index, value=value,
+        integer=np.zeros(cost.shape[0], dtype=bool), maximize=False, start_solution=x0,
+        n_weight=nw, n_bias=o, objective_scale=scale,
+        info={"task": "regression", "norm": norm, "n_points": n, "n_outputs": o,
+              "n_features": d, "radius": eps},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Solving
+# --------------------------------------------------------------------------------------------
+def _check_solver_args(time_limit: float, mip_gap: float, threads: int) -> None:
+    if not (time_limit > 0):
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
+    if not (0 <= mip_gap < 1):
+        raise ValueError(f"mip_gap must be in [0, 1), got {mip_gap!r}")
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads!r}")
+
+
+_SCHEDULER_THREADS: int | None = None
+
+
+def solve_program(
+    lp: LinearProgram,
+    time_limit: float = 30.0,
+    mip_gap: float = 1e-4,
+    threads: int = 1,
+    warm_start: bool = True,
+    seed: int = 0,
+    build_seconds: float = 0.0,
+) -> MILPResult:
+    """Pass ``lp`` to HiGHS once (CSR arrays), warm-start it, solve within ``time_limit``.
+
+    The returned weights are clipped into the column box (HiGHS' feasibility tolerance may leave
+    them ~1e-7 outside). Nothing is returned when there is no feasible solution.
+    """
+    import highspy
+
+    _check_solver_args(time_limit, mip_gap, threads)
+    global _SCHEDULER_THREADS
+    if _SCHEDULER_THREADS not in (None, int(threads)):
+        # HiGHS keeps one global task scheduler; a new thread count needs a reset.
+        highspy.Highs.resetGlobalScheduler(True)
+    _SCHEDULER_THREADS = int(threads)
+    t0 = time.perf_counter()
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", float(time_limit))
+    h.setOptionValue("mip_rel_gap", float(mip_gap))
+    h.setOptionValue("threads", int(threads))
+    h.setOptionValue("random_seed", int(seed))
+    model = highspy.HighsLp()
+    model.num_col_ = lp.num_col
+    model.num_row_ = lp.num_row
+    model.col_cost_ = lp.cost
+    model.col_lower_ = lp.col_lower
+    model.col_upper_ = lp.col_upper
+    model.row_lower_ = lp.row_lower
+    model.row_upper_ = lp.row_upper
+    model.sense_ = highspy.ObjSense.kMaximize if lp.maximize else highspy.ObjSense.kMinimize
+    model.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    model.a_matrix_.start_ = lp.start.astype(np.int32)
+    model.a_matrix_.index_ = lp.index
+    model.a_matrix_.value_ = lp.value
+    if lp.integer.any():
+        model.integrality_ = np.where(lp.integer, highspy.HighsVarType.kInteger,
+                                      highspy.HighsVarType.kContinuous).tolist()
+    status = h.passModel(model)
+    if status == highspy.HighsStatus.kError:
+        raise RuntimeError("HiGHS rejected the model (passModel returned kError)")
+    if warm_start:
+        sol = highspy.HighsSolution()
+        sol.col_value = lp.start_solution.tolist()
+        h.setSolution(sol)
+    build_seconds += time.perf_counter() - t0
+    t1 = time.perf_counter()
+    run_status = h.run()
+    solve_seconds = time.perf_counter() - t1
+    ms = h.getModelStatus()
+    info = h.getInfo()
+    has_sol = int(info.primal_solution_status) == 2 and run_status != highspy.HighsStatus.kError
+    S = highspy.HighsModelStatus
+    if ms == S.kOptimal:
+        status_s = "optimal"
+    elif ms == S.kInfeasible:
+        status_s = "infeasible"
+    elif has_sol:
+        status_s = "feasible"
+    elif ms in (S.kTimeLimit, S.kIterationLimit, S.kInterrupt, S.kSolutionLimit):
+        status_s = "no_solution"
+    else:
+        status_s = "error"
+    has_sol = has_sol and status_s in ("optimal", "feasible")
+    weight = bias = None
+    objective = bound = gap = None
+    if has_sol:
+        x = np.clip(np.asarray(h.getSolution().col_value, dtype=np.float64),
+                    lp.col_lower, lp.col_upper)
+        weight = x[: lp.n_weight]
+        bias = x[lp.n_weight: lp.n_weight + lp.n_bias]
+        objective = float(lp.cost @ x) * lp.objective_scale
+        if lp.integer.any():
+            bound = float(info.mip_dual_bound) * lp.objective_scale
+            gap = float(info.mip_gap)
+        else:
+            bound, gap = objective, 0.0
+    return MILPResult(
+        status=status_s, has_solution=has_sol, objective=objective, bound=bound, gap=gap,
+        start_objective=float(lp.cost @ lp.start_solution) * lp.objective_scale,
+        solve_seconds=solve_seconds, build_seconds=build_seconds,
+        n_points=int(lp.info.get("n_points", 0)), num_col=lp.num_col, num_row=lp.num_row,
+        nnz=lp.nnz, n_binaries=int(lp.integer.sum()), highs_status=h.modelStatusToString(ms),
+        weight=weight, bias=bias, info=dict(lp.info),
+    )
+
+
+def solve_classification_milp(
+    features: Any,
+    labels: Any,
+    weight: Any,
+    bias: Any,
+    radius: float,
+    margin: float = 1e-4,
+    min_correct: int | None = None,
+    time_limit: float = 30.0,
+    mip_gap: float = 1e-4,
+    threads: int = 1,
+    warm_start: bool = True,
+    seed: int = 0,
+) -> MILPResult:
+    """Build (``build_classification_milp``) and solve the classification MILP.
+
+    ``result.weight`` is ``C x d`` and ``result.bias`` is ``C`` when a solution was found;
+    ``result.objective`` is the number of points with every margin >= ``margin``.
+    """
+    _check_solver_args(time_limit, mip_gap, threads)
+    t0 = time.perf_counter()
+    lp = build_classification_milp(features, labels, weight, bias, radius, margin, min_correct)
+    res = solve_program(lp, time_limit, mip_gap, threads, warm_start, seed,
+                        build_seconds=time.perf_counter() - t0)
+    c, d = lp.info["n_classes"], lp.info["n_features"]
+    if res.weight is not None:
+        res.weight = res.weight.reshape(c, d)
+    return res
+
+
+def solve_regression_lp(
+    features: Any,
+    targets: Any,
+    weight: Any,
+    bias: Any,
+    radius: float,
+    norm: str = "l1",
+    time_limit: float = 30.0,
+    threads: int = 1,
+    warm_start: bool = True,
+    seed: int = 0,
+) -> MILPResult:
+    """Build (``build_regression_lp``) and solve the regression LP.
+
+    ``result.objective`` is the mean absolute error (``l1``) or the max error (``linf``) on the
+    given points at the solution; ``result.start_objective`` the same at the current weights.
+    """
+    _check_solver_args(time_limit, 0.0, threads)
+    t0 = time.perf_counter()
+    lp = build_regression_lp(features, targets, weight, bias, radius, norm)
+    res = solve_program(lp, time_limit, 0.0, threads, warm_start, seed,
+                        build_seconds=time.perf_counter() - t0)
+    o, d = lp.info["n_outputs"], lp.info["n_features"]
+    if res.weight is not None:
+        res.weight = res.weight.reshape(o, d)
+    return res

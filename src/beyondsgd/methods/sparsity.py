@@ -1,0 +1,478 @@
+"""Structural sparsity tools for DessiLBI (SLBI): masks, the selection path, pruning, export.
+
+Everything here works on *unit masks*: a dict ``{parameter name: bool tensor}`` where the tensor
+is either one flag per output unit (a conv filter or a Linear row/neuron; shape ``(rows,)``) or
+one flag per weight (shape of the parameter, element-wise lasso). Unit masks come from the
+support of SLBI's Γ (``gamma_masks``), from the selection path (``path_order_masks``), from
+magnitude pruning (``magnitude_masks``) or at random (``random_masks``).
+
+* ``gamma_masks(model, opt)`` / ``sparse_model(model, opt)``: the sparse model W ⊙ 1[Γ ≠ 0]
+  (Fu et al., ICML 2020, Sec. 3; the official code's ``w_star``).
+* ``support_sizes(masks)``: selected units per layer and in total.
+* ``SelectionPath``: the epoch at which each unit first entered supp(Γ) (the regularisation path,
+  "simple to complex"); ``path_order_masks`` prunes by that order (earliest-selected kept first,
+  weight norm as tie-break), like the official pruning utilities' score ``norm - epoch`` but
+  lexicographic.
+* ``export_pruned(model, masks)``: a physically smaller ``nn.Sequential`` (removed filters/neurons
+  and the matching input channels/columns of the next layer) that computes the same function as
+  ``masked_model(model, masks)``; constant outputs of removed units (their bias through the
+  activation) are folded into the next layer's bias where that is exact.
+* ``fix_masks(model, masks)``: zero masked weights and keep them zero during training (gradient
+  hooks): the retraining step of the winning-ticket procedure (reset to the initial weights,
+  keep the support of an early epoch, retrain).
+
+Supported models: ``nn.Sequential`` of ``Linear``/``Conv1d``/``Conv2d`` with element-wise
+activations, ``Dropout``, ``MaxPool``/``AvgPool``, ``Flatten`` (and ``Unflatten`` before the first
+weight layer), i.e. every model in ``beyondsgd.models``. Batch norm and residual blocks are not.
+
+Example::
+
+    >>> import torch
+    >>> from beyondsgd.models import mlp
+    >>> from beyondsgd.methods.sparsity import masked_model, export_pruned
+    >>> net = mlp(8, [16], 3, seed=0)
+    >>> masks = {"1.weight": torch.arange(16) % 2 == 0}      # keep 8 of 16 hidden neurons
+    >>> small = export_pruned(net, masks)
+    >>> small[1].out_features, small[3].in_features
+    (8, 8)
+    >>> x = torch.randn(4, 8)
+    >>> torch.allclose(small(x), masked_model(net, masks)(x), atol=1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+Masks = dict[str, torch.Tensor]
+
+ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.LeakyReLU, nn.SiLU, nn.Softplus,
+               nn.Identity, nn.Dropout, nn.ReLU6, nn.Hardtanh, nn.Mish)
+POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------
+def expand_mask(mask: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Broadcast a unit mask (one flag per row) or an element mask to a weight of ``shape``."""
+    shape = tuple(shape)
+    if tuple(mask.shape) == shape:
+        return mask
+    if mask.dim() == 1 and mask.shape[0] == shape[0]:
+        return mask.view(-1, *([1] * (len(shape) - 1))).expand(shape)
+    raise ValueError(f"mask of shape {tuple(mask.shape)} fits neither the rows nor the elements "
+                     f"of a weight of shape {shape}")
+
+
+def row_mask(mask: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """One flag per output unit: a unit mask as is; an element mask -> rows with any kept weight."""
+    shape = tuple(shape)
+    if len(shape) > 1 and mask.dim() == 1 and mask.shape[0] == shape[0]:
+        return mask.bool()
+    if tuple(mask.shape) == shape:
+        return mask.bool().reshape(shape[0], -1).any(dim=1)
+    raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit a weight of shape {shape}")
+
+
+def _params(model: nn.Module) -> dict[str, nn.Parameter]:
+    return dict(model.named_parameters())
+
+
+def _check_names(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, nn.Parameter]:
+    params = _params(model)
+    unknown = sorted(set(masks) - set(params))
+    if unknown:
+        raise ValueError(f"masks name parameters the model does not have: {unknown}; "
+                         f"the model's parameters: {sorted(params)}")
+    return params
+
+
+def gamma_masks(model: nn.Module, optimizer: Any) -> Masks:
+    """Element masks 1[Γ ≠ 0] of every coupled parameter of ``optimizer`` (an ``SLBI``), keyed by
+    the parameter's name in ``model``. Before the first step Γ = 0, so every mask is empty."""
+    return {name: optimizer.gamma(p) != 0
+            for name, p in model.named_parameters() if optimizer.structure(p) is not None}
+
+
+def unit_masks_from_gamma(model: nn.Module, optimizer: Any) -> Masks:
+    """Unit masks of supp(Γ): one flag per filter/neuron for grouped parameters, one per weight
+    for element-wise (lasso) parameters."""
+    out: Masks = {}
+    for name, p in model.named_parameters():
+        s = optimizer.structure(p)
+        if s is None:
+            continue
+        g = optimizer.gamma(p) != 0
+        out[name] = g if s == "element" else g.reshape(g.shape[0], -1).any(dim=1)
+    return out
+
+
+@torch.no_grad()
+def masked_model(model: nn.Module, masks: Mapping[str, torch.Tensor],
+                 zero_bias: bool = False) -> nn.Module:
+    """A deep copy of ``model`` with every masked weight set to zero: W ⊙ mask.
+
+    With ``zero_bias=True`` the bias of every removed unit (a row with no kept weight) is zeroed
+    too, so the unit is removed entirely rather than left emitting act(bias).
+    """
+    params = _check_names(model, masks)
+    out = copy.deepcopy(model)
+    new = _params(out)
+    for name, m in masks.items():
+        w = new[name]
+        w.mul_(expand_mask(m.to(w.device), w.shape).to(w.dtype))
+        if zero_bias:
+            bname = name.rsplit(".", 1)[0] + ".bias" if "." in name else "bias"
+            if bname in new and new[bname] is not None:
+                keep = row_mask(m.to(w.device), params[name].shape)
+                new[bname].mul_(keep.to(w.dtype))
+    return out
+
+
+def sparse_model(model: nn.Module, optimizer: Any) -> nn.Module:
+    """The sparse model W ⊙ 1[Γ ≠ 0] (a copy; ``model`` is untouched). Uncoupled parameters
+    (biases, the output layer unless coupled) are kept dense, as in the paper and the code."""
+    return masked_model(model, gamma_masks(model, optimizer))
+
+
+def support_sizes(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Number of selected units per parameter name, plus ``"total"``."""
+    sizes = {name: int(m.sum()) for name, m in masks.items()}
+    sizes["total"] = sum(sizes.values())
+    return sizes
+
+
+def mask_density(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of the masked parameters' weights that are kept."""
+    params = _check_names(model, masks)
+    kept = total = 0
+    for name, m in masks.items():
+        e = expand_mask(m, params[name].shape)
+        kept += int(e.sum())
+        total += e.numel()
+    return kept / max(total, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# The selection path
+# --------------------------------------------------------------------------------------------
+class SelectionPath:
+    """Epoch at which each unit first entered the support (``inf``: never), plus the support size
+    recorded at every update. ``update(epoch, masks)`` returns the units that entered and left.
+
+    The official code records the same "selection order" once per epoch (with a sentinel 2000 for
+    never-selected weights); here ``inf`` is used and selected negative weights count too (the code
+    tests ``w_star > 0`` for FC layers, which misses them).
+    """
+
+    def __init__(self) -> None:
+        self.entry: dict[str, torch.Tensor] = {}
+        self.last: dict[str, torch.Tensor] = {}
+        self.sizes: list[tuple[int, dict[str, int]]] = []
+
+    @torch.no_grad()
+    def update(self, epoch: int, masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        entered: dict[str, torch.Tensor] = {}
+        left: dict[str, torch.Tensor] = {}
+        for name, m in masks.items():
+            m = m.detach().bool().cpu()
+            if name not in self.entry:
+                self.entry[name] = torch.full(m.shape, math.inf, dtype=torch.float64)
+                self.last[name] = torch.zeros(m.shape, dtype=torch.bool)
+            new = m & torch.isinf(self.entry[name])
+            self.entry[name][new] = float(epoch)
+            entered[name] = (m & ~self.last[name]).nonzero().flatten() if m.dim() == 1 else \
+                (m & ~self.last[name]).sum()
+            left[name] = (~m & self.last[name]).nonzero().flatten() if m.dim() == 1 else \
+                (~m & self.last[name]).sum()
+            self.last[name] = m.clone()
+        sizes = support_sizes(masks)
+        self.sizes.append((int(epoch), sizes))
+        return {"entered": entered, "left": left, "sizes": sizes}
+
+    def support_at(self, epoch: float) -> Masks:
+        """Units that had entered by ``epoch`` (first entry; units that later left count)."""
+        return {name: e <= epoch for name, e in self.entry.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"entry": {k: v.clone() for k, v in self.entry.items()},
+                "last": {k: v.clone() for k, v in self.last.items()},
+                "sizes": [(e, dict(s)) for e, s in self.sizes]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.entry = {k: v.clone() for k, v in state["entry"].items()}
+        self.last = {k: v.clone() for k, v in state["last"].items()}
+        self.sizes = [(int(e), dict(s)) for e, s in state["sizes"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning masks
+# --------------------------------------------------------------------------------------------
+def _unit_norms(w: torch.Tensor, mask_shape: torch.Size) -> torch.Tensor:
+    w = w.detach()
+    if tuple(mask_shape) == tuple(w.shape):
+        return w.abs()
+    return torch.linalg.vector_norm(w.reshape(w.shape[0], -1), dim=1)
+
+
+def _keep_count(n: int, ratio: float) -> int:
+    if not 0.0 <= ratio <= 1.0 or isinstance(ratio, bool):
+        raise ValueError(f"pruning ratio must be in [0, 1], got {ratio!r}")
+    return n - int(round(ratio * n))
+
+
+def _topk_mask(scores_order: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[scores_order[:k]] = True
+    return mask
+
+
+def path_order_masks(model: nn.Module, path: SelectionPath, ratio: float | Mapping[str, float],
+                     names: Iterable[str] | None = None) -> Masks:
+    """Prune ``ratio`` of the units of each layer by path order: units are ranked by the epoch they
+    entered supp(Γ) (earliest first), ties broken by larger weight norm; the top
+    ``(1 - ratio)`` fraction is kept. ``ratio`` may be one number or one per parameter name."""
+    params = _params(model)
+    names = list(names) if names is not None else list(path.entry)
+    out: Masks = {}
+    for name in names:
+        if name not in path.entry:
+            raise ValueError(f"the path has no record of {name!r}; recorded: {sorted(path.entry)}")
+        r = ratio[name] if isinstance(ratio, Mapping) else ratio
+        entry = path.entry[name].flatten()
+        norms = _unit_norms(params[name], path.entry[name].shape).flatten().cpu().double()
+        order = torch.sort(-norms, stable=True).indices            # larger norm first
+        order = order[torch.sort(entry[order], stable=True).indices]  # then earlier entry
+        out[name] = _topk_mask(order, entry.numel(), _keep_count(entry.numel(), r)).view(
+            path.entry[name].shape)
+    return out
+
+
+def magnitude_masks(model: nn.Module, sizes: Mapping[str, int],
+                    unit: str = "row") -> Masks:
+    """Keep, per named weight, the ``sizes[name]`` units of largest norm (``unit="row"``: filters /
+    neurons by L2 norm; ``unit="element"``: weights by absolute value). The magnitude-pruning
+    baseline at equal size."""
+    if unit not in ("row", "element"):
+        raise ValueError(f"unit must be 'row' or 'element', got {unit!r}")
+    params = _check_names(model, dict.fromkeys(sizes, torch.zeros(0)))
+    out: Masks = {}
+    for name, k in sizes.items():
+        w = params[name].detach().cpu()
+        norms = w.abs().flatten() if unit == "element" else _unit_norms(w, (w.shape[0],))
+        if not 0 <= k <= norms.numel():
+            raise ValueError(f"cannot keep {k} of {norms.numel()} units of {name!r}")
+        order = torch.sort(-norms.double(), stable=True).indices
+        m = _topk_mask(order, norms.numel(), int(k))
+        out[name] = m.view(w.shape) if unit == "element" else m
+    return out
+
+
+def random_masks(like: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+                 ) -> Masks:
+    """Random masks with exactly as many kept units per name as ``like`` (same shapes)."""
+    out: Masks = {}
+    for name, m in like.items():
+        n, k = m.numel(), int(m.sum())
+        perm = torch.randperm(n, generator=generator)
+        out[name] = _topk_mask(perm, n, k).view(m.shape)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Retraining with fixed masks (winning tickets)
+# --------------------------------------------------------------------------------------------
+class MaskHandle:
+    """Gradient hooks that keep masked weights at zero; ``remove()`` detaches them."""
+
+    def __init__(self, handles: list[Any]):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+@torch.no_grad()
+def fix_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
+              zero_bias: bool = True) -> MaskHandle:
+    """Zero the masked weights of ``model`` in place and mask their gradients from now on, so any
+    first-order optimizer (SGD with momentum and weight decay, Adam) keeps them exactly zero.
+    With ``zero_bias`` (default) the biases of removed units are zeroed and frozen too, so the
+    retrained network is the physically smaller one."""
+    params = _check_names(model, masks)
+    handles = []
+    for name, m in masks.items():
+        w = params[name]
+        e = expand_mask(m.to(w.device), w.shape).to(w.dtype).contiguous()
+        w.mul_(e)
+        handles.append(w.register_hook(lambda g, e=e: g * e))
+        bname = name.rsplit(".", 1)[0] + ".bias" if "." in name else "bias"
+        if zero_bias and bname in params:
+            b = params[bname]
+            keep = row_mask(m.to(w.device), w.shape).to(b.dtype)
+            b.mul_(keep)
+            handles.append(b.register_hook(lambda g, k=keep: g * k))
+    return MaskHandle(handles)
+
+
+def ticket(init_model: nn.Module, masks: Mapping[str, torch.Tensor],
+           zero_bias: bool = True) -> tuple[nn.Module, MaskHandle]:
+    """The winning-ticket network: a copy of the *initial* model with ``masks`` fixed (see
+    ``fix_masks``). Train it with any optimizer; masked weights stay zero."""
+    model = copy.deepcopy(init_model)
+    return model, fix_masks(model, masks, zero_bias=zero_bias)
+
+
+# --------------------------------------------------------------------------------------------
+# Physical pruning
+# --------------------------------------------------------------------------------------------
+def _all_zero_padding(m: nn.Module) -> bool:
+    pad = m.padding
+    if isinstance(pad, str):
+        return pad == "valid"
+    return all(int(p) == 0 for p in (pad if isinstance(pad, tuple) else (pad,)))
+
+
+@torch.no_grad()
+def export_pruned(model: nn.Sequential, masks: Mapping[str, torch.Tensor],
+                  removed_bias: str = "fold") -> nn.Sequential:
+    """A physically smaller copy of ``model`` without the removed filters/neurons.
+
+    A unit (conv filter, Linear row) is removed when its mask keeps none of its weights; its row
+    of the weight and its bias go, and so do the matching input channels (conv) or columns
+    (Linear, through ``Flatten`` as blocks of spatial positions) of the next weight layer.
+    Element masks also zero the single weights they drop.
+
+    A removed unit still emits the constant act(bias) in ``masked_model(model, masks)``;
+    ``removed_bias="fold"`` adds that constant's contribution to the next layer's bias, which is
+    exact for Linear layers and unpadded convolutions (a padded convolution of a non-zero constant
+    is not constant at the borders: then a ``ValueError`` asks for ``removed_bias="zero"``).
+    ``removed_bias="zero"`` treats removed units' biases as zero, matching
+    ``masked_model(model, masks, zero_bias=True)``. The last weight layer's outputs cannot be
+    removed. The result computes the same function as the masked model (``tests/test_sparsity``).
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"export_pruned needs an nn.Sequential, got {type(model).__name__}")
+    if removed_bias not in ("fold", "zero"):
+        raise ValueError(f"removed_bias must be 'fold' or 'zero', got {removed_bias!r}")
+    _check_names(model, masks)
+    mods = list(model.named_children())
+    weight_idx = [i for i, (_, m) in enumerate(mods) if isinstance(m, WEIGHT_LAYERS)]
+    last_weight = weight_idx[-1] if weight_idx else -1
+    layers: list[nn.Module] = []
+    keep_in: torch.Tensor | None = None     # kept input channels/features of the next layer
+    const: torch.Tensor | None = None       # value each input channel emits if removed
+    flattened = False                       # a Flatten sits between conv channels and a Linear
+    for i, (name, m) in enumerate(mods):
+        if isinstance(m, WEIGHT_LAYERS):
+            w = m.weight.detach().clone()
+            b = m.bias.detach().clone() if m.bias is not None else None
+            wname = f"{name}.weight"
+            mk = masks[wname].to(w.device) if wname in masks else None
+            if mk is not None:              # the layer's own mask first: W * mask
+                w = w * expand_mask(mk, w.shape).to(w.dtype)
+            if keep_in is not None:
+                removed = ~keep_in
+                c = const[removed]
+                if isinstance(m, nn.Linear):
+                    if flattened:
+                        spatial = w.shape[1] // keep_in.numel()
+                        if spatial * keep_in.numel() != w.shape[1]:
+                            raise ValueError(f"layer {name}: {w.shape[1]} inputs are not a "
+                                             f"multiple of {keep_in.numel()} channels")
+                        cols = keep_in.repeat_interleave(spatial)
+                        cvals = const.repeat_interleave(spatial)[~cols]
+                    else:
+                        cols, cvals = keep_in, c
+                    contrib = w[:, ~cols] @ cvals.to(w.dtype)
+                    w = w[:, cols]
+                else:
+                    if flattened:
+                        raise ValueError(f"layer {name}: a convolution after Flatten")
+                    if torch.any(c != 0) and not _all_zero_padding(m):
+                        raise ValueError(
+                            f"layer {name} is a padded convolution after removed units that emit "
+                            f"non-zero constants; folding them is not exact; use "
+                            f"removed_bias='zero' (and masked_model(..., zero_bias=True))")
+                    contrib = w[:, removed].flatten(2).sum(2) @ c.to(w.dtype)
+                    w = w[:, keep_in]
+                if torch.any(contrib != 0):
+                    b = contrib if b is None else b + contrib
+            rows = None
+            if mk is not None:
+                rows = row_mask(mk, m.weight.shape)
+                if i == last_weight and not bool(rows.all()):
+                    raise ValueError(f"layer {name} is the output layer; its units cannot be "
+                                     "removed (drop it from the masks)")
+                if not bool(rows.any()):
+                    raise ValueError(f"layer {name} keeps no units: the pruned network is "
+                                     "disconnected (its output does not depend on the input)")
+            if rows is not None:
+                removed_rows = ~rows
+                if b is not None and removed_bias == "fold":
+                    const = torch.where(removed_rows, b, torch.zeros_like(b))
+                else:
+                    const = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+                w = w[rows]
+                b = b[rows] if b is not None else None
+                keep_in = rows
+            else:
+                keep_in, const = None, None
+            flattened = False
+            layers.append(_rebuild(m, w, b))
+        elif isinstance(m, ELEMENTWISE):
+            if const is not None and not isinstance(m, nn.Dropout | nn.Identity):
+                was = m.training
+                m.eval()
+                const = m(const.clone())
+                m.train(was)
+            layers.append(copy.deepcopy(m))
+        elif isinstance(m, POOLS):
+            if const is not None and isinstance(m, nn.AvgPool1d | nn.AvgPool2d) \
+                    and m.count_include_pad and torch.any(const != 0) and not _all_zero_padding(m):
+                raise ValueError(f"layer {name}: padded average pooling of removed units' "
+                                 "constants is not constant; use removed_bias='zero'")
+            layers.append(copy.deepcopy(m))
+        elif isinstance(m, nn.Flatten):
+            flattened = keep_in is not None
+            layers.append(copy.deepcopy(m))
+        elif isinstance(m, nn.Unflatten) and keep_in is None:
+            layers.append(copy.deepcopy(m))
+        else:
+            raise ValueError(
+                f"export_pruned does not support layer {name} ({type(m).__name__}); supported: "
+                "Linear, Conv1d, Conv2d, element-wise activations, Dropout, Max/AvgPool, Flatten "
+                "(and Unflatten before the first pruned layer)")
+    return nn.Sequential(*layers)
+
+
+def _rebuild(m: nn.Module, w: torch.Tensor, b: torch.Tensor | None) -> nn.Module:
+    """A fresh layer like ``m`` with weight ``w`` and bias ``b`` (shapes may be smaller)."""
+    if isinstance(m, nn.Linear):
+        new: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias=b is not None,
+                                   device=w.device, dtype=w.dtype)
+    else:
+        cls = type(m)
+        new = cls(w.shape[1] * m.groups, w.shape[0], m.kernel_size, stride=m.stride,
+                  padding=m.padding, dilation=m.dilation, groups=m.groups, bias=b is not None,
+                  padding_mode=m.padding_mode, device=w.device, dtype=w.dtype)
+        if m.groups != 1:
+            raise ValueError("export_pruned does not support grouped convolutions")
+    new.weight.copy_(w)
+    if b is not None:
+        new.bias.copy_(b)
+    return new
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

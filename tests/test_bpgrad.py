@@ -1,0 +1,470 @@
+"""BPGrad: the update against hand computations and an independent reference (flat vectors,
+``torch.autograd.grad``), torch.optim contract (state_dict round trip, LR schedulers, param
+groups), convergence on a quadratic, Rosenbrock and digits_mlp, the Lipschitz estimator, and
+bad input."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from beyondsgd.methods import METHODS, make_method
+from beyondsgd.methods.bpgrad import (
+    BPGrad,
+    bpgrad_step_length,
+    estimate_lipschitz,
+    pairwise_lipschitz,
+)
+
+DT = torch.float64
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny float64 problem and an independent reference implementation on flat vectors
+# --------------------------------------------------------------------------------------------
+def _tiny(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT)
+
+
+def _batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 3, generator=g, dtype=DT), torch.randn(8, 2, generator=g, dtype=DT))
+            for _ in range(n)]
+
+
+SHAPES = [(4, 3), (4,), (2, 4), (2,)]
+
+
+def _ref_loss(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    parts, i = [], 0
+    for s in SHAPES:
+        n = math.prod(s)
+        parts.append(w[i:i + n].reshape(s))
+        i += n
+    W1, b1, W2, b2 = parts
+    return F.mse_loss(F.linear(torch.tanh(F.linear(x, W1, b1)), W2, b2), y)
+
+
+def _flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _reference(w0, batches, L, rho, mu, wd, form, estimate, epoch_len):
+    """BPGrad written out step by step from the digest's equations, on a flat vector."""
+    w, v = w0.clone(), torch.zeros_like(w0)
+    f_min, s, c, traj = math.inf, 0.0, 0, []
+    for k, (x, y) in enumerate(batches):
+        if k % epoch_len == 0:
+            s, c = 0.0, 0
+        wg = w.clone().requires_grad_(True)
+        f = _ref_loss(wg, x, y)
+        (g,) = torch.autograd.grad(f, wg)
+        f = float(f.detach())
+        if estimate == "running_mean":
+            s, c = s + f, c + 1
+            f_t = s / c
+        else:
+            f_t = f
+        f_min = min(f_min, f_t)
+        eta = (f_t - rho * f_min) / L
+        d = (g + wd * w) / torch.linalg.vector_norm(g)
+        if form == "paper":
+            v = mu * v - eta * d
+            w = w + v
+        else:
+            v = mu * v - d
+            w = w + eta * v
+        traj.append(w.clone())
+    return traj
+
+
+def _run_opt(model, opt, batches, epoch_len=10**9):
+    traj = []
+    for k, (x, y) in enumerate(batches):
+        if k and k % epoch_len == 0:
+            opt.new_epoch()
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        traj.append(_flat(model))
+    return traj
+
+
+# --------------------------------------------------------------------------------------------
+# The update rule
+# --------------------------------------------------------------------------------------------
+def test_step_length_equals_formula_with_momentum_zero():
+    model = _tiny()
+    (x1, y1), (x2, y2) = _batches(2)
+    L, rho = 7.0, 0.3
+    opt = BPGrad(model.parameters(), lipschitz=L, rho=rho, momentum=0.0)
+    f_values = []
+    for x, y in [(x1, y1), (x2, y2)]:
+        w0 = _flat(model).requires_grad_(True)
+        f = _ref_loss(w0, x, y)
+        (g,) = torch.autograd.grad(f, w0)
+        f_values.append(float(f.detach()))
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        w1 = _flat(model)
+        eta = (f_values[-1] - rho * min(f_values)) / L  # Eq. (12), by hand
+        assert eta > 0
+        # the step has length eta exactly, along -g/||g||
+        assert float(torch.linalg.vector_norm(w1 - w0.detach())) == pytest.approx(eta, rel=1e-12)
+        torch.testing.assert_close(w1, w0.detach() - eta * g / g.norm(), rtol=0, atol=1e-14)
+        assert opt.global_state["step_length"] == pytest.approx(eta, rel=1e-13)
+    assert opt.global_state["f_min"] == min(f_values)
+    assert bpgrad_step_length(2.0, 1.0, 0.5, 3.0) == pytest.approx(0.5)
+
+
+def test_weight_decay_is_added_after_the_normalisation():
+    model = _tiny()
+    (x, y), = _batches(1)
+    L, rho, wd = 5.0, 0.1, 0.3
+    w0 = _flat(model).requires_grad_(True)
+    f = _ref_loss(w0, x, y)
+    (g,) = torch.autograd.grad(f, w0)
+    opt = BPGrad(model.parameters(), lipschitz=L, rho=rho, momentum=0.0, weight_decay=wd)
+    _run_opt(model, opt, [(x, y)])
+    eta = (1 - rho) * float(f.detach()) / L
+    expected = w0.detach() - eta * (g + wd * w0.detach()) / g.norm()
+    torch.testing.assert_close(_flat(model), expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("form", ["paper", "official"])
+@pytest.mark.parametrize("estimate", ["minibatch", "running_mean"])
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_momentum_forms_match_reference(form, estimate, wd):
+    model = _tiny()
+    batches = _batches(12)
+    L, rho, mu, epoch_len = 4.0, 0.2, 0.9, 5
+    ref = _reference(_flat(model), batches, L, rho, mu, wd, form, estimate, epoch_len)
+    opt = BPGrad(model.parameters(), lipschitz=L, rho=rho, momentum=mu, weight_decay=wd,
+                 momentum_form=form, loss_estimate=estimate)
+    got = _run_opt(model, opt, batches, epoch_len)
+    for k, (a, b) in enumerate(zip(got, ref)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=f"step {k}")
+
+
+def test_momentum_forms_differ_when_step_length_changes():
+    out = {}
+    for form in ("paper", "official"):
+        model = _tiny()
+        opt = BPGrad(model.parameters(), lipschitz=4.0, momentum=0.9, momentum_form=form)
+        out[form] = _run_opt(model, opt, _batches(6))[-1]
+    assert float((out["paper"] - out["official"]).abs().max()) > 1e-6
+
+
+def test_one_global_norm_over_param_groups_and_per_group_lipschitz():
+    model = _tiny()
+    (x, y), = _batches(1)
+    w0 = _flat(model).requires_grad_(True)
+    f = _ref_loss(w0, x, y)
+    (g,) = torch.autograd.grad(f, w0)
+    ps = list(model.parameters())
+    opt = BPGrad([{"params": ps[:2]}, {"params": ps[2:], "lipschitz": 20.0}], lipschitz=5.0,
+                 rho=0.0, momentum=0.0)
+    _run_opt(model, opt, [(x, y)])
+    n0 = ps[0].numel() + ps[1].numel()
+    scale = torch.cat([torch.full((n0,), float(f.detach()) / 5.0, dtype=DT),
+                       torch.full((g.numel() - n0,), float(f.detach()) / 20.0, dtype=DT)])
+    torch.testing.assert_close(_flat(model), w0.detach() - scale * g / g.norm(), rtol=0,
+                               atol=1e-14)
+    assert opt.param_groups[1]["lr"] == pytest.approx(1 / 20.0)
+
+
+def test_zero_gradient_makes_no_step_and_no_nan():
+    p = nn.Parameter(torch.tensor([1.0, -2.0], dtype=DT))
+    opt = BPGrad([p], lipschitz=1.0, momentum=0.9)
+
+    def moving():
+        opt.zero_grad()
+        loss = (p ** 2).sum()
+        loss.backward()
+        return loss
+
+    def flat_loss():  # f = 1 everywhere: zero gradient
+        opt.zero_grad()
+        loss = (p * 0.0).sum() + 1.0
+        loss.backward()
+        return loss
+
+    opt.step(moving)
+    before = p.detach().clone()
+    buf = opt.state[p]["momentum_buffer"].clone()
+    opt.step(flat_loss)
+    assert torch.equal(p.detach(), before) and torch.isfinite(p).all()
+    assert torch.equal(opt.state[p]["momentum_buffer"], buf)
+    assert opt.global_state["grad_norm"] == 0.0
+
+
+def test_lr_scheduler_scales_the_step_length():
+    model = _tiny()
+    b = _batches(2)
+    opt = BPGrad(model.parameters(), lipschitz=3.0, rho=0.0, momentum=0.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    _run_opt(model, opt, b[:1])
+    sched.step()
+    w0 = _flat(model)
+    _run_opt(model, opt, b[1:])
+    f1 = opt.global_state["f_t"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 / 3.0)
+    assert float(torch.linalg.vector_norm(_flat(model) - w0)) == pytest.approx(
+        0.5 * f1 / 3.0, rel=1e-12)
+
+
+def test_running_mean_restarts_each_epoch_and_min_runs_over_history():
+    p = nn.Parameter(torch.zeros(1, dtype=DT))
+    losses = iter([4.0, 2.0, 3.0, 5.0])
+    opt = BPGrad([p], lipschitz=1.0, loss_estimate="running_mean", momentum=0.0)
+
+    def closure():  # the given value, zero gradient (the loss state still updates)
+        opt.zero_grad()
+        loss = p.sum() * 0.0 + next(losses)
+        loss.backward()
+        return loss
+
+    seen = []
+    for k in range(4):
+        if k == 2:
+            opt.new_epoch()
+        opt.step(closure)
+        st = opt.global_state
+        seen.append((st["f_t"], st["f_min"], st["step"]))
+    # epoch 1: means 4, 3; epoch 2 restarts: 3, 4; the min runs over all estimates
+    assert seen == [(4.0, 4.0, 1), (3.0, 3.0, 2), (3.0, 3.0, 3), (4.0, 3.0, 4)]
+
+
+# --------------------------------------------------------------------------------------------
+# torch.optim contract
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("form,estimate", [("paper", "minibatch"), ("official", "running_mean")])
+def test_state_dict_round_trip_gives_identical_continued_training(form, estimate):
+    batches = _batches(10)
+    kw = dict(lipschitz=4.0, rho=0.1, momentum=0.9, weight_decay=1e-3, momentum_form=form,
+              loss_estimate=estimate)
+    a = _tiny()
+    opt_a = BPGrad(a.parameters(), **kw)
+    _run_opt(a, opt_a, batches[:4])  # mid-epoch: the running mean is part of the state
+    b = copy.deepcopy(a)
+    opt_b = BPGrad(b.parameters(), **{**kw, "lipschitz": 99.0, "rho": 0.5})
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
+    assert opt_b.global_state == opt_a.global_state
+    assert opt_b.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"]
+    ta = _run_opt(a, opt_a, batches[4:], epoch_len=3)
+    tb = _run_opt(b, opt_b, batches[4:], epoch_len=3)
+    for x, y in zip(ta, tb):
+        assert torch.equal(x, y)
+    assert opt_b.global_state == opt_a.global_state
+    sd = opt_a.state_dict()
+    assert {"step", "f_min", "loss_sum", "loss_count"} <= set(sd["state"][0])
+
+
+def test_deterministic():
+    outs = []
+    for _ in range(2):
+        m = _tiny()
+        outs.append(_run_opt(m, BPGrad(m.parameters(), lipschitz=3.0), _batches(5))[-1])
+    assert torch.equal(outs[0], outs[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Convergence
+# --------------------------------------------------------------------------------------------
+def _minimise(fn, x0, steps, **kw):
+    x = nn.Parameter(torch.tensor(x0, dtype=DT))
+    opt = BPGrad([x], **kw)
+
+    def closure():
+        opt.zero_grad()
+        loss = fn(x)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+    return x.detach(), float(fn(x.detach()))
+
+
+def test_converges_on_an_ill_conditioned_quadratic():
+    A = torch.diag(torch.tensor([1.0, 10.0, 100.0], dtype=DT))
+    fn = lambda x: 0.5 * x @ A @ x
+    f0 = float(fn(torch.tensor([1.0, 1.0, 1.0], dtype=DT)))
+    x, f = _minimise(fn, [1.0, 1.0, 1.0], 2000, lipschitz=50.0, rho=0.0, momentum=0.9)
+    assert f < 1e-6 * f0
+    assert float(x.abs().max()) < 1e-2
+
+
+def test_converges_on_rosenbrock():
+    fn = lambda z: (1 - z[0]) ** 2 + 100 * (z[1] - z[0] ** 2) ** 2
+    x, f = _minimise(fn, [-1.5, 2.0], 4000, lipschitz=100.0, rho=0.0, momentum=0.9)
+    assert f < 1e-4
+    torch.testing.assert_close(x, torch.ones(2, dtype=DT), rtol=0, atol=2e-2)
+
+
+def test_trains_digits_mlp_to_target():
+    from beyondsgd.bench.problems import get_problem
+    from beyondsgd.bench.runner import run_trial
+
+    res = run_trial("digits_mlp", "bpgrad", {"lipschitz": 30.0}, seed=0)
+    assert res.status == "finished"
+    assert res.best >= get_problem("digits_mlp").target, res.best
+    assert res.final["train_loss"] < 0.1 * res.evals[0]["train_loss"]
+
+
+# --------------------------------------------------------------------------------------------
+# The Lipschitz estimator
+# --------------------------------------------------------------------------------------------
+def test_pairwise_lipschitz_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    f = torch.rand(7, generator=g, dtype=DT)
+    w = torch.randn(7, 5, generator=g, dtype=DT)
+    w[3] = w[1]  # a repeated iterate: that pair is skipped
+    ratios = []
+    for i in range(7):
+        for j in range(i + 1, 7):
+            d = math.sqrt(sum((float(w[i, k]) - float(w[j, k])) ** 2 for k in range(5)))
+            if d > 0:
+                ratios.append(abs(float(f[i]) - float(f[j])) / d)
+    est = pairwise_lipschitz(f, w)
+    ratios.sort()
+    assert est.num_pairs == len(ratios) == 20 and est.num_iterates == 7
+    assert est.mean == pytest.approx(sum(ratios) / len(ratios), rel=1e-12)
+    assert est.max == pytest.approx(max(ratios), rel=1e-12)
+    assert est.median == pytest.approx(ratios[(len(ratios) - 1) // 2], rel=1e-12)  # lower median
+
+
+def test_estimate_lipschitz_recovers_the_slope_of_a_linear_loss():
+    # f(w) = a.w (+ b): plain SGD moves along -a, so every pair gives exactly ||a||
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1).to(DT)
+    x = torch.randn(16, 4, dtype=DT)
+    loss_fn = lambda out, y: out.mean() + y.sum() * 0
+    a = torch.cat([x.mean(0), torch.ones(1, dtype=DT)])  # d f / d (W, b)
+    before = _flat(model)
+    est = estimate_lipschitz(model, loss_fn, [(x, x[:, :1])] * 10, steps=6,
+                             optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    assert torch.equal(_flat(model), before)  # the model itself is untouched
+    assert est.num_iterates == 7 and est.num_pairs == 21
+    for v in (est.mean, est.median, est.max):
+        assert v == pytest.approx(float(a.norm()), rel=1e-9)
+    est2 = estimate_lipschitz(model, loss_fn, [(x, x[:, :1])] * 10, steps=6, loss_on="minibatch",
+                              optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    assert est2.num_iterates == 6 and est2.mean == pytest.approx(float(a.norm()), rel=1e-9)
+
+
+def test_estimate_lipschitz_bad_input():
+    model = nn.Linear(2, 1)
+    b = [(torch.randn(4, 2), torch.randn(4, 1))]
+    with pytest.raises(ValueError, match="steps"):
+        estimate_lipschitz(model, F.mse_loss, b, steps=0)
+    with pytest.raises(ValueError, match="loss_on"):
+        estimate_lipschitz(model, F.mse_loss, b, loss_on="val")
+    with pytest.raises(ValueError, match="optimizer"):
+        estimate_lipschitz(model, F.mse_loss, b, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="at least"):
+        estimate_lipschitz(model, F.mse_loss, [])
+    with pytest.raises(ValueError, match="identical"):
+        pairwise_lipschitz(torch.tensor([1.0, 2.0]), torch.zeros(2, 3))
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw,match", [
+    ({"lipschitz": 0.0}, "lipschitz must be > 0, got 0.0"),
+    ({"lipschitz": -2.0}, "lipschitz must be > 0, got -2.0"),
+    ({"lipschitz": float("nan")}, "lipschitz must be finite"),
+    ({"lipschitz": "10"}, "lipschitz must be a real number, got '10'"),
+    ({"rho": -0.1}, r"rho must be in \[0, 1\], got -0.1"),
+    ({"rho": 1.5}, r"rho must be in \[0, 1\], got 1.5"),
+    ({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
+    ({"momentum": -0.5}, r"momentum must be in \[0, 1\), got -0.5"),
+    ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
+    ({"momentum_form": "nesterov"}, "momentum_form must be one of"),
+    ({"loss_estimate": "ema"}, "loss_estimate must be one of"),
+])
+def test_bad_arguments_raise(kw, match):
+    args = {"lipschitz": 1.0, **kw}
+    with pytest.raises(ValueError, match=match):
+        BPGrad(nn.Linear(2, 1).parameters(), **args)
+
+
+def test_bad_param_groups_raise():
+    m = nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="lipschitz must be > 0"):
+        BPGrad([{"params": [m.weight], "lipschitz": -1.0}], lipschitz=1.0)
+    with pytest.raises(ValueError, match="not both"):
+        BPGrad([{"params": [m.weight], "lipschitz": 2.0, "lr": 0.5}], lipschitz=1.0)
+    with pytest.raises(ValueError, match="same for all param groups"):
+        BPGrad([{"params": [m.weight]}, {"params": [m.bias], "loss_estimate": "running_mean"}],
+               lipschitz=1.0)
+
+
+def test_bad_step_calls_raise():
+    m = nn.Linear(2, 1)
+    opt = BPGrad(m.parameters(), lipschitz=1.0)
+    x = torch.randn(4, 2)
+    with pytest.raises(RuntimeError, match="needs a closure"):
+        opt.step()
+
+    def negative():
+        opt.zero_grad()
+        loss = m(x).mean() - 100.0
+        loss.backward()
+        return loss
+
+    with pytest.raises(ValueError, match=r"non-negative loss .* returned -\d"):
+        opt.step(negative)
+    with pytest.raises(RuntimeError, match="returned None"):
+        opt.step(lambda: None)
+
+    def vector():
+        opt.zero_grad()
+        out = m(x).squeeze(1) ** 2
+        out.sum().backward()
+        return out
+
+    with pytest.raises(ValueError, match="scalar loss"):
+        opt.step(vector)
+
+
+# --------------------------------------------------------------------------------------------
+# The registered method
+# --------------------------------------------------------------------------------------------
+def test_registered_method_hparams_and_epoch_hook():
+    cls = METHODS["bpgrad"]
+    hps = {h.name: h for h in cls.hparams}
+    assert {"lipschitz", "rho", "momentum", "weight_decay", "momentum_form",
+            "loss_estimate"} <= set(hps)
+    assert hps["lipschitz"].tune and hps["lipschitz"].log
+    assert hps["momentum_form"].choices == ("paper", "official")
+    with pytest.raises(ValueError, match="not one of"):
+        make_method("bpgrad", {"loss_estimate": "ema"})
+    meth = make_method("bpgrad", {"loss_estimate": "running_mean", "lipschitz": "20"})
+    model = _tiny().float()
+    meth.optimizer = meth.make_optimizer(model)
+    assert meth.metrics(model) == {}
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    for _ in range(3):
+        meth.train_step(model, (x, y), F.mse_loss)
+    assert meth.optimizer.global_state["loss_count"] == 3
+    assert set(meth.metrics(model)) == {"bpgrad_step_length", "bpgrad_f_min"}
+    meth.end_of_epoch(model, None, 0)
+    assert meth.optimizer.global_state["loss_count"] == 0
+    assert meth.optimizer.param_groups[0]["lr"] == pytest.approx(1 / 20)

@@ -1,0 +1,338 @@
+"""The GDSolver MILP/LP (beyondsgd.methods.milp) against independent computations:
+brute-force enumeration, dense LPs written out by hand and solved by scipy, and sampling."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.optimize import linprog
+
+from beyondsgd.methods.milp import (
+    build_classification_milp,
+    build_regression_lp,
+    classification_margins,
+    solve_classification_milp,
+    solve_regression_lp,
+)
+
+DELTA = 1e-4
+
+
+def _instance(seed, n=7, d=2, c=3, scale=1.0):
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(n, d)) * scale
+    y = rng.integers(0, c, size=n)
+    w = rng.normal(size=(c, d))
+    b = rng.normal(size=c) * 0.3
+    return h, y, w, b
+
+
+def _subset_feasible(h, y, w0, b0, eps, subset, delta=DELTA):
+    """Is there (W, b) in the box with every margin of every point in ``subset`` >= delta?
+    A plain LP without binaries or big-M (an independent formulation)."""
+    c, d = w0.shape
+    nvar = c * d + c
+    rows, rhs = [], []
+    for n in subset:
+        for j in range(c):
+            if j == y[n]:
+                continue
+            a = np.zeros(nvar)  # -(margin) <= -delta
+            a[y[n] * d:(y[n] + 1) * d] -= h[n]
+            a[j * d:(j + 1) * d] += h[n]
+            a[c * d + y[n]] -= 1.0
+            a[c * d + j] += 1.0
+            rows.append(a)
+            rhs.append(-delta)
+    x0 = np.concatenate([w0.ravel(), b0])
+    bounds = list(zip(x0 - eps, x0 + eps))
+    if not rows:
+        return True
+    res = linprog(np.zeros(nvar), A_ub=np.array(rows), b_ub=np.array(rhs), bounds=bounds,
+                  method="highs")
+    return res.status == 0
+
+
+def _brute_force_max(h, y, w, b, eps):
+    n = len(y)
+    for k in range(n, -1, -1):
+        for subset in itertools.combinations(range(n), k):
+            if _subset_feasible(h, y, w, b, eps, subset):
+                return k
+    return 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_milp_optimum_equals_enumeration(seed):
+    h, y, w, b = _instance(seed)
+    eps = 0.4
+    res = solve_classification_milp(h, y, w, b, eps, margin=DELTA, mip_gap=0.0)
+    assert res.status == "optimal"
+    best = _brute_force_max(h, y, w, b, eps)
+    assert res.objective == pytest.approx(best)
+    # The returned weights really classify that many points with (almost) the margin.
+    m = classification_margins(h, y, res.weight, res.bias)
+    assert int(np.all(m >= DELTA - 1e-6, axis=1).sum()) >= best
+    assert np.all(np.abs(res.weight - w) <= eps + 1e-12)
+    assert np.all(np.abs(res.bias - b) <= eps + 1e-12)
+
+
+def test_enumeration_instances_are_not_trivial():
+    """Guard the test above: the optimum lies strictly between the start and all points on
+    some instances (otherwise enumeration checks nothing)."""
+    strict = 0
+    for seed in range(6):
+        h, y, w, b = _instance(seed)
+        start = int(np.all(classification_margins(h, y, w, b) >= DELTA, axis=1).sum())
+        best = _brute_force_max(h, y, w, b, 0.4)
+        strict += start < best < len(y)
+    assert strict >= 2
+
+
+def _row_activity(lp, x):
+    out = np.empty(lp.num_row)
+    for r in range(lp.num_row):
+        sl = slice(lp.start[r], lp.start[r + 1])
+        out[r] = lp.value[sl] @ x[lp.index[sl]]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_big_m_never_cuts_off_a_point_of_the_box(seed):
+    """For (W, b) sampled in the box (interior and corners), setting s_n = 1 exactly for the
+    points with every margin >= delta satisfies every row."""
+    h, y, w, b = _instance(seed, n=12, d=4, c=4)
+    eps = 0.3
+    lp = build_classification_milp(h, y, w, b, eps, DELTA)
+    rng = np.random.default_rng(100 + seed)
+    x0 = np.concatenate([w.ravel(), b])
+    for t in range(400):
+        if t % 2:
+            dx = rng.choice([-eps, eps], size=x0.shape)  # corners
+        else:
+            dx = rng.uniform(-eps, eps, size=x0.shape)
+        x = x0 + dx
+        wt, bt = x[:w.size].reshape(w.shape), x[w.size:]
+        s = np.all(classification_margins(h, y, wt, bt) >= DELTA, axis=1).astype(float)
+        act = _row_activity(lp, np.concatenate([x, s]))
+        assert np.all(act >= lp.row_lower - 1e-9)
+        # and s_n = 0 is always allowed
+        act0 = _row_activity(lp, np.concatenate([x, np.zeros_like(s)]))
+        assert np.all(act0 >= lp.row_lower - 1e-9)
+
+
+def test_big_m_is_tight_and_dropped_rows_always_hold():
+    h, y, w, b = _instance(3, n=10, d=3, c=4)
+    eps = 0.25
+    lp = build_classification_milp(h, y, w, b, eps, DELTA)
+    c, d = w.shape
+    m0 = classification_margins(h, y, w, b)
+    kept = 0
+    for n in range(len(y)):
+        for j in range(c):
+            if j == y[n]:
+                continue
+            # The box corner that minimises margin (n, j).
+            wt, bt = w.copy(), b.copy()
+            wt[y[n]] -= eps * np.sign(h[n])
+            wt[j] += eps * np.sign(h[n])
+            bt[y[n]] -= eps
+            bt[j] += eps
+            worst = classification_margins(h[n:n + 1], y[n:n + 1], wt, bt)[0, j]
+            assert worst == pytest.approx(m0[n, j] - 2 * eps * (np.abs(h[n]).sum() + 1))
+            if worst >= DELTA:
+                continue  # dropped: holds everywhere in the box
+            kept += 1
+            x = np.concatenate([wt.ravel(), bt, np.zeros(len(y))])
+            act = _row_activity(lp, x)
+            # Exactly one row of the program is tight at this corner with s_n = 0.
+            assert np.sum(np.isclose(act - lp.row_lower, 0.0, atol=1e-9)) >= 1
+    assert kept == lp.num_row
+    assert lp.info["rows_dropped"] == len(y) * (c - 1) - kept
+
+
+def test_matrix_matches_a_dense_construction():
+    h, y, w, b = _instance(1, n=5, d=3, c=3)
+    h[h < 0] = 0.0  # ReLU-like zeros are dropped from the sparse matrix
+    eps = 0.2
+    lp = build_classification_milp(h, y, w, b, eps, DELTA)
+    c, d = w.shape
+    m0 = classification_margins(h, y, w, b)
+    dense, lower = [], []
+    for n in range(len(y)):
+        for j in range(c):
+            if j == y[n]:
+                continue
+            big_m = DELTA - (m0[n, j] - 2 * eps * (np.abs(h[n]).sum() + 1))
+            if big_m <= 0:
+                continue
+            a = np.zeros(c * d + c + len(y))
+            a[y[n] * d:(y[n] + 1) * d] += h[n]
+            a[j * d:(j + 1) * d] -= h[n]
+            a[c * d + y[n]] += 1
+            a[c * d + j] -= 1
+            a[c * d + c + n] = -big_m
+            dense.append(a)
+            lower.append(DELTA - big_m)
+    np.testing.assert_allclose(lp.dense(), np.array(dense), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(lp.row_lower, lower, rtol=0, atol=1e-12)
+    assert lp.nnz == np.count_nonzero(np.array(dense))
+
+
+def test_warm_start_is_feasible_and_counts_correct_points():
+    h, y, w, b = _instance(4, n=20, d=5, c=4)
+    lp = build_classification_milp(h, y, w, b, 0.1, DELTA)
+    act = _row_activity(lp, lp.start_solution)
+    assert np.all(act >= lp.row_lower - 1e-9)
+    correct = np.all(classification_margins(h, y, w, b) >= DELTA, axis=1).sum()
+    assert lp.start_solution[-len(y):].sum() == correct
+
+
+def test_solution_respects_box_on_a_larger_instance():
+    rng = np.random.default_rng(0)
+    h = np.maximum(rng.normal(size=(40, 32)), 0)
+    w = rng.normal(size=(10, 32)) * 0.1
+    b = rng.normal(size=10) * 0.1
+    y = rng.integers(0, 10, 40)
+    res = solve_classification_milp(h, y, w, b, 0.05, time_limit=20.0)
+    assert res.has_solution
+    assert np.all(np.abs(res.weight - w) <= 0.05 + 1e-12)
+    assert np.all(np.abs(res.bias - b) <= 0.05 + 1e-12)
+    assert res.objective >= res.start_objective
+    assert res.bound >= res.objective - 1e-6
+
+
+def test_unreachable_points_and_min_correct_infeasible():
+    # Point 0 needs a margin of ~10 but the box allows ~0.4: it can never become correct.
+    h = np.array([[1.0, 0.0], [0.0, 1.0]])
+    y = np.array([0, 1])
+    w = np.array([[-5.0, 0.0], [5.0, 0.0]])
+    b = np.zeros(2)
+    lp = build_classification_milp(h, y, w, b, 0.1, DELTA)
+    assert lp.col_upper[-2] == 0.0 and lp.info["reachable"] == 1
+    res = solve_classification_milp(h, y, w, b, 0.1, DELTA, min_correct=2)
+    assert res.status == "infeasible" and not res.has_solution and res.weight is None
+
+
+def test_time_limit_without_warm_start_reports_no_solution():
+    rng = np.random.default_rng(0)
+    h = np.maximum(rng.normal(size=(300, 64)), 0)
+    w = rng.normal(size=(10, 64)) * 0.1
+    y = rng.integers(0, 10, 300)
+    res = solve_classification_milp(h, y, w, np.zeros(10), 0.05, time_limit=1e-6,
+                                    warm_start=False)
+    assert res.status in ("no_solution", "feasible")
+    if res.status == "no_solution":
+        assert res.weight is None and res.objective is None
+
+
+def _dense_regression_lp(h, yt, w0, b0, eps, norm):
+    """The regression LP written out densely, solved by scipy (an independent build)."""
+    n, d = h.shape
+    o = w0.shape[0]
+    nt = n * o if norm == "l1" else 1
+    nvar = o * d + o + nt
+    a_ub, b_ub = [], []
+    for i in range(n):
+        for k in range(o):
+            t = o * d + o + (i * o + k if norm == "l1" else 0)
+            row = np.zeros(nvar)
+            row[k * d:(k + 1) * d] = h[i]
+            row[o * d + k] = 1
+            r1 = row.copy()
+            r1[t] = -1  # yhat - t <= y
+            r2 = -row
+            r2[t] = -1  # -yhat - t <= -y
+            a_ub += [r1, r2]
+            b_ub += [yt[i, k], -yt[i, k]]
+    cost = np.zeros(nvar)
+    cost[o * d + o:] = 1.0 / (n * o) if norm == "l1" else 1.0
+    x0 = np.concatenate([w0.ravel(), b0])
+    bounds = list(zip(x0 - eps, x0 + eps)) + [(0, None)] * nt
+    res = linprog(cost, A_ub=np.array(a_ub), b_ub=np.array(b_ub), bounds=bounds, method="highs")
+    assert res.status == 0
+    return res.fun
+
+
+@pytest.mark.parametrize("norm", ["l1", "linf"])
+@pytest.mark.parametrize("seed", range(3))
+def test_regression_lp_equals_dense_lp(norm, seed):
+    rng = np.random.default_rng(seed)
+    h = np.maximum(rng.normal(size=(25, 6)), 0)
+    w = rng.normal(size=(2, 6))
+    b = rng.normal(size=2)
+    yt = rng.normal(size=(25, 2))
+    eps = 0.3
+    res = solve_regression_lp(h, yt, w, b, eps, norm)
+    assert res.status == "optimal"
+    assert res.objective == pytest.approx(_dense_regression_lp(h, yt, w, b, eps, norm), abs=1e-7)
+    err = np.abs(h @ res.weight.T + res.bias - yt)
+    assert (err.mean() if norm == "l1" else err.max()) == pytest.approx(res.objective, abs=1e-7)
+    start = np.abs(h @ w.T + b - yt)
+    assert res.start_objective == pytest.approx(start.mean() if norm == "l1" else start.max())
+    assert np.all(np.abs(res.weight - w) <= eps + 1e-12)
+
+
+def test_regression_lp_with_a_large_box_recovers_least_absolute_deviation_fit():
+    """Exact linear targets inside the box: the L1 LP reaches zero error and recovers W*."""
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(30, 3))
+    w_true, b_true = np.array([[1.0, -2.0, 0.5]]), np.array([0.3])
+    yt = h @ w_true.T + b_true
+    res = solve_regression_lp(h, yt[:, 0], np.zeros((1, 3)), np.zeros(1), radius=5.0)
+    assert res.objective == pytest.approx(0.0, abs=1e-8)
+    np.testing.assert_allclose(res.weight, w_true, atol=1e-7)
+    np.testing.assert_allclose(res.bias, b_true, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"radius": 0.0}, "radius"),
+        ({"radius": -1.0}, "radius"),
+        ({"labels": np.array([0, 5])}, r"labels must lie in \[0, 1\]"),
+        ({"labels": np.array([0])}, "labels has 1 entries"),
+        ({"weight": np.zeros((2, 3))}, "weight has 3 inputs"),
+        ({"bias": np.zeros(3)}, "bias has 3 entries"),
+        ({"features": np.array([[np.nan, 0.0], [0.0, 1.0]])}, "NaN"),
+        ({"margin": -1.0}, "margin"),
+        ({"min_correct": 3}, "min_correct"),
+        ({"time_limit": 0.0}, "time_limit"),
+        ({"mip_gap": 1.5}, "mip_gap"),
+        ({"threads": 0}, "threads"),
+    ],
+)
+def test_classification_bad_input(kwargs, match):
+    args = {"features": np.eye(2), "labels": np.array([0, 1]), "weight": np.zeros((2, 2)),
+            "bias": np.zeros(2), "radius": 0.1}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        solve_classification_milp(**args)
+
+
+def test_regression_bad_input():
+    h = np.eye(3)
+    with pytest.raises(ValueError, match="norm must be"):
+        build_regression_lp(h, np.zeros(3), np.zeros((1, 3)), np.zeros(1), 0.1, norm="l2")
+    with pytest.raises(ValueError, match=r"targets must have shape \(3, 1\)"):
+        build_regression_lp(h, np.zeros((3, 2)), np.zeros((1, 3)), np.zeros(1), 0.1)
+    with pytest.raises(ValueError, match="2-D"):
+        build_regression_lp(np.zeros(3), np.zeros(3), np.zeros((1, 3)), np.zeros(1), 0.1)
+
+
+def test_accepts_torch_tensors():
+    import torch
+
+    h, y, w, b = _instance(0)
+    res_np = solve_classification_milp(h, y, w, b, 0.4, mip_gap=0.0)
+    res_t = solve_classification_milp(torch.tensor(h), torch.tensor(y), torch.tensor(w),
+                                      torch.tensor(b), 0.4, mip_gap=0.0)
+    assert res_np.objective == res_t.objective
+
+
+def test_changing_the_thread_count_between_solves():
+    """HiGHS has one global scheduler; a new thread count must not make the solve fail."""
+    h, y, w, b = _instance(2)
+    objs = [solve_classification_milp(h, y, w, b, 0.4, mip_gap=0.0, threads=t).objective
+            for t in (2, 1)]
+    assert objs[0] == objs[1] == _brute_force_max(h, y, w, b, 0.4)

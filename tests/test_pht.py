@@ -1,0 +1,489 @@
+"""PHT alternation (issue 7): the activation, the frozen-support network, the exact layer solves,
+the alternation and the registered methods. Every invariant of the digest is checked against an
+independent computation (hand-written masked networks, autograd Jacobians, dense normal
+equations)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from beyondsgd import models as M
+from beyondsgd.bench.runner import run_trial
+from beyondsgd.methods import METHODS, make_method
+from beyondsgd.methods.pht import (
+    Alternating,
+    PositiveHardThreshold,
+    _RowIndex,
+    frozen_support,
+    mask_bytes,
+    pht,
+    pht_modules,
+    pht_value,
+    record_support,
+    solvable_layers,
+    solve_layer,
+)
+
+DT = torch.float64
+
+
+def _net(seed=0, dims=(5, 8, 8, 2), tau=0.1, dtype=DT):
+    net = M.mlp(dims[0], dims[1:-1], dims[-1], activation=lambda: PositiveHardThreshold(tau),
+                seed=seed, flatten=False)
+    return net.to(dtype)
+
+
+def _masked_forward(net, x, masks):
+    """Independent masked multilinear network f(x) = W_L D_{L-1} ... D_1 W_1 x (+ biases),
+    written from the digest's formula with F.linear, the masks as constants."""
+    lin = [m for m in net if isinstance(m, nn.Linear)]
+    h = x
+    for layer, s in zip(lin[:-1], masks, strict=True):
+        h = s.to(h.dtype) * F.linear(h, layer.weight, layer.bias)
+    return F.linear(h, lin[-1].weight, lin[-1].bias)
+
+
+# ------------------------------------------------------------------------------------------
+# The activation
+# ------------------------------------------------------------------------------------------
+def test_pht_value_keeps_or_kills_without_shrinkage():
+    z = torch.tensor([-2.0, 0.0, 0.2, 0.5, 0.50001, 0.7, 3.0])
+    out = PositiveHardThreshold(tau=0.5)(z)
+    expected = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.50001, 0.7, 3.0])  # z * 1[z > 0.5]
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    # unlike the soft threshold relu(z - tau), kept values are not shrunk
+    assert not torch.allclose(out, torch.relu(z - 0.5))
+
+
+def test_tau_zero_equals_relu_in_value_and_gradient():
+    z = torch.randn(1000, dtype=DT)
+    z[::7] = 0.0
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    a, b = PositiveHardThreshold(tau=0.0)(z1), torch.relu(z2)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    g = torch.randn_like(z)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=0, atol=0)
+
+
+def test_pht_gradient_is_the_mask():
+    z = torch.randn(200, dtype=DT, requires_grad=True)
+    PositiveHardThreshold(tau=0.3)(z).sum().backward()
+    torch.testing.assert_close(z.grad, (z.detach() > 0.3).to(DT), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tau", [-0.1, float("nan"), float("inf"), "0.1", True, None])
+def test_bad_tau_is_refused(tau):
+    with pytest.raises(ValueError, match="tau"):
+        PositiveHardThreshold(tau=tau)
+    with pytest.raises(ValueError, match="tau"):
+        pht(M.mlp(3, [4], 2), tau=tau)
+
+
+def test_learnable_tau_surrogate_gradient():
+    z = torch.randn(500, dtype=torch.float32)
+    act = PositiveHardThreshold(tau=0.2, learnable=True)
+    out = act(z)
+    torch.testing.assert_close(out, pht_value(z, 0.2), rtol=0, atol=0)  # value unchanged
+    out.sum().backward()
+    # surrogate d/dtau sum(z 1[z > tau]) = -sum z sigma'((z - tau)/T)/T: negative (kept mass
+    # shrinks as tau grows), and computed independently here
+    s = torch.sigmoid((z - 0.2) / 0.1)
+    expected = -(z * s * (1 - s) / 0.1).sum()
+    torch.testing.assert_close(act.tau.grad, expected, rtol=1e-5, atol=1e-6)
+    assert act.tau.grad < 0
+
+
+def test_pht_swaps_relus_in_place_and_activation_name():
+    net = M.mlp(4, [8, 8], 3, seed=1)
+    x = torch.randn(16, 4)
+    ref = net(x)
+    same = pht(net, tau=0.0)
+    assert same is net and len(pht_modules(net)) == 2
+    assert not any(isinstance(m, nn.ReLU) for m in net.modules())
+    torch.testing.assert_close(net(x), ref, rtol=0, atol=0)  # tau=0: same function as ReLU
+    built = M.mlp(4, [8], 3, activation="pht")
+    assert isinstance(built[2], PositiveHardThreshold) and float(built[2].tau) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="no nn.ReLU"):
+        pht(M.mlp(4, [8], 3, activation="tanh"))
+
+
+# ------------------------------------------------------------------------------------------
+# Frozen support (digest, Testable invariants)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_frozen_forward_equals_pht_forward(kind):
+    if kind == "mlp":
+        net, x = _net(3), torch.randn(32, 5, dtype=DT)
+    else:
+        net, x = M.cnn_mnist1d(40, 10, 8, "pht", seed=0).to(DT), torch.randn(16, 40, dtype=DT)
+    out, masks = record_support(net, x)
+    assert [tuple(m.shape) for m in masks][0][0] == x.shape[0]
+    with frozen_support(net, masks):
+        frozen = net(x)
+    torch.testing.assert_close(frozen, out, rtol=0, atol=0)
+    torch.testing.assert_close(frozen, net(x), rtol=0, atol=0)
+
+
+def test_linear_in_x_under_frozen_support_with_zero_biases():
+    net = _net(4)
+    for m in net:
+        if isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+    x0, x1, x2 = (torch.randn(20, 5, dtype=DT) for _ in range(3))
+    a, b = 1.7, -0.6
+    _, masks = record_support(net, x0)
+    with frozen_support(net, masks):
+        lhs, rhs = net(a * x1 + b * x2), a * net(x1) + b * net(x2)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
+    # the free PHT network is not linear (so this test can fail)
+    assert not torch.allclose(net(a * x1 + b * x2), a * net(x1) + b * net(x2), atol=1e-3)
+
+
+def test_frozen_support_gradients_equal_autograd_through_masks():
+    net, x, y = _net(5), torch.randn(24, 5, dtype=DT), torch.randn(24, 2, dtype=DT)
+    other = _net(6)  # masks from *other* weights: the frozen net is not the PHT net any more
+    _, masks = record_support(other, x)
+    with frozen_support(net, masks):
+        F.mse_loss(net(x), y).backward()
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    F.mse_loss(_masked_forward(net, x, masks), y).backward()
+    for g, p in zip(got, net.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-12, atol=1e-12)
+    # with masks recorded from the same weights, frozen gradients equal PHT backprop
+    _, own = record_support(net, x)
+    net.zero_grad()
+    with frozen_support(net, own):
+        F.mse_loss(net(x), y).backward()
+    frozen = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    F.mse_loss(net(x), y).backward()
+    for g, p in zip(frozen, net.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=0, atol=0)
+
+
+def test_frozen_mask_shape_mismatch_and_count_are_refused():
+    net = _net(0)
+    _, masks = record_support(net, torch.randn(8, 5, dtype=DT))
+    with frozen_support(net, masks), pytest.raises(ValueError, match="does not match"):
+        net(torch.randn(4, 5, dtype=DT))
+    with pytest.raises(ValueError, match="2 PHT modules"):
+        with frozen_support(net, masks[:1]):
+            pass
+    shared = PositiveHardThreshold(0.0)
+    twice = nn.Sequential(nn.Linear(3, 3), shared, nn.Linear(3, 3), shared)
+    with pytest.raises(RuntimeError, match="called twice"):
+        record_support(twice, torch.randn(2, 3))
+
+
+# ------------------------------------------------------------------------------------------
+# Exact layer solves
+# ------------------------------------------------------------------------------------------
+def _frozen_loss_fn(net, index, x, y, masks):
+    """theta -> MSE of the frozen network with layer ``index`` set to theta (functional)."""
+    layer = net[index]
+    names = ["weight", "bias"]
+
+    def f(w, b):
+        params = {f"{index}.{n}": t for n, t in zip(names, (w, b), strict=True)}
+        with frozen_support(net, masks):
+            return F.mse_loss(torch.func.functional_call(net, params, (x,)), y)
+
+    return f, layer
+
+
+@pytest.mark.parametrize("index", [0, 2, 4])
+def test_lstsq_layer_solve_matches_dense_normal_equations(index):
+    net, x, y = _net(7), torch.randn(60, 5, dtype=DT), torch.randn(60, 2, dtype=DT)
+    _, masks = record_support(net, x)
+    f, layer = _frozen_loss_fn(net, index, x, y, masks)
+    # independent solution: the frozen output is affine in theta; its Jacobian by autograd
+    w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    theta0 = torch.cat([w0.reshape(-1), b0])
+
+    def out_of(theta):
+        w, b = theta[:w0.numel()].reshape(w0.shape), theta[w0.numel():]
+        with frozen_support(net, masks):
+            return torch.func.functional_call(
+                net, {f"{index}.weight": w, f"{index}.bias": b}, (x,)).reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(out_of, theta0)
+    c = out_of(theta0) - jac @ theta0
+    best = torch.linalg.pinv(jac) @ (y.reshape(-1) - c)
+    ref_loss = float(((jac @ best + c - y.reshape(-1)) ** 2).mean().detach())
+    info = solve_layer(net, index, x, y, "mse", masks, solver="lstsq")
+    assert info["loss_after"] == pytest.approx(ref_loss, rel=1e-9, abs=1e-12)
+    assert info["loss_after"] <= info["loss_before"]
+    # optimality: the gradient of the frozen loss in this layer vanishes at the solution
+    w, b = layer.weight.detach().clone().requires_grad_(), layer.bias.detach().clone()
+    b.requires_grad_()
+    gw, gb = torch.autograd.grad(f(w, b), (w, b))
+    assert float(torch.cat([gw.reshape(-1), gb]).norm()) < 1e-9
+
+
+@pytest.mark.parametrize("index", [2, 4])
+def test_exact_solve_is_no_worse_than_any_gradient_step(index):
+    net, x, y = _net(8), torch.randn(50, 5, dtype=DT), torch.randn(50, 2, dtype=DT)
+    _, masks = record_support(net, x)
+    f, layer = _frozen_loss_fn(net, index, x, y, masks)
+    w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    wg, bg = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    gw, gb = torch.autograd.grad(f(wg, bg), (wg, bg))
+    step_losses = [float(f(w0 - lr * gw, b0 - lr * gb).detach())
+                   for lr in torch.logspace(-4, 2, 61)]
+    w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()  # 300 steps of GD
+    opt = torch.optim.SGD([w, b], lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        f(w, b).backward()
+        opt.step()
+    step_losses.append(float(f(w, b).detach()))
+    info = solve_layer(net, index, x, y, "mse", masks)  # auto -> lstsq
+    assert info["loss_after"] <= min(step_losses) + 1e-12
+    assert info["loss_after"] < info["loss_before"]
+
+
+def test_lstsq_damping_is_the_proximal_ridge_solution():
+    net, x, y = _net(9), torch.randn(40, 5, dtype=DT), torch.randn(40, 2, dtype=DT)
+    layer, lam = net[4], 0.3
+    with torch.no_grad():
+        h = net[:4](x)
+    w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    solve_layer(net, 4, x, y, "mse", solver="lstsq", damping=lam)
+    # closed form of min 1/(NC)||H T - Y||^2 + lam/2 ||T - T0||^2 (normal equations)
+    hh = torch.cat([h, torch.ones(40, 1, dtype=DT)], 1)
+    t0 = torch.cat([w0, b0[:, None]], 1).T
+    n_c = y.numel()
+    a = hh.T @ hh * (2 / n_c) + lam * torch.eye(hh.shape[1], dtype=DT)
+    t = torch.linalg.solve(a, hh.T @ y * (2 / n_c) + lam * t0)
+    torch.testing.assert_close(layer.weight.detach(), t[:-1].T, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(layer.bias.detach(), t[-1], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.05])
+def test_lbfgs_cross_entropy_solve_reaches_the_convex_optimum(damping):
+    torch.manual_seed(0)
+    net = _net(10, dims=(5, 8, 8, 3))
+    x, y = torch.randn(90, 5, dtype=DT), torch.randint(0, 3, (90,))
+    # damped (strongly convex) objective: the solver must reach its stationary point
+    layer = net[4]
+    w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    # ill-conditioned features (column norms 0.2 to 35): L-BFGS needs many iterations here
+    info = solve_layer(net, 4, x, y, "cross_entropy", solver="lbfgs", iters=1000,
+                       damping=damping)
+    w, b = layer.weight.detach().clone().requires_grad_(), layer.bias.detach().clone()
+    b.requires_grad_()
+    with torch.no_grad():
+        h = net[:4](x)
+    obj = F.cross_entropy(F.linear(h, w, b), y) \
+        + 0.5 * damping * (((w - w0) ** 2).sum() + ((b - b0) ** 2).sum())
+    gw, gb = torch.autograd.grad(obj, (w, b))
+    assert float(torch.cat([gw.reshape(-1), gb]).norm()) < 1e-4
+    assert info["loss_after"] < info["loss_before"]
+
+    # independent reference: Newton's method with the dense autograd Hessian
+    def full(theta):
+        wt, bt = theta[:w0.numel()].reshape(w0.shape), theta[w0.numel():]
+        return F.cross_entropy(F.linear(h, wt, bt), y) + 0.5 * damping * (
+            ((wt - w0) ** 2).sum() + ((bt - b0) ** 2).sum())
+
+    theta = torch.cat([w0.reshape(-1), b0])
+    for _ in range(40):
+        g = torch.autograd.functional.jacobian(full, theta)
+        hess = torch.autograd.functional.hessian(full, theta)
+        theta = theta - torch.linalg.lstsq(hess + 1e-10 * torch.eye(len(theta), dtype=DT),
+                                           g[:, None]).solution[:, 0]
+    assert float(obj.detach()) == pytest.approx(float(full(theta)), rel=1e-7, abs=1e-9)
+    # and no gradient step on this layer does better on the (undamped) loss when damping=0
+    if damping == 0:
+        w0r, b0r = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+        g0 = torch.autograd.grad(F.cross_entropy(F.linear(h, w0r, b0r), y), (w0r, b0r))
+        for lr in torch.logspace(-3, 2, 26):
+            trial = F.cross_entropy(F.linear(h, w0 - lr * g0[0], b0 - lr * g0[1]), y)
+            assert info["loss_after"] <= float(trial) + 1e-8
+
+
+def test_conv_layers_are_solvable_and_maxpool_tails_are_refused():
+    cnn = M.cnn_mnist1d(40, 10, 4, "pht", seed=0)
+    assert solvable_layers(cnn) == [1, 3, 5, 8]
+    x, y = torch.randn(64, 40), torch.randint(0, 10, (64,))
+    net_alt = Alternating(cnn, torch.optim.SGD(cnn.parameters(), lr=0.1))
+    infos = net_alt.solve(x, y, "all", iters=5)
+    assert [i["layer"] for i in infos] == [8, 5, 3, 1]
+    assert all(i["loss_after"] <= i["loss_before"] for i in infos)
+    assert infos[-1]["loss_after"] < infos[0]["loss_before"]
+    lenet = M.lenet5(activation="pht")
+    assert solvable_layers(lenet) == [7, 9, 11]  # the convs feed max-pooling
+    with pytest.raises(ValueError, match="cannot be solved exactly"):
+        solve_layer(lenet, 0, torch.randn(2, 1, 28, 28), torch.tensor([0, 1]), "cross_entropy")
+    with pytest.raises(ValueError, match="lstsq"):
+        solve_layer(_net(0), 4, torch.randn(4, 5, dtype=DT), torch.tensor([0, 1, 0, 1]),
+                    "cross_entropy", solver="lstsq")
+    with pytest.raises(MemoryError, match="bytes"):
+        solve_layer(_net(0), 0, torch.randn(40, 5, dtype=DT), torch.randn(40, 2, dtype=DT),
+                    "mse", solver="lstsq", max_bytes=100)
+
+
+# ------------------------------------------------------------------------------------------
+# The alternation
+# ------------------------------------------------------------------------------------------
+def _data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g, dtype=DT), torch.randn(n, 2, generator=g, dtype=DT)
+
+
+def test_alternating_k1_is_plain_pht_backprop():
+    a, b = _net(11), _net(11)
+    alt = Alternating(a, torch.optim.SGD(a.parameters(), lr=0.05, momentum=0.9), "mse", 1)
+    opt = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9)
+    for i in range(15):
+        x, y = _data(16, i)
+        alt.step(x, y)
+        opt.zero_grad()
+        F.mse_loss(b(x), y).backward()
+        opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_alternating_k_steps_use_the_support_of_the_first_forward():
+    a, b = _net(12), _net(12)
+    x, y = _data(32, 1)
+    alt = Alternating(a, torch.optim.SGD(a.parameters(), lr=0.2), "mse", inner_steps=4)
+    first = alt.step(x, y)
+    _, masks = record_support(b, x)  # support step, then 4 steps on the hand-written masked net
+    opt = torch.optim.SGD(b.parameters(), lr=0.2)
+    losses = []
+    for _ in range(4):
+        opt.zero_grad()
+        loss = F.mse_loss(_masked_forward(b, x, masks), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    torch.testing.assert_close(first, losses[0], rtol=1e-12, atol=1e-12)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    # and the supports did move (otherwise this test could not tell frozen from free)
+    assert any((s != t).any() for s, t in zip(masks, record_support(b, x)[1], strict=True))
+
+
+def test_epoch_refresh_masks_bytes_refusal_and_lookup():
+    net = _net(13, dims=(5, 16, 8, 2))
+    x, y = _data(100, 2)
+    assert mask_bytes(net, x, 100) == 100 * (16 + 8)
+    alt = Alternating(net, torch.optim.SGD(net.parameters(), lr=0.1), "mse", 2,
+                      max_mask_bytes=100 * 24)
+    info = alt.refresh(x)
+    assert info["mask_bytes"] == 2400 and "flipped" not in info
+    idx = torch.tensor([5, 17, 3, 99])
+    ref = record_support(net, x[idx])[1]
+    assert all(torch.equal(a[idx], b) for a, b in zip(alt.masks, ref, strict=True))
+    alt.step(x[idx], y[idx], index=idx)
+    assert 0.0 <= alt.refresh(x)["flipped"] <= 1.0
+    small = Alternating(net, torch.optim.SGD(net.parameters(), lr=0.1), "mse",
+                        max_mask_bytes=2399)
+    with pytest.raises(MemoryError, match="2400 bytes"):
+        small.refresh(x)
+    rows = _RowIndex(x)
+    perm = torch.randperm(100)[:30]
+    assert torch.equal(rows(x[perm]), perm)
+    with pytest.raises(ValueError, match="not found"):
+        rows(x[:3] + 1e-3)
+
+
+def test_alternating_bad_input():
+    net = _net(0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="inner_steps"):
+            Alternating(net, opt, "mse", inner_steps=k)
+    with pytest.raises(ValueError, match="loss"):
+        Alternating(net, opt, "hinge")
+    with pytest.raises(ValueError, match="Optimizer"):
+        Alternating(net, "sgd")
+    with pytest.raises(ValueError, match="closure"):
+        Alternating(net, torch.optim.LBFGS(net.parameters()))
+    with pytest.raises(ValueError, match="PositiveHardThreshold"):
+        Alternating(M.mlp(3, [4], 2), opt)
+    learn = pht(M.mlp(3, [4], 2), learnable=True)
+    with pytest.raises(ValueError, match="learnable"):
+        Alternating(learn, torch.optim.SGD(learn.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match="refresh"):
+        Alternating(net, opt, "mse").step(*_data(4), index=torch.arange(4))
+    with pytest.raises(ValueError, match="layers"):
+        Alternating(net, opt, "mse").solve(*_data(4), layers="first")
+
+
+# ------------------------------------------------------------------------------------------
+# Registered methods through the runner
+# ------------------------------------------------------------------------------------------
+def test_registered_and_hparams_validated():
+    assert {"pht_alt", "pht_sgd", "pht_adam"} <= set(METHODS)
+    for bad in ({"inner_steps": 0}, {"exact": "first"}, {"tau": -1.0}, {"refresh": "never"},
+                {"inner": "lbfgs"}, {"lr": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            make_method("pht_alt", bad)
+    with pytest.raises(ValueError, match="tau"):
+        run_trial("digits_mlp", "pht_sgd", {"tau": -0.5}, epochs=1)
+
+
+def test_pht_alt_trains_digits_mlp_to_target():
+    res = run_trial("digits_mlp", "pht_alt", {"inner_steps": 5, "exact": "last"}, seed=0)
+    assert res.status == "finished"
+    assert res.best >= 0.95  # the problem's target (Adam's level)
+    kinds = {e["kind"] for e in res.events}
+    assert kinds == {"exact_solve"}
+    assert all(e["loss_after"] <= e["loss_before"] for e in res.events)
+    assert 0.0 < res.final["support_density"] < 1.0
+
+
+def test_pht_alt_k1_without_solves_equals_pht_sgd_and_is_deterministic():
+    a = run_trial("digits_mlp", "pht_alt", {"inner_steps": 1, "exact": "none"}, epochs=2)
+    b = run_trial("digits_mlp", "pht_sgd", {}, epochs=2)
+    c = run_trial("digits_mlp", "pht_alt", {"inner_steps": 1, "exact": "none"}, epochs=2)
+    keys = ("train_loss", "val_loss", "test_metric")
+    assert [[e[k] for k in keys] for e in a.evals] == [[e[k] for k in keys] for e in b.evals]
+    assert [e["train_loss"] for e in a.evals] == [e["train_loss"] for e in c.evals]
+    relu = run_trial("digits_mlp", "sgd", {}, epochs=2)
+    assert relu.final["train_loss"] != b.final["train_loss"]  # tau=0.1 is not ReLU
+
+
+def test_pht_alt_epoch_refresh_and_state_roundtrip(tmp_path):
+    from beyondsgd.bench.store import Store
+
+    hp = {"refresh": "epoch", "inner": "adam", "lr": 1e-3, "inner_steps": 2, "exact": "all"}
+    with Store(tmp_path / "a.db") as a, Store(tmp_path / "b.db") as b:
+        full = run_trial("digits_mlp", "pht_alt", hp, epochs=3, store=a)
+        run_trial("digits_mlp", "pht_alt", hp, epochs=3, store=b, stop_after_epoch=1)
+        resumed = run_trial("digits_mlp", "pht_alt", hp, epochs=3, store=b)
+    assert [e["train_loss"] for e in resumed.evals] == [e["train_loss"] for e in full.evals]
+    refresh = [e for e in full.events if e["kind"] == "support_refresh"]
+    assert len(refresh) == 3 and all(0 <= e["flipped"] <= 1 for e in refresh)
+    assert full.final["train_loss"] < full.evals[0]["train_loss"]
+    with pytest.raises(MemoryError, match="max_mask_bytes"):
+        run_trial("digits_mlp", "pht_alt", {"refresh": "epoch", "max_mask_mb": 0.01}, epochs=1)
+
+
+def test_pht_adam_learnable_tau_moves_tau():
+    from beyondsgd.bench.problems import get_problem
+
+    prob = get_problem("digits_mlp")
+    data = prob.load(0)
+    model = prob.build_model(data, "relu", 0)
+    method = make_method("pht_adam", {"learnable_tau": True, "lr": 1e-2})
+    from beyondsgd.methods.base import TrainContext
+
+    ctx = TrainContext(torch.device("cpu"), prob.loss_fn, prob.task, data.x_train, data.y_train,
+                       data.x_val, data.y_val, 64, 1, 1)
+    model = method.prepare(model, ctx)
+    taus = [m.tau for m in pht_modules(model)]
+    assert all(isinstance(t, nn.Parameter) for t in taus)
+    for i in range(0, 640, 64):
+        method.train_step(model, (data.x_train[i:i + 64], data.y_train[i:i + 64]), prob.loss_fn)
+    assert all(math.isfinite(float(t.detach())) and abs(float(t.detach()) - 0.1) > 1e-4
+               for t in taus)

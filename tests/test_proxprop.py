@@ -1,0 +1,474 @@
+"""ProxProp: the maths against independent dense computations, the paper's invariants
+(Prop. 1/2/4/5), the converter and the registered methods."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from beyondsgd.methods import METHODS, make_method
+from beyondsgd.methods.cg import batched_cg
+from beyondsgd.methods.proxprop import (
+    ConvGeometry,
+    ProxConfig,
+    ProxConv2d,
+    ProxLinear,
+    conv2d_gram_apply,
+    conv2d_unfolded,
+    proxprop,
+)
+
+DT = torch.float64
+
+
+def _loss(z: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """A fixed nonlinear, mean-reduced loss of a layer output (ReLU -> linear -> CE)."""
+    g = torch.Generator().manual_seed(seed)
+    zf = z.flatten(1)
+    r = torch.randn(zf.shape[1], 5, generator=g, dtype=z.dtype).to(z.device)
+    y = torch.randint(0, 5, (z.shape[0],), generator=g).to(z.device)
+    return F.cross_entropy(torch.relu(zf) @ r, y)
+
+
+def _plain_grads(layer: nn.Module, x: torch.Tensor):
+    """Autograd on the plain layer: (dJ/dz, [dJ/dW.flatten(1), dJ/db], dJ/dx)."""
+    layer = copy.deepcopy(layer)
+    x = x.clone().requires_grad_(True)
+    z = layer(x)
+    z.retain_grad()
+    _loss(z).backward()
+    gth = torch.cat([layer.weight.grad.flatten(1), layer.bias.grad[:, None]], 1)
+    return z.grad, gth, x.grad
+
+
+def _prox_grads(layer: nn.Module, x: torch.Tensor, **cfg):
+    """The ProxProp layer's .grad (flattened like _plain_grads) and dJ/dx."""
+    layer = copy.deepcopy(layer)
+    cls = ProxLinear if isinstance(layer, nn.Linear) else ProxConv2d
+    pl = cls.from_module(layer, ProxConfig(**cfg))
+    x = x.clone().requires_grad_(True)
+    _loss(pl(x)).backward()
+    return torch.cat([pl.weight.grad.flatten(1), pl.bias.grad[:, None]], 1), x.grad
+
+
+def _linear(n_in=7, n_out=4, seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(n_in, n_out).to(DT)
+
+
+def _dense_linear_solution(x, gth, tau, gram="sum"):
+    a = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+    s = 1.0 if gram == "sum" else 1.0 / x.shape[0]
+    m = torch.eye(a.shape[1], dtype=x.dtype) / tau + s * a.T @ a
+    return torch.linalg.solve(m, gth.T).T
+
+
+# ------------------------------------------------------------------------------------------
+# BackProp equivalence and the downward signal
+# ------------------------------------------------------------------------------------------
+def test_gradient_mode_equals_autograd_on_cnn_and_mlp():
+    from beyondsgd import models as M
+
+    for build, shape in ((lambda: M.cnn_2c2d(seed=3), (6, 1, 28, 28)),
+                         (lambda: M.mlp(20, [16, 12], 3, seed=3), (9, 20))):
+        ref, net = build(), proxprop(build(), solver="gradient")
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        y = torch.randint(0, 3, (shape[0],))
+        F.cross_entropy(ref(x), y).backward()
+        F.cross_entropy(net(x), y).backward()
+        for (n, p), (_, q) in zip(ref.named_parameters(), net.named_parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=n)
+
+
+@pytest.mark.parametrize("solver,iters", [("exact", 1), ("cg", 1), ("cg", 3)])
+def test_input_gradient_is_ordinary_backprop(solver, iters):
+    """Eq. 10: the signal passed down uses the old weights, so dJ/dx equals BackProp's."""
+    lin = _linear(6, 5)
+    x = torch.randn(11, 6, dtype=DT)
+    _, _, gx_ref = _plain_grads(lin, x)
+    _, gx = _prox_grads(lin, x, solver=solver, cg_iters=iters)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-14)
+    conv = nn.Conv2d(2, 3, 3, padding=1).to(DT)
+    xc = torch.randn(2, 2, 5, 5, dtype=DT)
+    _, _, gx_ref = _plain_grads(conv, xc)
+    _, gx = _prox_grads(conv, xc, solver=solver, cg_iters=iters)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-14)
+
+
+def test_layers_below_a_prox_layer_get_backprop_gradients_of_the_same_loss():
+    """Only the prox layers' .grad change; the explicit last layer's gradient is BackProp's."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 3))
+    net = proxprop(copy.deepcopy(ref), solver="exact", tau_theta=0.5)
+    x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
+    F.cross_entropy(ref(x), y).backward()
+    F.cross_entropy(net(x), y).backward()
+    assert isinstance(net[0], ProxLinear) and isinstance(net[2], ProxLinear)
+    assert type(net[4]) is nn.Linear
+    torch.testing.assert_close(net[4].weight.grad, ref[4].weight.grad)
+    assert not torch.allclose(net[0].weight.grad, ref[0].weight.grad)
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_tau_theta_to_zero_gives_scaled_gradient(solver):
+    """M = I/tau + A^T A  =>  M^{-1} grad / tau -> grad as tau -> 0."""
+    lin = _linear(9, 4)
+    x = torch.randn(13, 9, dtype=DT)
+    _, gth, _ = _plain_grads(lin, x)
+    for tau, tol in ((1e-4, 1e-2), (1e-7, 1e-5)):  # error is O(tau |A^T A|)
+        d, _ = _prox_grads(lin, x, solver=solver, cg_iters=1, tau_theta=tau, cg_eps=0.0)
+        rel = (d / tau - gth).norm() / gth.norm()
+        assert rel < tol, (tau, rel)
+    conv = nn.Conv2d(2, 3, 3).to(DT)
+    xc = torch.randn(3, 2, 6, 6, dtype=DT)
+    _, gth, _ = _plain_grads(conv, xc)
+    d, _ = _prox_grads(conv, xc, solver=solver, cg_iters=1, tau_theta=1e-7, cg_eps=0.0)
+    assert (d / 1e-7 - gth).norm() / gth.norm() < 1e-4
+
+
+# ------------------------------------------------------------------------------------------
+# Exact solves against dense linear algebra
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch", [5, 40])  # 5 < fan-in + 1: Woodbury; 40: Cholesky
+@pytest.mark.parametrize("gram", ["sum", "mean"])
+def test_exact_linear_matches_dense_normal_equations(batch, gram):
+    lin = _linear(12, 4)
+    x = torch.randn(batch, 12, dtype=DT)
+    _, gth, _ = _plain_grads(lin, x)
+    d, _ = _prox_grads(lin, x, solver="exact", tau_theta=0.3, gram=gram)
+    torch.testing.assert_close(d, _dense_linear_solution(x, gth, 0.3, gram), rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_exact_linear_is_the_papers_closed_form_prox_step():
+    """Appendix/Section 3 closed form: Theta+ = (z~ a~^T + Theta/tau)(a~ a~^T + I/tau)^{-1}
+    with z~ = z - dJ/dz (Eqs. 8-11, unit steps) and theta_k - theta_{k+1} in .grad."""
+    lin = _linear(6, 3)
+    x = torch.randn(8, 6, dtype=DT)
+    gz, _, _ = _plain_grads(lin, x)
+    tau = 0.7
+    a = torch.cat([x, torch.ones(8, 1, dtype=DT)], 1).T  # (K, B) columns = samples
+    theta = torch.cat([lin.weight, lin.bias[:, None]], 1).detach()
+    z_t = (lin(x) - gz).T.detach()  # (m, B)
+    new = (z_t @ a.T + theta / tau) @ torch.linalg.inv(a @ a.T + torch.eye(7, dtype=DT) / tau)
+    d, _ = _prox_grads(lin, x, solver="exact", tau_theta=tau)
+    torch.testing.assert_close(theta - d, new, rtol=1e-9, atol=1e-12)
+
+
+def _jacobian_matrix(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Dense A: d vec(conv(x; W, b)) / d [W, b] per output channel, via autograd."""
+    def f(w, b):
+        return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    jw, jb = torch.autograd.functional.jacobian(f, (conv.weight.detach(), conv.bias.detach()))
+    out = f(conv.weight, conv.bias)
+    n_out = out.numel()
+    return torch.cat([jw.reshape(n_out, -1), jb.reshape(n_out, -1)], 1)  # (outputs, params)
+
+
+CONVS = [
+    dict(in_channels=2, out_channels=3, kernel_size=3, padding=1),
+    dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding=0),
+    dict(in_channels=4, out_channels=4, kernel_size=2, dilation=2, padding=1, groups=2),
+]
+
+
+def _param_vec_to_rows(v: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    nw = conv.weight.numel()
+    return torch.cat([v[:nw].reshape(conv.out_channels, -1), v[nw:, None]], 1)
+
+
+@pytest.mark.parametrize("spec", CONVS)
+def test_conv_gram_apply_matches_explicit_matrix(spec):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**spec).to(DT)
+    x = torch.randn(3, spec["in_channels"], 7, 7, dtype=DT)
+    geo = ConvGeometry(conv.stride, conv.padding, conv.dilation, conv.groups)
+    a = _jacobian_matrix(conv, x)
+    v = torch.randn(a.shape[1], dtype=DT)
+    rows = _param_vec_to_rows(v, conv)
+    got = conv2d_gram_apply(x, rows, conv.weight.shape, True, geo)
+    torch.testing.assert_close(got, _param_vec_to_rows(a.T @ (a @ v), conv), rtol=1e-10,
+                               atol=1e-10)
+    # the unfolded matrix used by the exact solver reproduces the convolution
+    u = conv2d_unfolded(x, conv.weight.shape, True, geo)  # (G, B*L, K)
+    g = conv.groups
+    th = torch.cat([conv.weight.flatten(1), conv.bias[:, None]], 1).detach()
+    th = th.reshape(g, conv.out_channels // g, -1)
+    out = torch.bmm(u, th.transpose(1, 2))  # (G, B*L, C/G)
+    ref = conv(x).detach()  # (B, C, H, W)
+    n, c, h, w = ref.shape
+    ref = ref.reshape(n, g, c // g, h * w).permute(1, 0, 3, 2).reshape(g, n * h * w, c // g)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("spec", CONVS)
+@pytest.mark.parametrize("gram", ["sum", "mean"])
+def test_exact_and_converged_cg_conv_match_dense_solve(spec, gram):
+    torch.manual_seed(1)
+    conv = nn.Conv2d(**spec).to(DT)
+    x = torch.randn(3, spec["in_channels"], 7, 7, dtype=DT)
+    _, gth, _ = _plain_grads(conv, x)
+    a = _jacobian_matrix(conv, x)
+    s = 1.0 if gram == "sum" else 1.0 / 3
+    tau = 0.2
+    m = torch.eye(a.shape[1], dtype=DT) / tau + s * a.T @ a
+    nw = conv.weight.numel()
+    gvec = torch.cat([gth[:, :-1].reshape(-1), gth[:, -1]])
+    ref = _param_vec_to_rows(torch.linalg.solve(m, gvec), conv)
+    d, _ = _prox_grads(conv, x, solver="exact", tau_theta=tau, gram=gram)
+    torch.testing.assert_close(d, ref, rtol=1e-8, atol=1e-12)
+    for block in ("unit", "layer"):
+        d, _ = _prox_grads(conv, x, solver="cg", cg_iters=nw + 5, tau_theta=tau, gram=gram,
+                           cg_tol=0.0, cg_eps=0.0, cg_block=block)
+        torch.testing.assert_close(d, ref, rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# CG: convergence and descent (Prop. 4 / Prop. 5)
+# ------------------------------------------------------------------------------------------
+def test_linear_cg_error_decreases_to_exact():
+    lin = _linear(30, 6)
+    x = torch.randn(50, 30, dtype=DT) * torch.linspace(0.1, 3, 30, dtype=DT)  # ill-conditioned
+    _, gth, _ = _plain_grads(lin, x)
+    exact = _dense_linear_solution(x, gth, 1.0)
+    errs = []
+    for it in (1, 3, 10, 60):
+        d, _ = _prox_grads(lin, x, solver="cg", cg_iters=it, cg_tol=0.0, cg_eps=0.0)
+        errs.append(float((d - exact).norm() / exact.norm()))
+    assert errs[0] > errs[1] > errs[2] > errs[3], errs
+    assert errs[-1] < 1e-8, errs
+
+
+@pytest.mark.parametrize("solver,iters", [("exact", 1), ("cg", 1), ("cg", 3), ("cg", 5)])
+@pytest.mark.parametrize("block", ["unit", "layer"])
+def test_direction_is_descent_on_random_batches(solver, iters, block):
+    """<d, grad> > 0 per layer (Prop. 4 for exact, Prop. 5 for any CG count from v=0), also
+    per output unit for the per-unit CG and the exact solve (each row is its own system)."""
+    from beyondsgd import models as M
+
+    net = M.cnn_2c2d(seed=0, image_size=12).to(DT)
+    net[7] = nn.Linear(64 * 9, 20).to(DT)  # smaller fc for speed
+    net[9] = nn.Linear(20, 10).to(DT)
+    ref = copy.deepcopy(net)
+    proxprop(net, solver=solver, cg_iters=iters, cg_block=block, tau_theta=2.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.rand(16, 1, 12, 12, generator=g, dtype=DT)
+        y = torch.randint(0, 10, (16,), generator=g)
+        for m in (net, ref):
+            m.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+        for i in (0, 3, 7):
+            d = torch.cat([net[i].weight.grad.flatten(1), net[i].bias.grad[:, None]], 1)
+            gr = torch.cat([ref[i].weight.grad.flatten(1), ref[i].bias.grad[:, None]], 1)
+            assert (d * gr).sum() > 0
+            if block == "unit" or solver == "exact":
+                row = (d * gr).sum(1)
+                assert ((row > 0) | (gr.abs().sum(1) == 0)).all()  # zero only for dead units
+
+
+def test_batched_cg_against_dense_solve_and_stopping_rule():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(8, 8, generator=g, dtype=DT)
+    mat = q @ q.T + 0.5 * torch.eye(8, dtype=DT)
+    b = torch.randn(5, 8, generator=g, dtype=DT)
+    ref = torch.linalg.solve(mat, b.T).T
+    x, k = batched_cg(lambda v: v @ mat, b, maxiter=8)
+    assert k == 8
+    torch.testing.assert_close(x, ref, rtol=1e-8, atol=1e-10)
+    x, k = batched_cg(lambda v: v @ mat, b, maxiter=50, x0=ref + 0.1)
+    torch.testing.assert_close(x, ref, rtol=1e-8, atol=1e-10)
+    # joint: one CG on the whole (block-diagonal) system converges to the same solution
+    x, _ = batched_cg(lambda v: v @ mat, b, maxiter=60, joint=True)
+    torch.testing.assert_close(x, ref, rtol=1e-7, atol=1e-9)
+    # official stopping rule: stops early once max row residual^2 < tol^2 mean initial
+    _, k = batched_cg(lambda v: v @ mat, b, maxiter=100, tol=1e-2)
+    assert 1 < k < 100
+    # zero right-hand side: no NaN (0/0 guarded), solution zero
+    x, _ = batched_cg(lambda v: v @ mat, torch.zeros(2, 8, dtype=DT), maxiter=3)
+    assert torch.equal(x, torch.zeros(2, 8, dtype=DT))
+    with pytest.raises(ValueError, match="maxiter"):
+        batched_cg(lambda v: v, b, maxiter=0)
+    with pytest.raises(ValueError, match="tol"):
+        batched_cg(lambda v: v, b, maxiter=1, tol=-1.0)
+
+
+def test_cg_eps_matches_official_formula_for_one_iteration():
+    """cg1 from v=0: d = alpha g with alpha = |g|^2 / (g^T M g + eps) per output unit."""
+    lin = _linear(5, 3)
+    x = torch.randn(4, 5, dtype=DT) * 1e-3
+    _, gth, _ = _plain_grads(lin, x)
+    gth_scaled = gth
+    a = torch.cat([x, torch.ones(4, 1, dtype=DT)], 1)
+    m = torch.eye(6, dtype=DT) + a.T @ a
+    for eps in (0.0, 1e-6):
+        alpha = (gth_scaled ** 2).sum(1) / (((gth_scaled @ m) * gth_scaled).sum(1) + eps)
+        d, _ = _prox_grads(lin, x, solver="cg", cg_iters=1, cg_eps=eps)
+        torch.testing.assert_close(d, alpha[:, None] * gth_scaled, rtol=1e-10, atol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------
+# Layers and converter
+# ------------------------------------------------------------------------------------------
+def test_converter_shares_parameters_and_state_dict_round_trips(tmp_path):
+    from beyondsgd import models as M
+
+    net = M.cnn_2c2d(seed=0)
+    plain_sd = {k: v.clone() for k, v in net.state_dict().items()}
+    params_before = [id(p) for p in net.parameters()]
+    proxprop(net)
+    assert [id(p) for p in net.parameters()] == params_before
+    assert isinstance(net[0], ProxConv2d) and isinstance(net[3], ProxConv2d)
+    assert isinstance(net[7], ProxLinear) and type(net[9]) is nn.Linear  # last layer explicit
+    assert list(net.state_dict()) == list(plain_sd)
+    torch.save(net.state_dict(), tmp_path / "m.pt")
+    other = proxprop(M.cnn_2c2d(seed=1))
+    other.load_state_dict(torch.load(tmp_path / "m.pt"))
+    x = torch.randn(3, 1, 28, 28)
+    ref = M.cnn_2c2d(seed=0)
+    ref.load_state_dict(plain_sd)
+    other.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), ref(x))
+    torch.testing.assert_close(net(x), ref(x))  # grad-enabled forward is the plain forward
+
+
+def test_named_layers_and_errors():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Conv1d(1, 1, 1), nn.Linear(5, 2))
+    proxprop(net, layers=["3"])  # the last layer may be converted when named
+    assert isinstance(net[3], ProxLinear) and type(net[0]) is nn.Linear
+    with pytest.raises(ValueError, match="ReLU.*accepted: nn.Linear, nn.Conv2d"):
+        proxprop(net, layers="1")
+    with pytest.raises(ValueError, match="Conv1d"):
+        proxprop(net, layers=["2"])
+    with pytest.raises(ValueError, match="no submodule named 'fc9'"):
+        proxprop(net, layers=["fc9"])
+    with pytest.warns(UserWarning, match="Conv1d"):
+        proxprop(nn.Sequential(nn.Conv1d(1, 1, 1), nn.Flatten(), nn.Linear(3, 2)))
+    proxprop(net, layers=["3"], tau_theta=0.1)  # reconfigure an already converted layer
+    assert net[3].prox.tau_theta == 0.1
+    bad = [(dict(tau_theta=0.0), "tau_theta"), (dict(tau_theta=math.inf), "tau_theta"),
+           (dict(solver="lbfgs"), "solver 'lbfgs' is not one of"),
+           (dict(cg_iters=0), "solver='gradient'"), (dict(cg_iters=2.5), "cg_iters"),
+           (dict(cg_tol=-1.0), "cg_tol"), (dict(gram="max"), "gram"),
+           (dict(cg_block="x"), "cg_block")]
+    for kw, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            proxprop(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), **kw)
+    with pytest.raises(ValueError, match="asymmetrically"):
+        ProxConv2d(1, 1, 4, padding="same")
+
+
+@pytest.mark.parametrize("kw", [dict(padding="same"), dict(padding=1, padding_mode="reflect"),
+                                dict(padding=1, bias=False), dict(padding="valid", stride=2)])
+def test_conv_variants_gradient_mode_parity_and_forward(kw):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, **kw).to(DT)
+    pc = ProxConv2d.from_module(copy.deepcopy(conv), ProxConfig(solver="gradient"))
+    x = torch.randn(2, 2, 6, 6, dtype=DT)
+    torch.testing.assert_close(pc(x), conv(x))
+    _loss(conv(x)).backward()
+    _loss(pc(x)).backward()
+    torch.testing.assert_close(pc.weight.grad, conv.weight.grad)
+    # the prox direction is still a descent direction for every variant
+    pc.prox = ProxConfig(solver="cg", cg_iters=2)
+    pc.zero_grad()
+    _loss(pc(x)).backward()
+    assert (pc.weight.grad * conv.weight.grad).sum() > 0
+
+
+def test_linear_handles_extra_leading_dims_and_no_bias():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3, bias=False).to(DT)
+    pl = ProxLinear.from_module(copy.deepcopy(lin), ProxConfig(solver="exact", tau_theta=0.5))
+    x = torch.randn(2, 5, 4, dtype=DT)
+    _loss(lin(x).reshape(10, 3)).backward()
+    _loss(pl(x).reshape(10, 3)).backward()
+    x2 = x.reshape(10, 4)
+    m = 2.0 * torch.eye(4, dtype=DT) + x2.T @ x2
+    torch.testing.assert_close(pl.weight.grad, torch.linalg.solve(m, lin.weight.grad.T).T)
+
+
+def test_sgd_on_prox_grad_is_eq13_update_and_lowers_the_loss():
+    """theta+ = theta - tau M^{-1} grad; on a least-squares layer the prox step with large
+    tau_theta and lr 1 solves the (regularised) problem nearly exactly."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 5)
+    w_true = torch.randn(2, 5)
+    target = x @ w_true.T
+    layer = ProxLinear(5, 2, solver="exact", tau_theta=1e4)
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    with torch.no_grad():
+        loss0 = float(0.5 * ((layer(x) - target) ** 2).sum())
+    (0.5 * ((layer(x) - target) ** 2).sum()).backward()  # sum loss: z~ = target exactly
+    opt.step()
+    with torch.no_grad():
+        loss1 = float(0.5 * ((layer(x) - target) ** 2).sum())
+    assert loss1 < 1e-3 * loss0
+
+
+# ------------------------------------------------------------------------------------------
+# Registered methods
+# ------------------------------------------------------------------------------------------
+def test_methods_registered_with_declared_hparams():
+    for name in ("proxprop", "proxprop_sgd"):
+        cls = METHODS[name]
+        hp = {h.name: h for h in cls.hparams}
+        assert hp["lr"].tune and hp["tau_theta"].tune and hp["tau_theta"].log
+        assert {"solver", "cg_iters", "cg_tol", "cg_eps", "gram", "cg_block"} <= set(hp)
+    with pytest.raises(ValueError, match="cg_iters"):
+        make_method("proxprop", {"cg_iters": 0})
+    with pytest.raises(ValueError, match="tau_theta"):
+        make_method("proxprop_sgd", {"tau_theta": -1.0})
+
+
+@pytest.mark.parametrize("method,hp", [("proxprop", {}), ("proxprop_sgd", {"lr": 0.5}),
+                                       ("proxprop_sgd", {"solver": "exact"})])
+def test_converges_on_digits_mlp(method, hp):
+    from beyondsgd.bench.runner import run_trial
+
+    res = run_trial("digits_mlp", method, hp, seed=0, epochs=10)
+    assert res.status == "finished"
+    assert res.final["test_metric"] >= 0.93, res.final
+    assert res.final["train_loss"] < 0.2 * res.evals[0]["train_loss"]
+
+
+def test_autocast_bfloat16_backward_runs_in_float32():
+    """Under autocast the layer output is bf16; the solve runs in float32 and .grad keeps the
+    parameter dtype, close to the float32 direction."""
+    from beyondsgd import models as M
+
+    net = proxprop(M.cnn_2c2d(seed=0, image_size=12), solver="cg", cg_iters=2)
+    net[7] = proxprop(nn.Sequential(nn.Linear(576, 16), nn.Linear(16, 16)))[0]
+    net[9] = nn.Linear(16, 10)
+    x, y = torch.rand(4, 1, 12, 12), torch.randint(0, 10, (4,))
+    F.cross_entropy(net(x), y).backward()
+    ref = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    for p, r in zip(net.parameters(), ref):
+        assert p.grad.dtype == torch.float32
+        assert torch.isfinite(p.grad).all()
+        assert (p.grad * r).sum() > 0.9 * r.norm() * p.grad.norm()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    lin = _linear(12, 4).float()
+    x = torch.randn(9, 12)
+    for cfg in (dict(solver="exact"), dict(solver="cg", cg_iters=3)):
+        d_cpu, _ = _prox_grads(lin, x, **cfg)
+        d_gpu, _ = _prox_grads(lin.cuda(), x.cuda(), **cfg)
+        torch.testing.assert_close(d_gpu.cpu(), d_cpu, rtol=1e-4, atol=1e-6)
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    xc = torch.randn(2, 2, 6, 6)
+    for cfg in (dict(solver="exact"), dict(solver="cg", cg_iters=3)):
+        d_cpu, _ = _prox_grads(conv, xc, **cfg)
+        d_gpu, _ = _prox_grads(conv.cuda(), xc.cuda(), **cfg)
+        torch.testing.assert_close(d_gpu.cpu(), d_cpu, rtol=1e-4, atol=1e-6)

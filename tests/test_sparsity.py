@@ -1,0 +1,206 @@
+"""Sparsity tools: the sparse model W * 1[Gamma != 0], support sizes, the selection path,
+pruning by path order / magnitude / at random, physical pruning (identical outputs to the masked
+model, fewer parameters), fixed-mask retraining (winning tickets) and bad input."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from beyondsgd.methods import sparsity as S
+from beyondsgd.methods.slbi import SLBI, slbi_param_groups
+from beyondsgd.models import cnn_2c2d, lenet5, mlp
+
+
+def _rand_bias(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
+def _unit_masks(model, names, seed=0, frac=0.5):
+    g = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    out = {}
+    for n in names:
+        rows = params[n].shape[0]
+        m = torch.rand(rows, generator=g) < frac
+        m[0] = True
+        out[n] = m
+    return out
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "relu"])
+def test_export_mlp_same_outputs_fewer_params(act):
+    net = _rand_bias(mlp(12, [20, 16], 5, activation=act, seed=0))
+    masks = _unit_masks(net, ["1.weight", "3.weight"], seed=1)
+    small = S.export_pruned(net, masks)             # fold act(bias) of removed units
+    x = torch.randn(50, 12)
+    torch.testing.assert_close(small(x), S.masked_model(net, masks)(x), atol=1e-5, rtol=1e-5)
+    k1, k2 = int(masks["1.weight"].sum()), int(masks["3.weight"].sum())
+    assert (small[1].out_features, small[3].in_features, small[3].out_features,
+            small[5].in_features) == (k1, k1, k2, k2)
+    assert S.count_parameters(small) == 12 * k1 + k1 + k1 * k2 + k2 + k2 * 5 + 5
+    # removed_bias="zero" matches the masked model with removed biases zeroed
+    small0 = S.export_pruned(net, masks, removed_bias="zero")
+    torch.testing.assert_close(small0(x), S.masked_model(net, masks, zero_bias=True)(x),
+                               atol=1e-5, rtol=1e-5)
+    # and the folding mattered: with tanh/sigmoid the two variants differ
+    if act != "relu":
+        assert not torch.allclose(small0(x), small(x), atol=1e-3)
+
+
+def test_export_lenet5_filters_and_neurons():
+    net = _rand_bias(lenet5(seed=0))      # conv2 has no padding: folding is exact everywhere
+    masks = _unit_masks(net, ["0.weight", "3.weight", "7.weight", "9.weight"], seed=2)
+    small = S.export_pruned(net, masks)
+    x = torch.randn(6, 1, 28, 28)
+    torch.testing.assert_close(small(x), S.masked_model(net, masks)(x), atol=1e-5, rtol=1e-5)
+    k = {n: int(m.sum()) for n, m in masks.items()}
+    assert small[0].out_channels == k["0.weight"] == small[3].in_channels
+    assert small[3].out_channels == k["3.weight"]
+    assert small[7].in_features == 25 * k["3.weight"] and small[7].out_features == k["7.weight"]
+    assert small[11].in_features == k["9.weight"] and small[11].out_features == 10
+    assert S.count_parameters(small) < S.count_parameters(net)
+
+
+def test_export_padded_conv_needs_zero_bias():
+    net = _rand_bias(cnn_2c2d(seed=0))                # conv2 is padded: folding is not exact
+    masks = _unit_masks(net, ["0.weight", "3.weight", "7.weight"], seed=3)
+    with pytest.raises(ValueError, match="padded convolution.*removed_bias='zero'"):
+        S.export_pruned(net, masks)
+    small = S.export_pruned(net, masks, removed_bias="zero")
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(small(x), S.masked_model(net, masks, zero_bias=True)(x),
+                               atol=1e-5, rtol=1e-5)
+    assert small[3].in_channels == int(masks["0.weight"].sum())
+    assert small[7].in_features == 49 * int(masks["3.weight"].sum())
+    # ReLU with non-positive removed biases emits exact zeros: folding is then allowed
+    with torch.no_grad():
+        net[0].bias[~masks["0.weight"]] = -1.0
+    small_f = S.export_pruned(net, masks)
+    torch.testing.assert_close(small_f(x), S.masked_model(net, masks)(x), atol=1e-5, rtol=1e-5)
+
+
+def test_export_element_masks_and_sparse_slbi_model():
+    torch.manual_seed(0)
+    net = lenet5(seed=1)
+    opt = SLBI(slbi_param_groups(net, conv="filter", linear="element"), lr=0.2, nu=1.0,
+               lam=0.02, momentum=0.5)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(8):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert all(bool(torch.isfinite(p).all()) for p in net.parameters())
+    gm = S.gamma_masks(net, opt)
+    assert set(gm) == {"0.weight", "3.weight", "7.weight", "9.weight"}
+    sm = S.sparse_model(net, opt)
+    params, sparams = dict(net.named_parameters()), dict(sm.named_parameters())
+    for n, p in params.items():          # W * 1[Gamma != 0] for coupled, W elsewhere
+        expect = p * (opt.gamma(p) != 0) if n in gm else p
+        assert torch.equal(sparams[n], expect)
+    units = S.unit_masks_from_gamma(net, opt)
+    assert units["0.weight"].shape == (6,) and units["7.weight"].shape == (120, 400)
+    sizes = S.support_sizes(units)
+    assert 0 < sizes["total"] == sum(v for k, v in sizes.items() if k != "total")
+    assert sizes == opt.support_sizes(net)
+    # element masks of Linear layers: a row survives if any weight does; outputs still equal
+    small = S.export_pruned(net, units, removed_bias="fold")
+    torch.testing.assert_close(small(x), S.masked_model(net, units)(x), atol=1e-5, rtol=1e-5)
+
+
+def test_export_rejects_bad_input():
+    net = mlp(4, [6], 3, seed=0)
+    with pytest.raises(ValueError, match="output layer"):
+        S.export_pruned(net, {"3.weight": torch.tensor([True, False, True])})
+    with pytest.raises(ValueError, match="does not have"):
+        S.export_pruned(net, {"9.weight": torch.ones(6, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="keeps no units"):
+        S.export_pruned(net, {"1.weight": torch.zeros(6, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="removed_bias"):
+        S.export_pruned(net, {}, removed_bias="drop")
+    bn = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2))
+    with pytest.raises(ValueError, match="does not support layer 1 \\(BatchNorm1d\\)"):
+        S.export_pruned(bn, {"0.weight": torch.ones(6, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="nn.Sequential"):
+        S.export_pruned(nn.Linear(2, 2), {})
+    with pytest.raises(ValueError, match="fits neither"):
+        S.masked_model(net, {"1.weight": torch.ones(5, dtype=torch.bool)})
+
+
+def test_selection_path_entries_and_round_trip():
+    path = S.SelectionPath()
+    seq = [torch.tensor([0, 0, 0, 0]), torch.tensor([0, 1, 0, 0]), torch.tensor([1, 1, 0, 0]),
+           torch.tensor([1, 0, 0, 1])]
+    recs = [path.update(e, {"a": m.bool()}) for e, m in enumerate(seq)]
+    assert path.entry["a"].tolist() == [2, 1, float("inf"), 3]
+    assert recs[1]["entered"]["a"].tolist() == [1] and recs[3]["left"]["a"].tolist() == [1]
+    assert [r["sizes"]["total"] for r in recs] == [0, 1, 2, 2]
+    assert path.support_at(2)["a"].tolist() == [True, True, False, False]
+    p2 = S.SelectionPath()
+    p2.load_state_dict(copy.deepcopy(path.state_dict()))
+    assert torch.equal(p2.entry["a"], path.entry["a"]) and p2.sizes == path.sizes
+    r1 = path.update(4, {"a": torch.tensor([True, True, True, True])})
+    r2 = p2.update(4, {"a": torch.tensor([True, True, True, True])})
+    assert r1["entered"]["a"].tolist() == r2["entered"]["a"].tolist() == [1, 2]
+
+
+def test_path_order_magnitude_and_random_masks():
+    net = mlp(3, [5], 2, seed=0)
+    with torch.no_grad():
+        net[1].weight.copy_(torch.arange(1.0, 6.0).view(5, 1).expand(5, 3))  # row norms ascend
+    path = S.SelectionPath()
+    path.update(1, {"1.weight": torch.tensor([False, True, False, True, False])})
+    path.update(2, {"1.weight": torch.tensor([False, True, True, True, False])})
+    # keep 3 of 5: rows 1 and 3 (epoch 1; row 3 has the larger norm first), then row 2 (epoch 2)
+    m = S.path_order_masks(net, path, ratio=0.4)["1.weight"]
+    assert m.tolist() == [False, True, True, True, False]
+    m2 = S.path_order_masks(net, path, ratio=0.8)["1.weight"]
+    assert m2.tolist() == [False, False, False, True, False]      # tie at epoch 1 -> norm
+    assert S.path_order_masks(net, path, ratio=0.0)["1.weight"].all()
+    mag = S.magnitude_masks(net, {"1.weight": 2})["1.weight"]
+    assert mag.tolist() == [False, False, False, True, True]
+    el = S.magnitude_masks(net, {"3.weight": 4}, unit="element")["3.weight"]
+    assert el.shape == (2, 5) and int(el.sum()) == 4
+    assert bool(net[3].weight.abs()[el].min() >= net[3].weight.abs()[~el].max())
+    g = torch.Generator().manual_seed(0)
+    r = S.random_masks({"1.weight": m}, generator=g)["1.weight"]
+    assert int(r.sum()) == 3 and r.shape == m.shape
+    r_again = S.random_masks({"1.weight": m}, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(r, r_again["1.weight"])
+    with pytest.raises(ValueError, match="ratio must be in"):
+        S.path_order_masks(net, path, ratio=1.5)
+    with pytest.raises(ValueError, match="no record"):
+        S.path_order_masks(net, path, ratio=0.5, names=["3.weight"])
+    with pytest.raises(ValueError, match="cannot keep 9"):
+        S.magnitude_masks(net, {"1.weight": 9})
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_fixed_mask_retraining_keeps_zeros(opt_name):
+    init = _rand_bias(mlp(6, [10], 3, activation="tanh", seed=0))
+    masks = {"1.weight": torch.tensor([1, 0, 1, 1, 0, 0, 1, 1, 0, 1]).bool()}
+    model, handle = S.ticket(init, masks)
+    assert torch.equal(init[1].weight, mlp(6, [10], 3, seed=0)[1].weight)   # init untouched
+    opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+           if opt_name == "sgd" else torch.optim.Adam(model.parameters(), lr=1e-2))
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    for _ in range(20):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    off = ~masks["1.weight"]
+    assert bool((model[1].weight[off] == 0).all()) and bool((model[1].bias[off] == 0).all())
+    assert not torch.allclose(model[1].weight[~off], init[1].weight[~off])
+    # the retrained masked net equals its physically smaller export
+    small = S.export_pruned(model, masks, removed_bias="zero")
+    torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
+    handle.remove()
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert bool((model[1].weight.grad[off] != 0).any())          # hooks are gone
