@@ -35,7 +35,7 @@ import torch
 from beyondsgd.bench.problems import get_problem
 from beyondsgd.bench.runner import run_trial
 
-REG_PROBLEMS = ["friedman_mlp", "diabetes_mlp", "toy_identity_mlp", "toy_affine_mlp",
+REG_PROBLEMS = ["friedman_mlp", "diabetes_mlp", "toy_identity_mlp",
                 "toy_polynomial_mlp", "toy_formula_mlp"]
 LRS = [1e-3, 1e-2, 1e-1]
 

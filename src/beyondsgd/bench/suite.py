@@ -58,7 +58,7 @@ BUDGETS: dict[str, Budget] = {
         "full", {"digits_mlp": None, "mnist1d_mlp": None, "mnist1d_cnn": None,
                  "fmnist_mlp": None, "fmnist_2c2d": None, "fmnist_lenet5": None,
                  "diabetes_mlp": None, "friedman_mlp": None, "toy_identity_mlp": None,
-                 "toy_affine_mlp": None, "toy_polynomial_mlp": None, "toy_formula_mlp": None},
+                 "toy_polynomial_mlp": None, "toy_formula_mlp": None},
         n_tune=16, seeds=5,
         description="every problem at its full epoch budget, 16 tuning trials, 5 seeds "
                     "(for a multi-core or GPU machine; days on 2 cores)"),

@@ -496,7 +496,7 @@ class BPGradMethod(OptimizerMethod):
     summary = "step length (f_t - rho*min f)/L along the globally normalised gradient, momentum"
     paper = "Zhang, Wu & Wang, CVPR 2018 (arXiv 1711.06959)"
     hparams = (
-        HParam("lipschitz", 30.0, float, "Lipschitz constant L (acts as 1/lr)",
+        HParam("lipschitz", 10.0, float, "Lipschitz constant L (acts as 1/lr)",
                low=1.0, high=1000.0, log=True, tune=True),
         HParam("rho", 0.1, float, "lower bound factor: f* ~ rho * min f", low=0.0, high=1.0),
         HParam("momentum", 0.9, float, "heavy-ball momentum", low=0.0, high=0.99),
