@@ -97,6 +97,10 @@ def parse_overrides(items: list[str], methods: list[str], single: str | None = N
 
 
 def _apply_data_flags(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     if getattr(args, "data_dir", None):
         os.environ["BEYONDSGD_FASHION_MNIST"] = args.data_dir
         os.environ["BEYONDSGD_MNIST"] = args.data_dir
@@ -145,6 +149,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if quick:
         print(f"Quick default: {QUICK_PROBLEM}, all {len(methods)} methods, {seeds} seed(s), "
               f"{epochs} epochs -> {store_path}", file=sys.stderr)
+        if args.threads is None:
+            args.threads = 1
     _apply_data_flags(args)
     plan = [(p, m, s) for p in problems for m in methods for s in range(seeds)]
     total_epochs = sum(epochs if epochs is not None else get_problem(p).epochs
@@ -297,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", help="directory with the (Fashion-)MNIST IDX files")
         p.add_argument("--download", action="store_true",
                        help="download (Fashion-)MNIST if missing (needs internet)")
+        p.add_argument("--threads", type=_pos_int,
+                       help="torch CPU threads (default: torch's; the quick default uses 1, "
+                            "faster for tiny models)")
 
     b = sub.add_parser("bench", help="problems x methods x seeds into a results store "
                                      "(no arguments: a quick run on built-in data)")
