@@ -55,6 +55,7 @@ from .base import SCHEDULE_HPARAMS, HParam, OptimizerMethod, TrainContext, regis
 from .milp import (
     LinearProgram,
     MILPResult,
+    _check_solver_args,
     build_classification_milp,
     build_regression_lp,
     classification_margins,
@@ -218,12 +219,7 @@ class GDSolver:
             raise ValueError(f"task must be one of {list(TASKS)} or None, got {task!r}")
         if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
             raise ValueError(f"radius must be a positive finite number, got {radius!r}")
-        if not (time_limit > 0):
-            raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
-        if not (0 <= mip_gap < 1):
-            raise ValueError(f"mip_gap must be in [0, 1), got {mip_gap!r}")
-        if int(threads) < 1:
-            raise ValueError(f"threads must be >= 1, got {threads!r}")
+        _check_solver_args(time_limit, mip_gap, threads)
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
         if norm not in ("l1", "linf"):
