@@ -59,10 +59,11 @@ def test_sampling_is_reproducible_and_log_uniform():
 
 def test_validation_score_and_pick_best():
     evals = [{"val_metric": 0.1}, {"val_metric": 0.8}, {"val_metric": 0.7}]
-    assert validation_score(evals, True, "finished") == 0.8
+    assert validation_score(evals, True, "finished") == 0.7  # final, not best: no early peak
     assert validation_score([{"val_metric": 9}, {"val_metric": 2.0}, {"val_metric": 3.0}],
-                            False, "finished") == -2.0
+                            False, "finished") == -3.0
     assert validation_score(evals, True, "diverged") == -math.inf
+    assert validation_score(evals[:1], True, "finished") == -math.inf
     best = pick_best([Scored({"lr": 1}, 0.5, "finished"), Scored({"lr": 2}, 0.9, "finished"),
                       Scored({"lr": 3}, 0.9, "finished"), Scored({"lr": 4}, -math.inf, "d")])
     assert best.hparams == {"lr": 2}

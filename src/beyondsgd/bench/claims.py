@@ -110,7 +110,11 @@ def _oriented(values: list[float], quantity: str, higher_is_better: bool) -> lis
 
 def _welch(a: list[float], b: list[float], alternative: str, shift: float = 0.0) -> float:
     """p-value of Welch's t-test on a - shift vs b; handles infinities and zero variance."""
+    import warnings
+
     from scipy import stats
+
+    warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
 
     if len(a) < 2 or len(b) < 2:
         return math.nan

@@ -184,6 +184,40 @@ def plot_curves(store: Store, rows: list[dict], out_dir: Path) -> list[Path]:
     return paths
 
 
+def overview_table(rows: list[dict], tag: str) -> str:
+    """Methods x problems: final test metric (mean ± std over seeds) of the ``tag`` runs, with
+    the best mean per problem in bold."""
+    rows = [r for r in rows if r["tag"] == tag]
+    problems = sorted({r["problem"] for r in rows})
+    methods = sorted({r["method"] for r in rows})
+    if not rows:
+        return ""
+    cell = {(r["problem"], r["method"]): r for r in rows}
+    best = {}
+    for p in problems:
+        vals = [cell[(p, m)]["final_mean"] for m in methods if (p, m) in cell
+                and math.isfinite(cell[(p, m)]["final_mean"])]
+        if vals:
+            best[p] = max(vals) if PROBLEMS[p].higher_is_better else min(vals)
+    head = "| method | " + " | ".join(f"{p} ({PROBLEMS[p].metric})" for p in problems) + " |"
+    lines = [head, "|---" * (len(problems) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for p in problems:
+            r = cell.get((p, m))
+            if r is None:
+                cells.append("–")
+                continue
+            text = f"{_fmt(r['final_mean'], 3)} ± {_fmt(r['final_std'], 3)}"
+            if r["diverged"]:
+                text += f" ({r['diverged']} div.)"
+            if p in best and r["final_mean"] == best[p]:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _plt():
     import matplotlib
 
@@ -346,6 +380,11 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
     if not rows:
         lines.append("No finished trials in the store.")
     else:
+        for tag, title in ((FINAL_TAG, "tuned (best of the tuning trials, new seeds)"),
+                           ("defaults", "untuned defaults")):
+            table = overview_table(rows, tag)
+            if table:
+                lines += [f"## Overview: final test metric, {title}", "", table]
         lines += ["## Summary", "", markdown_table(rows)]
         finals = [r for r in rows if r["tag"] == FINAL_TAG] or rows
         if plots:
