@@ -244,8 +244,16 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     model = method.prepare(model, ctx)
 
     start_epoch, step, train_seconds = 0, 0, 0.0
+    ck = None
     if ckpt_path is not None and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # a checkpoint is only usable with the store rows it continues (not after the rows were
+        # deleted, nor with another store): otherwise start from scratch
+        if store is not None and not any(e["epoch"] == ck["epoch"]
+                                         for e in store.evals(trial_id)):
+            ckpt_path.unlink()
+            ck = None
+    if ck is not None:
         model.load_state_dict(ck["model"])
         method.load_state_dict(ck["method"])
         _set_rng_state(ck["rng"])
