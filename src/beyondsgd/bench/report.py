@@ -258,11 +258,13 @@ def profile_section(rows: list[dict], out_dir: Path, tau_max: float = 4.0
     return "\n".join(lines) + "\n", path
 
 
-def sensitivity_section(store: Store, out_dir: Path) -> list[Path]:
+def sensitivity_section(store: Store, out_dir: Path, problems: list[str] | None = None
+                        ) -> list[Path]:
     """Validation metric vs the first tuned hyperparameter, from the tuning trials."""
     from .protocol import TUNE_TAG, search_space
 
-    trials = [t for t in store.trials(tag=TUNE_TAG) if t["status"] in ("finished", "diverged")]
+    trials = [t for t in store.trials(tag=TUNE_TAG) if t["status"] in ("finished", "diverged")
+              and (not problems or t["problem"] in problems)]
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for t in trials:
         by_problem[t["problem"]].append(t)
@@ -392,11 +394,12 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
             if path is not None:
                 lines += ["## Performance profiles (time to target)", "", text,
                           f"![performance profiles]({path.name})", ""]
-            sens = sensitivity_section(store, out_dir)
+            sens = sensitivity_section(store, out_dir, problems)
             if sens:
                 lines += ["## Sensitivity (tuning trials)", ""]
                 lines += [f"![{p.stem}]({p.name})\n" for p in sens]
-        verdicts = evaluate_claims(collect(store))
+        values = {k: v for k, v in collect(store).items() if not problems or k[0] in problems}
+        verdicts = evaluate_claims(values)
         if verdicts:
             lines += ["## Claims", "", "Per-seed final values of the tuned runs; tests as in "
                       "`beyondsgd/bench/claims.py` (Welch t, alpha 0.05; non-inferiority margin "
