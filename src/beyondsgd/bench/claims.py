@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -110,11 +111,7 @@ def _oriented(values: list[float], quantity: str, higher_is_better: bool) -> lis
 
 def _welch(a: list[float], b: list[float], alternative: str, shift: float = 0.0) -> float:
     """p-value of Welch's t-test on a - shift vs b; handles infinities and zero variance."""
-    import warnings
-
     from scipy import stats
-
-    warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
 
     if len(a) < 2 or len(b) < 2:
         return math.nan
@@ -130,7 +127,9 @@ def _welch(a: list[float], b: list[float], alternative: str, shift: float = 0.0)
         if alternative == "less":
             return 0.0 if diff < 0 else 1.0
         return 0.0 if diff != 0 else 1.0
-    return float(stats.ttest_ind(aa, b, equal_var=False, alternative=alternative).pvalue)
+    with warnings.catch_warnings():  # nearly identical samples: scipy warns, p is still usable
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        return float(stats.ttest_ind(aa, b, equal_var=False, alternative=alternative).pvalue)
 
 
 def judge(a: list[float], bs: dict[str, list[float]], kind: str, margin: float = 0.0

@@ -134,12 +134,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def plot_curves(store: Store, rows: list[dict], out_dir: Path) -> list[Path]:
     """One PNG per problem: train loss and test metric vs epochs and vs seconds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = _plt()
     out_dir.mkdir(parents=True, exist_ok=True)
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for r in rows:

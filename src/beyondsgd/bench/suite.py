@@ -111,11 +111,10 @@ def best_settings(store: Store, budget: Budget, methods: list[str]
         prob = get_problem(problem)
         n_ep = prob.epochs if epochs is None else epochs
         for m in methods:
-            cfgs = sample_configs(m, budget.n_tune)
+            tuned = store.trials(problem=problem, method=m, tag=TUNE_TAG, seed=0, epochs=n_ep)
             scored = []
-            for cfg in cfgs:
-                rows = [t for t in store.trials(problem=problem, method=m, tag=TUNE_TAG, seed=0,
-                                                epochs=n_ep)
+            for cfg in sample_configs(m, budget.n_tune):
+                rows = [t for t in tuned
                         if all(t["hparams"].get(k) == v for k, v in cfg.items())]
                 if not rows:
                     continue
