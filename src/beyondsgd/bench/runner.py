@@ -20,6 +20,7 @@ needs no saved state to resume.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..methods import METHODS, TrainContext, get_method_class
+from ..methods import TrainContext, get_method_class
 from ..methods.base import Batch, resolve_hparams
 from .problems import Problem, get_problem
 from .store import Store, trial_key
@@ -69,13 +70,19 @@ class TrialResult:
         return max(vals) if prob.higher_is_better else min(vals)
 
 
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str:
+    """The checkout's commit, looked up once per process (it cannot change while we run)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def environment() -> dict[str, Any]:
     """Versions, CPU and threads, and the git commit: recorded with every trial."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    commit = _git_commit()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -336,6 +343,3 @@ def _finish(prob: Problem, store, trial_id, result: TrialResult, status: str,
     if ckpt_path is not None and ckpt_path.exists():
         ckpt_path.unlink()
 
-
-def available_methods() -> list[str]:
-    return sorted(METHODS)
