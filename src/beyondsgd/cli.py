@@ -195,20 +195,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """One trial. Under ``torchrun --nproc-per-node W`` (``WORLD_SIZE`` > 1) it trains data
+    parallel: gloo on CPU, NCCL on GPUs (one per local rank); rank 0 alone prints and writes."""
+    from . import distributed as D
+
     problem = resolve_problems(args.problem, QUICK_PROBLEM)[0]
     method = resolve_methods(args.method)[0]
     hp = parse_overrides(args.set, [method], single=method)[method]
     _apply_data_flags(args)
-    store = Store(args.store) if args.store else None
-    print(f"{problem} / {label(method, hp)} / seed {args.seed}")
-    res = run_trial(problem, method, hp, seed=args.seed, epochs=args.epochs, device=args.device,
-                    store=store, progress=True, train_fraction=args.train_fraction)
-    for e in res.events:
-        print("  event:", json.dumps(e, default=str))
-    print(f"status: {res.status}; final test {get_problem(problem).metric} "
-          f"{res.final.get('test_metric', float('nan')):.4f}; best {res.best}")
-    if store:
-        store.close()
+    started = not D.active()
+    device = D.init_from_env(args.device)
+    started = started and D.active()
+    lead = D.rank() == 0
+    store = Store(args.store) if args.store and lead else None
+    try:
+        if lead:
+            world = f" / {D.world_size()} processes" if D.active() else ""
+            print(f"{problem} / {label(method, hp)} / seed {args.seed}{world}")
+        res = run_trial(problem, method, hp, seed=args.seed, epochs=args.epochs, device=device,
+                        store=store, progress=lead, train_fraction=args.train_fraction)
+        if lead:
+            for e in res.events:
+                print("  event:", json.dumps(e, default=str))
+            print(f"status: {res.status}; final test {get_problem(problem).metric} "
+                  f"{res.final.get('test_metric', float('nan')):.4f}; best {res.best}")
+    finally:
+        if store:
+            store.close()
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0 if res.status == "finished" else 3
 
 
@@ -318,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     common(b)
 
-    t = sub.add_parser("train", help="one trial of one method, printing the curve")
+    t = sub.add_parser("train", help="one trial of one method, printing the curve; data "
+                                     "parallel under torchrun --nproc-per-node W")
     t.add_argument("--problem", required=True)
     t.add_argument("--method", required=True)
     t.add_argument("--seed", type=_nonneg_int, default=0)

@@ -14,6 +14,13 @@ A *trial* is (problem, method, hyperparameters, seed[, epochs, train fraction, t
    state and RNG states after every epoch, so a killed trial resumes from its last finished epoch
    and ends with the same numbers as an uninterrupted run.
 
+Data parallelism: when ``torch.distributed`` is initialised with W > 1 processes (``torchrun``,
+see :mod:`beyondsgd.distributed`), every rank loads the whole problem, the model is wrapped in
+``DistributedDataParallel`` for ``train_step``, and each rank trains on its contiguous slice of
+every global minibatch (the problem's ``batch_size`` is the *global* batch, so W processes
+reproduce the one-process trial up to float round-off). Evaluations are split over the ranks and
+summed; rank 0 alone writes the store, prints and checkpoints.
+
 The minibatch order of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone, so it
 needs no saved state to resume.
 """
@@ -36,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed as D
 from ..methods import TrainContext, get_method_class
 from ..methods.base import Batch, resolve_hparams
 from .problems import Problem, get_problem
@@ -56,6 +64,8 @@ class TrialResult:
     trial_id: int | None = None
     error: str | None = None
     skipped: bool = False  # already finished in the store
+    # the trained model (None when the trial was skipped); not stored
+    model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def final(self) -> dict:
@@ -108,20 +118,27 @@ def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, 
 
 @torch.no_grad()
 def evaluate(problem: Problem, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-             chunk: int = 4096) -> tuple[float, float]:
-    """(mean loss, metric) of ``model`` on ``(x, y)`` in eval mode."""
+             chunk: int = 4096, distributed: bool = False) -> tuple[float, float]:
+    """(mean loss, metric) of ``model`` on ``(x, y)`` in eval mode.
+
+    ``distributed=True``: every rank evaluates its contiguous slice of ``(x, y)`` and the sums
+    are all-reduced, so every rank returns the numbers of the whole set."""
     was = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    metric_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    n = int(x.shape[0])
+    if distributed:
+        x, y = D.local_rows(x), D.local_rows(y)
+    sums = torch.zeros(2, device=x.device, dtype=torch.float64)  # loss, metric
     for i in range(0, x.shape[0], chunk):
         out = model(x[i:i + chunk])
         yb = y[i:i + chunk]
-        loss_sum += problem.loss_fn(out, yb).double() * yb.shape[0]
-        metric_sum += problem.metric_fn(out, yb).double()
+        sums[0] += problem.loss_fn(out, yb).double() * yb.shape[0]
+        sums[1] += problem.metric_fn(out, yb).double()
     model.train(was)
-    n = max(int(x.shape[0]), 1)
-    return float(loss_sum) / n, float(metric_sum) / n
+    if distributed:
+        D.all_reduce_sum(sums)
+    loss_sum, metric_sum = sums.tolist()
+    return loss_sum / max(n, 1), metric_sum / max(n, 1)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -166,12 +183,17 @@ def run_trial(
     checkpoint_dir: str | Path | None = None,
     dataset=None,
     stop_after_epoch: int | None = None,
+    distributed: bool | None = None,
 ) -> TrialResult:
     """Train ``method`` on ``problem`` for ``epochs`` (default: the problem's budget).
 
     ``progress`` may be a callable receiving each evaluation dict (the CLI's progress bar), or
     True to print one line per epoch. ``dataset`` overrides the problem's data (tests).
     ``stop_after_epoch`` stops early, leaving the trial resumable (tests of resume).
+    ``distributed``: data parallelism over the initialised ``torch.distributed`` group (``None``:
+    whenever one with more than one process is initialised). Every rank calls ``run_trial`` with
+    the same arguments; only rank 0's ``store`` is used (the others may pass ``None``), and
+    checkpoints must be on a filesystem every rank can read.
     """
     prob = problem if isinstance(problem, Problem) else get_problem(problem)
     cls = get_method_class(method)
@@ -182,24 +204,40 @@ def run_trial(
     if not 0.0 < train_fraction <= 1.0:
         raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
     device = torch.device(device)
+    dp = D.resolve(distributed)
+    if dp and D.rank() != 0:
+        store = None  # rank 0 alone writes results
 
     key = trial_key(prob.name, method, hp, seed, epochs, train_fraction, tag)
     trial_id = None
+    done = None
     if store is not None:
         row = store.trial_by_key(key)
         if row is not None and row["status"] in ("finished", "diverged"):
-            return TrialResult(prob.name, method, hp, seed, row["status"],
+            done = TrialResult(prob.name, method, hp, seed, row["status"],
                                evals=store.evals(row["id"]), events=store.events(row["id"]),
                                trial_id=row["id"], skipped=True)
+    if dp:
+        status = D.broadcast_object(done.status if done is not None else None)
+        if status is not None and done is None:
+            done = TrialResult(prob.name, method, hp, seed, status, skipped=True)
+    if done is not None:
+        return done
+    if store is not None:
+        env = environment()
+        if dp:
+            env["world_size"] = D.world_size()
         trial_id = store.begin_trial(key, prob.name, method, hp, seed, epochs, train_fraction,
-                                     tag, environment())
+                                     tag, env)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(store)
     ckpt_path = ckpt_dir / f"{key}.pt" if ckpt_dir is not None else None
+    if dp:
+        ckpt_path = D.broadcast_object(ckpt_path)
 
     result = TrialResult(prob.name, method, hp, seed, "running", trial_id=trial_id)
     try:
         _train(prob, cls, hp, seed, epochs, device, store, trial_id, ckpt_path, progress,
-               train_fraction, dataset, stop_after_epoch, result)
+               train_fraction, dataset, stop_after_epoch, result, dp)
     except Exception as exc:  # a crash of one trial is recorded, then re-raised
         result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
         if store is not None and trial_id is not None:
@@ -225,7 +263,7 @@ def _summary(prob: Problem, evals: list[dict]) -> dict[str, Any]:
 
 
 def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_path, progress,
-           train_fraction, dataset, stop_after_epoch, result: TrialResult) -> None:
+           train_fraction, dataset, stop_after_epoch, result: TrialResult, dp: bool) -> None:
     data = dataset if dataset is not None else prob.load(DATA_SPLIT_SEED)
     if train_fraction < 1.0:
         data = data.subsample_train(train_fraction, seed=DATA_SPLIT_SEED)
@@ -240,25 +278,45 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     method = cls(hp)
     steps_per_epoch = math.ceil(data.x_train.shape[0] / prob.batch_size)
 
-    def batches(epoch: int) -> Iterator[Batch]:
+    world = D.world_size() if dp else 1
+
+    def global_batches(epoch: int) -> Iterator[Batch]:
         return epoch_batches(data.x_train, data.y_train, prob.batch_size, seed, epoch)
+
+    def batches(epoch: int) -> Iterator[Batch]:  # this rank's slices of the global batches
+        for xb, yb in global_batches(epoch):
+            yield (D.local_rows(xb), D.local_rows(yb)) if dp else (xb, yb)
 
     ctx = TrainContext(device=device, loss_fn=prob.loss_fn, task=prob.task,
                        x_train=data.x_train, y_train=data.y_train, x_val=data.x_val,
                        y_val=data.y_val, batch_size=prob.batch_size, epochs=epochs,
                        steps_per_epoch=steps_per_epoch, num_classes=data.num_classes,
-                       batch_iter=batches, seed=seed, extras={"problem": prob.name})
+                       batch_iter=batches, seed=seed, extras={"problem": prob.name},
+                       rank=D.rank() if dp else 0, world_size=world)
     model = method.prepare(model, ctx)
+    result.model = model
+    train_model = model
+    if dp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
 
     start_epoch, step, train_seconds = 0, 0, 0.0
     ck = None
-    if ckpt_path is not None and ckpt_path.exists():
+    found = ckpt_path is not None and ckpt_path.exists()
+    if dp:
+        found = D.broadcast_object(found)  # rank 0's view decides, so all ranks agree
+    if found:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         # a checkpoint is only usable with the store rows it continues (not after the rows were
         # deleted, nor with another store): otherwise start from scratch
-        if store is not None and not any(e["epoch"] == ck["epoch"]
-                                         for e in store.evals(trial_id)):
-            ckpt_path.unlink()
+        usable = store is None or any(e["epoch"] == ck["epoch"] for e in store.evals(trial_id))
+        if dp:
+            usable = D.broadcast_object(usable)
+        if not usable:
+            if store is not None:
+                ckpt_path.unlink()
             ck = None
     if ck is not None:
         model.load_state_dict(ck["model"])
@@ -270,18 +328,25 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
             result.evals = store.evals(trial_id)
             result.events = store.events(trial_id)
 
+    writer = not dp or D.rank() == 0
+    own_ckpt = ckpt_path if writer else None  # the checkpoint file this process may delete
+
     def record(epoch: int) -> dict:
         em = method.eval_model(model)
-        tr_loss, _ = evaluate(prob, em, x_tr_eval, y_tr_eval)
-        va_loss, va_metric = evaluate(prob, em, data.x_val, data.y_val)
-        te_loss, te_metric = evaluate(prob, em, data.x_test, data.y_test)
+        tr_loss, _ = evaluate(prob, em, x_tr_eval, y_tr_eval, distributed=dp)
+        va_loss, va_metric = evaluate(prob, em, data.x_val, data.y_val, distributed=dp)
+        te_loss, te_metric = evaluate(prob, em, data.x_test, data.y_test, distributed=dp)
         row = {"epoch": epoch, "step": step, "train_seconds": train_seconds,
                "train_loss": tr_loss, "val_loss": va_loss, "val_metric": va_metric,
                "test_loss": te_loss, "test_metric": te_metric, **method.metrics(model)}
+        if dp:  # DDP keeps the replicas identical; anything else is a bug worth seeing
+            row["replica_max_diff"] = D.replica_difference(model)
         result.evals.append(row)
         if store is not None:
             store.add_eval(trial_id, row)
-        if callable(progress):
+        if not writer:
+            pass
+        elif callable(progress):
             progress(row)
         elif progress:
             print(f"  epoch {epoch:3d}  train {tr_loss:.4f}  val {va_loss:.4f}  "
@@ -291,7 +356,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     if start_epoch == 0:
         row = record(0)
         if not math.isfinite(row["train_loss"]):
-            return _finish(prob, store, trial_id, result, "diverged", ckpt_path)
+            return _finish(prob, store, trial_id, result, "diverged", own_ckpt)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model.train()
@@ -300,9 +365,17 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         try:
-            for batch in batches(epoch):
-                loss_sum += method.train_step(model, batch, prob.loss_fn)
-                step += 1
+            if dp:
+                for xg, yg in global_batches(epoch):
+                    xb, yb = D.local_rows(xg), D.local_rows(yg)
+                    loss_fn = _scaled_loss_fn(prob.loss_fn, xb.shape[0], xg.shape[0], world)
+                    loss_sum += method.train_step(train_model, (xb, yb), loss_fn)
+                    step += 1
+                D.all_reduce_sum(loss_sum)  # every rank takes the same divergence decision
+            else:
+                for batch in batches(epoch):
+                    loss_sum += method.train_step(model, batch, prob.loss_fn)
+                    step += 1
             events = method.end_of_epoch(model, ctx, epoch)
         except (RuntimeError, ValueError, ArithmeticError) as exc:
             # A method that trips over NaN/inf weights (a linear solver, a MILP) has diverged;
@@ -310,7 +383,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
             if _finite(model) and math.isfinite(float(loss_sum)):
                 raise
             result.error = f"diverged: {type(exc).__name__}: {exc}"
-            return _finish(prob, store, trial_id, result, "diverged", ckpt_path)
+            return _finish(prob, store, trial_id, result, "diverged", own_ckpt)
         sync()
         train_seconds += time.perf_counter() - t0
         if events:
@@ -319,8 +392,8 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
                 store.add_events(trial_id, epoch + 1, step, events)
         row = record(epoch + 1)
         if not (math.isfinite(float(loss_sum)) and math.isfinite(row["train_loss"])):
-            return _finish(prob, store, trial_id, result, "diverged", ckpt_path)
-        if ckpt_path is not None:
+            return _finish(prob, store, trial_id, result, "diverged", own_ckpt)
+        if ckpt_path is not None and writer:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             _save_atomic({"epoch": epoch + 1, "step": step, "train_seconds": train_seconds,
                           "model": model.state_dict(), "method": method.state_dict(),
@@ -328,7 +401,17 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
             result.status = "running"
             return None
-    _finish(prob, store, trial_id, result, "finished", ckpt_path)
+    _finish(prob, store, trial_id, result, "finished", own_ckpt)
+
+
+def _scaled_loss_fn(loss_fn, n_local: int, n_global: int, world: int):
+    """The rank's loss scaled so that DDP's gradient average is the global batch mean
+    (:func:`beyondsgd.distributed.scaled_loss`); an empty slice contributes zero."""
+    def scaled(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if n_local == 0:
+            return out.sum() * 0.0  # keeps every parameter in the graph for DDP
+        return D.scaled_loss(loss_fn(out, y), n_local, n_global, world)
+    return scaled
 
 
 def _finite(model: torch.nn.Module) -> bool:

@@ -96,6 +96,11 @@ class TrainContext:
     ``x_train``/``y_train`` and ``x_val``/``y_val`` are whole tensors on ``device`` (the built-in
     problems fit in memory); ``train_batches(epoch)`` yields the shuffled minibatches of an epoch.
     ``task`` is ``"classification"`` or ``"regression"``.
+
+    Under data parallelism (``world_size > 1``) the tensors are still the *whole* sets on every
+    rank, ``train_batches`` yields this rank's slices of the global minibatches, and
+    :meth:`local` gives this rank's contiguous slice of any tensor (e.g. to split work that is
+    summed over the ranks afterwards).
     """
 
     device: torch.device
@@ -112,6 +117,16 @@ class TrainContext:
     batch_iter: Callable[[int], Iterator[Batch]] | None = None
     seed: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of the rows of ``x`` (``x`` itself on one process)."""
+        if self.world_size == 1:
+            return x
+        q, rem = divmod(x.shape[0], self.world_size)
+        start = self.rank * q + min(self.rank, rem)
+        return x[start:start + q + (1 if self.rank < rem else 0)]
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         if self.batch_iter is None:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed as D
 from .base import SCHEDULE_HPARAMS, Batch, HParam, LossFn, OptimizerMethod, register
 
 __all__ = [
@@ -190,6 +191,12 @@ class BPGrad(torch.optim.Optimizer):
         weight_decay: :math:`\lambda \ge 0` (official 5e-4).
         momentum_form: ``"paper"`` or ``"official"``.
         loss_estimate: ``"minibatch"`` or ``"running_mean"`` (one setting for all groups).
+        distributed: under data parallelism (``DistributedDataParallel``, which averages the
+            gradients) :math:`f_t` must be the loss of the global batch: ``None`` (default)
+            averages the closure's loss over the ranks whenever ``torch.distributed`` is
+            initialised with more than one process; ``True`` requires it; ``False`` never
+            communicates (independent runs per rank). The gradient norm is the norm of the
+            (already averaged) gradients, so it is global too.
 
     ``step(closure)`` needs a closure that zeroes the gradients, computes the loss, calls
     ``backward()`` and returns the loss (the way PyTorch Lightning and L-BFGS call optimizers);
@@ -228,11 +235,16 @@ class BPGrad(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         momentum_form: str = "paper",
         loss_estimate: str = "minibatch",
+        distributed: bool | None = None,
     ):
         defaults = dict(lr=_lipschitz_to_lr(lipschitz), rho=rho, momentum=momentum,
                         weight_decay=weight_decay, momentum_form=momentum_form,
                         loss_estimate=loss_estimate)
         _check_group(defaults)
+        if distributed is not None and not isinstance(distributed, bool):
+            raise ValueError(f"distributed must be None (auto), True or False, got "
+                             f"{distributed!r}")
+        self.distributed = distributed
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -316,10 +328,12 @@ class BPGrad(torch.optim.Optimizer):
             if loss.numel() != 1:
                 raise ValueError(f"BPGrad: the closure must return a scalar loss, got shape "
                                  f"{tuple(loss.shape)}")
-            f_val, g_norm = torch.stack(
-                [loss.detach().reshape(()).to(norm), norm]).tolist()
+            f_dev = loss.detach().reshape(()).to(norm)
         else:
-            f_val, g_norm = _real("loss", loss), float(norm)
+            f_dev = torch.tensor(_real("loss", loss), dtype=norm.dtype, device=norm.device)
+        if D.resolve(self.distributed):  # f_t of the global batch: the mean over the ranks
+            f_dev = D.all_reduce_sum(f_dev.clone()) / D.world_size()
+        f_val, g_norm = torch.stack([f_dev, norm]).tolist()
         if f_val < 0:
             raise ValueError(f"BPGrad assumes a non-negative loss (f >= 0), but the closure "
                              f"returned {f_val!r}; use a loss bounded below by 0")

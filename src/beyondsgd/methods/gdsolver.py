@@ -37,6 +37,14 @@ gdsolver``). Supported models: any ``nn.Module`` whose output is the output of o
 with a bias (found automatically as the last ``nn.Linear``, or named with ``head=``) applied to a
 2-D input; anything after that layer (a softmax, a reshape) is rejected with a clear error.
 
+Data parallelism (``distributed=``, default: whenever ``torch.distributed`` is initialised with
+more than one process): pass each rank's own training and validation rows to ``step``; the
+global order of the points is rank order, then row order. Every rank computes the features of
+its rows and sends its first ``n_points`` candidates (in the selection order) to rank 0, which
+picks the same points a single process would pick from all rows, solves the MILP/LP and
+broadcasts the result; validation losses are summed over the ranks, so every rank takes the same
+accept/reject decision and keeps identical weights.
+
 Reference: D. Ashok, V. Nagisetty, C. Srinivasa, V. Ganesh. *A Solver + Gradient Descent Training
 Algorithm for Deep Neural Networks.* IJCAI-22, pp. 1766-1773, doi:10.24963/ijcai.2022/246.
 """
@@ -51,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed as D
 from .base import SCHEDULE_HPARAMS, HParam, OptimizerMethod, TrainContext, register
 from .milp import (
     LinearProgram,
@@ -195,6 +204,8 @@ class GDSolver:
         keep_worse: keep a solution even if the validation loss rises (the official behaviour).
         loss_fn: validation loss; default cross-entropy / MSE by task.
         seed: seeds ``random`` point selection and HiGHS.
+        distributed: ``None`` (auto), ``True`` or ``False``: gather the points on rank 0 and
+            broadcast the solution (see the module docstring).
     """
 
     def __init__(
@@ -214,6 +225,7 @@ class GDSolver:
         keep_worse: bool = False,
         loss_fn: Any = None,
         seed: int = 0,
+        distributed: bool | None = None,
     ):
         if task is not None and task not in TASKS:
             raise ValueError(f"task must be one of {list(TASKS)} or None, got {task!r}")
@@ -235,6 +247,10 @@ class GDSolver:
         self.threads, self.n_points, self.selection = int(threads), int(n_points), selection
         self.margin, self.norm, self.min_gain = float(margin), norm, float(min_gain)
         self.keep_worse, self.loss_fn, self.seed = bool(keep_worse), loss_fn, int(seed)
+        if distributed is not None and not isinstance(distributed, bool):
+            raise ValueError(f"distributed must be None (auto), True or False, got "
+                             f"{distributed!r}")
+        self.distributed = distributed
         self.n_solves = 0  # seeds the random selection of each solve
 
     # ---- pieces ---------------------------------------------------------------------------
@@ -286,32 +302,71 @@ class GDSolver:
     def solve(self, x: torch.Tensor, y: torch.Tensor) -> tuple[MILPResult, torch.Tensor]:
         """Select points of ``(x, y)``, build and solve the MILP/LP. Weights are not touched.
 
-        Returns the result and the indices of the selected points."""
+        Returns the result and the indices of the selected points (global indices, identical on
+        every rank, under data parallelism)."""
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
         task = self._task(y)
         h, out = self.features(x)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.n_solves)
-        idx = select_points(task, out, y, self.n_points, self.selection, g)
         self.n_solves += 1
-        hs = h[idx].detach().cpu().double().numpy()
+        if D.resolve(self.distributed):
+            return self._solve_distributed(task, h, out, y, g)
+        idx = select_points(task, out, y, self.n_points, self.selection, g)
+        return self._solve_points(task, h[idx], y[idx]), idx
+
+    def _solve_distributed(self, task: str, h: torch.Tensor, out: torch.Tensor, y: torch.Tensor,
+                           g: torch.Generator) -> tuple[MILPResult, torch.Tensor]:
+        """Candidates of every rank -> rank 0 selects and solves -> result broadcast.
+
+        Each rank's candidates are its first ``n_points`` rows in the selection order (any point
+        a single process would select is among them: the global order restricted to a rank's
+        rows is that rank's order), sent in row order; rank 0 re-runs the selection on their
+        union, which is in global row order, so it picks exactly the single-process points."""
+        sizes = D.gather_objects(int(h.shape[0]))
+        offsets = D.broadcast_object(np.cumsum([0, *sizes]).tolist() if sizes else None)
+        start, n_all = offsets[D.rank()], offsets[-1]
+        n = h.shape[0]
+        if self.selection == "random":
+            k = n_all if self.n_points <= 0 else min(self.n_points, n_all)
+            chosen = torch.randperm(n_all, generator=g)[:k].sort().values  # same on every rank
+            local = chosen[(chosen >= start) & (chosen < start + n)] - start
+        else:
+            local = select_points(task, out, y, self.n_points, self.selection).sort().values
+        local = local.to(h.device)
+        payload = ((local.cpu() + start).numpy(), h[local].detach().cpu(),
+                   out[local].detach().cpu(), y[local].detach().cpu())
+        parts = D.gather_objects(payload)
+        box: tuple[MILPResult, torch.Tensor] | None = None
+        if parts is not None:  # rank 0
+            gidx = torch.as_tensor(np.concatenate([p[0] for p in parts]))
+            hc, oc, yc = (torch.cat([p[i] for p in parts]) for i in (1, 2, 3))
+            if self.selection == "random":
+                pick = torch.arange(len(gidx))
+            else:
+                pick = select_points(task, oc, yc, self.n_points, self.selection)
+            box = (self._solve_points(task, hc[pick], yc[pick]), gidx[pick])
+        res, idx = D.broadcast_object(box)
+        return res, idx
+
+    def _solve_points(self, task: str, h: torch.Tensor, y: torch.Tensor) -> MILPResult:
+        """Build and solve the MILP/LP on the selected points' features ``h`` and targets."""
+        hs = h.detach().cpu().double().numpy()
         w = self.head.weight.detach().cpu().double().numpy()
         b = self.head.bias.detach().cpu().double().numpy()
         if task == "classification":
-            ys = y[idx].detach().cpu().numpy()
+            ys = y.detach().cpu().numpy()
             min_correct = None
             if self.min_gain > 0:
                 start = int(np.all(classification_margins(hs, ys, w, b) >= self.margin,
                                    axis=1).sum())
                 min_correct = min(len(ys), int(start + self.min_gain * len(ys)))
-            res = solve_classification_milp(
+            return solve_classification_milp(
                 hs, ys, w, b, self.radius, self.margin, min_correct, self.time_limit,
                 self.mip_gap, self.threads, seed=self.seed)
-        else:
-            ys = y[idx].detach().cpu().double().numpy().reshape(len(idx), -1)
-            res = solve_regression_lp(hs, ys, w, b, self.radius, self.norm, self.time_limit,
-                                      self.threads, seed=self.seed)
-        return res, idx
+        ys = y.detach().cpu().double().numpy().reshape(len(hs), -1)
+        return solve_regression_lp(hs, ys, w, b, self.radius, self.norm, self.time_limit,
+                                   self.threads, seed=self.seed)
 
     @torch.no_grad()
     def _val_loss(self, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int = 8192
@@ -319,12 +374,15 @@ class GDSolver:
         was = self.model.training
         self.model.eval()
         loss_fn = self._loss(task)
-        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        total = torch.zeros(2, dtype=torch.float64, device=x.device)  # loss sum, rows
+        total[1] = x.shape[0]
         for i in range(0, x.shape[0], chunk):
             xb, yb = x[i:i + chunk], y[i:i + chunk]
-            total += loss_fn(self.model(xb), yb).double() * xb.shape[0]
+            total[0] += loss_fn(self.model(xb), yb).double() * xb.shape[0]
         self.model.train(was)
-        return float(total) / max(1, x.shape[0])
+        if D.resolve(self.distributed):
+            D.all_reduce_sum(total)
+        return float(total[0]) / max(1.0, float(total[1]))
 
     def step(
         self,
@@ -452,7 +510,9 @@ class GDSolverMethod(OptimizerMethod):
         if left <= 0:
             return events
         self.solver.time_limit = min(self.hp["time_limit"], left)
-        ev = self.solver.step(ctx.x_train, ctx.y_train, ctx.x_val, ctx.y_val, val)
+        # under data parallelism each rank passes its own rows; the solver gathers them
+        ev = self.solver.step(ctx.local(ctx.x_train), ctx.local(ctx.y_train),
+                              ctx.local(ctx.x_val), ctx.local(ctx.y_val), val)
         self.solves += 1
         self.accepted += int(ev["accepted"])
         self.seconds_used += ev["solve_seconds"] + ev["build_seconds"]

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed as D
 from .. import models as _models
 from .base import (
     SCHEDULE_HPARAMS,
@@ -579,14 +580,20 @@ class Alternating:
             self.density = on / max(sum(m.numel() for m in masks), 1)
 
     # ---- weight step -----------------------------------------------------------------------
-    def step(self, x: torch.Tensor, y: torch.Tensor,
-             index: torch.Tensor | None = None) -> torch.Tensor:
-        """One alternation round on ``(x, y)``; returns the loss before it (detached)."""
-        model, opt = self.model, self.optimizer
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None,
+             model: nn.Module | None = None, loss_fn: LossFn | None = None) -> torch.Tensor:
+        """One alternation round on ``(x, y)``; returns the loss before it (detached).
+
+        ``model``: the module to run the steps through, e.g. a ``DistributedDataParallel``
+        wrapper of ``self.model`` (data parallelism: each rank's masks cover its own samples,
+        the gradients are averaged by DDP); ``loss_fn`` overrides the loss of the steps."""
+        opt = self.optimizer
+        model = self.model if model is None else model
+        loss_of = self.loss_fn if loss_fn is None else loss_fn
         if index is None:
             opt.zero_grad(set_to_none=True)
             with recording(model) as masks:
-                first = self.loss_fn(model(x), y)
+                first = loss_of(model(x), y)
                 first.backward()
             opt.step()
             start = 1
@@ -599,7 +606,7 @@ class Alternating:
         with frozen_support(model, masks):
             for _ in range(start, self.inner_steps):
                 opt.zero_grad(set_to_none=True)
-                loss = self.loss_fn(model(x), y)
+                loss = loss_of(model(x), y)
                 loss.backward()
                 opt.step()
                 if first is None:
@@ -766,9 +773,13 @@ class PHTAlternation(Method):
     def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> torch.Tensor:
         x, y = batch
         index = self.rows(x) if self.rows is not None else None
-        loss = self.alt.step(x, y, index)
+        loss = self.alt.step(x, y, index, model=model, loss_fn=loss_fn)
         if self.hp["exact"] != "none" and self.hp["exact_on"] == "step":
-            self.alt.solve(x, y, self.hp["exact"], masks=self.alt.last_masks,
+            masks = self.alt.last_masks
+            if D.active():  # solve on the global batch, identically on every rank
+                x, y = D.all_gather_rows(x), D.all_gather_rows(y)
+                masks = [D.all_gather_rows(m) for m in masks]
+            self.alt.solve(x, y, self.hp["exact"], masks=masks,
                            solver=self.hp["solver"], iters=self.hp["solver_iters"],
                            damping=self.hp["damping"])
         return loss

@@ -40,6 +40,14 @@ Solvers (``solver=``):
 * ``"gradient"``: :math:`d = \\nabla_\\theta J` (BackProp through the same layer; the
   paper's baseline mode).
 
+Data parallelism (``distributed=``, default: whenever ``torch.distributed`` is initialised with
+more than one process): :math:`A` must be the map of the *global* batch, so each rank forms its
+local Gram :math:`A_r^\top A_r` (per group for convolutions) and its gradient, one all-reduce
+sums them, and every rank solves the same system (CG or Cholesky on the explicit
+:math:`K\times K` Gram, :math:`K` = fan-in + 1). The result equals the one-process solve on the
+whole batch up to round-off; the downward gradient is per sample and stays local. Memory: the
+Gram is :math:`K^2` per group (and a convolution's unfolded input, rows x :math:`K`).
+
 Scaling (``gram=``): ``"sum"`` (default, the paper's) uses the unnormalised Gram
 :math:`A^\\top A` with the mean-reduced loss's gradient, so the preconditioner's strength grows
 with the batch size (and with the feature-map size for convolutions); keep batch 500 to reuse
@@ -75,6 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .. import distributed as D
 from .base import SCHEDULE_HPARAMS, HParam, OptimizerMethod, register
 from .cg import batched_cg
 
@@ -106,7 +115,9 @@ class ProxConfig:
     ``cg_iters``: CG iterations (>= 1); ``cg_tol``: relative stopping tolerance of the official
     code (0: always ``cg_iters``); ``cg_eps``: constant added to the CG denominators (official
     code: 1e-6; 0: textbook CG); ``gram``: "sum" (paper) | "mean" (divided by the batch rows);
-    ``cg_block``: "unit" (one CG per output unit/channel) | "layer" (one CG for the layer).
+    ``cg_block``: "unit" (one CG per output unit/channel) | "layer" (one CG for the layer);
+    ``distributed``: sum the Gram and gradient over the ranks of the initialised
+    ``torch.distributed`` group (``None``: when it has more than one process).
     """
 
     tau_theta: float = 1.0
@@ -116,6 +127,7 @@ class ProxConfig:
     cg_eps: float = 1e-6
     gram: str = "sum"
     cg_block: str = "unit"
+    distributed: bool | None = None
 
     def __post_init__(self) -> None:
         t = self.tau_theta
@@ -139,6 +151,9 @@ class ProxConfig:
             raise ValueError(f"gram {self.gram!r} is not one of {list(GRAMS)}")
         if self.cg_block not in CG_BLOCKS:
             raise ValueError(f"cg_block {self.cg_block!r} is not one of {list(CG_BLOCKS)}")
+        if self.distributed is not None and not isinstance(self.distributed, bool):
+            raise ValueError(f"distributed must be None (auto), True or False, got "
+                             f"{self.distributed!r}")
 
 
 def _work_dtype(t: torch.Tensor) -> torch.dtype:
@@ -154,6 +169,42 @@ def _spd_solve_rows(m: torch.Tensor, rhs_rows: torch.Tensor) -> torch.Tensor:
     if bool((info != 0).any()):
         return torch.linalg.solve(m, rhs).transpose(-1, -2)
     return torch.cholesky_solve(rhs, chol).transpose(-1, -2)
+
+
+def _global_gram(gram: torch.Tensor, g: torch.Tensor, rows: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Data parallelism: sum the local Gram ``A_r^T A_r``, the gradient and the row count over
+    the ranks in one all-reduce. Each rank's ``g`` is the gradient of its loss scaled as DDP
+    expects (mean over ranks = global gradient), so the global gradient is the sum / W."""
+    flat = torch.cat([gram.reshape(-1), g.reshape(-1), gram.new_tensor([float(rows)])])
+    D.all_reduce_sum(flat)
+    n1, n2 = gram.numel(), g.numel()
+    return (flat[:n1].reshape(gram.shape), flat[n1:n1 + n2].reshape(g.shape) / D.world_size(),
+            int(round(float(flat[-1]))))
+
+
+def _solve_gram(gram: torch.Tensor, g: torch.Tensor, s: float, beta: float, cfg: ProxConfig
+                ) -> torch.Tensor:
+    """Rows of ``g`` (C_out, K) through ``(beta I + s gram)^{-1}``; ``gram`` is (K, K), or
+    (G, K, K) with the rows of ``g`` split into G consecutive groups. Cholesky for
+    ``solver="exact"``, else CG with the explicit matrix."""
+    k = gram.shape[-1]
+    eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+    m = gram.mul(s).add_(eye * beta)
+    groups = m.shape[0] if m.dim() == 3 else 1
+
+    def by_group(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(groups, v.shape[0] // groups, k) if m.dim() == 3 else v
+
+    if cfg.solver == "exact":
+        return _spd_solve_rows(m, by_group(g)).reshape(g.shape)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:  # m is symmetric: rows @ m
+        return (by_group(v) @ m).reshape(v.shape)
+
+    d, _ = batched_cg(matvec, g, cfg.cg_iters, tol=cfg.cg_tol, eps=cfg.cg_eps,
+                      joint=cfg.cg_block == "layer")
+    return d
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,8 +228,12 @@ def linear_prox_direction(
     a = torch.cat([xw, xw.new_ones(xw.shape[0], 1)], 1) if has_bias else xw
     rows, k = a.shape
     beta = 1.0 / cfg.tau_theta
-    s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
     g = grad_theta.to(wd)
+    if D.resolve(cfg.distributed):
+        gram, g, rows = _global_gram(a.T @ a, g, rows)
+        s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
+        return _solve_gram(gram, g, s, beta, cfg).to(grad_theta.dtype)
+    s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
     if cfg.solver == "exact":
         if rows < k:
             # Woodbury: (beta I + s Ã^T Ã)^{-1} Ã^T go = Ã^T (beta I + s Ã Ã^T)^{-1} go,
@@ -276,6 +331,11 @@ def conv2d_prox_direction(
     xw = x.to(wd)
     g = grad_theta.to(wd)
     beta = 1.0 / cfg.tau_theta
+    if D.resolve(cfg.distributed):
+        a = conv2d_unfolded(xw, w_shape, has_bias, geo)  # (G, R, K)
+        gram, g, rows = _global_gram(a.transpose(1, 2) @ a, g, x.shape[0])
+        s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
+        return _solve_gram(gram, g, s, beta, cfg).to(grad_theta.dtype)
     s = 1.0 if cfg.gram == "sum" else 1.0 / max(x.shape[0], 1)
     if cfg.solver == "exact":
         a = conv2d_unfolded(xw, w_shape, has_bias, geo)  # (G, R, K)
@@ -490,6 +550,7 @@ def proxprop(
     gram: str = "sum",
     cg_block: str = "unit",
     layers: str | list[str] | tuple[str, ...] | None = None,
+    distributed: bool | None = None,
 ) -> nn.Module:
     """Convert ``model``'s ``nn.Linear``/``nn.Conv2d`` layers to ProxProp layers in place.
 
@@ -498,9 +559,10 @@ def proxprop(
     name modules (``dict(model.named_modules())`` keys) to convert exactly those; a named module
     of another type raises ``ValueError``. Already converted layers get the new settings.
     Parameters are shared, not copied, so optimizers built before the conversion still work
-    and ``state_dict`` keys are unchanged. Returns ``model``.
+    and ``state_dict`` keys are unchanged. ``distributed``: see :class:`ProxConfig` (data
+    parallelism sums the Gram over the ranks). Returns ``model``.
     """
-    cfg = ProxConfig(tau_theta, solver, cg_iters, cg_tol, cg_eps, gram, cg_block)
+    cfg = ProxConfig(tau_theta, solver, cg_iters, cg_tol, cg_eps, gram, cg_block, distributed)
     modules = dict(model.named_modules())
     if layers is None:
         last = _last_parametrised(model)
