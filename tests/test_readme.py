@@ -23,7 +23,10 @@ def test_readme_commands_parse():
     parser = build_parser()
     commands = [line.split("#")[0].strip() for block in _blocks("bash")
                 for line in block.replace("\\\n", " ").splitlines()]
-    commands = [c for c in commands if c.startswith("beyondsgd ")]
-    assert len(commands) >= 5
-    for c in commands:
-        parser.parse_args(c.split()[1:])  # raises SystemExit on a stale option
+    # `beyondsgd ARGS` and `torchrun ... -m beyondsgd.cli ARGS`
+    args = [c.split()[1:] for c in commands if c.startswith("beyondsgd ")]
+    args += [c.split("-m beyondsgd.cli ", 1)[1].split() for c in commands
+             if c.startswith("torchrun ") and "-m beyondsgd.cli " in c]
+    assert len(args) >= 6
+    for a in args:
+        parser.parse_args(a)  # raises SystemExit on a stale option
