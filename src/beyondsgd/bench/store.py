@@ -177,7 +177,82 @@ class Store:
             (status, error, time.time(), *[_clean(summary.get(c)) for c in cols], trial_id),
         )
 
+    def record_trial(self, key: str, problem: str, method: str, hparams: dict, seed: int,
+                     epochs: int, train_fraction: float, tag: str, env: dict, status: str,
+                     evals: Iterable[dict], events: Iterable[dict], summary: dict,
+                     error: str | None = None, started: float | None = None,
+                     finished: float | None = None) -> int:
+        """Write one whole trial, run elsewhere, in a single transaction; returns its id.
+
+        This is how a driver stores trials computed by remote workers (the Ray executor): the
+        rows are exactly those ``begin_trial`` / ``add_eval`` / ``add_events`` / ``end_trial``
+        would have written had the trial run against this store, and a reader never sees a
+        half-written trial. ``evals`` are the evaluation dicts the runner records (the
+        ``EVAL_FIELDS`` plus method metrics); ``events`` are ``{"epoch", "step", "data"}`` dicts,
+        ``data`` being the method's event as the runner passed it to ``add_events`` (the shape
+        :meth:`trial_record` returns). An existing row with the same ``key`` (a failed or
+        interrupted trial) keeps its id and first ``started`` time, and its evaluations and
+        events are replaced, not appended to. ``started`` and ``finished`` default to now.
+        """
+        now = time.time()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.trial_by_key(key)
+            if row is None:
+                cur = self.conn.execute(
+                    "INSERT INTO trials (key, problem, method, hparams, seed, epochs,"
+                    " train_fraction, tag, status, started, env)"
+                    " VALUES (?,?,?,?,?,?,?,?,'running',?,?)",
+                    (key, problem, method, dumps(hparams), seed, epochs, train_fraction, tag,
+                     now if started is None else started, dumps(env)))
+                trial_id = int(cur.lastrowid)
+            else:
+                trial_id = int(row["id"])
+                self.conn.execute("DELETE FROM evals WHERE trial_id=?", (trial_id,))
+                self.conn.execute("DELETE FROM events WHERE trial_id=?", (trial_id,))
+                self.conn.execute(
+                    "UPDATE trials SET status='running', error=NULL, epochs_done=0, steps=0,"
+                    " train_seconds=0, env=? WHERE id=?", (dumps(env), trial_id))
+            for e in evals:
+                self.add_eval(trial_id, e)
+            for ev in events:
+                self.add_events(trial_id, int(ev["epoch"]), int(ev["step"]), [ev["data"]])
+            self.end_trial(trial_id, status, summary, error)
+            if finished is not None:
+                self.conn.execute("UPDATE trials SET finished=? WHERE id=?", (finished, trial_id))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return trial_id
+
     # ---- reading ------------------------------------------------------------------------
+    def trial_record(self, key: str) -> dict | None:
+        """One trial as the keyword arguments of :meth:`record_trial` (None if absent).
+
+        ``store_b.record_trial(**store_a.trial_record(key))`` copies a trial between stores
+        with identical rows (ids aside); every value is plain Python, so the dict pickles.
+        """
+        row = self.trial_by_key(key)
+        if row is None:
+            return None
+        t = dict(row)
+        raw_events = [
+            {"epoch": r["epoch"], "step": r["step"], "data": json.loads(r["data"] or "{}")}
+            for r in self.conn.execute(
+                "SELECT epoch, step, data FROM events WHERE trial_id=? ORDER BY id", (t["id"],))]
+        summary_cols = ("final_train_loss", "final_val_metric", "final_test_metric",
+                        "best_val_metric", "best_test_metric")
+        return {
+            "key": t["key"], "problem": t["problem"], "method": t["method"],
+            "hparams": json.loads(t["hparams"]), "seed": t["seed"], "epochs": t["epochs"],
+            "train_fraction": t["train_fraction"], "tag": t["tag"],
+            "env": json.loads(t["env"]) if t["env"] else {}, "status": t["status"],
+            "evals": self.evals(t["id"]), "events": raw_events,
+            "summary": {c: t[c] for c in summary_cols}, "error": t["error"],
+            "started": t["started"], "finished": t["finished"],
+        }
+
     def trial_by_key(self, key: str) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM trials WHERE key=?", (key,)).fetchone()
 

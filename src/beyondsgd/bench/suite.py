@@ -4,6 +4,12 @@ parallel over worker processes.
 ``run_suite("smoke", "results/smoke.db")`` runs the protocol of ``protocol.py`` for every problem
 and method of the budget. Every trial is keyed in the store, so re-running the same command
 skips finished trials and resumes interrupted ones from their last epoch checkpoint.
+
+Two executors run the trials. ``executor="local"`` (the default) uses a pool of ``workers``
+processes on this machine, each writing its trials into the store itself. ``executor="ray"``
+sends trials to a Ray cluster as tasks (``address``; without one, a local cluster) and the
+driver alone writes the store, so a dying worker loses nothing: its task is retried, and
+finished trials are never redone (``ray_executor.py``; needs ``pip install 'beyondsgd[ray]'``).
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ BUDGETS: dict[str, Budget] = {
         description="every problem at its full epoch budget, 16 tuning trials, 5 seeds "
                     "(for a multi-core or GPU machine; days on 2 cores)"),
 }
+
+
+EXECUTORS = ("local", "ray")
 
 
 def get_budget(name: str) -> Budget:
@@ -160,8 +169,23 @@ def _execute(jobs: list[Job], store_path: str, workers: int, threads: int | None
 
 def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None = None,
               workers: int = 1, threads: int | None = None, device: str = "cpu",
-              progress: bool = True) -> SuiteResult:
-    """Run the tuning protocol for every problem x method of ``budget`` into ``store_path``."""
+              progress: bool = True, executor: str = "local", address: str | None = None,
+              max_retries: int = 3) -> SuiteResult:
+    """Run the tuning protocol for every problem x method of ``budget`` into ``store_path``.
+
+    ``executor="local"``: ``workers`` processes on this machine (1: in this process), each with
+    ``threads`` torch threads (default: cores / workers). ``executor="ray"``: every trial is a
+    Ray task reserving ``threads`` CPUs (default 1) on the cluster at ``address`` (e.g.
+    ``"auto"``, ``"ray://host:10001"``); without an address a local Ray cluster with
+    ``workers * threads`` CPUs is started (and stopped at the end), and if Ray is already
+    initialised in this process that connection is used. A Ray task whose worker dies is retried
+    up to ``max_retries`` times, then recorded as failed; ``max_retries`` is unused locally.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; accepted: {', '.join(EXECUTORS)}")
+    if address is not None and executor != "ray":
+        raise ValueError(f"address={address!r} is for executor='ray', "
+                         f"not executor={executor!r}")
     b = get_budget(budget) if isinstance(budget, str) else budget
     methods = list(methods or b.methods or METHODS)
     unknown = [m for m in methods if m not in METHODS]
@@ -169,8 +193,27 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
         raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(METHODS)}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0, got {max_retries}")
     if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        # a cluster's cores are not this machine's: one CPU per Ray task unless told otherwise
+        threads = 1 if executor == "ray" else max(1, (os.cpu_count() or 1) // workers)
+    ray_executor = None
+    if executor == "ray":
+        from .ray_executor import RayExecutor
+
+        ray_executor = RayExecutor(address=address, num_cpus=workers * threads, threads=threads,
+                                   device=device, max_retries=max_retries).start()
+    try:
+        return _run_suite(b, store_path, methods, workers, threads, device, progress,
+                          ray_executor)
+    finally:
+        if ray_executor is not None:
+            ray_executor.stop()
+
+
+def _run_suite(b: Budget, store_path: str, methods: list[str], workers: int, threads: int,
+               device: str, progress: bool, ray_executor: Any) -> SuiteResult:
     t0 = time.time()
     result = SuiteResult(b.name, store_path)
     Store(store_path).close()  # create the schema once, before workers race to do it
@@ -194,16 +237,22 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
             bar.update(1)
             bar.set_postfix_str(f"{job.problem}/{job.method}/{job.tag}: {status}")
 
+    def execute(jobs: list[Job]) -> None:
+        if ray_executor is None:
+            _execute(jobs, store_path, workers, threads, device, done)
+        else:
+            ray_executor.execute(jobs, store_path, done)
+
     # problem by problem, so an interrupted suite leaves complete results for finished problems
     best: dict[tuple[str, str], Scored] = {}
     for problem, epochs in b.problems.items():
         one = Budget(b.name, {problem: epochs}, b.n_tune, b.seeds, b.methods)
-        _execute(tuning_jobs(one, methods), store_path, workers, threads, device, done)
+        execute(tuning_jobs(one, methods))
         with Store(store_path) as st:
             best_p = best_settings(st, one, methods)
         finals = [Job(p, m, sc.hparams, s, epochs, FINAL_TAG)
                   for (p, m), sc in best_p.items() for s in range(1, b.seeds + 1)]
-        _execute(finals, store_path, workers, threads, device, done)
+        execute(finals)
         best.update(best_p)
     if bar is not None:
         bar.close()

@@ -27,6 +27,12 @@ solved layer are all linear once the supports are frozen (``Linear``, ``Conv1d/2
 ``Flatten``, ``Unflatten``, ``Identity``, average pooling); max-pooling after the solved layer is
 refused (its switches are a second, unfrozen, support). Solved layers: ``nn.Linear`` (lstsq or
 L-BFGS) and ``nn.Conv1d/2d/3d`` (L-BFGS).
+
+Data parallelism: masks are per sample, so each rank records and freezes the supports of its own
+samples; ``Alternating.step(..., model=ddp_model)`` runs the K frozen-support steps through a
+``DistributedDataParallel`` wrapper, whose averaged gradients keep the replicas identical. The
+registered ``pht_alt`` gathers the global minibatch and its masks for per-step exact solves
+(``exact_on="step"``) and runs per-epoch solves on the whole training set on every rank.
 """
 
 from __future__ import annotations
