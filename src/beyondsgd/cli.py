@@ -237,12 +237,17 @@ def cmd_suite(args: argparse.Namespace) -> int:
     methods = resolve_methods(args.methods) if args.methods else None
     _apply_data_flags(args)
     store = args.store or f"results/suite_{args.budget}.db"
-    print(f"suite {args.budget}: {BUDGETS[args.budget].description}; store {store}; "
-          f"{args.workers} worker(s)", file=sys.stderr)
+    where = (f"Ray cluster {args.address}" if args.address else "a local Ray cluster") \
+        if args.executor == "ray" else f"{args.workers} worker(s)"
+    print(f"suite {args.budget}: {BUDGETS[args.budget].description}; store {store}; {where}",
+          file=sys.stderr)
+    if args.address and args.executor != "ray":
+        raise CLIError(f"--address {args.address!r} needs --executor ray")
     try:
         res = run_suite(args.budget, store, methods, workers=args.workers, threads=args.threads,
-                        device=args.device, progress=not args.quiet)
-    except ValueError as exc:
+                        device=args.device, progress=not args.quiet, executor=args.executor,
+                        address=args.address)
+    except (ValueError, ImportError) as exc:
         raise CLIError(str(exc)) from None
     with Store(store) as st:
         path = write_report(st, args.out or f"results/report_{args.budget}")
@@ -349,7 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--methods", help="restrict to these methods (comma-separated)")
     su.add_argument("--store", help="SQLite results file (default results/suite_BUDGET.db)")
     su.add_argument("--out", help="report directory (default results/report_BUDGET)")
-    su.add_argument("--workers", type=_pos_int, default=1, help="worker processes")
+    su.add_argument("--workers", type=_pos_int, default=1,
+                    help="worker processes (local executor; a local Ray cluster gets "
+                         "workers x threads CPUs)")
+    su.add_argument("--executor", default="local", choices=("local", "ray"),
+                    help="local process pool (default) or Ray tasks (pip install "
+                         "'beyondsgd[ray]'); the driver alone writes the store")
+    su.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001); "
+                                      "default: start a local cluster")
     su.add_argument("--threads", type=_pos_int, help="torch threads per worker "
                                                      "(default: cores / workers)")
     su.add_argument("--device", default="cuda" if _cuda() else "cpu")

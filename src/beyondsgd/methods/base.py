@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..distributed import local_rows
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -122,11 +124,7 @@ class TrainContext:
 
     def local(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous slice of the rows of ``x`` (``x`` itself on one process)."""
-        if self.world_size == 1:
-            return x
-        q, rem = divmod(x.shape[0], self.world_size)
-        start = self.rank * q + min(self.rank, rem)
-        return x[start:start + q + (1 if self.rank < rem else 0)]
+        return local_rows(x, self.world_size, self.rank)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         if self.batch_iter is None:
