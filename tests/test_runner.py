@@ -203,3 +203,26 @@ def test_a_method_crashing_on_nan_weights_is_diverged_not_failed(tmp_store):
         assert tmp_store.trials()[1]["status"] == "failed"
     finally:
         METHODS.pop("_test_nan_then_raise")
+
+
+def test_rerun_of_a_failed_trial_replaces_its_stale_rows(tmp_store):
+    """A failed (or interrupted, checkpoint lost) trial re-run from scratch must not keep the
+    old attempt's evaluations and events beside the new ones."""
+    from beyondsgd.bench.store import trial_key
+    from beyondsgd.methods.base import resolve_hparams
+
+    hp = resolve_hparams(METHODS["slbi"], {})
+    key = trial_key("digits_mlp", "slbi", hp, 0, 2, 1.0, "")
+    tid = tmp_store.begin_trial(key, "digits_mlp", "slbi", hp, 0, 2, 1.0, "", {})
+    for epoch in range(4):  # an older, longer attempt
+        tmp_store.add_eval(tid, {"epoch": epoch, "step": 7 * epoch, "train_seconds": 9.0,
+                                 "train_loss": 99.0})
+        tmp_store.add_events(tid, epoch, 7 * epoch, [{"kind": "stale"}])
+    tmp_store.end_trial(tid, "failed", {}, "boom")
+    res = run_trial("digits_mlp", "slbi", seed=0, epochs=2, store=tmp_store)
+    assert res.status == "finished" and res.trial_id == tid
+    evals = tmp_store.evals(tid)
+    assert [e["epoch"] for e in evals] == [0, 1, 2]
+    assert all(e["train_loss"] != 99.0 for e in evals)
+    kinds = [e["kind"] for e in tmp_store.events(tid)]
+    assert kinds == ["slbi_path", "slbi_path"]

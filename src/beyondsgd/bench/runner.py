@@ -328,6 +328,8 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
             result.evals = store.evals(trial_id)
             result.events = store.events(trial_id)
 
+    if ck is None and store is not None:
+        store.truncate_after(trial_id, -1)  # a re-run from scratch replaces any stale rows
     writer = not dp or D.rank() == 0
     own_ckpt = ckpt_path if writer else None  # the checkpoint file this process may delete
 
