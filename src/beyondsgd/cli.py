@@ -238,7 +238,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     _apply_data_flags(args)
     store = args.store or f"results/suite_{args.budget}.db"
     where = (f"Ray cluster {args.address}" if args.address else "a local Ray cluster") \
-        if args.executor == "ray" else f"{args.workers} worker(s)"
+        if args.executor == "ray" else f"{args.workers or os.cpu_count()} worker(s)"
     print(f"suite {args.budget}: {BUDGETS[args.budget].description}; store {store}; {where}",
           file=sys.stderr)
     if args.address and args.executor != "ray":
@@ -354,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--methods", help="restrict to these methods (comma-separated)")
     su.add_argument("--store", help="SQLite results file (default results/suite_BUDGET.db)")
     su.add_argument("--out", help="report directory (default results/report_BUDGET)")
-    su.add_argument("--workers", type=_pos_int, default=1,
-                    help="worker processes (local executor; a local Ray cluster gets "
+    su.add_argument("--workers", type=_pos_int,
+                    help="worker processes (default: one per core; a local Ray cluster gets "
                          "workers x threads CPUs)")
     su.add_argument("--executor", default="local", choices=("local", "ray"),
                     help="local process pool (default) or Ray tasks (pip install "
