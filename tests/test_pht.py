@@ -487,3 +487,12 @@ def test_pht_adam_learnable_tau_moves_tau():
         method.train_step(model, (data.x_train[i:i + 64], data.y_train[i:i + 64]), prob.loss_fn)
     assert all(math.isfinite(float(t.detach())) and abs(float(t.detach()) - 0.1) > 1e-4
                for t in taus)
+
+
+def test_lstsq_solve_refuses_nan_weights_clearly():
+    """Diverged (NaN) weights: a ValueError naming the cause, not a LAPACK error print."""
+    net, x, y = _net(7), torch.randn(60, 5, dtype=DT), torch.randn(60, 2, dtype=DT)
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        solve_layer(net, 4, x, y, "mse", solver="lstsq")

@@ -344,7 +344,13 @@ def _loss(kind: str | LossFn) -> LossFn:
 
 
 def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Minimum-norm least-squares solution of ``a @ x = b`` (rank-deficient ``a`` allowed)."""
+    """Minimum-norm least-squares solution of ``a @ x = b`` (rank-deficient ``a`` allowed).
+
+    Refuses non-finite inputs (diverged weights) with a ``ValueError`` instead of handing them
+    to LAPACK, which prints an error and returns garbage."""
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        raise ValueError("exact layer solve: the design matrix or the targets hold NaN/inf "
+                         "(diverged weights or inputs)")
     if a.device.type == "cpu":
         return torch.linalg.lstsq(a, b, driver="gelsd").solution
     return torch.linalg.pinv(a) @ b  # CUDA's lstsq driver assumes full rank
