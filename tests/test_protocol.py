@@ -205,14 +205,14 @@ def test_two_workers_give_the_same_numbers_as_one(tmp_path):
     assert numbers(tmp_path / "one.db") == numbers(tmp_path / "two.db")
 
 
-def test_the_smoke_budget_runs_every_method_end_to_end(tmp_path):
+def test_the_smoke_budget_runs_every_method_end_to_end(smoke_store, tmp_path):
     """The real `smoke` budget (what `beyondsgd suite` runs by default): every registered method,
     tuning + final seeds + defaults, no failed trial, and a report with a claims table."""
-    res = run_suite("smoke", str(tmp_path / "smoke.db"), workers=1, threads=1, progress=False)
+    path, res = smoke_store
     assert not res.failed, res.failed
     n_methods = len(METHODS)
     assert res.jobs == n_methods * 2 * (2 + 2 + 2)
     assert len(res.best) == n_methods * 2
-    with Store(tmp_path / "smoke.db") as st:
+    with Store(path) as st:
         text = write_report(st, tmp_path / "rep").read_text()
     assert "## Claims" in text and "BPGrad" in text and "## Overview" in text

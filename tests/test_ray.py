@@ -113,6 +113,20 @@ def spy_on_execute(monkeypatch) -> list[RX.RayStats]:
 
 
 # ---- against a local Ray cluster ------------------------------------------------------------
+def test_the_smoke_budget_on_ray_gives_the_local_store(ray_cluster, smoke_store, tmp_path):
+    """The real `smoke` budget, every registered method (180 trials), on the local Ray cluster:
+    the same trials, statuses, evaluations and events as the local executor's store."""
+    local_path, local_res = smoke_store
+    path = str(tmp_path / "smoke_ray.db")
+    res = run_suite("smoke", path, threads=1, progress=False, executor="ray")
+    assert not res.failed, res.failed
+    assert res.jobs == local_res.jobs and res.best == local_res.best
+    local, remote = snapshot(local_path), snapshot(path)
+    assert sorted(local) == sorted(remote) and len(local) == res.jobs
+    for key, rec in local.items():
+        assert remote[key] == rec, key
+
+
 def test_ray_gives_the_same_store_as_the_local_executor(local_db, ray_db):
     path, res = ray_db
     local, remote = snapshot(local_db), snapshot(path)
