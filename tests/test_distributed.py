@@ -98,6 +98,10 @@ def _worker(rank: int, out_dir: str, data_dir: str, plan: dict) -> None:
     results: dict = {"directions": _directions(),
                      "gathered": D.all_gather_rows(torch.arange(3 + rank) + 10 * rank),
                      "summed": D.all_reduce_sum(torch.tensor([1.0 + rank]))}
+    # independent runs under an initialised group: no method may communicate
+    results["independent"] = {
+        m: run_trial(PROBLEM, m, {}, seed=rank, epochs=1, distributed=False).evals
+        for m in ("bpgrad", "proxprop", "pht_alt")}
     for name, (method, hp) in plan.items():
         res = run_trial(PROBLEM, method, hp, seed=1, epochs=EPOCHS, distributed=True)
         results[name] = {"status": res.status, "evals": res.evals, "events": res.events,
@@ -136,6 +140,15 @@ def test_collectives(two_process):
     for r, res in enumerate(two_process):
         assert res["gathered"].tolist() == [0, 1, 2, 10, 11, 12, 13], r
         assert res["summed"].tolist() == [3.0]
+
+
+def test_distributed_false_runs_stay_independent(two_process):
+    """run_trial(distributed=False) under an initialised group: each rank's trial equals the
+    one-process trial of its seed (BPGrad, ProxProp, PHT do not average over the ranks)."""
+    for rank, res in enumerate(two_process):
+        for method, evals in res["independent"].items():
+            ref = run_trial(PROBLEM, method, {}, seed=rank, epochs=1).evals
+            assert [e["train_loss"] for e in evals] == [e["train_loss"] for e in ref], method
 
 
 def test_shard_bounds_cover_rows_once():

@@ -253,11 +253,13 @@ class OptimizerMethod(Method):
         super().__init__(hp)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.distributed = False  # data parallel (ctx.world_size > 1), set by prepare
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         raise NotImplementedError
 
     def prepare(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
+        self.distributed = ctx.world_size > 1
         self.optimizer = self.make_optimizer(model)
         self.scheduler = make_scheduler(self.optimizer, self.hp, ctx.epochs)
         return model

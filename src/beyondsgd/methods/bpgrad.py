@@ -529,7 +529,8 @@ class BPGradMethod(OptimizerMethod):
         hp = self.hp
         return BPGrad(model.parameters(), lipschitz=hp["lipschitz"], rho=hp["rho"],
                       momentum=hp["momentum"], weight_decay=hp["weight_decay"],
-                      momentum_form=hp["momentum_form"], loss_estimate=hp["loss_estimate"])
+                      momentum_form=hp["momentum_form"], loss_estimate=hp["loss_estimate"],
+                      distributed=self.distributed)
 
     def end_of_epoch(self, model: nn.Module, ctx, epoch: int) -> list[dict]:
         self.optimizer.new_epoch()

@@ -323,8 +323,8 @@ class GDSolver:
         a single process would select is among them: the global order restricted to a rank's
         rows is that rank's order), sent in row order; rank 0 re-runs the selection on their
         union, which is in global row order, so it picks exactly the single-process points."""
-        sizes = D.gather_objects(int(h.shape[0]))
-        offsets = D.broadcast_object(np.cumsum([0, *sizes]).tolist() if sizes else None)
+        sizes = D.all_gather_rows(torch.tensor([h.shape[0]])).tolist()
+        offsets = np.cumsum([0, *sizes]).tolist()
         start, n_all = offsets[D.rank()], offsets[-1]
         n = h.shape[0]
         if self.selection == "random":
@@ -489,7 +489,7 @@ class GDSolverMethod(OptimizerMethod):
             mip_gap=hp["mip_gap"], threads=hp["threads"], n_points=hp["n_points"],
             selection=hp["selection"], margin=hp["margin"], norm=hp["norm"],
             min_gain=hp["min_gain"], keep_worse=hp["keep_worse"], loss_fn=ctx.loss_fn,
-            seed=ctx.seed)
+            seed=ctx.seed, distributed=ctx.world_size > 1)
         return model
 
     def _budget_left(self) -> float:

@@ -766,8 +766,10 @@ class PHTAlternation(Method):
         self.scheduler = None
         self.rows: _RowIndex | None = None
         self._model: nn.Module | None = None
+        self.distributed = False  # data parallel (ctx.world_size > 1), set by prepare
 
     def prepare(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
+        self.distributed = ctx.world_size > 1
         model = pht(model, self.hp["tau"])
         opt = _make_inner(self.hp["inner"], model.parameters(), self.hp)
         loss = "mse" if ctx.task == "regression" else "cross_entropy"
@@ -788,7 +790,7 @@ class PHTAlternation(Method):
         loss = self.alt.step(x, y, index, model=model, loss_fn=loss_fn)
         if self.hp["exact"] != "none" and self.hp["exact_on"] == "step":
             masks = self.alt.last_masks
-            if D.active():  # solve on the global batch, identically on every rank
+            if self.distributed:  # solve on the global batch, identically on every rank
                 x, y = D.all_gather_rows(x), D.all_gather_rows(y)
                 masks = [D.all_gather_rows(m) for m in masks]
             self.alt.solve(x, y, self.hp["exact"], masks=masks,

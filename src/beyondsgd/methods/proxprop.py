@@ -624,7 +624,8 @@ class _ProxPropMethod(OptimizerMethod):
         self.config = ProxConfig(**{k: self.hp[k] for k in PROX_KEYS})
 
     def prepare(self, model: nn.Module, ctx) -> nn.Module:
-        proxprop(model, **{k: getattr(self.config, k) for k in PROX_KEYS})
+        proxprop(model, **{k: getattr(self.config, k) for k in PROX_KEYS},
+                 distributed=ctx.world_size > 1)
         return super().prepare(model, ctx)
 
 
