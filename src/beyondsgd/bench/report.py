@@ -173,11 +173,7 @@ def plot_curves(store: Store, rows: list[dict], out_dir: Path) -> list[Path]:
                 axes[row, col].grid(alpha=0.3)
         axes[0, 0].legend(fontsize=7)
         fig.suptitle(f"{prob_name}: {prob.description}", fontsize=10)
-        fig.tight_layout()
-        path = out_dir / f"curves_{prob_name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save_figure(plt, fig, out_dir / f"curves_{prob_name}.png"))
     return paths
 
 
@@ -215,6 +211,14 @@ def overview_table(rows: list[dict], tag: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save_figure(plt, fig, path: Path) -> Path:
+    """Lay out, write (PNG, 110 dpi) and close ``fig``; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plt():
     import matplotlib
 
@@ -244,10 +248,7 @@ def profile_section(rows: list[dict], out_dir: Path, tau_max: float = 4.0
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / "performance_profiles.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = _save_figure(plt, fig, out_dir / "performance_profiles.png")
     lines = [f"Over {len(times)} problem(s); score = normalised area under the profile for "
              f"tau in [1, {tau_max:g}] (1: fastest to target everywhere, 0: never within "
              f"{tau_max:g}x).\n", "| method | score |", "|---|---|"]
@@ -293,11 +294,7 @@ def sensitivity_section(store: Store, out_dir: Path, problems: list[str] | None 
         ax.set_title(f"{prob_name}: sensitivity", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        path = out_dir / f"sensitivity_{prob_name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save_figure(plt, fig, out_dir / f"sensitivity_{prob_name}.png"))
     return paths
 
 

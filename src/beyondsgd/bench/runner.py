@@ -367,17 +367,14 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         try:
+            for xg, yg in global_batches(epoch):
+                xb, yb = (D.local_rows(xg), D.local_rows(yg)) if dp else (xg, yg)
+                loss_fn = _scaled_loss_fn(prob.loss_fn, xb.shape[0], xg.shape[0], world) \
+                    if dp else prob.loss_fn
+                loss_sum += method.train_step(train_model, (xb, yb), loss_fn)
+                step += 1
             if dp:
-                for xg, yg in global_batches(epoch):
-                    xb, yb = D.local_rows(xg), D.local_rows(yg)
-                    loss_fn = _scaled_loss_fn(prob.loss_fn, xb.shape[0], xg.shape[0], world)
-                    loss_sum += method.train_step(train_model, (xb, yb), loss_fn)
-                    step += 1
                 D.all_reduce_sum(loss_sum)  # every rank takes the same divergence decision
-            else:
-                for batch in batches(epoch):
-                    loss_sum += method.train_step(model, batch, prob.loss_fn)
-                    step += 1
             events = method.end_of_epoch(model, ctx, epoch)
         except (RuntimeError, ValueError, ArithmeticError) as exc:
             # A method that trips over NaN/inf weights (a linear solver, a MILP) has diverged;
