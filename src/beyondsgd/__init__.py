@@ -12,6 +12,9 @@ Baselines SGD, momentum, Adam, AdamW, Adagrad, Adadelta, RMSProp run through the
 (``beyondsgd.bench.runner.run_trial``). See README.md for the API tour.
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+
 from . import data, models
 from .methods import METHODS, HParam, Method, TrainContext, gdsolver, make_method, sparsity
 from .methods.bpgrad import BPGrad, estimate_lipschitz
@@ -20,7 +23,25 @@ from .methods.pht import Alternating, PositiveHardThreshold, frozen_support, pht
 from .methods.proxprop import ProxConv2d, ProxLinear, proxprop
 from .methods.slbi import SLBI, slbi_param_groups
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The version from the installed distribution's metadata (pyproject.toml's ``version``, the
+    single source); in a source tree that is not installed, read pyproject.toml itself."""
+    try:
+        return _dist_version("beyondsgd")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        try:
+            m = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
+        except OSError:
+            m = None
+        return m.group(1) if m else "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "METHODS",
@@ -34,6 +55,7 @@ __all__ = [
     "ProxConv2d",
     "ProxLinear",
     "TrainContext",
+    "__version__",
     "data",
     "estimate_lipschitz",
     "frozen_support",
