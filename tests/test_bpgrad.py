@@ -5,6 +5,7 @@ bad input."""
 
 import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from beyondsgd.methods import METHODS, make_method
 from beyondsgd.methods.bpgrad import (
     BPGrad,
+    NonFiniteLossError,
     bpgrad_step_length,
     estimate_lipschitz,
     pairwise_lipschitz,
@@ -442,6 +444,167 @@ def test_bad_step_calls_raise():
 
     with pytest.raises(ValueError, match="scalar loss"):
         opt.step(vector)
+
+
+# --------------------------------------------------------------------------------------------
+# Non-finite losses and gradients: refused before anything changes
+# --------------------------------------------------------------------------------------------
+def _snapshot(opt: BPGrad, model: nn.Module):
+    return (_flat(model).clone(), copy.deepcopy(opt.state_dict()))
+
+
+def _assert_unchanged(before, opt: BPGrad, model: nn.Module):
+    w, sd = before
+    assert torch.equal(_flat(model), w)
+    now = opt.state_dict()
+    assert now["state"].keys() == sd["state"].keys()
+    for k, st in sd["state"].items():
+        assert now["state"][k].keys() == st.keys()
+        for key, val in st.items():
+            other = now["state"][k][key]
+            if isinstance(val, torch.Tensor):
+                assert torch.equal(other, val), key
+            else:
+                assert other == val or (math.isnan(val) and math.isnan(other)), key
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("as_tensor", [True, False])
+def test_non_finite_loss_raises_before_any_change(bad, as_tensor):
+    model = _tiny()
+    opt = BPGrad(model.parameters(), lipschitz=3.0, momentum=0.9)
+    _run_opt(model, opt, _batches(2))  # momentum buffers and a loss history exist
+    (x, y), = _batches(1, seed=5)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y) + bad  # the gradient itself stays finite
+        loss.backward()
+        return loss if as_tensor else float(loss.detach())
+
+    before = _snapshot(opt, model)
+    with pytest.raises(NonFiniteLossError, match=rf"the loss is {bad!r}.*nothing was changed"):
+        opt.step(closure)
+    _assert_unchanged(before, opt, model)
+    assert issubclass(NonFiniteLossError, ValueError)
+
+
+def test_nan_weights_loss_is_refused_not_propagated():
+    """The issue's case: a NaN from the model (here a NaN input) used to turn every weight NaN."""
+    model = _tiny()
+    opt = BPGrad(model.parameters(), lipschitz=3.0, momentum=0.0)
+    x, y = _batches(1)[0]
+    x = x.clone()
+    x[0, 0] = math.nan
+    before = _snapshot(opt, model)
+    with pytest.raises(ValueError, match="the loss is nan"):
+        _run_opt(model, opt, [(x, y)])
+    _assert_unchanged(before, opt, model)
+    assert torch.isfinite(_flat(model)).all()
+
+
+def test_non_finite_gradient_is_refused():
+    p = nn.Parameter(torch.tensor([1.0, 2.0], dtype=DT))
+    opt = BPGrad([p], lipschitz=1.0)
+
+    def closure():  # finite loss 0, infinite gradient: d/dp sqrt(p - 1) at p = 1
+        opt.zero_grad()
+        loss = (p[:1] - 1.0).sqrt().sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(NonFiniteLossError, match="gradient norm is inf"):
+        opt.step(closure)
+    assert torch.equal(p.detach(), torch.tensor([1.0, 2.0], dtype=DT))
+    assert opt.global_state["step"] == 0
+
+
+def test_method_train_step_hands_a_refused_step_to_the_runner_as_a_non_finite_loss():
+    meth = make_method("bpgrad", {"lipschitz": 3.0})
+    model = _tiny()
+    meth.optimizer = meth.make_optimizer(model)
+    w0 = _flat(model).clone()
+    x, y = _batches(1)[0]
+
+    def nan_loss(out, target):
+        return F.mse_loss(out, target) * math.nan
+
+    loss = meth.train_step(model, (x, y), nan_loss)
+    assert math.isnan(float(loss)) and torch.equal(_flat(model), w0)
+    assert math.isfinite(float(meth.train_step(model, (x, y), F.mse_loss)))
+
+
+def test_runner_records_a_bpgrad_blow_up_as_diverged_not_failed():
+    """L = 1e-6 overflows float32 in the first epoch: the refused step must end the trial as
+    ``diverged`` (the runner re-raises errors raised while the weights and the summed loss are
+    still finite, so without ``BPGradMethod.train_step`` this trial would fail)."""
+    from beyondsgd.bench.runner import run_trial
+
+    res = run_trial("digits_mlp", "bpgrad", {"lipschitz": 1e-6, "rho": 0.0}, epochs=2)
+    assert res.status == "diverged", (res.status, res.error)
+
+
+# --------------------------------------------------------------------------------------------
+# Copies, pickles, optional lipschitz, lr
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("distributed", [None, False, True])
+def test_copies_keep_distributed_and_step_identically(how, distributed):
+    model = _tiny()
+    opt = BPGrad(model.parameters(), lipschitz=3.0, distributed=distributed)
+    if not distributed:
+        _run_opt(model, opt, _batches(2))
+    if how == "deepcopy":
+        m2, o2 = copy.deepcopy((model, opt))
+    else:
+        m2, o2 = pickle.loads(pickle.dumps((model, opt)))
+    assert o2.distributed is distributed
+    if distributed:  # True needs an initialised process group: the copy refuses like the original
+        for o, m in ((opt, model), (o2, m2)):
+            with pytest.raises(RuntimeError, match="not initialised"):
+                _run_opt(m, o, _batches(1))
+        return
+    ta = _run_opt(model, opt, _batches(3, seed=7))
+    tb = _run_opt(m2, o2, _batches(3, seed=7))
+    for a, b in zip(ta, tb):
+        assert torch.equal(a, b)
+
+
+def test_lipschitz_is_optional_when_every_group_sets_one():
+    model = _tiny()
+    ps = list(model.parameters())
+    a = BPGrad([{"params": ps[:2], "lipschitz": 4.0}, {"params": ps[2:], "lr": 0.05}])
+    assert [g["lr"] for g in a.param_groups] == [0.25, 0.05]
+    m2 = copy.deepcopy(model)
+    ps2 = list(m2.parameters())
+    b = BPGrad([{"params": ps2[:2]}, {"params": ps2[2:], "lipschitz": 20.0}], lipschitz=4.0)
+    b.param_groups[1]["lr"] = 0.05
+    for ta, tb in zip(_run_opt(model, a, _batches(3)), _run_opt(m2, b, _batches(3))):
+        assert torch.equal(ta, tb)
+    with pytest.raises(ValueError, match=r"param group 1 sets neither 'lipschitz' nor 'lr'"):
+        BPGrad([{"params": ps[:2], "lipschitz": 4.0}, {"params": ps[2:]}])
+    with pytest.raises(ValueError, match=r"param group 0 sets neither"):
+        BPGrad(model.parameters())
+    with pytest.raises(ValueError, match=r"param group 2 sets neither"):
+        a.add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
+
+
+def test_lr_is_the_inverse_lipschitz():
+    batches = _batches(4)
+    runs = []
+    for kw in ({"lipschitz": 4.0}, {"lr": 0.25}, {"lr": torch.tensor(0.25, dtype=DT)}):
+        m = _tiny()
+        runs.append(_run_opt(m, BPGrad(m.parameters(), momentum=0.9, **kw), batches))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="lipschitz=L or lr=1/L, not both"):
+        BPGrad(_tiny().parameters(), lipschitz=4.0, lr=0.25)
+    for bad, match in ((0.0, "lr = 1/lipschitz must be > 0"), (-1.0, "must be > 0"),
+                       (math.inf, "must be finite"), (torch.tensor([0.1, 0.2]), "one floating"),
+                       (torch.tensor(1), "one floating"), ("0.1", "real number")):
+        with pytest.raises(ValueError, match=match):
+            BPGrad(_tiny().parameters(), lr=bad)
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ __all__ = [
     "BPGrad",
     "BPGradMethod",
     "LipschitzEstimate",
+    "NonFiniteLossError",
     "bpgrad_step_length",
     "bpgrad_update",
     "estimate_lipschitz",
@@ -61,9 +62,27 @@ def _real(name: str, value: Any) -> float:
     return value
 
 
+class NonFiniteLossError(ValueError):
+    """``BPGrad.step`` saw a NaN/inf loss or gradient norm and changed nothing (the run has
+    diverged, or the closure is broken). ``loss`` is the loss value the step saw."""
+
+    def __init__(self, message: str, loss: float):
+        super().__init__(message)
+        self.loss = loss
+
+
+def _lr_value(lr: Any) -> float:
+    """A group's ``lr`` (= 1/L) as a float: a real number or a one-element float tensor."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1 or not lr.is_floating_point():
+            raise ValueError(f"BPGrad: a tensor lr (= 1/lipschitz) must hold one floating-point "
+                             f"value, got {lr!r}")
+        lr = float(lr)
+    return _real("lr (= 1/lipschitz)", lr)
+
+
 def _check_group(g: dict[str, Any]) -> None:
-    lr = _real("lr (= 1/lipschitz)", g["lr"])
-    if lr <= 0:
+    if _lr_value(g["lr"]) <= 0:
         raise ValueError(f"BPGrad: lr = 1/lipschitz must be > 0, got {g['lr']!r}")
     rho = _real("rho", g["rho"])
     if not 0.0 <= rho <= 1.0:
@@ -182,10 +201,17 @@ class BPGrad(torch.optim.Optimizer):
 
     Args:
         params: parameters or parameter groups (any layer types; a group may set its own
-            ``lipschitz``, ``rho``, ``momentum``, ``weight_decay``, ``momentum_form``).
+            ``lipschitz`` or ``lr``, ``rho``, ``momentum``, ``weight_decay``,
+            ``momentum_form``).
         lipschitz: the Lipschitz constant :math:`L > 0`; it acts as an inverse learning rate.
             Stored per group as ``lr = 1/L`` so that LR schedulers scale the step length
-            (:math:`\eta_t = \mathrm{lr}\cdot(f_t - \rho f_{\min})`).
+            (:math:`\eta_t = \mathrm{lr}\cdot(f_t - \rho f_{\min})`). Optional when every
+            param group sets its own ``lipschitz`` (or ``lr``).
+        lr: the same knob given as :math:`1/L` (keyword only; give ``lipschitz`` or ``lr``, not
+            both; a one-element float tensor is accepted). It is **not** an SGD learning rate:
+            the step moves :math:`\mathrm{lr}\cdot(f_t - \rho f_{\min})` along the unit-norm
+            gradient, so its scale depends on the loss's scale (the paper's Eq. (12) with
+            :math:`\mathrm{lr} = 1/L`; the dfw port calls it ``eta``).
         rho: :math:`\rho \in [0, 1]`, lower-bound factor (official code 0.1).
         momentum: :math:`\mu \in [0, 1)` (heavy ball; official 0.9).
         weight_decay: :math:`\lambda \ge 0` (official 5e-4).
@@ -200,8 +226,10 @@ class BPGrad(torch.optim.Optimizer):
 
     ``step(closure)`` needs a closure that zeroes the gradients, computes the loss, calls
     ``backward()`` and returns the loss (the way PyTorch Lightning and L-BFGS call optimizers);
-    the loss must be :math:`\ge 0`. A step reads the loss value and the gradient norm on the host
-    once (one synchronisation) to check the sign and to skip the step at a zero gradient.
+    the loss must be :math:`\ge 0` and finite. A step reads the loss value and the gradient norm
+    on the host once (one synchronisation) to check them and to skip the step at a zero gradient.
+    A NaN/inf loss or gradient norm raises :class:`NonFiniteLossError` (a ``ValueError``) before
+    anything changes: parameters, momentum and the loss history stay as they were.
 
     Example:
         >>> import torch
@@ -229,33 +257,58 @@ class BPGrad(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lipschitz: float,
+        lipschitz: float | None = None,
         rho: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         momentum_form: str = "paper",
         loss_estimate: str = "minibatch",
         distributed: bool | None = None,
+        *,
+        lr: float | torch.Tensor | None = None,
     ):
-        defaults = dict(lr=_lipschitz_to_lr(lipschitz), rho=rho, momentum=momentum,
-                        weight_decay=weight_decay, momentum_form=momentum_form,
-                        loss_estimate=loss_estimate)
-        _check_group(defaults)
+        if lipschitz is not None and lr is not None:
+            raise ValueError(f"BPGrad: give lipschitz=L or lr=1/L, not both (got "
+                             f"lipschitz={lipschitz!r}, lr={lr!r})")
+        if lipschitz is not None:
+            lr = _lipschitz_to_lr(lipschitz)
+        defaults = dict(lr=lr, rho=rho, momentum=momentum, weight_decay=weight_decay,
+                        momentum_form=momentum_form, loss_estimate=loss_estimate)
+        _check_group({**defaults, "lr": 1.0} if lr is None else defaults)
         if distributed is not None and not isinstance(distributed, bool):
             raise ValueError(f"distributed must be None (auto), True or False, got "
                              f"{distributed!r}")
         self.distributed = distributed
         super().__init__(params, defaults)
 
+    # torch's Optimizer pickles only defaults/state/param_groups; keep our own attribute too.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "distributed": self.distributed}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("distributed", None)  # pickles made before it was kept
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As torch's, plus: a ``lipschitz`` key is turned into ``lr = 1/lipschitz``; every group
-        is validated; ``loss_estimate`` must be the same for all groups (the loss is global)."""
+        """As torch's, plus: a ``lipschitz`` key is turned into ``lr = 1/lipschitz``; a group
+        without either takes the constructor's (an error if there is none); every group is
+        validated; ``loss_estimate`` must be the same for all groups (the loss is global)."""
         param_group = dict(param_group)
+        index = len(getattr(self, "param_groups", []))
         if "lipschitz" in param_group:
             if "lr" in param_group:
-                raise ValueError("BPGrad: give a param group 'lipschitz' or 'lr' (= 1/L), "
-                                 "not both")
+                raise ValueError(f"BPGrad: param group {index}: give 'lipschitz' or 'lr' "
+                                 f"(= 1/L), not both")
             param_group["lr"] = _lipschitz_to_lr(param_group.pop("lipschitz"))
+        elif "lr" not in param_group:
+            default = self.defaults["lr"]
+            if default is None:
+                raise ValueError(
+                    f"BPGrad: param group {index} sets neither 'lipschitz' nor 'lr', and no "
+                    f"default was given: pass lipschitz=L (or lr=1/L) to BPGrad(...) or set "
+                    f"'lipschitz' in every param group")
+            # a tensor default is copied so that a scheduler changes one group only
+            param_group["lr"] = default.clone() if isinstance(default, torch.Tensor) else default
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         _check_group(group)
@@ -330,10 +383,23 @@ class BPGrad(torch.optim.Optimizer):
                                  f"{tuple(loss.shape)}")
             f_dev = loss.detach().reshape(()).to(norm)
         else:
-            f_dev = torch.tensor(_real("loss", loss), dtype=norm.dtype, device=norm.device)
+            if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
+                raise ValueError(f"BPGrad: the closure must return the loss (a tensor or a "
+                                 f"real number), got {loss!r}")
+            f_dev = torch.tensor(float(loss), dtype=norm.dtype, device=norm.device)
         if D.resolve(self.distributed):  # f_t of the global batch: the mean over the ranks
             f_dev = D.all_reduce_sum(f_dev.clone()) / D.world_size()
         f_val, g_norm = torch.stack([f_dev, norm]).tolist()
+        # Checked before anything changes (every rank sees the same global f_val and norm).
+        if not math.isfinite(f_val):
+            raise NonFiniteLossError(
+                f"BPGrad: the loss is {f_val!r}; the step length (f_t - rho*min f)/L needs a "
+                f"finite loss >= 0 (the run has diverged, or the closure is broken); nothing "
+                f"was changed", f_val)
+        if not math.isfinite(g_norm):
+            raise NonFiniteLossError(
+                f"BPGrad: the gradient norm is {g_norm!r} (loss {f_val!r}); a finite gradient is "
+                f"needed to normalise it; nothing was changed", f_val)
         if f_val < 0:
             raise ValueError(f"BPGrad assumes a non-negative loss (f >= 0), but the closure "
                              f"returned {f_val!r}; use a loss bounded below by 0")
@@ -351,7 +417,7 @@ class BPGrad(torch.optim.Optimizer):
         st["f_t"], st["grad_norm"] = f_t, g_norm
 
         for i, (group, (ps, gs)) in enumerate(zip(self.param_groups, grouped)):
-            eta = (f_t - group["rho"] * st["f_min"]) * group["lr"]  # Eq. (12), lr = 1/L
+            eta = (f_t - group["rho"] * st["f_min"]) * _lr_value(group["lr"])  # Eq. (12), 1/L
             if i == 0:
                 st["step_length"] = eta
             if not ps or g_norm == 0.0:
@@ -531,6 +597,17 @@ class BPGradMethod(OptimizerMethod):
                       momentum=hp["momentum"], weight_decay=hp["weight_decay"],
                       momentum_form=hp["momentum_form"], loss_estimate=hp["loss_estimate"],
                       distributed=self.distributed)
+
+    def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> torch.Tensor:
+        """As the base class's. A refused step (:class:`NonFiniteLossError`: NaN/inf loss or
+        gradient, nothing changed) returns a non-finite loss (NaN when only the gradient was
+        non-finite) instead of raising: the runner sums the epoch's losses and ends the trial
+        as ``diverged``, as it does for the baselines whose weights turn NaN."""
+        try:
+            return super().train_step(model, batch, loss_fn)
+        except NonFiniteLossError as exc:
+            bad = exc.loss if not math.isfinite(exc.loss) else math.nan
+            return torch.tensor(bad, device=next(model.parameters()).device)
 
     def end_of_epoch(self, model: nn.Module, ctx, epoch: int) -> list[dict]:
         self.optimizer.new_epoch()
