@@ -205,3 +205,88 @@ def test_subsample_train():
     assert torch.equal(half.x_test, ds.x_test)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         ds.subsample_train(1.5)
+
+
+# --------------------------------------------------------------------------------------------
+# data availability without loading (beyondsgd list, pre-flight checks)
+# --------------------------------------------------------------------------------------------
+def _no_reading(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a status check must not read data files")
+    monkeypatch.setattr(DS, "read_idx", boom)
+
+
+def test_fashion_mnist_status_agrees_with_the_loader(tmp_path, monkeypatch):
+    monkeypatch.delenv("BEYONDSGD_FASHION_MNIST", raising=False)
+    monkeypatch.delenv("BEYONDSGD_DOWNLOAD", raising=False)
+    root = tmp_path / "fm"
+    root.mkdir()
+    with monkeypatch.context() as m:
+        _no_reading(m)
+        msg = D.fashion_mnist_status(root)
+    assert str(root) in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert "--data-dir" in msg and "--download" in msg and "\n" not in msg
+    with pytest.raises(DataFileError):
+        D.load_fashion_mnist(root=root)
+    _write_tiny_mnist(root)
+    (root / "t10k-labels-idx1-ubyte.gz").unlink()
+    msg = D.fashion_mnist_status(root)
+    assert "lacks t10k-labels-idx1-ubyte" in msg and "train-images" not in msg
+    with pytest.raises(DataFileError):
+        D.load_fashion_mnist(root=root)
+    _write_tiny_mnist(root)
+    with monkeypatch.context() as m:
+        _no_reading(m)
+        assert D.fashion_mnist_status(root) is None
+    assert len(D.load_fashion_mnist(root=root, val_size=5).x_test) == 10
+    assert D.fashion_mnist_status(tmp_path / "none", download=True) is None
+
+
+def test_fashion_mnist_status_default_search(tmp_path, monkeypatch):
+    """No root: the Debian directory, then the cache; a partial Debian directory does not hide a
+    complete cache (the loader picks the same directory)."""
+    monkeypatch.delenv("BEYONDSGD_FASHION_MNIST", raising=False)
+    monkeypatch.delenv("BEYONDSGD_DOWNLOAD", raising=False)
+    debian, cache = tmp_path / "debian", tmp_path / "cache"
+    monkeypatch.setattr(DS, "FASHION_MNIST_DIR", debian)
+    monkeypatch.setenv("BEYONDSGD_DATA", str(cache))
+    msg = D.fashion_mnist_status()
+    assert str(debian) in msg and str(cache / "fashion-mnist") in msg
+    assert "$BEYONDSGD_FASHION_MNIST" in msg
+    _write_tiny_mnist(debian, n_train=20)
+    (debian / "t10k-images-idx3-ubyte.gz").unlink()
+    _write_tiny_mnist(cache / "fashion-mnist", n_train=30)
+    assert D.fashion_mnist_status() is None
+    ds = D.load_fashion_mnist(val_size=5)
+    assert ds.info["root"] == str(cache / "fashion-mnist") and len(ds.x_train) == 25
+    monkeypatch.setenv("BEYONDSGD_FASHION_MNIST", str(tmp_path / "elsewhere"))
+    assert "from --data-dir" in D.fashion_mnist_status()
+    monkeypatch.setenv("BEYONDSGD_DOWNLOAD", "1")
+    assert D.fashion_mnist_status() is None
+
+
+def test_mnist_status(tmp_path, monkeypatch):
+    monkeypatch.delenv("BEYONDSGD_DOWNLOAD", raising=False)
+    monkeypatch.setenv("BEYONDSGD_MNIST", str(tmp_path))
+    assert "--download" in D.mnist_status() and str(tmp_path) in D.mnist_status()
+    _write_tiny_mnist(tmp_path)
+    assert D.mnist_status() is None
+
+
+def test_problem_data_status(tmp_path, monkeypatch):
+    from beyondsgd.bench import problems as P
+
+    monkeypatch.delenv("BEYONDSGD_DOWNLOAD", raising=False)
+    monkeypatch.setenv("BEYONDSGD_FASHION_MNIST", str(tmp_path))
+    fmnist = [p for p in P.PROBLEMS.values() if p.name.startswith("fmnist")]
+    assert len(fmnist) >= 3
+    for p in fmnist:
+        assert "apt-get install dataset-fashion-mnist" in p.data_status()
+    _write_tiny_mnist(tmp_path)
+    assert all(p.data_status() is None for p in fmnist)
+    # the bench extra is installed in the test environment
+    for name in ("digits_mlp", "mnist1d_mlp", "diabetes_mlp", "toy_identity_mlp"):
+        assert P.PROBLEMS[name].data_status() is None
+    check = P._needs_module("no_such_module_xyz", "no-such-package", "the XYZ data")
+    assert check() == ("the XYZ data needs no-such-package, which is not installed; get it: "
+                       "pip install 'beyondsgd[bench]'")

@@ -13,6 +13,7 @@ The measured values (best test metric per seed, 2026-11-23, store results/target
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,20 @@ from torch import nn
 
 from .. import data as D
 from .. import models as M
+
+
+def _data_ready() -> str | None:
+    return None
+
+
+def _needs_module(module: str, package: str, data: str) -> Callable[[], str | None]:
+    """A data check: ``module`` importable (found on the path, not imported)."""
+    def check() -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return (f"{data} needs {package}, which is not installed; get it: "
+                    "pip install 'beyondsgd[bench]'")
+        return None
+    return check
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,15 @@ class Problem:
     target: float
     target_note: str = ""
     train_eval_size: int = 10000  # training loss is measured on a fixed subset of this size
+    data_check: Callable[[], str | None] = _data_ready
+
+    def data_status(self) -> str | None:
+        """``None`` when this problem's data can be loaded; otherwise one line saying what is
+        missing and the command that gets it. Cheap (file existence and installed packages
+        only, nothing is loaded), so ``list`` and pre-flight checks can call it for every
+        problem. Reads ``$BEYONDSGD_FASHION_MNIST`` / ``$BEYONDSGD_DOWNLOAD`` as the loaders do.
+        """
+        return self.data_check()
 
     @property
     def metric(self) -> str:
@@ -100,12 +124,14 @@ register_problem(Problem(
     "digits_mlp", "scikit-learn digits (8x8), MLP 64-128-128-10",
     lambda s: _cached(D.load_digits, s), _mlp((128, 128)), "classification",
     batch_size=64, epochs=20, target=0.96,
+    data_check=_needs_module("sklearn", "scikit-learn", "the digits data"),
     target_note="Adam 1e-3, 20 epochs, seeds 0-2: best test accuracy 0.978 / 0.975 / 0.967",
 ))
 register_problem(Problem(
     "mnist1d_mlp", "MNIST-1D (4000 samples generated locally), MLP 40-256-256-10",
     lambda s: _cached(D.load_mnist1d, s), _mlp((256, 256)), "classification",
     batch_size=128, epochs=30, target=0.62,
+    data_check=_needs_module("mnist1d", "mnist1d", "MNIST-1D"),
     target_note="Adam 1e-3, 30 epochs, seeds 0-2: best test accuracy 0.629 / 0.622 / 0.633",
 ))
 register_problem(Problem(
@@ -113,12 +139,14 @@ register_problem(Problem(
     lambda s: _cached(D.load_mnist1d, s),
     lambda d, a, s: M.cnn_mnist1d(d.input_shape[0], 10, 32, a, s), "classification",
     batch_size=128, epochs=30, target=0.60,
+    data_check=_needs_module("mnist1d", "mnist1d", "MNIST-1D"),
     target_note="Adam 1e-3, 30 epochs, seeds 0-2: best test accuracy 0.656 / 0.608 / 0.633",
 ))
 register_problem(Problem(
     "fmnist_mlp", "Fashion-MNIST, MLP 784-256-256-10",
     lambda s: _cached(D.load_fashion_mnist, s), _mlp((256, 256)), "classification",
     batch_size=128, epochs=10, target=0.88,
+    data_check=D.fashion_mnist_status,
     target_note="Adam 1e-3, 10 epochs, seeds 0-2: best test accuracy 0.885 / 0.886 / 0.886",
 ))
 register_problem(Problem(
@@ -126,6 +154,7 @@ register_problem(Problem(
     lambda s: _cached(D.load_fashion_mnist, s),
     lambda d, a, s: M.cnn_2c2d(1, 10, a, s), "classification",
     batch_size=128, epochs=5, target=0.90,
+    data_check=D.fashion_mnist_status,
     target_note="NOT YET MEASURED: a provisional value (the 3-seed Adam run, about 300 s per "
                 "epoch on this loaded 2-core machine, was stopped); ProxProp's 2-epoch Adam run "
                 "on a 6k-image subset reached 0.82",
@@ -135,12 +164,14 @@ register_problem(Problem(
     lambda s: _cached(D.load_fashion_mnist, s),
     lambda d, a, s: M.lenet5(1, 10, a, s), "classification",
     batch_size=128, epochs=10, target=0.88,
+    data_check=D.fashion_mnist_status,
     target_note="Adam 1e-3, 10 epochs, seeds 0-2: best test accuracy 0.889 / 0.891 / 0.895",
 ))
 register_problem(Problem(
     "diabetes_mlp", "scikit-learn diabetes regression, MLP 10-64-64-1 (standardised targets)",
     lambda s: _cached(D.load_diabetes, s), _reg_mlp((64, 64)), "regression",
     batch_size=32, epochs=100, target=0.50,
+    data_check=_needs_module("sklearn", "scikit-learn", "the diabetes data"),
     target_note="Adam 1e-3, 100 epochs, seeds 0-2: best test MSE 0.488 / 0.476 / 0.484 "
                 "(standardised targets; the final MSE, 0.67-0.71, is worse: it overfits)",
 ))
@@ -148,6 +179,7 @@ register_problem(Problem(
     "friedman_mlp", "Friedman #1 (2000 points, noise 1), MLP 10-64-64-1 (standardised targets)",
     lambda s: _cached(D.load_friedman1, s), _reg_mlp((64, 64)), "regression",
     batch_size=32, epochs=50, target=0.07,
+    data_check=_needs_module("sklearn", "scikit-learn", "Friedman #1"),
     target_note="Adam 1e-3, 50 epochs, seeds 0-2: best test MSE 0.066 / 0.068 / 0.068",
 ))
 # Adam 1e-3, 15 epochs, seeds 0-2, best test MSE (standardised targets). There is no

@@ -2,6 +2,7 @@
 
 from .datasets import (
     Dataset,
+    fashion_mnist_status,
     load_breast_cancer,
     load_diabetes,
     load_digits,
@@ -10,12 +11,14 @@ from .datasets import (
     load_mnist,
     load_mnist1d,
     load_toy_regression,
+    mnist_status,
 )
 from .idx import DataFileError, read_idx, write_idx
 
 __all__ = [
     "DataFileError",
     "Dataset",
+    "fashion_mnist_status",
     "load_breast_cancer",
     "load_diabetes",
     "load_digits",
@@ -24,6 +27,7 @@ __all__ = [
     "load_mnist",
     "load_mnist1d",
     "load_toy_regression",
+    "mnist_status",
     "read_idx",
     "write_idx",
 ]

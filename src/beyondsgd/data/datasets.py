@@ -158,6 +158,60 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
+def _missing_idx(root: Path) -> list[str]:
+    """The IDX files (stems) absent from ``root``, gz or raw (file existence only)."""
+    return [stem for stem in IDX_FILES.values() if _find_idx(root, stem) is None]
+
+
+def _idx_status(name: str, places: list[Path], explicit: bool, env: str, how: str
+                ) -> str | None:
+    missing = {p: _missing_idx(p) for p in places}
+    if any(not m for m in missing.values()):
+        return None
+    where = " or ".join(str(p) for p in places)
+    src = f" (from --data-dir / ${env})" if explicit else f" (or ${env})"
+    partial = "".join(f"; {p} lacks {', '.join(m)}" for p, m in missing.items()
+                      if len(m) < len(IDX_FILES))
+    return f"{name} IDX files not found in {where}{src}{partial}; get them: {how}"
+
+
+FASHION_MNIST_HOW = ("apt-get install dataset-fashion-mnist (Debian/Ubuntu), or --data-dir DIR, "
+                     "or --download")
+MNIST_HOW = "--download (needs internet once), or --data-dir DIR"
+
+
+def fashion_mnist_status(root: str | Path | None = None, download: bool | None = None
+                         ) -> str | None:
+    """``None`` when ``load_fashion_mnist(root, download)`` will find its four IDX files (or may
+    download them); otherwise one line naming where it looked and how to get them.
+
+    Cheap: checks file existence only, nothing is read. Uses the loader's search order
+    (``root`` or ``$BEYONDSGD_FASHION_MNIST``, else the Debian directory, then the cache);
+    ``download=None`` reads ``$BEYONDSGD_DOWNLOAD``.
+    """
+    if download is None:
+        download = os.environ.get("BEYONDSGD_DOWNLOAD", "") == "1"
+    explicit = root or os.environ.get("BEYONDSGD_FASHION_MNIST") or None
+    places = [Path(explicit)] if explicit else [FASHION_MNIST_DIR,
+                                                default_cache_dir() / "fashion-mnist"]
+    if download:
+        return None
+    return _idx_status("Fashion-MNIST", places, bool(explicit), "BEYONDSGD_FASHION_MNIST",
+                       FASHION_MNIST_HOW)
+
+
+def mnist_status(root: str | Path | None = None, download: bool | None = None) -> str | None:
+    """As ``fashion_mnist_status`` for ``load_mnist`` (``root``/``$BEYONDSGD_MNIST``, else the
+    cache; there is no Debian package)."""
+    if download is None:
+        download = os.environ.get("BEYONDSGD_DOWNLOAD", "") == "1"
+    explicit = root or os.environ.get("BEYONDSGD_MNIST") or None
+    places = [Path(explicit) if explicit else default_cache_dir() / "mnist"]
+    if download:
+        return None
+    return _idx_status("MNIST", places, bool(explicit), "BEYONDSGD_MNIST", MNIST_HOW)
+
+
 def _load_idx_dir(root: Path, how_to_get: str) -> dict[str, np.ndarray]:
     out = {}
     for key, stem in IDX_FILES.items():
@@ -197,7 +251,7 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False,
     download = download or os.environ.get("BEYONDSGD_DOWNLOAD", "") == "1"
     if root is None:
         candidates = [FASHION_MNIST_DIR, cache]
-        root = next((c for c in candidates if _find_idx(c, IDX_FILES["train_images"])), None)
+        root = next((c for c in candidates if not _missing_idx(c)), None)
         if root is None:
             root = cache if download else FASHION_MNIST_DIR
     root = Path(root)
