@@ -193,6 +193,8 @@ class BPGrad(torch.optim.Optimizer):
 
     The two momentum placements agree when :math:`\eta_t` is constant and differ otherwise
     (``momentum_form``; default ``"paper"``, the official MatConvNet code uses ``"official"``).
+    The ``"paper"`` label is not confirmed from the paper's text: it follows the docstring of a
+    third-party port (oval-group/dfw, ``dfw/baselines/bpgrad.py``), see docs/methods/bpgrad.md.
     ``loss_estimate="minibatch"`` (default, the paper's :math:`f(x_t)`) uses the loss the
     closure returns; ``"running_mean"`` (official code) uses the mean of the minibatch losses
     since the start of the epoch -- call :meth:`new_epoch` at each epoch boundary. The minimum
