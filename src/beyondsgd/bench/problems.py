@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,6 +69,11 @@ class Problem:
     @property
     def higher_is_better(self) -> bool:
         return self.task == "classification"
+
+    @property
+    def metric_range(self) -> tuple[float, float]:
+        """The values the test metric can take: accuracy in [0, 1], MSE in [0, inf)."""
+        return (0.0, 1.0) if self.task == "classification" else (0.0, math.inf)
 
     def loss_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":

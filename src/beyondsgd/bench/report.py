@@ -1,11 +1,20 @@
 """Reports computed from the results store only: summary tables and curves.
 
 ``summarize(store)`` groups finished/diverged trials by (problem, method, hyperparameters,
-train fraction, tag) and computes over seeds: final and best test metric (mean, std), training
-seconds and epochs to the problem's target (median over seeds; ``inf`` when a seed never reaches
-it, so the median is ``inf`` when half the seeds or more never do), and seconds per epoch.
-``write_report`` renders a Markdown table and PNG curves (train loss and test metric vs epochs and
-vs seconds, mean over seeds with a min-max band).
+train fraction, tag) and computes over seeds: final and best test metric (mean, std, a 95%
+interval), training seconds and epochs to the problem's target (median over seeds; ``inf`` when a
+seed never reaches it, so the median is ``inf`` when half the seeds or more never do), and seconds
+per epoch. Rows come best-first within each problem and comparable group (same tag, epochs and
+train fraction). ``verdict_line`` says in one line who won a problem and by how much, with the
+uncertainty; ``report_summary`` is a few such lines for a terminal. ``write_report`` renders
+Markdown/HTML tables and PNG curves (train loss and test metric vs epochs and vs seconds, mean
+over seeds with a min-max band).
+
+Intervals (``CI_METHOD``): the 95% interval of a mean over seeds is Student's t interval clipped
+to the metric's range (accuracy [0, 1], MSE [0, inf)); the difference between two settings gets
+Welch's t interval, clipped to the range of differences. With one seed, or when every seed gave
+the same value, no interval is printed ("n=1", "all n equal"): a zero-width interval would claim
+a certainty that a handful of identical seeds does not give.
 """
 
 from __future__ import annotations
@@ -13,15 +22,26 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..methods import METHODS
+from .figures import plot_curves, profile_section, sensitivity_section
+from .markdown_html import markdown_to_html
 from .metrics import mean_ci, time_to_target
-from .problems import PROBLEMS
+from .problems import PROBLEMS, get_problem
+from .protocol import DEFAULTS_TAG, FINAL_TAG, TUNE_TAG
 from .store import Store
+
+__all__ = ["CI_METHOD", "difference_interval", "label", "markdown_table", "markdown_to_html",
+           "overview_table", "report_summary", "seed_interval", "summarize", "verdict_line",
+           "write_report"]
+
+LEVEL = 0.95
+CI_METHOD = ("95% CI of the mean over seeds: Student t, clipped to the metric's range (accuracy "
+             "[0, 1], MSE [0, inf)); differences: Welch t; no interval for n=1 or identical seeds")
 
 
 def label(method: str, hparams: dict, tag: str = "", train_fraction: float = 1.0) -> str:
@@ -49,6 +69,69 @@ def _median(vals: list[float]) -> float:
     return statistics.median(vals) if vals else math.nan
 
 
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def seed_interval(values: Sequence[float | None], bounds: tuple[float, float] = (-math.inf,
+                  math.inf), level: float = LEVEL) -> tuple[float, float, float, float]:
+    """(mean, std, lo, hi) over the finite values: Student t interval of the mean clipped to
+    ``bounds``; lo = hi = NaN for n < 2 or when all values are equal (std 0 there; NaN mean and
+    std when there is no finite value)."""
+    vals = _finite(values)
+    m, s, lo, hi = mean_ci(vals, level)
+    if len(vals) < 2 or len(set(vals)) == 1:
+        return m, (0.0 if vals else math.nan), math.nan, math.nan
+    return m, s, max(lo, bounds[0]), min(hi, bounds[1])
+
+
+def difference_interval(a: Sequence[float | None], b: Sequence[float | None],
+                        width: float = math.inf, level: float = LEVEL
+                        ) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), lo, hi) over the finite values: Welch's t interval for a difference of
+    means (Welch-Satterthwaite degrees of freedom), clipped to [-width, width] (``width``: the
+    metric's range). lo = hi = NaN when a side has fewer than 2 values or both are constant."""
+    a, b = _finite(a), _finite(b)
+    if not a or not b:
+        return math.nan, math.nan, math.nan
+    d = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2 or (len(set(a)) == 1 and len(set(b)) == 1):
+        return d, math.nan, math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(va + vb)
+    return d, max(d - half, -width), min(d + half, width)
+
+
+def _group_key(r: dict) -> tuple:
+    """Rows comparable with each other: same tag, epochs and train fraction. Order: the tuned
+    ``final`` runs and plain ``bench`` runs first, then defaults, other tags, tuning trials."""
+    order = {FINAL_TAG: 0, "": 0, DEFAULTS_TAG: 1, TUNE_TAG: 3}
+    return order.get(r["tag"], 2), r["tag"], -r["train_fraction"], -r["epochs"]
+
+
+def _rank_key(r: dict) -> tuple:
+    """Best first: rows with a finite final mean, then without diverged seeds, then by mean."""
+    m = r["final_mean"]
+    if not math.isfinite(m):
+        return True, True, 0.0
+    return False, r["diverged"] > 0, -m if PROBLEMS[r["problem"]].higher_is_better else m
+
+
+def _mark_best(rows: list[dict]) -> None:
+    """Set ``rank`` (1 = best) and ``best`` within each (problem, group) of sorted rows."""
+    first: dict[tuple, dict] = {}
+    counts: Counter = Counter()
+    for r in rows:
+        g = (r["problem"], _group_key(r))
+        counts[g] += 1
+        r["rank"] = counts[g]
+        top = first.setdefault(g, r)
+        r["best"] = math.isfinite(top["final_mean"]) and _rank_key(r) == _rank_key(top)
+
+
 def summarize(store: Store, problems: list[str] | None = None) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for t in store.trials():
@@ -71,7 +154,7 @@ def summarize(store: Store, problems: list[str] | None = None) -> list[dict[str,
         ttt = [time_to_target(prob, evals[t["id"]]) for t in trials]
         spe = [t["train_seconds"] / t["epochs_done"] for t in trials if t["epochs_done"]]
         sps = [t["train_seconds"] / t["steps"] for t in trials if t["steps"]]
-        fm, fs, ci_lo, ci_hi = mean_ci(finals)
+        fm, fs, ci_lo, ci_hi = seed_interval(finals, prob.metric_range)
         bm, bs = _mean_std([b if b is not None else math.nan for b in bests])
         rows.append({
             "problem": prob_name, "method": method, "hparams": json.loads(hp_json),
@@ -79,7 +162,7 @@ def summarize(store: Store, problems: list[str] | None = None) -> list[dict[str,
             "train_fraction": frac, "epochs": epochs, "seeds": len(trials),
             "diverged": sum(t["status"] == "diverged" for t in trials),
             "metric": prob.metric, "final_mean": fm, "final_std": fs, "final_ci": (ci_lo, ci_hi),
-            "best_mean": bm,
+            "final_values": finals, "best_values": bests, "best_mean": bm,
             "best_std": bs, "final_train_loss": _mean_std([t["final_train_loss"]
                                                           for t in trials])[0],
             "seconds_to_target": _median([s for s, _ in ttt]),
@@ -88,7 +171,8 @@ def summarize(store: Store, problems: list[str] | None = None) -> list[dict[str,
             "seconds_per_step": statistics.fmean(sps) if sps else math.nan,
             "trial_ids": [t["id"] for t in trials],
         })
-    rows.sort(key=lambda r: (r["problem"], r["label"]))
+    rows.sort(key=lambda r: (r["problem"], _group_key(r), _rank_key(r), r["label"]))
+    _mark_best(rows)
     return rows
 
 
@@ -100,81 +184,129 @@ def _fmt(v: float, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
+def _range_text(prob) -> str:
+    lo, hi = prob.metric_range
+    return f"[{lo:g}, {hi:g}]" if math.isfinite(hi) else f"[{lo:g}, inf)"
+
+
+def _cell(values: Sequence[float | None], bounds: tuple[float, float], digits: int = 4,
+          ci: bool = True) -> str:
+    """``mean ± std [lo, hi]`` over the finite values; ``mean (n=1)``; ``mean (all n equal)``."""
+    vals = _finite(values)
+    if not vals:
+        return "–"
+    m, s, lo, hi = seed_interval(vals, bounds)
+    if len(vals) == 1:
+        return f"{_fmt(m, digits)} (n=1)"
+    if len(set(vals)) == 1:
+        return f"{_fmt(m, digits)} (all {len(vals)} equal)"
+    return f"{_fmt(m, digits)} ± {_fmt(s, digits)}" + (
+        f" [{_fmt(lo, digits)}, {_fmt(hi, digits)}]" if ci else "")
+
+
+def _num(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _seeds_text(na: int, nb: int) -> str:
+    return f"n={na} seeds" if na == nb else f"n={na} vs {nb} seeds"
+
+
+def verdict_line(rows: list[dict]) -> str:
+    """One line for one problem's rows (from ``summarize``): the best setting of the first
+    comparable group (see ``_group_key``), the runner-up (the best row of another method, else
+    the second row), the difference of their mean final test metric with its 95% Welch interval,
+    and whether that interval excludes 0."""
+    problems = sorted({r["problem"] for r in rows})
+    if len(problems) != 1:
+        raise ValueError(f"verdict_line needs the rows of exactly one problem, got "
+                         f"{len(problems)}: {', '.join(problems) or 'none'}")
+    prob = PROBLEMS[problems[0]]
+    first_group = min(_group_key(r) for r in rows)
+    ranked = sorted((r for r in rows if _group_key(r) == first_group), key=_rank_key)
+    top = ranked[0]
+    if not math.isfinite(top["final_mean"]):
+        return f"{prob.name}: no finished seed to compare (every trial diverged)"
+    rest = [r for r in ranked[1:] if math.isfinite(r["final_mean"])]
+    others = [r for r in rest if r["method"] != top["method"]] or rest
+    head = (f"{top['label']} best on {prob.name} (final test {prob.metric}, "
+            f"{'higher' if prob.higher_is_better else 'lower'} is better): "
+            f"{_num(top['final_mean'])}")
+    notes = "".join(f"; {r['label']}: {r['diverged']} of {r['seeds']} seeds diverged"
+                    for r in [top] + others[:1] if r["diverged"])
+    if not others:
+        n = len(_finite(top["final_values"]))
+        return f"{head} (n={n} seeds); nothing to compare with{notes}"
+    second = others[0]
+    lo_r, hi_r = prob.metric_range
+    d, lo, hi = difference_interval(top["final_values"], second["final_values"], hi_r - lo_r)
+    na, nb = len(_finite(top["final_values"])), len(_finite(second["final_values"]))
+    if min(na, nb) < 2:
+        unc = f"{_seeds_text(na, nb)}: no interval"
+    elif not math.isfinite(lo):
+        unc = f"{_seeds_text(na, nb)}, every seed equal within each: no interval"
+    else:
+        sig = "significant" if lo > 0 or hi < 0 else "not significant"
+        unc = (f"95% CI of difference [{lo:+.3g}, {hi:+.3g}] (Welch t), "
+               f"{_seeds_text(na, nb)}: {sig}")
+    return f"{head} vs {second['label']} {_num(second['final_mean'])} ({d:+.3g}, {unc}){notes}"
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """The summary table, one section per problem."""
+    """The summary table, one section per problem: rows best-first within each comparable group
+    (the best in bold), then the one-line verdict."""
     out = []
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_problem[r["problem"]].append(r)
     for prob_name, rs in by_problem.items():
         prob = PROBLEMS[prob_name]
+        bounds = prob.metric_range
         arrow = "higher" if prob.higher_is_better else "lower"
         sgd = [r["seconds_per_step"] for r in rs if r["method"] == "sgd"
                and math.isfinite(r["seconds_per_step"])]
+        epochs = len({r["epochs"] for r in rs}) > 1
         out.append(f"### {prob_name}: {prob.description}\n")
-        out.append(f"Test {prob.metric} ({arrow} is better), target {prob.target:g}; "
-                   "mean ± std [95% CI] over seeds; time/epochs to target: median over seeds"
+        out.append(f"Test {prob.metric} ({arrow} is better, range {_range_text(prob)}), target "
+                   f"{prob.target:g}; best first, **best** in bold; mean ± std [95% CI of the "
+                   "mean: Student t clipped to the metric's range] over seeds, no interval for "
+                   "n=1 or identical seeds; time/epochs to target: median over seeds"
                    + ("; step cost relative to SGD in the same store." if sgd else ".") + "\n")
         out.append(f"| method | seeds | final test {prob.metric} | best test {prob.metric} | "
                    "final train loss | s to target | epochs to target | s/epoch | step cost |")
         out.append("|---|---|---|---|---|---|---|---|---|")
         for r in rs:
             div = f" ({r['diverged']} diverged)" if r["diverged"] else ""
-            lo, hi = r["final_ci"]
-            ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else ""
+            name = r["label"] + (f" [{r['epochs']} epochs]" if epochs else "")
+            name = f"**{name}** (best)" if r.get("best") else name
             rel = _fmt(r["seconds_per_step"] / sgd[0], 2) + "x" if sgd else "–"
             out.append(
-                f"| {r['label']} | {r['seeds']}{div} | {_fmt(r['final_mean'])} ± "
-                f"{_fmt(r['final_std'])}{ci} | {_fmt(r['best_mean'])} ± {_fmt(r['best_std'])} | "
+                f"| {name} | {r['seeds']}{div} | {_cell(r['final_values'], bounds)} | "
+                f"{_cell(r['best_values'], bounds, ci=False)} | "
                 f"{_fmt(r['final_train_loss'])} | {_fmt(r['seconds_to_target'], 1)} | "
                 f"{_fmt(r['epochs_to_target'], 0)} | {_fmt(r['seconds_per_epoch'], 2)} | {rel} |")
         out.append("")
+        out.append(f"Verdict: {verdict_line(rs)}\n")
     return "\n".join(out)
 
 
-def plot_curves(store: Store, rows: list[dict], out_dir: Path) -> list[Path]:
-    """One PNG per problem: train loss and test metric vs epochs and vs seconds."""
-    import numpy as np
+def report_summary(store: Store, problems: list[str] | None = None) -> str:
+    """A few lines for a terminal: trials by status, then one verdict line per problem.
 
-    plt = _plt()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    by_problem: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_problem[r["problem"]].append(r)
-    paths = []
-    for prob_name, rs in by_problem.items():
-        prob = PROBLEMS[prob_name]
-        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-        for r in rs:
-            curves = [store.evals(i) for i in r["trial_ids"]]
-            n = min(len(c) for c in curves)
-            if n == 0:
-                continue
-            ep = np.array([e["epoch"] for e in curves[0][:n]], float)
-            secs = np.mean([[e["train_seconds"] for e in c[:n]] for c in curves], axis=0)
-            for row, key in enumerate(("train_loss", "test_metric")):
-                vals = np.array([[np.nan if e[key] is None else e[key] for e in c[:n]]
-                                 for c in curves], float)
-                with warnings.catch_warnings():  # all-NaN columns after a divergence
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean = np.nanmean(vals, axis=0)
-                    lo, hi = np.nanmin(vals, axis=0), np.nanmax(vals, axis=0)
-                for col, xs in enumerate((ep, secs)):
-                    ax = axes[row, col]
-                    (line,) = ax.plot(xs, mean, label=r["label"])
-                    ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
-        for col, xl in enumerate(("epoch", "training seconds")):
-            axes[0, col].set_ylabel("train loss")
-            axes[0, col].set_yscale("log")
-            axes[1, col].set_ylabel(f"test {prob.metric}")
-            axes[1, col].axhline(prob.target, color="gray", ls=":", lw=1)
-            for row in range(2):
-                axes[row, col].set_xlabel(xl)
-                axes[row, col].grid(alpha=0.3)
-        axes[0, 0].legend(fontsize=7)
-        fig.suptitle(f"{prob_name}: {prob.description}", fontsize=10)
-        paths.append(_save_figure(plt, fig, out_dir / f"curves_{prob_name}.png"))
-    return paths
+    Unknown names in ``problems`` raise ``ValueError`` naming them and the known problems."""
+    for name in problems or ():
+        get_problem(name)
+    trials = [t for t in store.trials() if not problems or t["problem"] in problems]
+    counts = Counter(t["status"] for t in trials)
+    order = ["finished", "diverged", "failed", "running"]
+    status = ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=lambda k: (
+        order.index(k) if k in order else len(order), k)))
+    rows = summarize(store, problems)
+    names = list(dict.fromkeys(r["problem"] for r in rows))
+    lines = [f"{len(trials)} trials ({status or 'none'}) on {len(names)} problem(s) with "
+             "results" + (f" (of {', '.join(problems)})" if problems else "")]
+    lines += [verdict_line([r for r in rows if r["problem"] == p]) for p in names]
+    return "\n".join(lines)
 
 
 def overview_table(rows: list[dict], tag: str) -> str:
@@ -201,7 +333,7 @@ def overview_table(rows: list[dict], tag: str) -> str:
             if r is None:
                 cells.append("–")
                 continue
-            text = f"{_fmt(r['final_mean'], 3)} ± {_fmt(r['final_std'], 3)}"
+            text = _cell(r["final_values"], PROBLEMS[p].metric_range, 3, ci=False)
             if r["diverged"]:
                 text += f" ({r['diverged']} div.)"
             if p in best and r["final_mean"] == best[p]:
@@ -209,93 +341,6 @@ def overview_table(rows: list[dict], tag: str) -> str:
             cells.append(text)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _save_figure(plt, fig, path: Path) -> Path:
-    """Lay out, write (PNG, 110 dpi) and close ``fig``; returns ``path``."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def profile_section(rows: list[dict], out_dir: Path, tau_max: float = 4.0
-                    ) -> tuple[str, Path | None]:
-    """AlgoPerf-style performance profiles over problems from time-to-target (median seconds)."""
-    from .metrics import performance_profile
-
-    times: dict[str, dict[str, float]] = defaultdict(dict)
-    for r in rows:
-        times[r["problem"]][r["method"]] = r["seconds_to_target"]
-    if not times:
-        return "", None
-    taus, rho, score = performance_profile(dict(times), tau_max)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in sorted(score, key=lambda k: -score[k]):
-        ax.step(taus, rho[m], where="post", label=f"{m} ({score[m]:.2f})")
-    ax.set_xlabel("tau (time to target / fastest method's)")
-    ax.set_ylabel("fraction of problems within tau")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    path = _save_figure(plt, fig, out_dir / "performance_profiles.png")
-    lines = [f"Over {len(times)} problem(s); score = normalised area under the profile for "
-             f"tau in [1, {tau_max:g}] (1: fastest to target everywhere, 0: never within "
-             f"{tau_max:g}x).\n", "| method | score |", "|---|---|"]
-    lines += [f"| {m} | {score[m]:.3f} |" for m in sorted(score, key=lambda k: -score[k])]
-    return "\n".join(lines) + "\n", path
-
-
-def sensitivity_section(store: Store, out_dir: Path, problems: list[str] | None = None
-                        ) -> list[Path]:
-    """Validation metric vs the first tuned hyperparameter, from the tuning trials."""
-    from .protocol import TUNE_TAG, search_space
-
-    trials = [t for t in store.trials(tag=TUNE_TAG) if t["status"] in ("finished", "diverged")
-              and (not problems or t["problem"] in problems)]
-    by_problem: dict[str, list[dict]] = defaultdict(list)
-    for t in trials:
-        by_problem[t["problem"]].append(t)
-    plt = _plt()
-    paths = []
-    for prob_name, ts in by_problem.items():
-        prob = PROBLEMS.get(prob_name)
-        if prob is None:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        by_method: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for t in ts:
-            space = [h for h in search_space(t["method"])] if t["method"] in METHODS else []
-            if not space or not isinstance(t["hparams"].get(space[0].name), (int, float)):
-                continue
-            x = float(t["hparams"][space[0].name])
-            y = t["best_val_metric"] if t["status"] == "finished" else math.nan
-            by_method[f"{t['method']} ({space[0].name})"].append((x, y))
-        for m, pts in sorted(by_method.items()):
-            pts.sort()
-            xs, ys = zip(*pts)
-            (line,) = ax.plot(xs, ys, "o-", label=m, ms=3)
-            div = [x for x, y in pts if not math.isfinite(y)]
-            if div:
-                ax.plot(div, [ax.get_ylim()[0]] * len(div), "x", color=line.get_color())
-        ax.set_xscale("log")
-        ax.set_xlabel("tuned hyperparameter (lr, or L for BPGrad; x: diverged)")
-        ax.set_ylabel(f"best validation {prob.metric}")
-        ax.set_title(f"{prob_name}: sensitivity", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-        paths.append(_save_figure(plt, fig, out_dir / f"sensitivity_{prob_name}.png"))
-    return paths
 
 
 def environment_section(store: Store) -> str:
@@ -310,54 +355,6 @@ def environment_section(store: Store) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_to_html(md: str, base: Path) -> str:
-    """A small converter for what our reports contain (headers, tables, images, paragraphs);
-    images are embedded as base64 so the HTML file is self-contained."""
-    import base64
-    import html
-    import re
-
-    out, in_table = [], False
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if all(set(c) <= set("-: ") for c in cells):
-                continue
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-                tag = "th"
-            else:
-                tag = "td"
-            cells = [re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(c)) for c in cells]
-            out.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        m = re.match(r"!\[(.*?)\]\((.+?)\)", line)
-        if m:
-            data = base64.b64encode((base / m.group(2)).read_bytes()).decode()
-            out.append(f'<p><img alt="{html.escape(m.group(1))}" '
-                       f'src="data:image/png;base64,{data}"></p>')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.startswith("```"):
-            continue
-        elif line.strip():
-            text = re.sub(r"`(.+?)`", r"<code>\1</code>", html.escape(line))
-            out.append(f"<p>{text}</p>")
-    if in_table:
-        out.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;}"
-             "table{border-collapse:collapse;font-size:12px;margin:1em 0;}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;}th{background:#f3f3f3;}"
-             "img{max-width:100%;}")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>beyondsgd report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
-
-
 def write_report(store: Store, out_dir: str | Path, problems: list[str] | None = None,
                  plots: bool = True) -> Path:
     """Write ``report.md`` and a self-contained ``report.html`` into ``out_dir``.
@@ -367,7 +364,6 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
     table, curves, environment. Returns the Markdown path.
     """
     from .claims import claims_markdown, collect, evaluate_claims
-    from .protocol import FINAL_TAG
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
