@@ -1,0 +1,183 @@
+"""The alternation of support steps and weight steps, usable in any training loop.
+
+Our reconstruction of the abstract's contribution (iii); see ``pht/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..base import LossFn
+from .activation import PositiveHardThreshold, pht_modules
+from .solvers import _loss, solvable_layers, solve_layer
+from .support import _record_chunked, frozen_support, recording
+
+
+# --------------------------------------------------------------------------------------------
+# The alternation, usable in any training loop
+# --------------------------------------------------------------------------------------------
+class Alternating:
+    r"""Train a PHT network by alternating support steps and weight steps (our reconstruction).
+
+    One call of :meth:`step` on a minibatch ``(x, y)``:
+
+    1. **Support step** (weights fixed): ``s_l = 1[z_l(x) > tau_l]`` for every PHT layer, from a
+       forward pass (``index=None``), or taken from the masks cached by :meth:`refresh` for the
+       rows ``index`` of the training set (per-epoch refresh).
+    2. **Weight step** (supports frozen): ``K = inner_steps`` steps of ``optimizer`` on the masked
+       multilinear network ``f(x) = W_L D_{L-1} ... D_1 W_1 x``. With ``K = 1`` and a per-minibatch
+       support step this is exactly plain PHT training by backprop (the PHT derivative is the mask).
+       The first inner step shares the support step's forward pass.
+
+    :meth:`solve` runs exact block-coordinate solves of chosen layers (see :func:`solve_layer`).
+    ``tau`` is held fixed by the alternation; learnable-tau modules are refused.
+
+    Args:
+        model: a network with PHT activations (see :func:`pht`).
+        optimizer: any ``torch.optim.Optimizer`` over ``model``'s parameters whose ``step()``
+            needs no closure (SGD, Adam, ...): the weight step.
+        loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(output, target) -> scalar``.
+        inner_steps: ``K >= 1``.
+        max_mask_bytes: limit for the cached masks of the per-epoch refresh (1 byte per unit and
+            sample); :meth:`refresh` refuses with a ``MemoryError`` beyond it.
+
+    Example::
+
+        >>> import torch
+        >>> from beyondsgd.models import mlp
+        >>> net = mlp(4, [16], 3, activation="pht", seed=0)
+        >>> alt = Alternating(net, torch.optim.SGD(net.parameters(), lr=0.1), inner_steps=5)
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        >>> loss = alt.step(x, y)                      # support step + 5 frozen-support steps
+        >>> info = alt.solve(x, y, layers="last")      # exact last-layer solve (L-BFGS for CE)
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 loss: str | LossFn = "cross_entropy", inner_steps: int = 1,
+                 max_mask_bytes: int = 2**30):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise ValueError("the weight step calls optimizer.step() without a closure; "
+                             "LBFGS needs one: use solve(..., solver='lbfgs') for L-BFGS")
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+            raise ValueError(f"inner_steps (K) must be an int >= 1, got {inner_steps!r}")
+        if isinstance(max_mask_bytes, bool) or not isinstance(max_mask_bytes, int) \
+                or max_mask_bytes < 0:
+            raise ValueError(f"max_mask_bytes must be an int >= 0, got {max_mask_bytes!r}")
+        mods = pht_modules(model)
+        if not mods:
+            raise ValueError("model has no PositiveHardThreshold module; call pht(model) first")
+        if any(m.learnable for m in mods):
+            raise ValueError("Alternating holds tau fixed (the support step is defined by tau); "
+                             "got learnable=True PHT modules: learn tau with pht_sgd/pht_adam")
+        self.model, self.optimizer, self.inner_steps = model, optimizer, inner_steps
+        self.loss, self.loss_fn = loss, _loss(loss)
+        self.max_mask_bytes = max_mask_bytes
+        self.masks: list[torch.Tensor] | None = None  # cached supports of the training set
+        self.density: torch.Tensor | None = None  # fraction of active units, last support step
+        self.last_masks: list[torch.Tensor] | None = None  # supports of the last step's batch
+
+    # ---- support step ----------------------------------------------------------------------
+    def refresh(self, x_all: torch.Tensor) -> dict[str, Any]:
+        """Per-epoch support step: record and cache the supports of every row of ``x_all``.
+
+        Refuses (``MemoryError``) when the masks exceed ``max_mask_bytes``. Returns the mask bytes
+        and the fraction of support bits that flipped since the previous refresh.
+        """
+        masks = _record_chunked(self.model, x_all, self.max_mask_bytes)
+        info: dict[str, Any] = {"mask_bytes": sum(m.numel() for m in masks)}
+        old = self.masks
+        if old is not None and all(a.shape == b.shape for a, b in zip(masks, old, strict=True)):
+            flips = sum(int((a != b).sum()) for a, b in zip(masks, old, strict=True))
+            info["flipped"] = flips / max(info["mask_bytes"], 1)
+        info["density"] = sum(int(m.sum()) for m in masks) / max(info["mask_bytes"], 1)
+        self.masks = masks
+        return info
+
+    def _set_density(self, masks: Sequence[torch.Tensor]) -> None:
+        with torch.no_grad():
+            on = sum(m.sum() for m in masks)
+            self.density = on / max(sum(m.numel() for m in masks), 1)
+
+    # ---- weight step -----------------------------------------------------------------------
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None,
+             model: nn.Module | None = None, loss_fn: LossFn | None = None) -> torch.Tensor:
+        """One alternation round on ``(x, y)``; returns the loss before it (detached).
+
+        ``model``: the module to run the steps through, e.g. a ``DistributedDataParallel``
+        wrapper of ``self.model`` (data parallelism: each rank's masks cover its own samples,
+        the gradients are averaged by DDP); ``loss_fn`` overrides the loss of the steps."""
+        opt = self.optimizer
+        model = self.model if model is None else model
+        loss_of = self.loss_fn if loss_fn is None else loss_fn
+        if index is None:
+            opt.zero_grad(set_to_none=True)
+            with recording(model) as masks:
+                first = loss_of(model(x), y)
+                first.backward()
+            opt.step()
+            start = 1
+        else:
+            if self.masks is None:
+                raise RuntimeError("step(index=...) uses cached supports: call refresh() first")
+            masks = [m[index] for m in self.masks]
+            start, first = 0, None
+        self._set_density(masks)
+        with frozen_support(model, masks):
+            for _ in range(start, self.inner_steps):
+                opt.zero_grad(set_to_none=True)
+                loss = loss_of(model(x), y)
+                loss.backward()
+                opt.step()
+                if first is None:
+                    first = loss
+        self.last_masks = masks
+        return first.detach()
+
+    # ---- exact solves ----------------------------------------------------------------------
+    def solve(self, x: torch.Tensor, y: torch.Tensor, layers: str | Sequence[int] = "last",
+              masks: Sequence[torch.Tensor] | None = None, solver: str = "auto", iters: int = 20,
+              damping: float = 0.0, max_bytes: int = 2**28) -> list[dict[str, Any]]:
+        """Exact block-coordinate solves (last layer first) with the supports of ``x`` frozen.
+
+        ``layers``: ``"last"``, ``"all"`` (every solvable layer, from the top down) or indices
+        into the ``nn.Sequential`` model. ``masks=None`` records them now from ``x`` (refused
+        beyond ``max_mask_bytes`` when the solved layers need them).
+        """
+        solvable = solvable_layers(self.model)
+        if layers == "last":
+            todo = solvable[-1:]
+        elif layers == "all":
+            todo = solvable[::-1]
+        elif isinstance(layers, str):
+            raise ValueError(f"layers must be 'last', 'all' or a list of indices, got {layers!r}")
+        else:
+            todo = list(layers)
+        if not todo:
+            raise ValueError("the model has no layer that can be solved exactly")
+        if masks is None:
+            if todo == solvable[-1:] and not any(isinstance(m, PositiveHardThreshold)
+                                                 for m in self.model[todo[0] + 1:]):
+                # nothing after the last layer needs a support: compute its inputs directly
+                with torch.no_grad():
+                    feats = self.model[:todo[0]](x)
+                head_model = nn.Sequential(*self.model[todo[0]:])
+                return [dict(solve_layer(head_model, 0, feats, y, self.loss, [], solver, iters,
+                                         damping, max_bytes), layer=todo[0])]
+            masks = _record_chunked(self.model, x, self.max_mask_bytes)
+        return [solve_layer(self.model, i, x, y, self.loss, masks, solver, iters, damping,
+                            max_bytes) for i in todo]
+
+    # ---- checkpoint ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "masks": self.masks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.masks = state.get("masks")
+
