@@ -2,6 +2,7 @@
 listing what is accepted."""
 
 import json
+import re
 
 import pytest
 
@@ -53,19 +54,22 @@ def test_bench_report_export(capsys, tmp_path):
                        "--seeds", "2", "--epochs", "2", "--store", store, "--set", "adam.lr=3e-3",
                        "--quiet")
     assert code == 0
-    assert "| adam(lr=0.003) | 2 |" in out and "| sgd | 2 |" in out
-    # re-running skips finished trials and prints the same table
-    code2, out2, _ = run(capsys, "bench", "--problem", "digits_mlp", "--methods", "sgd,adam",
-                         "--seeds", "2", "--epochs", "2", "--store", store, "--set",
-                         "adam.lr=3e-3", "--quiet")
-    assert code2 == 0 and out2 == out
+    assert "| adam(lr=0.003) | 2 |" in out.replace("**", "").replace(" (best)", "")
+    assert "| sgd | 2 |" in out and "Verdict: " in out
+    # re-running skips finished trials, says so, and prints the same table
+    code2, out2, err2 = run(capsys, "bench", "--problem", "digits_mlp", "--methods", "sgd,adam",
+                            "--seeds", "2", "--epochs", "2", "--store", store, "--set",
+                            "adam.lr=3e-3", "--quiet")
+    assert code2 == 0 and out2 == out and "skipped 4 finished trials" in err2
     rep = tmp_path / "rep"
     code, out, _ = run(capsys, "report", store, "--out", str(rep))
-    assert code == 0 and "digits_mlp" in out
+    # a short summary and the report's path, not the whole report
+    assert code == 0 and "digits_mlp" in out and f"report: {rep / 'report.md'}" in out
+    assert len(out.splitlines()) < 10
     assert (rep / "report.md").exists() and (rep / "curves_digits_mlp.png").stat().st_size > 1000
     exp = tmp_path / "exp"
     code, out, _ = run(capsys, "export", store, "--out", str(exp))
-    assert code == 0 and "exported 4 trials" in out
+    assert code == 0 and "exported 4 trials: 4 JSON files" in out
     files = sorted(exp.rglob("*.json"))
     assert len(files) == 4
     doc = json.loads(files[0].read_text())
@@ -78,8 +82,84 @@ def test_train_prints_curve(capsys):
                        "--epochs", "2", "--set", "lr=0.05")
     assert code == 0
     assert "epoch   2" in out and "status: finished" in out
+    status = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"status: finished; final test accuracy 0\.\d{4}; best 0\.\d{4}", status)
 
 
 def test_report_missing_store(capsys, tmp_path):
     code, _, err = run(capsys, "report", str(tmp_path / "none.db"))
     assert code == 2 and "no store" in err
+
+
+def test_version(capsys):
+    import beyondsgd
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"beyondsgd {beyondsgd.__version__}"
+
+
+def test_runtime_failures_are_printed_once_with_a_count(capsys, tmp_path, monkeypatch):
+    from beyondsgd.methods.baselines import SGD
+
+    def boom(self, model, batch, loss_fn):
+        raise ValueError("boom at run time")
+
+    monkeypatch.setattr(SGD, "train_step", boom)
+    code, _, err = run(capsys, "bench", "--problem", "digits_mlp", "--methods", "sgd",
+                       "--seeds", "3", "--epochs", "1", "--store", str(tmp_path / "r.db"),
+                       "--quiet")
+    assert code == 1
+    assert err.count("boom at run time") == 2  # the first failure, then the count
+    assert "3 trials failed: ValueError: boom at run time (first: digits_mlp/sgd/seed0)" in err
+
+
+def test_bench_says_resumed_and_busy(capsys, tmp_path, monkeypatch):
+    from beyondsgd import cli
+    from beyondsgd.bench.runner import TrialResult
+    from beyondsgd.bench.store import Store
+
+    store = tmp_path / "r.db"
+    with Store(store) as st:  # a trial interrupted after its first epoch
+        run_trial = cli.run_trial
+        run_trial("digits_mlp", "sgd", {}, seed=0, epochs=2, store=st, stop_after_epoch=1)
+    code, _, err = run(capsys, "bench", "--problem", "digits_mlp", "--methods", "sgd",
+                       "--seeds", "1", "--epochs", "2", "--store", str(store), "--quiet")
+    assert code == 0 and "resumed trial digits_mlp/sgd/seed0 at epoch 1" in err
+
+    def busy(problem, method, hp, seed, **kw):
+        return TrialResult(problem, method, hp, seed, "running", skipped=False, busy=True)
+
+    monkeypatch.setattr(cli, "run_trial", busy)
+    code, _, err = run(capsys, "bench", "--problem", "digits_mlp", "--methods", "sgd",
+                       "--seeds", "2", "--epochs", "3", "--store", str(store), "--quiet")
+    assert code == 0 and "2 trials busy in another process" in err
+
+
+def test_export_names_are_unique(capsys, tmp_path):
+    from beyondsgd.bench.store import Store
+    from beyondsgd.cli import export_name
+
+    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
+    assert export_name(long_a) != export_name(long_b) and len(export_name(long_a)) <= 120
+    assert export_name("lr=0.1") == "lr=0.1" and "/" not in export_name("a/../b")
+    store = tmp_path / "r.db"
+    with Store(store) as st:  # two trials whose hyperparameter strings differ only late
+        for i, hp in enumerate(({"lr": 0.1, "schedule": "step", "step_size": 1},
+                                {"lr": 0.1, "schedule": "step", "step_size": 2})):
+            key = f"k{i}"
+            tid = st.claim_trial(key, "digits_mlp", "sgd", hp, 0, 1, 1.0, "", {}).trial_id \
+                if hasattr(st, "claim_trial") else \
+                st.begin_trial(key, "digits_mlp", "sgd", hp, 0, 1, 1.0, "", {})
+            st.end_trial(tid, "finished", {})
+    import beyondsgd.cli as cli
+
+    old = cli.MAX_NAME
+    cli.MAX_NAME = 30  # makes both folder names shortened
+    try:
+        code, out, _ = run(capsys, "export", str(store), "--out", str(tmp_path / "exp"))
+    finally:
+        cli.MAX_NAME = old
+    assert code == 0 and "exported 2 trials: 2 JSON files" in out
+    assert len(list((tmp_path / "exp").rglob("*.json"))) == 2
