@@ -28,10 +28,10 @@ class FakeStore:
 
 
 def _trials(spec):
-    """spec: (problem, method, hparams, [final values; None = diverged], tag)."""
+    """spec: (problem, method, hparams, [final values; None = diverged], tag[, first seed])."""
     out = []
-    for problem, method, hp, values, tag in spec:
-        for seed, v in enumerate(values):
+    for problem, method, hp, values, tag, *first in spec:
+        for seed, v in enumerate(values, start=first[0] if first else 0):
             out.append({
                 "id": len(out), "problem": problem, "method": method, "hparams": hp,
                 "seed": seed, "train_fraction": 1.0, "tag": tag, "epochs": 2,
@@ -65,6 +65,14 @@ def test_difference_interval_matches_scipy_welch():
     assert d == pytest.approx(sum(a) / 4 - sum(b) / 3)
     assert lo == pytest.approx(ci.low, rel=1e-9) and hi == pytest.approx(ci.high, rel=1e-9)
     assert R.difference_interval([0.5, 0.9], [0.1, 0.5], width=1.0)[2] <= 1.0
+    b4 = [0.90, 0.89, 0.93, 0.94]
+    d, lo, hi = R.difference_interval(a, b4, paired=True)
+    ci = stats.ttest_rel(a, b4).confidence_interval(0.95)
+    assert d == pytest.approx(sum(a) / 4 - sum(b4) / 4)
+    assert lo == pytest.approx(ci.low, rel=1e-9) and hi == pytest.approx(ci.high, rel=1e-9)
+    assert math.isnan(R.difference_interval([0.9, 0.8], [0.8, 0.7], paired=True)[1])
+    with pytest.raises(ValueError, match="equal lengths"):
+        R.difference_interval(a, b, paired=True)
     assert math.isnan(R.difference_interval([0.9], [0.8, 0.7])[1])
     assert math.isnan(R.difference_interval([0.9, 0.9], [0.8, 0.8])[1])
 
@@ -97,11 +105,19 @@ def test_verdict_line_significant_and_not():
     assert "\n" not in line
     assert line.startswith("adam best on digits_mlp (final test accuracy, higher is better): "
                            "0.965 vs sgd(lr=0.01) 0.91 (+0.055, 95% CI of difference [")
-    assert line.endswith("(Welch t), n=3 seeds: significant)")
+    assert line.endswith("(paired t over the same seeds), n=3 seeds: significant)")
     close = [("digits_mlp", "sgd", {}, [0.95, 0.97, 0.96], ""),
              ("digits_mlp", "adam", {}, [0.96, 0.97, 0.955], "")]
     line = R.verdict_line(R.summarize(FakeStore(_trials(close))))
     assert line.startswith("adam best") and line.endswith("n=3 seeds: not significant)")
+    # other seeds on each side: unpaired (Welch); the same numbers are then not significant
+    shifted = [("digits_mlp", "sgd", {}, [0.90, 0.93, 0.96], "", 0),
+               ("digits_mlp", "adam", {}, [0.91, 0.94, 0.97], "", 3)]
+    line = R.verdict_line(R.summarize(FakeStore(_trials(shifted))))
+    assert line.endswith("(Welch t), n=3 seeds: not significant)")
+    paired = [shifted[0], (*shifted[1][:5], 0)]
+    line = R.verdict_line(R.summarize(FakeStore(_trials(paired))))
+    assert line.endswith("every seed's difference equal: no interval)")
 
 
 def test_verdict_line_lower_is_better_and_few_seeds():
@@ -110,8 +126,12 @@ def test_verdict_line_lower_is_better_and_few_seeds():
     line = R.verdict_line(R.summarize(FakeStore(_trials(spec))))
     assert line.startswith("gdsolver best on diabetes_mlp (final test mse, lower is better): "
                            "0.45 vs adam 0.51 (-0.06, n=1 vs 2 seeds: no interval)")
-    same = [("digits_mlp", "adam", {}, [0.9, 0.9], ""), ("digits_mlp", "sgd", {}, [0.8, 0.8], "")]
+    same = [("digits_mlp", "adam", {}, [0.9, 0.9], "", 0),
+            ("digits_mlp", "sgd", {}, [0.8, 0.8], "", 5)]
     assert "every seed equal within each: no interval" in R.verdict_line(
+        R.summarize(FakeStore(_trials(same))))
+    same[1] = (*same[1][:5], 0)  # the same seeds: paired, constant differences
+    assert "every seed's difference equal: no interval" in R.verdict_line(
         R.summarize(FakeStore(_trials(same))))
     alone = [("digits_mlp", "adam", {}, [0.9, 0.92], "")]
     assert R.verdict_line(R.summarize(FakeStore(_trials(alone)))).endswith(

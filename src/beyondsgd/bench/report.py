@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +42,8 @@ __all__ = ["CI_METHOD", "difference_interval", "label", "markdown_table", "markd
 
 LEVEL = 0.95
 CI_METHOD = ("95% CI of the mean over seeds: Student t, clipped to the metric's range (accuracy "
-             "[0, 1], MSE [0, inf)); differences: Welch t; no interval for n=1 or identical seeds")
+             "[0, 1], MSE [0, inf)); differences: paired t over shared seeds, else Welch t; no "
+             "interval for n=1 or identical seeds")
 
 
 def label(method: str, hparams: dict, tag: str = "", train_fraction: float = 1.0) -> str:
@@ -86,11 +88,33 @@ def seed_interval(values: Sequence[float | None], bounds: tuple[float, float] = 
 
 
 def difference_interval(a: Sequence[float | None], b: Sequence[float | None],
-                        width: float = math.inf, level: float = LEVEL
+                        width: float = math.inf, level: float = LEVEL, paired: bool = False
                         ) -> tuple[float, float, float]:
-    """(mean(a) - mean(b), lo, hi) over the finite values: Welch's t interval for a difference of
-    means (Welch-Satterthwaite degrees of freedom), clipped to [-width, width] (``width``: the
-    metric's range). lo = hi = NaN when a side has fewer than 2 values or both are constant."""
+    """(mean(a) - mean(b), lo, hi), clipped to [-width, width] (``width``: the metric's range).
+
+    Unpaired: Welch's t interval over the finite values (Welch-Satterthwaite degrees of freedom);
+    lo = hi = NaN when a side has fewer than 2 values or both are constant. ``paired``: a[i] and
+    b[i] share a seed (same initial weights and batch order), so Student's t interval of the
+    per-seed differences; lo = hi = NaN for fewer than 2 pairs or constant differences.
+    """
+    from scipy import stats
+
+    q = lambda df: float(stats.t.ppf(0.5 + level / 2, df))  # noqa: E731
+    if paired:
+        if len(a) != len(b):
+            raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+        pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None
+                 and math.isfinite(x) and math.isfinite(y)]
+        if not pairs:
+            return math.nan, math.nan, math.nan
+        diffs = [x - y for x, y in pairs]
+        d = statistics.fmean(diffs)
+        # constant differences up to the round-off of the subtraction (a few ulps of the values)
+        ulps = 4 * sys.float_info.epsilon * max(max(abs(x), abs(y)) for x, y in pairs)
+        if len(diffs) < 2 or max(diffs) - min(diffs) <= ulps:
+            return d, math.nan, math.nan
+        half = q(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        return d, max(d - half, -width), min(d + half, width)
     a, b = _finite(a), _finite(b)
     if not a or not b:
         return math.nan, math.nan, math.nan
@@ -99,10 +123,18 @@ def difference_interval(a: Sequence[float | None], b: Sequence[float | None],
         return d, math.nan, math.nan
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(va + vb)
+    half = q(df) * math.sqrt(va + vb)
     return d, max(d - half, -width), min(d + half, width)
+
+
+def _paired(r1: dict, r2: dict) -> tuple[list[float], list[float]] | None:
+    """The two rows' final values aligned by seed when both ran the same seeds and no seed
+    diverged (same seed: same initial weights and batch order), else None."""
+    s1, s2 = r1["final_by_seed"], r2["final_by_seed"]
+    if sorted(s1) != sorted(s2) or len(s1) < 2:
+        return None
+    a, b = [s1[k] for k in sorted(s1)], [s2[k] for k in sorted(s1)]
+    return (a, b) if all(math.isfinite(v) for v in a + b) else None
 
 
 def _group_key(r: dict) -> tuple:
@@ -163,6 +195,7 @@ def summarize(store: Store, problems: list[str] | None = None) -> list[dict[str,
             "diverged": sum(t["status"] == "diverged" for t in trials),
             "metric": prob.metric, "final_mean": fm, "final_std": fs, "final_ci": (ci_lo, ci_hi),
             "final_values": finals, "best_values": bests, "best_mean": bm,
+            "final_by_seed": {t["seed"]: f for t, f in zip(trials, finals)},
             "best_std": bs, "final_train_loss": _mean_std([t["final_train_loss"]
                                                           for t in trials])[0],
             "seconds_to_target": _median([s for s, _ in ttt]),
@@ -239,17 +272,40 @@ def verdict_line(rows: list[dict]) -> str:
         return f"{head} (n={n} seeds); nothing to compare with{notes}"
     second = others[0]
     lo_r, hi_r = prob.metric_range
-    d, lo, hi = difference_interval(top["final_values"], second["final_values"], hi_r - lo_r)
+    pairs = _paired(top, second)
+    if pairs:
+        d, lo, hi = difference_interval(*pairs, hi_r - lo_r, paired=True)
+    else:
+        d, lo, hi = difference_interval(top["final_values"], second["final_values"], hi_r - lo_r)
     na, nb = len(_finite(top["final_values"])), len(_finite(second["final_values"]))
+    test = "paired t over the same seeds" if pairs else "Welch t"
     if min(na, nb) < 2:
         unc = f"{_seeds_text(na, nb)}: no interval"
     elif not math.isfinite(lo):
-        unc = f"{_seeds_text(na, nb)}, every seed equal within each: no interval"
+        same = "every seed's difference equal" if pairs else "every seed equal within each"
+        unc = f"{_seeds_text(na, nb)}, {same}: no interval"
     else:
         sig = "significant" if lo > 0 or hi < 0 else "not significant"
-        unc = (f"95% CI of difference [{lo:+.3g}, {hi:+.3g}] (Welch t), "
+        unc = (f"95% CI of difference [{lo:+.3g}, {hi:+.3g}] ({test}), "
                f"{_seeds_text(na, nb)}: {sig}")
     return f"{head} vs {second['label']} {_num(second['final_mean'])} ({d:+.3g}, {unc}){notes}"
+
+
+def _table_rows(rs: list[dict], prob, sgd: list[float]) -> list[str]:
+    bounds = prob.metric_range
+    out = [f"| method | seeds | final test {prob.metric} | best test {prob.metric} | "
+           "final train loss | s to target | epochs to target | s/epoch | step cost |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rs:
+        div = f" ({r['diverged']} diverged)" if r["diverged"] else ""
+        name = f"**{r['label']}** (best)" if r.get("best") else r["label"]
+        rel = _fmt(r["seconds_per_step"] / sgd[0], 2) + "x" if sgd else "–"
+        out.append(
+            f"| {name} | {r['seeds']}{div} | {_cell(r['final_values'], bounds)} | "
+            f"{_cell(r['best_values'], bounds, ci=False)} | "
+            f"{_fmt(r['final_train_loss'])} | {_fmt(r['seconds_to_target'], 1)} | "
+            f"{_fmt(r['epochs_to_target'], 0)} | {_fmt(r['seconds_per_epoch'], 2)} | {rel} |")
+    return out
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -261,31 +317,30 @@ def markdown_table(rows: list[dict]) -> str:
         by_problem[r["problem"]].append(r)
     for prob_name, rs in by_problem.items():
         prob = PROBLEMS[prob_name]
-        bounds = prob.metric_range
         arrow = "higher" if prob.higher_is_better else "lower"
         sgd = [r["seconds_per_step"] for r in rs if r["method"] == "sgd"
                and math.isfinite(r["seconds_per_step"])]
-        epochs = len({r["epochs"] for r in rs}) > 1
         out.append(f"### {prob_name}: {prob.description}\n")
         out.append(f"Test {prob.metric} ({arrow} is better, range {_range_text(prob)}), target "
                    f"{prob.target:g}; best first, **best** in bold; mean ± std [95% CI of the "
                    "mean: Student t clipped to the metric's range] over seeds, no interval for "
                    "n=1 or identical seeds; time/epochs to target: median over seeds"
-                   + ("; step cost relative to SGD in the same store." if sgd else ".") + "\n")
-        out.append(f"| method | seeds | final test {prob.metric} | best test {prob.metric} | "
-                   "final train loss | s to target | epochs to target | s/epoch | step cost |")
-        out.append("|---|---|---|---|---|---|---|---|---|")
+                   + ("; step cost relative to SGD in the same store and group." if sgd
+                      else ".") + "\n")
+        groups: dict[tuple, list[dict]] = defaultdict(list)
         for r in rs:
-            div = f" ({r['diverged']} diverged)" if r["diverged"] else ""
-            name = r["label"] + (f" [{r['epochs']} epochs]" if epochs else "")
-            name = f"**{name}** (best)" if r.get("best") else name
-            rel = _fmt(r["seconds_per_step"] / sgd[0], 2) + "x" if sgd else "–"
-            out.append(
-                f"| {name} | {r['seeds']}{div} | {_cell(r['final_values'], bounds)} | "
-                f"{_cell(r['best_values'], bounds, ci=False)} | "
-                f"{_fmt(r['final_train_loss'])} | {_fmt(r['seconds_to_target'], 1)} | "
-                f"{_fmt(r['epochs_to_target'], 0)} | {_fmt(r['seconds_per_epoch'], 2)} | {rel} |")
-        out.append("")
+            groups[_group_key(r)].append(r)
+        for grs in groups.values():
+            if len(groups) > 1:
+                r0 = grs[0]
+                out.append(f"{'Tag ' + repr(r0['tag']) if r0['tag'] else 'No tag'}, "
+                           f"{r0['epochs']} epochs"
+                           + (f", {r0['train_fraction']:.0%} of the training data"
+                              if r0["train_fraction"] < 1 else "") + ":\n")
+            ref = [r["seconds_per_step"] for r in grs if r["method"] == "sgd"
+                   and math.isfinite(r["seconds_per_step"])] or sgd
+            out += _table_rows(grs, prob, ref)
+            out.append("")
         out.append(f"Verdict: {verdict_line(rs)}\n")
     return "\n".join(out)
 
