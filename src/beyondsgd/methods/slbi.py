@@ -22,26 +22,31 @@ while a sparse "structure" copy Γ follows an inverse-scale-space path: Γ start
 
 with V₀ = Γ₀ = 0 and, for the group lasso Ω₁(Γ) = Σ_g ‖Γ^g‖₂, the group soft-threshold
 Prox(V)^g = max(0, 1 - λ_g/‖V^g‖₂) V^g (element-wise lasso: sign(V) max(|V| - λ, 0)).
-With momentum τ (the paper's Mom / Mom-Wd variants) the gradient of the *coupled* loss, weight
-decay included, goes through the heavy-ball buffer,
 
-.. math::  b_{k+1} = \tau b_k + \nabla_W \bar L(W_k,\Gamma_k) + \omega W_k, \qquad
-           W_{k+1} = W_k - \kappa\alpha_k b_{k+1}
+**Momentum: where the coupling term goes.** With heavy-ball momentum τ (the paper's Mom / Mom-Wd
+variants; torch.optim.SGD's buffer convention, ``nesterov`` and ``dampening`` as in torch):
 
-(torch.optim.SGD's buffer convention: the first buffer is the first gradient; ``nesterov`` and
-``dampening`` as in torch). Parameters without a Γ (biases, norms, the output layer by default)
-take the plain step W - κ α b on ∇L̂_n (+ weight decay).
+* ``coupling="code"`` (default; the official code, DessiLBI2020/DessiLBI, which produced the
+  paper's numbers): b ← τb + ∇L̂(W) + ωW, then W ← W - κα(b + (W - Γ)/ν): the coupling bypasses
+  the momentum buffer. Our implementation equals the official optimizer to 4e-10 (float64).
+* ``coupling="paper"``: b ← τb + ∇L̂(W) + ωW + (W - Γ)/ν, W ← W - καb. A literal reading of
+  "SGD with momentum on L̄" that the paper does **not** confirm; the buffer amplifies the pull
+  towards Γ by 1/(1-τ) = 10 (with ν = 20 the network collapses to Γ = 0).
 
-**Where the official code (DessiLBI2020/DessiLBI) differs**, and the options that reproduce it:
+Weight decay ω applies to parameters with two or more dimensions only (the official code exempts
+biases and other 1-D parameters); ``weight_decay_1d=True`` decays them too (torch.optim.SGD).
+Parameters without a Γ (biases, the output layer by default) take W ← W - καb on ∇L̂ (+ ωW).
 
-* ``coupling="code"``: the coupling term (W - Γ)/ν bypasses the momentum buffer
-  (W ← W - κα(b + (W-Γ)/ν) with b built from ∇L̂_n only). Default ``"paper"``: inside.
-* ``kappa_uncoupled=False``: uncoupled parameters step with α instead of κα. The paper's W-step
-  scales all of W by κ, as the code does; the two agree for the default κ = 1.
-* ``lambda_scaling="sqrt_size"``: threshold λ·√(group size) per group (the official "lottery"
-  variant normalises conv group norms by the filter size before thresholding); default
-  ``"none"``: the paper's λ. The base official optimizer hard-wires λ = 1 (our default) and uses
-  element-wise shrinkage on FC weights; ``structure="element"`` reproduces that.
+**Defaults = the official LeNet recipe**: α = 0.1, κ = 1, ν = 20, λ = 1, τ = 0.9, code coupling.
+**Entry time.** V^g grows by about (α/ν)‖W^g‖ per step while Γ^g = 0, so a group enters after
+roughly λν/(α‖W^g‖) steps (≈ 330 for a freshly initialised LeNet filter; growing weights make it
+sooner). λ, ν and α set the time scale together: to keep the path while changing α or ν, scale λ
+by α/ν accordingly; for an epoch of n steps instead of the recipe's 469, scale λ by n/469.
+
+**Other options reproducing variants of the official code**: ``kappa_uncoupled=False`` (uncoupled
+parameters step with α, not κα; identical for κ = 1); ``lambda_scaling="sqrt_size"`` (threshold
+λ·√(group size), as the official "lottery" variant); ``structure="element"`` for Linear weights
+(the base official optimizer shrinks FC weights element-wise, the classifier included).
 
 Parameter groups carry the structure: ``{"params": [...], "structure": "filter" | "neuron" |
 "element" | None, "lambda": float}``. ``"filter"``: groups are output filters W[c_out] of a
@@ -54,7 +59,7 @@ Example::
     >>> from beyondsgd.models import lenet5
     >>> from beyondsgd.methods.slbi import SLBI, slbi_param_groups
     >>> net = lenet5(seed=0)
-    >>> opt = SLBI(slbi_param_groups(net), lr=0.1, kappa=1.0, nu=100.0)
+    >>> opt = SLBI(slbi_param_groups(net))          # lr 0.1, kappa 1, nu 20, lambda 1
     >>> x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     >>> loss = torch.nn.functional.cross_entropy(net(x), y); loss.backward(); _ = opt.step()
     >>> sorted(opt.support_sizes(net))[:2]
@@ -64,6 +69,7 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -73,38 +79,22 @@ from torch.optim import Optimizer
 
 from . import sparsity
 from .base import SCHEDULE_HPARAMS, HParam, OptimizerMethod, TrainContext, register
+from .slbi_update import (
+    COUPLINGS,
+    LAMBDA_SCALINGS,
+    STRUCTURES,
+    group_thresholds,
+    prox_group_lasso,
+    prox_group_lasso_,
+    slbi_group_step,
+)
 
-STRUCTURES = ("filter", "neuron", "element")
-LAMBDA_SCALINGS = ("none", "sqrt_size")
-COUPLINGS = ("paper", "code")
+LAMBDA_UNITS = ("entry", "absolute")
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-# --------------------------------------------------------------------------------------------
-# Pure maths
-# --------------------------------------------------------------------------------------------
-def group_thresholds(v: torch.Tensor, lam: float, structure: str,
-                     lambda_scaling: str = "none") -> torch.Tensor | float:
-    """Threshold λ_g of each group of ``v``: λ, or λ√|g| with ``lambda_scaling='sqrt_size'``."""
-    if lambda_scaling == "none" or structure == "element":
-        return lam
-    return lam * math.sqrt(v[0].numel())
-
-
-def prox_group_lasso(v: torch.Tensor, lam: float, structure: str,
-                     lambda_scaling: str = "none") -> torch.Tensor:
-    """Prox of λΩ₁ at V (Fu et al. 2020, Sec. 3): group soft-thresholding of the rows of
-    ``v.reshape(rows, -1)`` (``structure`` 'filter'/'neuron'), or element-wise soft-thresholding
-    sign(V)·max(|V| - λ, 0) ('element')."""
-    if structure == "element":
-        return torch.sign(v) * (v.abs() - lam).clamp_min(0)
-    if structure not in ("filter", "neuron"):
-        raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
-    lam_g = group_thresholds(v, lam, structure, lambda_scaling)
-    rows = v.reshape(v.shape[0], -1)
-    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-    factor = (1 - lam_g / norms.clamp_min(torch.finfo(v.dtype).tiny)).clamp_min(0)
-    return (rows * factor).view_as(v)
+# The official LeNet-5 recipe (DessiLBI2020/DessiLBI, example/train): the defaults, and the
+# reference of the benchmark's entry-time units (MNIST, batch 128: 469 steps per epoch).
+OFFICIAL = {"lr": 0.1, "kappa": 1.0, "nu": 20.0, "lambda": 1.0, "momentum": 0.9,
+            "steps_per_epoch": 469}
 
 
 def _check_structure(p: torch.Tensor, structure: Any, where: str) -> None:
@@ -121,6 +111,14 @@ def _check_structure(p: torch.Tensor, structure: Any, where: str) -> None:
                          f"got a tensor of shape {tuple(p.shape)}")
 
 
+def _check_scalar(name: str, value: Any, low: float, strict: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, "
+                         f"got {value!r}")
+
+
 # --------------------------------------------------------------------------------------------
 # The optimizer
 # --------------------------------------------------------------------------------------------
@@ -130,27 +128,38 @@ class SLBI(Optimizer):
     Args:
         params: parameters or parameter groups. A group's ``structure`` (``"filter"``,
             ``"neuron"``, ``"element"`` or ``None``) says whether its parameters carry a sparse Γ
-            and how it is grouped; ``lambda`` is its threshold λ. Use ``slbi_param_groups``.
-        lr: step size α.
-        kappa: damping κ > 0 (Γ = κ·Prox(V); every W step is scaled by κ).
+            and how it is grouped; ``lambda`` is its threshold λ. Use ``slbi_param_groups``: a
+            flat ``model.parameters()`` gives no parameter a Γ (a ``UserWarning`` says so).
+        lr: step size α (official recipe: 0.1).
+        kappa: damping κ > 0 (Γ = κ·Prox(V); every W step is scaled by κ). Official: 1.
         nu: coupling ν > 0 (``math.inf`` switches the coupling off: W follows SGD exactly).
-        lam: default threshold λ ≥ 0 for groups that do not set ``lambda``.
-        momentum, dampening, nesterov, weight_decay: as in ``torch.optim.SGD``.
-        coupling: ``"paper"`` (coupling term inside the momentum buffer) or ``"code"``.
+            Official LeNet recipe: 20.
+        lam: default threshold λ ≥ 0 for groups that do not set ``lambda`` (official: 1). A group
+            enters supp(Γ) after roughly λν/(α‖W^g‖) steps.
+        momentum, dampening, nesterov: as in ``torch.optim.SGD``.
+        weight_decay: L2 weight decay ω (inside the momentum buffer, as torch.optim.SGD).
+        weight_decay_1d: also decay 1-D parameters (biases, norm scales). Default False: the
+            official code decays weights only.
+        coupling: ``"code"`` (coupling term outside the momentum buffer; the official code) or
+            ``"paper"`` (inside; a reading of the paper that could not be confirmed).
         kappa_uncoupled: scale the steps of uncoupled parameters by κ too (paper and code).
         lambda_scaling: ``"none"`` (λ per group) or ``"sqrt_size"`` (λ·√group size).
         structure: default structure for groups that do not set one (default None: no Γ).
 
-    State per parameter: ``momentum_buffer``; coupled ones also ``V`` and ``Gamma``.
+    State per parameter: ``momentum_buffer``; coupled ones also ``V`` and ``Gamma``. The step
+    allocates no parameter-sized temporaries in the usual case (momentum without Nesterov, after
+    the first step): buffers are updated in place and the prox is written straight into Γ.
 
     Reference: Fu et al., ICML 2020, Sec. 3 (DessiLBI and its momentum variant).
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 0.1, kappa: float = 1.0,
-                 nu: float = 100.0, lam: float = 1.0, momentum: float = 0.9,
+    def __init__(self, params: Iterable[Any], lr: float = OFFICIAL["lr"],
+                 kappa: float = OFFICIAL["kappa"], nu: float = OFFICIAL["nu"],
+                 lam: float = OFFICIAL["lambda"], momentum: float = OFFICIAL["momentum"],
                  dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                 coupling: str = "paper", kappa_uncoupled: bool = True,
-                 lambda_scaling: str = "none", structure: str | None = None):
+                 weight_decay_1d: bool = False, coupling: str = "code",
+                 kappa_uncoupled: bool = True, lambda_scaling: str = "none",
+                 structure: str | None = None):
         _check_scalar("lr", lr, low=0.0)
         _check_scalar("kappa", kappa, low=0.0, strict=True)
         if not (isinstance(nu, int | float) and not isinstance(nu, bool) and nu > 0
@@ -171,7 +180,8 @@ class SLBI(Optimizer):
         if structure is not None and structure not in STRUCTURES:
             raise ValueError(f"structure {structure!r} is not one of {STRUCTURES} or None")
         defaults = dict(lr=lr, kappa=kappa, nu=nu, momentum=momentum, dampening=dampening,
-                        nesterov=nesterov, weight_decay=weight_decay, coupling=coupling,
+                        nesterov=nesterov, weight_decay=weight_decay,
+                        weight_decay_1d=weight_decay_1d, coupling=coupling,
                         kappa_uncoupled=kappa_uncoupled, lambda_scaling=lambda_scaling,
                         structure=structure)
         defaults["lambda"] = lam
@@ -186,23 +196,31 @@ class SLBI(Optimizer):
                                  f"got {group['coupling']!r}")
             for p in group["params"]:
                 _check_structure(p, group["structure"], f"param group {gi}")
-        self._structure = {p: g["structure"] for g in self.param_groups for p in g["params"]}
+        if all(g["structure"] is None for g in self.param_groups):
+            warnings.warn(
+                "SLBI: no parameter has a structure ('filter', 'neuron' or 'element'), so none "
+                "gets a sparse copy Gamma and nothing will ever be selected (this is SGD with "
+                "momentum). Build the groups with slbi_param_groups(model), e.g. "
+                "SLBI(slbi_param_groups(model)), or pass structure=... for a flat parameter list.",
+                UserWarning, stacklevel=2)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         g = self.param_groups[-1]
         for p in g["params"]:
             _check_structure(p, g.get("structure"), f"param group {len(self.param_groups) - 1}")
-        if hasattr(self, "_structure"):
-            self._structure.update({p: g["structure"] for p in g["params"]})
 
     # ---- queries ------------------------------------------------------------------------------
     def structure(self, p: torch.Tensor) -> str | None:
-        """The structure of parameter ``p`` (None: no Γ). Raises for unknown parameters."""
-        try:
-            return self._structure[p]
-        except KeyError:
-            raise ValueError("parameter is not managed by this optimizer") from None
+        """The structure of parameter ``p`` (None: no Γ). Raises for unknown parameters.
+
+        Read from ``param_groups`` (no cached map), so copies, pickles and ``load_state_dict``
+        always answer for the parameters they hold."""
+        for g in self.param_groups:
+            for q in g["params"]:
+                if q is p:
+                    return g["structure"]
+        raise ValueError("parameter is not managed by this optimizer")
 
     def gamma(self, p: torch.Tensor) -> torch.Tensor:
         """Γ of a coupled parameter (zeros before its first step)."""
@@ -223,71 +241,8 @@ class SLBI(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            _slbi_group_step(group, self.state)
+            slbi_group_step(group, self.state)
         return loss
-
-
-def _check_scalar(name: str, value: Any, low: float, strict: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if strict else value >= low)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, "
-                         f"got {value!r}")
-
-
-def _slbi_group_step(group: dict[str, Any], state: dict) -> None:
-    """One DessiLBI step for every parameter of ``group`` (multi-tensor, torch._foreach_*)."""
-    params = [p for p in group["params"] if p.grad is not None]
-    if not params:
-        return
-    lr, kappa, nu = group["lr"], group["kappa"], group["nu"]
-    mom, damp, wd = group["momentum"], group["dampening"], group["weight_decay"]
-    structure = group["structure"]
-    coupled = structure is not None and nu != math.inf
-    inv_nu = 0.0 if nu == math.inf else 1.0 / nu
-    grads = [p.grad for p in params]
-    if any(g.is_sparse for g in grads):
-        raise RuntimeError("SLBI does not support sparse gradients")
-
-    if structure is not None:
-        for p in params:
-            st = state[p]
-            if "V" not in st:
-                st["V"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["Gamma"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        vs = [state[p]["V"] for p in params]
-        gammas = [state[p]["Gamma"] for p in params]
-    diff: list[torch.Tensor] = []
-    if coupled:
-        diff = torch._foreach_sub(params, gammas)           # W_k - Γ_k
-
-    # d = ∇L̂ + ωW (+ (W - Γ)/ν inside the buffer: the paper)
-    d = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else list(grads)
-    if coupled and group["coupling"] == "paper":
-        d = torch._foreach_add(d, diff, alpha=inv_nu)
-    if mom != 0:
-        bufs = [state[p].get("momentum_buffer") for p in params]
-        if any(b is None for b in bufs):
-            for i, (p, b) in enumerate(zip(params, bufs)):
-                if b is None:
-                    bufs[i] = state[p]["momentum_buffer"] = torch.clone(d[i]).detach()
-                else:
-                    b.mul_(mom).add_(d[i], alpha=1 - damp)
-        else:
-            torch._foreach_mul_(bufs, mom)
-            torch._foreach_add_(bufs, d, alpha=1 - damp)
-        d = torch._foreach_add(d, bufs, alpha=mom) if group["nesterov"] else bufs
-    if coupled and group["coupling"] == "code":
-        d = torch._foreach_add(d, diff, alpha=inv_nu)       # coupling outside the momentum
-    step = lr * kappa if (structure is not None or group["kappa_uncoupled"]) else lr
-    torch._foreach_add_(params, d, alpha=-step)              # W_{k+1}
-
-    if coupled:
-        torch._foreach_add_(vs, diff, alpha=lr * inv_nu)     # V_{k+1} = V_k + α/ν (W_k - Γ_k)
-        for v, gam in zip(vs, gammas):                       # Γ_{k+1} = κ Prox(V_{k+1})
-            gam.copy_(prox_group_lasso(v, group["lambda"], structure, group["lambda_scaling"]))
-            if kappa != 1.0:
-                gam.mul_(kappa)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,38 +294,62 @@ def slbi_param_groups(model: nn.Module, conv: str | None = "filter",
     return groups
 
 
+
 # --------------------------------------------------------------------------------------------
 # The registered method
 # --------------------------------------------------------------------------------------------
+def entry_lambda(lam: float, lr: float, nu: float, steps_per_epoch: int) -> float:
+    """The optimizer's λ for a threshold ``lam`` given in *entry-time units*: a group of a given
+    norm enters after the same fraction of an epoch as under the official LeNet recipe
+    (α = 0.1, ν = 20, 469 steps per epoch) times ``lam``. Entry takes about λν/(α‖W^g‖) steps, so
+    λ_opt = lam · (α/0.1) · (20/ν) · (steps_per_epoch/469); with the official α, ν and epoch
+    length it is ``lam`` itself."""
+    return (lam * (lr / OFFICIAL["lr"]) * (OFFICIAL["nu"] / nu)
+            * (steps_per_epoch / OFFICIAL["steps_per_epoch"]))
+
+
 @register
 class SLBIMethod(OptimizerMethod):
     """DessiLBI behind the Method interface: SLBI over ``slbi_param_groups(model)``; records the
     support size per layer with every evaluation (``metrics``) and the regularisation path
-    (units entering/leaving supp(Γ)) at the end of every epoch (``end_of_epoch`` events)."""
+    (units entering/leaving supp(Γ)) at the end of every epoch (``end_of_epoch`` events).
+
+    Defaults are the official LeNet recipe (code coupling, α 0.1, κ 1, ν 20, λ 1, momentum 0.9).
+    With ``lambda_unit="entry"`` (default) λ is in entry-time units (``entry_lambda``): the
+    selection path keeps its place within an epoch whatever the problem's epoch length and
+    whatever α and ν the tuner picks, so tuning α and ν does not also move the path."""
 
     name = "slbi"
     summary = "DessiLBI: Split LBI with momentum; structural sparsity path (filters/neurons)"
     paper = "Fu, Liu, Li, Sun, Zeng & Yao, ICML 2020 (arXiv 2007.02010)"
     hparams = (
-        HParam("lr", 0.1, float, "step size alpha", low=1e-3, high=1.0, log=True, tune=True),
-        HParam("kappa", 1.0, float, "damping kappa (Gamma = kappa * Prox(V))", low=0.5,
-               high=10.0, log=True),
-        HParam("nu", 100.0, float, "coupling nu (smaller: tighter W-Gamma coupling)", low=1.0,
-               high=1000.0, log=True, tune=True),
-        HParam("lambda", 1.0, float, "group-lasso threshold lambda (official code: 1)"),
+        HParam("lr", OFFICIAL["lr"], float, "step size alpha (official recipe: 0.1)", low=0.01,
+               high=0.5, log=True, tune=True),
+        HParam("kappa", OFFICIAL["kappa"], float, "damping kappa (Gamma = kappa * Prox(V))",
+               low=0.5, high=10.0, log=True),
+        HParam("nu", OFFICIAL["nu"], float, "coupling nu (smaller: tighter W-Gamma coupling; "
+               "official: 20)", low=5.0, high=200.0, log=True, tune=True),
+        HParam("lambda", OFFICIAL["lambda"], float, "threshold lambda (official: 1); see "
+               "lambda_unit"),
+        HParam("lambda_unit", "entry", str, "'entry': lambda * (lr/0.1) * (20/nu) * "
+               "(steps per epoch/469), the official recipe's entry time; 'absolute': as given",
+               choices=LAMBDA_UNITS),
         HParam("lambda_scaling", "none", str, "'sqrt_size': lambda * sqrt(group size)",
                choices=LAMBDA_SCALINGS),
-        HParam("momentum", 0.9, float, "heavy-ball momentum", low=0.0, high=0.99),
+        HParam("momentum", OFFICIAL["momentum"], float, "heavy-ball momentum", low=0.0,
+               high=0.99),
         HParam("nesterov", False, bool, "Nesterov momentum"),
         HParam("weight_decay", 0.0, float, "L2 weight decay (inside the momentum buffer)"),
+        HParam("weight_decay_1d", False, bool, "decay biases and 1-D parameters too "
+               "(the official code does not)"),
         HParam("conv", "filter", str, "structure of conv weights", choices=("filter", "element",
                                                                               "none")),
         HParam("linear", "neuron", str, "structure of hidden Linear weights",
                choices=("neuron", "element", "none")),
         HParam("output", "none", str, "structure of the last Linear layer",
                choices=("neuron", "element", "none")),
-        HParam("coupling", "paper", str, "'paper': coupling inside momentum; 'code': outside",
-               choices=COUPLINGS),
+        HParam("coupling", "code", str, "'code': coupling outside momentum (official code); "
+               "'paper': inside (unconfirmed reading of the paper)", choices=COUPLINGS),
         HParam("kappa_uncoupled", True, bool, "scale uncoupled parameters' steps by kappa"),
         HParam("eval", "dense", str, "model the runner evaluates: dense W or sparse W*1[G!=0]",
                choices=("dense", "sparse")),
@@ -383,6 +362,16 @@ class SLBIMethod(OptimizerMethod):
         self._model: nn.Module | None = None
         self._ctx: TrainContext | None = None
 
+    def optimizer_lambda(self) -> float:
+        """The λ handed to the optimizer (``entry_lambda`` unless ``lambda_unit='absolute'``;
+        the epoch length comes from the training context, the official one without)."""
+        hp = self.hp
+        if hp["lambda_unit"] == "absolute":
+            return hp["lambda"]
+        steps = self._ctx.steps_per_epoch if self._ctx is not None else OFFICIAL[
+            "steps_per_epoch"]
+        return entry_lambda(hp["lambda"], hp["lr"], hp["nu"], steps)
+
     def make_optimizer(self, model: nn.Module) -> SLBI:
         hp = self.hp
         none = lambda s: None if s == "none" else s  # noqa: E731
@@ -390,9 +379,10 @@ class SLBIMethod(OptimizerMethod):
                                    output=none(hp["output"]))
         for g in groups:
             g.pop("name", None)
-        return SLBI(groups, lr=hp["lr"], kappa=hp["kappa"], nu=hp["nu"], lam=hp["lambda"],
-                    momentum=hp["momentum"], nesterov=hp["nesterov"],
-                    weight_decay=hp["weight_decay"], coupling=hp["coupling"],
+        return SLBI(groups, lr=hp["lr"], kappa=hp["kappa"], nu=hp["nu"],
+                    lam=self.optimizer_lambda(), momentum=hp["momentum"],
+                    nesterov=hp["nesterov"], weight_decay=hp["weight_decay"],
+                    weight_decay_1d=hp["weight_decay_1d"], coupling=hp["coupling"],
                     kappa_uncoupled=hp["kappa_uncoupled"], lambda_scaling=hp["lambda_scaling"])
 
     def prepare(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
@@ -407,7 +397,7 @@ class SLBIMethod(OptimizerMethod):
         rec = self.path.update(epoch + 1, self.unit_masks(model))
         entered = {k: v.tolist() for k, v in rec["entered"].items()}
         left = {k: v.tolist() for k, v in rec["left"].items()}
-        return [{"kind": "slbi_path", "support": rec["sizes"],
+        return [{"kind": "slbi_path", "support": rec["sizes"], "lambda": self.optimizer_lambda(),
                  "entered": {k: v for k, v in entered.items() if v},
                  "left": {k: v for k, v in left.items() if v}}]
 
@@ -448,4 +438,5 @@ class SLBIMethod(OptimizerMethod):
         self.path.load_state_dict(state["path"])
 
 
-__all__ = ["SLBI", "SLBIMethod", "group_thresholds", "prox_group_lasso", "slbi_param_groups"]
+__all__ = ["OFFICIAL", "SLBI", "SLBIMethod", "entry_lambda", "group_thresholds",
+           "prox_group_lasso", "prox_group_lasso_", "slbi_param_groups"]
