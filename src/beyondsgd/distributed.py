@@ -191,7 +191,7 @@ def _free_port() -> int:
 
 def _launched(r: int, fn: Any, world: int, port: int, threads: int | None, args: tuple) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    if threads:
+    if threads is not None:
         torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=r,
                             world_size=world)
@@ -201,14 +201,32 @@ def _launched(r: int, fn: Any, world: int, port: int, threads: int | None, args:
         dist.destroy_process_group()
 
 
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def launch_local(fn: Any, world_size: int, *args: Any, threads: int | None = 1) -> None:
     """Run ``fn(rank, *args)`` in ``world_size`` new processes on this machine, each with the
     default process group initialised (gloo over 127.0.0.1) -- data parallelism without
     ``torchrun``, for tests and quick experiments. ``fn`` must be importable (a module-level
-    function); ``threads`` sets torch's threads per process. Raises if any process fails."""
+    function). ``threads`` (default 1, as torchrun) sets each process's thread count: torch's
+    (``torch.set_num_threads``) and, in the environment the processes start with, OpenMP's and
+    MKL's (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``; this process's environment is restored
+    afterwards); ``None`` leaves both as inherited. Raises if any process fails."""
     import torch.multiprocessing as mp
 
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
-    mp.spawn(_launched, args=(fn, world_size, _free_port(), threads, args), nprocs=world_size,
-             join=True)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    try:
+        if threads is not None:  # the spawned interpreters read these before importing torch
+            os.environ.update({k: str(threads) for k in _THREAD_VARS})
+        mp.spawn(_launched, args=(fn, world_size, _free_port(), threads, args),
+                 nprocs=world_size, join=True)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
