@@ -242,14 +242,14 @@ def _num(v: float) -> str:
 
 
 def _seeds_text(na: int, nb: int) -> str:
-    return f"n={na} seeds" if na == nb else f"n={na} vs {nb} seeds"
+    return f"n={na} seed{'s' * (na != 1)}" if na == nb else f"n={na} vs {nb} seeds"
 
 
 def verdict_line(rows: list[dict]) -> str:
     """One line for one problem's rows (from ``summarize``): the best setting of the first
     comparable group (see ``_group_key``), the runner-up (the best row of another method, else
-    the second row), the difference of their mean final test metric with its 95% Welch interval,
-    and whether that interval excludes 0."""
+    the second row), the difference of their mean final test metric with its 95% interval
+    (paired t when both ran the same seeds, else Welch t), and whether it excludes 0."""
     problems = sorted({r["problem"] for r in rows})
     if len(problems) != 1:
         raise ValueError(f"verdict_line needs the rows of exactly one problem, got "
