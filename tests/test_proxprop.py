@@ -472,3 +472,16 @@ def test_cuda_matches_cpu():
         d_cpu, _ = _prox_grads(conv, xc, **cfg)
         d_gpu, _ = _prox_grads(conv.cuda(), xc.cuda(), **cfg)
         torch.testing.assert_close(d_gpu.cpu(), d_cpu, rtol=1e-4, atol=1e-6)
+
+
+def test_model_without_supported_layers_is_refused():
+    """Issue 13 §5: a model with no nn.Linear/nn.Conv2d is an error naming its layer types,
+    not a silent no-op; a model whose only supported layer is the output layer warns."""
+    net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.LayerNorm(2))
+    with pytest.raises(ValueError, match=r"Sequential has no nn.Linear or nn.Conv2d.*"
+                                         r"Conv1d, LayerNorm, ReLU.*supported: nn.Linear"):
+        proxprop(net)
+    with pytest.raises(ValueError, match="GELU.*supported: nn.Linear, nn.Conv2d"):
+        proxprop(nn.GELU())
+    with pytest.warns(UserWarning, match="no layer converted.*'1'.*output layer"):
+        proxprop(nn.Sequential(nn.Flatten(), nn.Linear(3, 2)))

@@ -565,6 +565,14 @@ def proxprop(
     cfg = ProxConfig(tau_theta, solver, cg_iters, cg_tol, cg_eps, gram, cg_block, distributed)
     modules = dict(model.named_modules())
     if layers is None:
+        if not any(type(m) in _SUPPORTED or isinstance(m, _PROX_TYPES)
+                   for m in modules.values()):
+            kinds = sorted({type(m).__name__ for n, m in modules.items() if n} or
+                           {type(model).__name__})
+            raise ValueError(
+                f"proxprop: {type(model).__name__} has no nn.Linear or nn.Conv2d layer to "
+                f"convert (its layers: {', '.join(kinds)}); supported: nn.Linear, nn.Conv2d "
+                "(exact types)")
         last = _last_parametrised(model)
         targets = [n for n, m in modules.items()
                    if (type(m) in _SUPPORTED or isinstance(m, _PROX_TYPES)) and n != last and n]
@@ -574,6 +582,10 @@ def proxprop(
         if skipped:
             warnings.warn("proxprop: these layers stay plain (only nn.Linear and nn.Conv2d are "
                           f"supported): {', '.join(skipped)}", stacklevel=2)
+        if not targets:
+            warnings.warn(f"proxprop: no layer converted; the only supported layer, {last!r}, "
+                          "is the output layer and keeps its explicit step (Eq. 12); name it "
+                          "in layers= to make it proximal", stacklevel=2)
     else:
         targets = [layers] if isinstance(layers, str) else list(layers)
         for n in targets:
