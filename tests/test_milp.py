@@ -2,6 +2,8 @@
 brute-force enumeration, dense LPs written out by hand and solved by scipy, and sampling."""
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,9 +11,11 @@ from scipy.optimize import linprog
 
 from beyondsgd.methods.milp import (
     build_classification_milp,
+    build_hinge_lp,
     build_regression_lp,
     classification_margins,
     solve_classification_milp,
+    solve_hinge_lp,
     solve_regression_lp,
 )
 
@@ -336,3 +340,103 @@ def test_changing_the_thread_count_between_solves():
     objs = [solve_classification_milp(h, y, w, b, 0.4, mip_gap=0.0, threads=t).objective
             for t in (2, 1)]
     assert objs[0] == objs[1] == _brute_force_max(h, y, w, b, 0.4)
+
+
+# ---- the hinge LP (objective="loss", our extension) -----------------------------------------
+def _mean_hinge(h, y, w, b, hinge=1.0):
+    m = classification_margins(h, y, w, b)
+    return float(np.maximum(0.0, (hinge - m).max(axis=1)).mean())
+
+
+def _dense_hinge_lp(h, y, w0, b0, eps, hinge=1.0):
+    """min mean xi s.t. xi_n >= hinge - margin_nj, xi >= 0, box: every row written out densely
+    (no rows dropped), solved by scipy."""
+    n, d = h.shape
+    c = w0.shape[0]
+    nvar = c * d + c + n
+    rows, rhs = [], []
+    for i in range(n):
+        for j in range(c):
+            if j == y[i]:
+                continue
+            a = np.zeros(nvar)  # -(margin) - xi <= -hinge
+            a[y[i] * d:(y[i] + 1) * d] -= h[i]
+            a[j * d:(j + 1) * d] += h[i]
+            a[c * d + y[i]] -= 1.0
+            a[c * d + j] += 1.0
+            a[c * d + c + i] = -1.0
+            rows.append(a)
+            rhs.append(-hinge)
+    x0 = np.concatenate([w0.ravel(), b0])
+    bounds = list(zip(x0 - eps, x0 + eps)) + [(0, None)] * n
+    cost = np.concatenate([np.zeros(c * d + c), np.full(n, 1.0 / n)])
+    res = linprog(cost, A_ub=np.array(rows), b_ub=np.array(rhs), bounds=bounds, method="highs")
+    assert res.status == 0
+    return res.fun
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hinge_lp_equals_dense_lp_and_its_weights_give_its_objective(seed):
+    h, y, w, b = _instance(seed, n=12, d=3, c=4)
+    eps = 0.3
+    res = solve_hinge_lp(h, y, w, b, eps)
+    assert res.status == "optimal" and res.n_binaries == 0
+    assert res.objective == pytest.approx(_dense_hinge_lp(h, y, w, b, eps), abs=1e-7)
+    assert res.start_objective == pytest.approx(_mean_hinge(h, y, w, b), abs=1e-12)
+    # the returned weights, evaluated independently, reach the LP's objective
+    assert _mean_hinge(h, y, res.weight, res.bias) == pytest.approx(res.objective, abs=1e-7)
+    assert res.objective < res.start_objective
+    assert np.abs(res.weight - w).max() <= eps + 1e-12  # (w0 + eps) - w0 round-off
+    assert np.abs(res.bias - b).max() <= eps + 1e-12
+
+
+def test_hinge_lp_drops_only_rows_that_always_hold():
+    h, y, w, b = _instance(3, n=30, d=2, c=3, scale=3.0)
+    lp = build_hinge_lp(h, y, w, b, radius=0.01)
+    assert lp.info["rows_dropped"] > 0  # far-from-boundary points need no row
+    m = classification_margins(h, y, w, b)
+    reach = 2 * 0.01 * (np.abs(h).sum(axis=1) + 1)
+    kept = np.isfinite(m) & (m - reach[:, None] < 1.0)
+    assert lp.num_row == kept.sum()
+    x0 = lp.start_solution
+    a = lp.dense()
+    assert np.all(a @ x0 >= lp.row_lower - 1e-9)  # the warm start is feasible
+
+
+# ---- HiGHS output ----------------------------------------------------------------------------
+_SOLVE = ("import numpy as np; from beyondsgd.methods.milp import solve_classification_milp as s; "
+          "r = s(np.eye(2), np.array([0, 1]), np.zeros((2, 2)), np.zeros(2), 0.1, verbose={}); "
+          "import sys; sys.stderr.write(r.status)")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_highs_banner_only_when_verbose(verbose):
+    """HiGHS prints its banner from C++ when a process creates its first solver: run a fresh
+    interpreter so that the first creation is the one under test."""
+    out = subprocess.run([sys.executable, "-c", _SOLVE.format(verbose)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.stderr.endswith("optimal"), out.stderr
+    if verbose:
+        assert "HiGHS" in out.stdout
+    else:
+        assert out.stdout == ""
+
+
+def test_no_output_in_process(capfd):
+    h, y, w, b = _instance(0)
+    solve_classification_milp(h, y, w, b, 0.1)
+    solve_hinge_lp(h, y, w, b, 0.1)
+    solve_regression_lp(h, np.ones((len(y), 3)), w, b, 0.1)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_node_limit_is_deterministic_and_validated():
+    h, y, w, b = _instance(5, n=40, d=6, c=4)
+    runs = [solve_classification_milp(h, y, w, b, 0.05, node_limit=3, time_limit=60.0)
+            for _ in range(2)]
+    assert runs[0].status in ("optimal", "feasible")
+    assert runs[0].objective == runs[1].objective
+    assert np.array_equal(runs[0].weight, runs[1].weight)
+    with pytest.raises(ValueError, match="node_limit"):
+        solve_classification_milp(h, y, w, b, 0.05, node_limit=-1)

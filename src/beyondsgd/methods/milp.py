@@ -46,6 +46,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -56,9 +60,11 @@ __all__ = [
     "LinearProgram",
     "MILPResult",
     "build_classification_milp",
+    "build_hinge_lp",
     "build_regression_lp",
     "classification_margins",
     "solve_classification_milp",
+    "solve_hinge_lp",
     "solve_program",
     "solve_regression_lp",
 ]
@@ -202,6 +208,53 @@ def classification_margins(features: Any, labels: Any, weight: Any, bias: Any) -
     return m
 
 
+def _margin_rows(h: np.ndarray, y: np.ndarray, rn: np.ndarray, rj: np.ndarray, c: int,
+                 aux_coef: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR rows ``m_{rn[r], rj[r]}(W, b) + aux_coef[r] * x_aux[rn[r]]`` (``m`` as in (1)).
+
+    Columns: ``W[k, i]`` at ``k*d + i``, ``b_k`` at ``C*d + k``, the per-point auxiliary column
+    of point n at ``C*d + C + n``. Zero features (ReLU) get no entry."""
+    n_rows, d = rn.shape[0], h.shape[1]
+    nw = c * d
+    ry = y[rn]
+    hr = h[rn]  # R x d
+    nzr, nzi = np.nonzero(hr)
+    cnt = np.bincount(nzr, minlength=n_rows)  # nonzero features per row
+    start = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(2 * cnt + 3, out=start[1:])  # +W_y, -W_j, b_y, b_j, aux
+    index = np.empty(int(start[-1]), dtype=np.int32)
+    value = np.empty(int(start[-1]), dtype=np.float64)
+    first = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(cnt, out=first[1:])
+    k = np.arange(nzr.shape[0]) - first[nzr]  # position of each nonzero within its row block
+    base = start[nzr]
+    hv = hr[nzr, nzi]
+    index[base + k] = ry[nzr] * d + nzi
+    value[base + k] = hv
+    index[base + cnt[nzr] + k] = rj[nzr] * d + nzi
+    value[base + cnt[nzr] + k] = -hv
+    tail = start[1:] - 3
+    index[tail], value[tail] = nw + ry, 1.0
+    index[tail + 1], value[tail + 1] = nw + rj, -1.0
+    index[tail + 2], value[tail + 2] = nw + c + rn, aux_coef
+    return start, index, value
+
+
+def _check_labels(y: Any, n: int, c: int) -> np.ndarray:
+    y = np.asarray(_to_numpy(y)).reshape(-1)
+    if y.shape[0] != n:
+        raise ValueError(f"labels has {y.shape[0]} entries, features has {n} rows")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError("labels must be integer class indices")
+    y = y.astype(np.int64)
+    if c < 2:
+        raise ValueError(f"classification needs at least 2 classes, weight has {c} rows")
+    if y.min() < 0 or y.max() >= c:
+        raise ValueError(f"labels must lie in [0, {c - 1}], got range [{y.min()}, {y.max()}]")
+    return y
+
+
 # --------------------------------------------------------------------------------------------
 # Builders (pure: arrays in, arrays out)
 # --------------------------------------------------------------------------------------------
@@ -224,17 +277,7 @@ def build_classification_milp(
     h, w0, b0, eps = _check_common(features, weight, bias, radius)
     n, d = h.shape
     c = w0.shape[0]
-    y = np.asarray(_to_numpy(labels)).reshape(-1)
-    if y.shape[0] != n:
-        raise ValueError(f"labels has {y.shape[0]} entries, features has {n} rows")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError("labels must be integer class indices")
-    y = y.astype(np.int64)
-    if c < 2:
-        raise ValueError(f"classification needs at least 2 classes, weight has {c} rows")
-    if y.min() < 0 or y.max() >= c:
-        raise ValueError(f"labels must lie in [0, {c - 1}], got range [{y.min()}, {y.max()}]")
+    y = _check_labels(labels, n, c)
     margin = float(margin)
     if not (np.isfinite(margin) and margin >= 0):
         raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
@@ -246,37 +289,13 @@ def build_classification_milp(
     big_m = margin - (m0 - reach[:, None])  # N x C
     keep = np.isfinite(big_m) & (big_m > 0)  # rows that can bind somewhere in the box
     rn, rj = np.nonzero(keep)  # row r: point rn[r], rival class rj[r]
-    ry = y[rn]
     mr = big_m[rn, rj]
-    n_rows = rn.shape[0]
-
-    # Row r: sum_i h[n,i] (W[y,i] - W[j,i]) + b_y - b_j - M s_n >= delta - M
     nw = c * d
-    hr = h[rn]  # R x d
-    nzr, nzi = np.nonzero(hr)  # drop zero features (ReLU)
-    cnt = np.bincount(nzr, minlength=n_rows)  # nonzero features per row
-    per_row = 2 * cnt + 3  # +W_y, -W_j, b_y, b_j, s_n
-    start = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(per_row, out=start[1:])
-    nnz = int(start[-1])
-    index = np.empty(nnz, dtype=np.int32)
-    value = np.empty(nnz, dtype=np.float64)
-    # position of each feature nonzero within its row block
-    first = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(cnt, out=first[1:])
-    k = np.arange(nzr.shape[0]) - first[nzr]
-    base = start[nzr]
-    hv = hr[nzr, nzi]
-    index[base + k] = ry[nzr] * d + nzi
-    value[base + k] = hv
-    index[base + cnt[nzr] + k] = rj[nzr] * d + nzi
-    value[base + cnt[nzr] + k] = -hv
-    tail = start[1:] - 3
-    index[tail], value[tail] = nw + ry, 1.0
-    index[tail + 1], value[tail + 1] = nw + rj, -1.0
-    index[tail + 2], value[tail + 2] = nw + c + rn, -mr
+    # Row r: sum_i h[n,i] (W[y,i] - W[j,i]) + b_y - b_j - M s_n >= delta - M
+    start, index, value = _margin_rows(h, y, rn, rj, c, -mr)
     row_lower = margin - mr
-    row_upper = np.full(n_rows, np.inf)
+    row_upper = np.full(rn.shape[0], np.inf)
+    n_rows = rn.shape[0]
 
     if min_correct is not None:
         index = np.concatenate([index, (nw + c + np.arange(n)).astype(np.int32)])
@@ -302,6 +321,53 @@ def build_classification_milp(
         info={"task": "classification", "n_points": n, "n_classes": c, "n_features": d,
               "rows_dropped": int(n * (c - 1) - n_rows), "reachable": int(reachable.sum()),
               "start_correct": int(s0.sum()), "margin": margin, "radius": eps},
+    )
+
+
+def build_hinge_lp(
+    features: Any,
+    labels: Any,
+    weight: Any,
+    bias: Any,
+    radius: float,
+    hinge: float = 1.0,
+) -> LinearProgram:
+    """Our extension (``objective="loss"``, not in the paper): the multi-class hinge loss of
+    Crammer & Singer (JMLR 2001, Eq. 13) inside the box, an LP::
+
+        min  (1/N) sum_n xi_n   s.t.  m_nj(W, b) + xi_n >= hinge  for every n, j != y_n,
+                                      xi_n >= 0,  box (2)
+
+    i.e. ``min mean_n max(0, max_{j != y_n} hinge - m_nj)``, a piecewise-linear surrogate of the
+    training loss. Rows that hold with ``xi_n = 0`` everywhere in the box are dropped. The warm
+    start is ``(W0, b0)`` with each ``xi_n`` at its hinge value, so it is feasible.
+    """
+    h, w0, b0, eps = _check_common(features, weight, bias, radius)
+    n, d = h.shape
+    c = w0.shape[0]
+    y = _check_labels(labels, n, c)
+    hinge = float(hinge)
+    if not (np.isfinite(hinge) and hinge > 0):
+        raise ValueError(f"hinge must be a positive finite number, got {hinge!r}")
+    m0 = classification_margins(h, y, w0, b0)  # N x C, +inf on the label
+    reach = 2.0 * eps * (np.abs(h).sum(axis=1) + 1.0)
+    keep = np.isfinite(m0) & (m0 - reach[:, None] < hinge)  # rows that can bind in the box
+    rn, rj = np.nonzero(keep)
+    start, index, value = _margin_rows(h, y, rn, rj, c, np.ones(rn.shape[0]))
+    nw = c * d
+    xi0 = np.maximum(0.0, (hinge - m0).max(axis=1))  # -inf on the label column
+    return LinearProgram(
+        cost=np.concatenate([np.zeros(nw + c), np.ones(n)]),
+        col_lower=np.concatenate([(w0 - eps).ravel(), b0 - eps, np.zeros(n)]),
+        col_upper=np.concatenate([(w0 + eps).ravel(), b0 + eps, np.full(n, np.inf)]),
+        row_lower=np.full(rn.shape[0], hinge), row_upper=np.full(rn.shape[0], np.inf),
+        start=start, index=index, value=value, integer=np.zeros(nw + c + n, dtype=bool),
+        maximize=False, start_solution=np.concatenate([w0.ravel(), b0, xi0]), n_weight=nw,
+        n_bias=c, objective_scale=1.0 / n,
+        info={"task": "classification", "surrogate": "hinge", "n_points": n, "n_classes": c,
+              "n_features": d, "rows_dropped": int(n * (c - 1) - rn.shape[0]), "hinge": hinge,
+              "radius": eps,
+              "start_correct": int(np.all(m0 > 0, axis=1).sum())},
     )
 
 
@@ -394,7 +460,49 @@ def _check_solver_args(time_limit: float, mip_gap: float, threads: int) -> None:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
 
 
+# HiGHS options for the MILP (measured in benchmarks/gdsolver_milp_scaling.py): the warm start is
+# feasible and the root LP usually optimal, so presolve and the feasibility-jump heuristic only
+# cost time (2-5x the solve on digits/mnist1d features).
+MIP_OPTIONS: dict[str, Any] = {"presolve": "off", "mip_heuristic_run_feasibility_jump": False}
 _SCHEDULER_THREADS: int | None = None
+_BANNER_DONE = False
+
+
+@contextlib.contextmanager
+def _stdout_to_devnull():
+    """Point file descriptor 1 at /dev/null (C-level writes included), then restore it."""
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            try:
+                yield
+            finally:
+                libc.fflush(None)  # C stdio buffers go to /dev/null, not to the restored fd
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
+
+
+def _new_highs(verbose: bool):
+    """A ``highspy.Highs`` instance. HiGHS prints its copyright banner on stdout (from C++) when
+    the first instance of a process is created, before any option can be set; unless
+    ``verbose``, that first construction runs with stdout pointed at /dev/null."""
+    import highspy
+
+    global _BANNER_DONE
+    if _BANNER_DONE or verbose:
+        _BANNER_DONE = True
+        return highspy.Highs()
+    try:
+        with _stdout_to_devnull():
+            h = highspy.Highs()
+    except OSError:  # no file descriptor 1 (e.g. a detached process): nothing to protect
+        h = highspy.Highs()
+    _BANNER_DONE = True
+    return h
 
 
 def solve_program(
@@ -405,27 +513,41 @@ def solve_program(
     warm_start: bool = True,
     seed: int = 0,
     build_seconds: float = 0.0,
+    node_limit: int | None = None,
+    verbose: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> MILPResult:
     """Pass ``lp`` to HiGHS once (CSR arrays), warm-start it, solve within ``time_limit``.
 
+    ``node_limit`` caps the branch-and-bound nodes (HiGHS ``mip_max_nodes``): with one thread
+    the outcome then does not depend on the machine's speed, unlike a binding time limit.
+    ``verbose`` shows HiGHS's banner and log on stdout (default: silent).
     The returned weights are clipped into the column box (HiGHS' feasibility tolerance may leave
     them ~1e-7 outside). Nothing is returned when there is no feasible solution.
     """
     import highspy
 
     _check_solver_args(time_limit, mip_gap, threads)
+    if node_limit is not None and int(node_limit) < 0:
+        raise ValueError(f"node_limit must be >= 0 or None, got {node_limit!r}")
     global _SCHEDULER_THREADS
     if _SCHEDULER_THREADS not in (None, int(threads)):
         # HiGHS keeps one global task scheduler; a new thread count needs a reset.
         highspy.Highs.resetGlobalScheduler(True)
     _SCHEDULER_THREADS = int(threads)
     t0 = time.perf_counter()
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _new_highs(verbose)
+    h.setOptionValue("output_flag", bool(verbose))
     h.setOptionValue("time_limit", float(time_limit))
     h.setOptionValue("mip_rel_gap", float(mip_gap))
     h.setOptionValue("threads", int(threads))
     h.setOptionValue("random_seed", int(seed))
+    if node_limit is not None:
+        h.setOptionValue("mip_max_nodes", int(node_limit))
+    defaults = MIP_OPTIONS if lp.integer.any() else {}
+    for key, val in {**defaults, **(options or {})}.items():
+        if h.setOptionValue(key, val) != highspy.HighsStatus.kOk:
+            raise ValueError(f"HiGHS rejected option {key}={val!r}")
     model = highspy.HighsLp()
     model.num_col_ = lp.num_col
     model.num_row_ = lp.num_row
@@ -504,6 +626,8 @@ def solve_classification_milp(
     threads: int = 1,
     warm_start: bool = True,
     seed: int = 0,
+    node_limit: int | None = None,
+    verbose: bool = False,
 ) -> MILPResult:
     """Build (``build_classification_milp``) and solve the classification MILP.
 
@@ -514,7 +638,8 @@ def solve_classification_milp(
     t0 = time.perf_counter()
     lp = build_classification_milp(features, labels, weight, bias, radius, margin, min_correct)
     res = solve_program(lp, time_limit, mip_gap, threads, warm_start, seed,
-                        build_seconds=time.perf_counter() - t0)
+                        build_seconds=time.perf_counter() - t0, node_limit=node_limit,
+                        verbose=verbose)
     c, d = lp.info["n_classes"], lp.info["n_features"]
     if res.weight is not None:
         res.weight = res.weight.reshape(c, d)
@@ -532,6 +657,7 @@ def solve_regression_lp(
     threads: int = 1,
     warm_start: bool = True,
     seed: int = 0,
+    verbose: bool = False,
 ) -> MILPResult:
     """Build (``build_regression_lp``) and solve the regression LP.
 
@@ -542,8 +668,35 @@ def solve_regression_lp(
     t0 = time.perf_counter()
     lp = build_regression_lp(features, targets, weight, bias, radius, norm)
     res = solve_program(lp, time_limit, 0.0, threads, warm_start, seed,
-                        build_seconds=time.perf_counter() - t0)
+                        build_seconds=time.perf_counter() - t0, verbose=verbose)
     o, d = lp.info["n_outputs"], lp.info["n_features"]
     if res.weight is not None:
         res.weight = res.weight.reshape(o, d)
+    return res
+
+
+def solve_hinge_lp(
+    features: Any,
+    labels: Any,
+    weight: Any,
+    bias: Any,
+    radius: float,
+    hinge: float = 1.0,
+    time_limit: float = 30.0,
+    threads: int = 1,
+    warm_start: bool = True,
+    seed: int = 0,
+    verbose: bool = False,
+) -> MILPResult:
+    """Build (``build_hinge_lp``) and solve the multi-class hinge LP (our extension).
+
+    ``result.objective`` is the mean hinge loss on the given points at the solution."""
+    _check_solver_args(time_limit, 0.0, threads)
+    t0 = time.perf_counter()
+    lp = build_hinge_lp(features, labels, weight, bias, radius, hinge)
+    res = solve_program(lp, time_limit, 0.0, threads, warm_start, seed,
+                        build_seconds=time.perf_counter() - t0, verbose=verbose)
+    c, d = lp.info["n_classes"], lp.info["n_features"]
+    if res.weight is not None:
+        res.weight = res.weight.reshape(c, d)
     return res
