@@ -84,17 +84,21 @@ _TAU = HParam("tau", DEFAULT_TAU, float, "PHT threshold (>= 0; 0 equals ReLU)", 
 
 @register
 class PHTAlternation(Method):
-    """PHT alternation (reconstruction): support step, then K frozen-support optimizer steps;
-    optional exact layer solves (lstsq / L-BFGS) per epoch or per step."""
+    """PHT alternation (reconstruction): support step, then K frozen-support optimizer steps
+    (Adam by default); optional single-layer solves under frozen support (least squares for MSE
+    on a Linear layer, 20 damped L-BFGS iterations otherwise) per epoch or per step, each kept
+    only when the real network's loss on the solve's data does not rise."""
 
     name = "pht_alt"
     summary = ("PHT network trained by alternating supports and weights (K frozen-support "
-               "steps + exact layer solves); reconstruction from the abstract")
+               "steps + single-layer solves); reconstruction from the abstract")
     paper = "Huang, Kong & Lucey, arXiv:1712.02501 (2017)"
     hparams = (
-        HParam("lr", 0.1, float, "inner optimizer learning rate (use ~1e-3 with inner=adam)",
-               low=1e-4, high=1.0, log=True, tune=True),
-        HParam("inner", "sgd", str, "optimizer of the weight step",
+        HParam("lr", 1e-3, float, "inner optimizer learning rate (the default suits "
+               "inner=adam; with inner=sgd lr 0.1 diverges on diabetes_mlp and 0.01 on 1 of 10 "
+               "seeds)", low=1e-5, high=1e-1, log=True, tune=True),
+        HParam("inner", "adam", str, "optimizer of the weight step (adam: the one default "
+               "that trains every registered problem, measured)",
                choices=("sgd", "momentum", "adam")),
         HParam("momentum", 0.9, float, "momentum for inner=momentum"),
         HParam("weight_decay", 0.0, float, "L2 weight decay of the inner optimizer"),
