@@ -28,7 +28,8 @@ N_TRIALS = len(METHODS) * len(BUDGET.problems) * (BUDGET.n_tune + 2 * BUDGET.see
 
 def snapshot(path, methods=None) -> dict[str, dict]:
     """Every trial of the store as ``Store.trial_record`` gives it, keyed by trial key, minus
-    what legitimately differs between runs: timestamps and measured training seconds."""
+    what legitimately differs between runs: timestamps, measured training seconds, and the git
+    commit (a checkout may get a commit between two runs)."""
     out = {}
     with Store(path) as st:
         for t in st.trials():
@@ -36,6 +37,7 @@ def snapshot(path, methods=None) -> dict[str, dict]:
                 continue
             rec = st.trial_record(t["key"])
             del rec["started"], rec["finished"]
+            rec["env"].pop("git_commit", None)
             for e in rec["evals"]:
                 del e["train_seconds"]
             out[t["key"]] = rec
@@ -223,19 +225,32 @@ def test_store_record_trial_copies_trials_exactly(local_db, tmp_path):
     full = [(t, ev, evs) for t, ev, evs in rows(local_db)]
     assert rows(copy) == full  # ids, timestamps, training seconds included
 
-    # recording over an existing trial replaces its evaluations and events, keeps its id
-    with Store(local_db) as src, Store(copy) as dst:
+    # a finished trial is never downgraded: recording a failed attempt over it changes nothing
+    with Store(local_db) as src:
         t = next(t for t in src.trials() if t["method"] == "slbi")
         rec = src.trial_record(t["key"])
-        half = dict(rec, status="failed", evals=rec["evals"][:1], events=rec["events"][:1],
-                    summary={}, error="Boom: x")
+        full_evals, full_events = src.evals(t["id"]), src.events(t["id"])
+    half = dict(rec, status="failed", evals=rec["evals"][:1], events=rec["events"][:1],
+                summary={}, error="Boom: x")
+    before = rows(copy)
+    with Store(copy) as dst:
         assert dst.record_trial(**half) == t["id"]
-        assert dst.evals(t["id"]) == src.evals(t["id"])[:1]
-        assert dst.events(t["id"]) == src.events(t["id"])[:1]
-        row = dst.trials(id=t["id"])[0]
+    assert rows(copy) == before
+
+    # recording over a failed (or interrupted) trial replaces its evaluations and events and
+    # keeps its id and first start
+    with Store(tmp_path / "fresh.db") as dst:
+        tid = dst.record_trial(**half)
+        assert dst.evals(tid) == full_evals[:1] and dst.events(tid) == full_events[:1]
+        row = dst.trials(id=tid)[0]
         assert (row["status"], row["error"], row["final_test_metric"]) == ("failed", "Boom: x",
                                                                             None)
         assert row["epochs_done"] == 0 and row["started"] == t["started"]
+        assert dst.record_trial(**dict(rec, started=t["started"] + 5)) == tid
+        assert dst.evals(tid) == full_evals and dst.events(tid) == full_events
+        row = dst.trials(id=tid)[0]
+        assert (row["status"], row["error"]) == ("finished", None)
+        assert row["epochs_done"] == t["epochs_done"] and row["started"] == t["started"]
         assert dst.trial_record("no-such-key") is None
 
 

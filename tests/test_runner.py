@@ -97,10 +97,56 @@ def test_bad_arguments():
         run_trial("digits_mlp", "nope")
     with pytest.raises(ValueError, match="no hyperparameter 'lrate'"):
         run_trial("digits_mlp", "adam", {"lrate": 1})
-    with pytest.raises(ValueError, match="epochs must be >= 0"):
-        run_trial("digits_mlp", "adam", epochs=-2)
     with pytest.raises(ValueError, match="cannot read 'fast' as float"):
         run_trial("digits_mlp", "adam", {"lr": "fast"})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\], got -1"),
+    ({"seed": 2**32}, r"seed must be an integer in \[0, 4294967295\], got 4294967296"),
+    ({"seed": 1.5}, r"seed must be an integer .*got 1.5"),
+    ({"seed": True}, r"seed must be an integer .*got True"),
+    ({"seed": "3"}, r"seed must be an integer .*got '3'"),
+    ({"epochs": -2}, r"epochs must be an integer >= 0 .*got -2"),
+    ({"epochs": 2.5}, r"epochs must be an integer >= 0 .*got 2.5"),
+    ({"train_fraction": 0}, r"train_fraction must be a number in \(0, 1\], got 0"),
+    ({"train_fraction": 1.5}, r"train_fraction must be a number in \(0, 1\], got 1.5"),
+    ({"train_fraction": float("nan")}, r"train_fraction must be a number in \(0, 1\], got nan"),
+    ({"train_fraction": "all"}, r"train_fraction must be a number in \(0, 1\], got 'all'"),
+    ({"device": "foo"}, r"device must be cpu, cuda, cuda:N or mps .*got 'foo'"),
+    ({"device": 3}, r"device must be cpu, cuda.*got 3"),
+    ({"tag": 7}, r"tag must be a string, got 7"),
+    ({"hparams": [("lr", 1)]}, r"hparams must be a dict of hyperparameters or None"),
+    ({"store": "results.db"}, r"store must be a Store or None, got 'results.db'"),
+    ({"progress": "yes"}, r"progress must be True, False or a callable"),
+    ({"stop_after_epoch": 0}, r"stop_after_epoch must be an integer >= 1 or None, got 0"),
+    ({"distributed": "auto"}, r"distributed must be True, False or None, got 'auto'"),
+    ({"checkpoint_dir": 5}, r"checkpoint_dir must be a folder path or None, got 5"),
+])
+def test_bad_arguments_are_refused_before_any_work(kwargs, message, tmp_path, monkeypatch):
+    """Each bad argument gets one ValueError naming it, its value and what is accepted, before
+    any data is loaded or anything is written."""
+    import beyondsgd.bench.runner as R
+
+    def no_training(*a, **k):
+        raise AssertionError("training started before the arguments were checked")
+
+    monkeypatch.setattr(R, "_train", no_training)
+    with Store(tmp_path / "s.db") as st:
+        args = {"store": st, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            run_trial("digits_mlp", "adam", **args)
+        assert st.trials() == []
+
+
+def test_cuda_without_cuda_and_readonly_store_are_refused(tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda': CUDA is not available"):
+            run_trial("digits_mlp", "adam", device="cuda")
+    Store(tmp_path / "s.db").close()
+    with Store(tmp_path / "s.db", readonly=True) as ro:
+        with pytest.raises(ValueError, match=r"s.db is open read-only"):
+            run_trial("digits_mlp", "adam", store=ro)
 
 
 def test_lr_schedule_changes_lr():

@@ -10,9 +10,12 @@ A *trial* is (problem, method, hyperparameters, seed[, epochs, train fraction, t
 4. counts only training time (steps and end-of-epoch hooks, e.g. GDSolver's MILP) in
    ``train_seconds``; evaluation is excluded,
 5. ends the trial as ``diverged`` when a loss becomes NaN/inf (recorded, not raised),
-6. with a store, writes every evaluation and event as it happens and checkpoints model, method
-   state and RNG states after every epoch, so a killed trial resumes from its last finished epoch
-   and ends with the same numbers as an uninterrupted run.
+6. with a store, first claims the trial (``Store.claim_trial``: a trial another live process
+   runs is left to it and returned with ``busy=True``), writes every evaluation and event as it
+   happens and checkpoints model, method state and RNG states after every epoch, so a killed
+   trial resumes from its last finished epoch and ends with the same numbers as an
+   uninterrupted run. An unreadable checkpoint is reported (a warning naming the file),
+   deleted, and the trial restarts from epoch 0.
 
 Data parallelism: when ``torch.distributed`` is initialised with W > 1 processes (``torchrun``,
 see :mod:`beyondsgd.distributed`), every rank loads the whole problem, the model is wrapped in
@@ -29,13 +32,16 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import platform
 import random
+import secrets
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +53,11 @@ from .. import distributed as D
 from ..methods import TrainContext, get_method_class
 from ..methods.base import Batch, resolve_hparams
 from .problems import Problem, get_problem
-from .store import Store, trial_key
+from .store import DONE_STATUSES, Store, TrialBusy, trial_key
 
 DATA_SPLIT_SEED = 0
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
+CHECKPOINT_KEYS = ("epoch", "step", "train_seconds", "model", "method", "rng")
 
 
 @dataclass
@@ -64,6 +72,8 @@ class TrialResult:
     trial_id: int | None = None
     error: str | None = None
     skipped: bool = False  # already finished in the store
+    busy: bool = False     # another live process runs this trial: not run here (status running)
+    holder: str = ""       # who runs it, when busy
     # the trained model (None when the trial was skipped); not stored
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
@@ -158,9 +168,34 @@ def _set_rng_state(st: dict[str, Any]) -> None:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write ``path`` through a temporary file unique to this process and call."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _discard_checkpoint(path: Path, why: str) -> None:
+    warnings.warn(f"discarding checkpoint {path}: {why}; restarting this trial from epoch 0",
+                  RuntimeWarning, stacklevel=3)
+    path.unlink(missing_ok=True)
+
+
+def _load_checkpoint(path: Path, device: torch.device, epochs: int) -> dict | str:
+    """The checkpoint at ``path``, or why it cannot be used (one line)."""
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # truncated, garbled, not a torch file
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"unreadable ({type(exc).__name__}: {first})"
+    if not isinstance(ck, dict) or any(k not in ck for k in CHECKPOINT_KEYS):
+        return f"not a checkpoint of this runner (expected the keys {', '.join(CHECKPOINT_KEYS)})"
+    if not (isinstance(ck["epoch"], int) and 1 <= ck["epoch"] <= epochs):
+        return f"its epoch {ck['epoch']!r} is not in 1..{epochs}"
+    return ck
 
 
 def default_checkpoint_dir(store: Store | None) -> Path | None:
@@ -195,15 +230,13 @@ def run_trial(
     the same arguments; only rank 0's ``store`` is used (the others may pass ``None``), and
     checkpoints must be on a filesystem every rank can read.
     """
+    device = check_arguments(problem, method, hparams, seed, epochs, device, store, progress,
+                             train_fraction, tag, checkpoint_dir, stop_after_epoch, distributed)
     prob = problem if isinstance(problem, Problem) else get_problem(problem)
     cls = get_method_class(method)
     hp = resolve_hparams(cls, hparams or {})
     epochs = prob.epochs if epochs is None else int(epochs)
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if not 0.0 < train_fraction <= 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
-    device = torch.device(device)
+    seed, train_fraction = int(seed), float(train_fraction)
     dp = D.resolve(distributed)
     if dp and D.rank() != 0:
         store = None  # rank 0 alone writes results
@@ -212,23 +245,21 @@ def run_trial(
     trial_id = None
     done = None
     if store is not None:
-        row = store.trial_by_key(key)
-        if row is not None and row["status"] in ("finished", "diverged"):
-            done = TrialResult(prob.name, method, hp, seed, row["status"],
-                               evals=store.evals(row["id"]), events=store.events(row["id"]),
-                               trial_id=row["id"], skipped=True)
-    if dp:
-        status = D.broadcast_object(done.status if done is not None else None)
-        if status is not None and done is None:
-            done = TrialResult(prob.name, method, hp, seed, status, skipped=True)
-    if done is not None:
-        return done
-    if store is not None:
         env = environment()
         if dp:
             env["world_size"] = D.world_size()
-        trial_id = store.begin_trial(key, prob.name, method, hp, seed, epochs, train_fraction,
-                                     tag, env)
+        claim = store.claim_trial(key, prob.name, method, hp, seed, epochs, train_fraction, tag,
+                                  env)
+        trial_id = claim.trial_id
+        if not claim.claimed:
+            done = _not_run(store, prob.name, method, hp, seed, trial_id, claim.holder)
+    if dp:
+        state = D.broadcast_object((done.status, done.busy) if done is not None else None)
+        if state is not None and done is None:
+            done = TrialResult(prob.name, method, hp, seed, state[0], skipped=not state[1],
+                               busy=state[1])
+    if done is not None:
+        return done
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(store)
     ckpt_path = ckpt_dir / f"{key}.pt" if ckpt_dir is not None else None
     if dp:
@@ -238,12 +269,107 @@ def run_trial(
     try:
         _train(prob, cls, hp, seed, epochs, device, store, trial_id, ckpt_path, progress,
                train_fraction, dataset, stop_after_epoch, result, dp)
+    except _LeaseLost:  # another process took the trial over (or ended it): it is theirs
+        if store is None:
+            return TrialResult(prob.name, method, hp, seed, "running", busy=True)
+        return _not_run(store, prob.name, method, hp, seed, trial_id, "another process")
     except Exception as exc:  # a crash of one trial is recorded, then re-raised
         result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
         if store is not None and trial_id is not None:
-            store.end_trial(trial_id, "failed", {}, traceback.format_exc())
+            try:  # never over a finished trial, nor one another process has taken over
+                store.end_trial(trial_id, "failed", {}, traceback.format_exc())
+            except Exception:  # pragma: no cover - the trial's own error matters more
+                pass
+        raise
+    except BaseException:  # interrupted (Ctrl-C): resumable at once by any process
+        if store is not None and trial_id is not None:
+            store.release(trial_id)
         raise
     return result
+
+
+class _LeaseLost(Exception):
+    """This process no longer holds the trial it was running."""
+
+
+def _not_run(store: Store, problem: str, method: str, hp: dict, seed: int, trial_id: int,
+             holder: str) -> TrialResult:
+    """The result of a trial this process does not run: ended (skipped) or busy elsewhere."""
+    row = store.trials(id=trial_id)[0]
+    if row["status"] in DONE_STATUSES:
+        return TrialResult(problem, method, hp, seed, row["status"], evals=store.evals(trial_id),
+                           events=store.events(trial_id), trial_id=trial_id, skipped=True)
+    return TrialResult(problem, method, hp, seed, "running", trial_id=trial_id, busy=True,
+                       holder=holder)
+
+
+def _bad(name: str, value: Any, accepted: str) -> ValueError:
+    return ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_arguments(problem, method, hparams, seed, epochs, device, store, progress,
+                    train_fraction, tag, checkpoint_dir, stop_after_epoch, distributed
+                    ) -> torch.device:
+    """ValueError naming the bad argument and what is accepted; returns the device."""
+    if not isinstance(problem, (str, Problem)):
+        raise _bad("problem", problem, "a problem name or a Problem")
+    if not isinstance(method, str):
+        raise _bad("method", method, "a method name")
+    if hparams is not None and not isinstance(hparams, Mapping):
+        raise _bad("hparams", hparams, "a dict of hyperparameters or None")
+    if not (_is_int(seed) and 0 <= seed <= MAX_SEED):
+        raise _bad("seed", seed, f"an integer in [0, {MAX_SEED}]")
+    if epochs is not None and not (_is_int(epochs) and epochs >= 0):
+        raise _bad("epochs", epochs, "an integer >= 0 (or None: the problem's budget)")
+    if not (isinstance(train_fraction, numbers.Real) and not isinstance(train_fraction, bool)
+            and 0.0 < train_fraction <= 1.0):
+        raise _bad("train_fraction", train_fraction, "a number in (0, 1]")
+    if not isinstance(tag, str):
+        raise _bad("tag", tag, "a string")
+    if store is not None and not isinstance(store, Store):
+        raise _bad("store", store, "a Store or None")
+    if store is not None and store.readonly:
+        raise ValueError(f"store {store.path} is open read-only; open it with "
+                         "Store(path) to record trials")
+    if not (isinstance(progress, bool) or callable(progress)):
+        raise _bad("progress", progress, "True, False or a callable taking each evaluation")
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise _bad("checkpoint_dir", checkpoint_dir, "a folder path or None")
+    if stop_after_epoch is not None and not (_is_int(stop_after_epoch) and stop_after_epoch >= 1):
+        raise _bad("stop_after_epoch", stop_after_epoch, "an integer >= 1 or None")
+    if distributed is not None and not isinstance(distributed, bool):
+        raise _bad("distributed", distributed, "True, False or None")
+    return check_device(device)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device this machine has, or ValueError."""
+    accepted = "cpu, cuda, cuda:N or mps (a device this machine has)"
+    if not isinstance(device, (str, torch.device)):
+        raise _bad("device", device, accepted)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise _bad("device", device, accepted) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine; "
+                             "use 'cpu'")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {str(device)!r}: this machine has {n} CUDA device(s), "
+                             f"cuda:0..cuda:{n - 1}")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device {str(device)!r}: MPS is not available on this machine; "
+                             "use 'cpu'")
+    elif dev.type != "cpu":
+        raise _bad("device", device, accepted)
+    return dev
 
 
 def _summary(prob: Problem, evals: list[dict]) -> dict[str, Any]:
@@ -271,11 +397,6 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     n_eval = min(prob.train_eval_size, data.x_train.shape[0])
     x_tr_eval, y_tr_eval = data.x_train[:n_eval], data.y_train[:n_eval]
 
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    model = prob.build_model(data, "relu", seed).to(device)
-    method = cls(hp)
     steps_per_epoch = math.ceil(data.x_train.shape[0] / prob.batch_size)
 
     world = D.world_size() if dp else 1
@@ -293,7 +414,57 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
                        steps_per_epoch=steps_per_epoch, num_classes=data.num_classes,
                        batch_iter=batches, seed=seed, extras={"problem": prob.name},
                        rank=D.rank() if dp else 0, world_size=world)
-    model = method.prepare(model, ctx)
+    writer = not dp or D.rank() == 0
+    own_ckpt = ckpt_path if writer else None  # the checkpoint file this process may delete
+
+    def agree(ok: bool) -> bool:  # every rank's ``ok`` (one process: its own)
+        return D.broadcast_object(all(D.gather_objects(ok) or [True])) if dp else ok
+
+    def build() -> tuple[torch.nn.Module, Any]:  # the model and method of epoch 0
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        model = prob.build_model(data, "relu", seed).to(device)
+        method = cls(hp)
+        return method.prepare(model, ctx), method
+
+    model, method = build()
+    start_epoch, step, train_seconds = 0, 0, 0.0
+    ck = None
+    found = ckpt_path is not None and ckpt_path.exists()
+    if dp:
+        found = D.broadcast_object(found)  # rank 0's view decides, so all ranks agree
+    if found:
+        ck = _load_checkpoint(ckpt_path, device, epochs)
+        if not agree(isinstance(ck, dict)):
+            if own_ckpt is not None:
+                _discard_checkpoint(own_ckpt, ck if isinstance(ck, str) else "unreadable on "
+                                    "another rank")
+            ck = None
+    if ck is not None:
+        # a checkpoint is only usable with the store rows it continues (not after the rows were
+        # deleted, nor with another store): otherwise start from scratch
+        usable = store is None or any(e["epoch"] == ck["epoch"] for e in store.evals(trial_id))
+        if dp:
+            usable = D.broadcast_object(usable)
+        if not usable:
+            if own_ckpt is not None and store is not None:
+                own_ckpt.unlink(missing_ok=True)
+            ck = None
+    if ck is not None:
+        try:
+            model.load_state_dict(ck["model"])
+            method.load_state_dict(ck["method"])
+            _set_rng_state(ck["rng"])
+            why = ""
+        except Exception as exc:  # saved by another version of the model or method
+            why = f"does not fit this trial ({type(exc).__name__}: " \
+                f"{(str(exc).strip().splitlines() or [''])[0]})"
+        if not agree(not why):
+            if own_ckpt is not None:
+                _discard_checkpoint(own_ckpt, why or "does not fit on another rank")
+            ck = None
+            model, method = build()  # from scratch: nothing of the checkpoint may remain
     result.model = model
     train_model = model
     if dp:
@@ -301,27 +472,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
 
         train_model = DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None)
-
-    start_epoch, step, train_seconds = 0, 0, 0.0
-    ck = None
-    found = ckpt_path is not None and ckpt_path.exists()
-    if dp:
-        found = D.broadcast_object(found)  # rank 0's view decides, so all ranks agree
-    if found:
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        # a checkpoint is only usable with the store rows it continues (not after the rows were
-        # deleted, nor with another store): otherwise start from scratch
-        usable = store is None or any(e["epoch"] == ck["epoch"] for e in store.evals(trial_id))
-        if dp:
-            usable = D.broadcast_object(usable)
-        if not usable:
-            if store is not None:
-                ckpt_path.unlink()
-            ck = None
     if ck is not None:
-        model.load_state_dict(ck["model"])
-        method.load_state_dict(ck["method"])
-        _set_rng_state(ck["rng"])
         start_epoch, step, train_seconds = ck["epoch"], ck["step"], ck["train_seconds"]
         if store is not None:
             store.truncate_after(trial_id, start_epoch)
@@ -330,10 +481,8 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
 
     if ck is None and store is not None:
         store.truncate_after(trial_id, -1)  # a re-run from scratch replaces any stale rows
-    writer = not dp or D.rank() == 0
-    own_ckpt = ckpt_path if writer else None  # the checkpoint file this process may delete
 
-    def record(epoch: int) -> dict:
+    def record(epoch: int, events: list[dict] | None = None) -> dict:
         em = method.eval_model(model)
         tr_loss, _ = evaluate(prob, em, x_tr_eval, y_tr_eval, distributed=dp)
         va_loss, va_metric = evaluate(prob, em, data.x_val, data.y_val, distributed=dp)
@@ -344,8 +493,18 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         if dp:  # DDP keeps the replicas identical; anything else is a bug worth seeing
             row["replica_max_diff"] = D.replica_difference(model)
         result.evals.append(row)
+        lost = False
         if store is not None:
-            store.add_eval(trial_id, row)
+            try:  # this epoch's events, then its evaluation (which renews the lease)
+                if events:
+                    store.add_events(trial_id, epoch, step, events)
+                store.add_eval(trial_id, row)
+            except TrialBusy:
+                lost = True
+        if dp:
+            lost = D.broadcast_object(lost)  # every rank stops together
+        if lost:
+            raise _LeaseLost
         if not writer:
             pass
         elif callable(progress):
@@ -387,9 +546,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         train_seconds += time.perf_counter() - t0
         if events:
             result.events.extend({"epoch": epoch + 1, "step": step, **e} for e in events)
-            if store is not None:
-                store.add_events(trial_id, epoch + 1, step, events)
-        row = record(epoch + 1)
+        row = record(epoch + 1, events)
         if not (math.isfinite(float(loss_sum)) and math.isfinite(row["train_loss"])):
             return _finish(prob, store, trial_id, result, "diverged", own_ckpt)
         if ckpt_path is not None and writer:
@@ -399,6 +556,8 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
                           "rng": _rng_state()}, ckpt_path)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
             result.status = "running"
+            if store is not None:
+                store.release(trial_id)  # resumable by any process
             return None
     _finish(prob, store, trial_id, result, "finished", own_ckpt)
 
@@ -420,8 +579,10 @@ def _finite(model: torch.nn.Module) -> bool:
 def _finish(prob: Problem, store, trial_id, result: TrialResult, status: str,
             ckpt_path: Path | None) -> None:
     result.status = status
-    if store is not None:
-        store.end_trial(trial_id, status, _summary(prob, result.evals))
-    if ckpt_path is not None and ckpt_path.exists():
-        ckpt_path.unlink()
+    if store is not None and not store.end_trial(trial_id, status, _summary(prob, result.evals)):
+        raise _LeaseLost
+    if ckpt_path is not None:
+        ckpt_path.unlink(missing_ok=True)
+        for tmp in ckpt_path.parent.glob(ckpt_path.name + ".*.tmp"):  # left by killed writers
+            tmp.unlink(missing_ok=True)
 

@@ -1,81 +1,125 @@
-"""Results store: one SQLite file, written as results happen.
+"""Results store: one SQLite file, written as results happen, safe for several writers.
 
-Schema (``SCHEMA`` below is the source of truth)::
+Schema (``TABLES`` below is the source of truth; version ``SCHEMA_VERSION`` in
+``PRAGMA user_version``, ``APPLICATION_ID`` in ``PRAGMA application_id``)::
 
     trials  one row per trial (problem, method, resolved hyperparameters as JSON, seed, epochs,
             train_fraction, tag) identified by ``key``, a hash of exactly those fields; ``status``
             is running | finished | diverged | failed; summary columns are filled when it ends.
+            Bookkeeping (not returned by :meth:`Store.trials`): the lease of the process running
+            it (``owner_host``, ``owner_pid``, ``owner_token``, ``heartbeat``; see ``lease.py``)
+            and ``attempts``, how many times a process started (or resumed) it.
     evals   one row per evaluation (trial_id, epoch): step, cumulative training seconds
             (evaluation excluded), train loss (fixed train subset), validation and test loss and
             metric, and ``extras`` (JSON: method metrics such as SLBI support sizes).
-    events  method events (trial_id, epoch, step, kind, JSON data): MILP solves, support updates.
+    events  method events (trial_id, epoch, seq, step, kind, JSON data): MILP solves, support
+            updates; ``(trial_id, epoch, seq)`` is unique and an epoch's events are written at
+            once, so writing them again replaces them.
 
-The store uses WAL mode and a busy timeout so several worker processes can write to it.
+Concurrency: WAL mode, a busy timeout, and every read-modify-write in one ``BEGIN IMMEDIATE``
+transaction. :meth:`Store.claim_trial` gives a trial to one process at a time (a lease); a
+finished or diverged trial is never changed again. Files that are not ours (another program's
+SQLite file, a text file), damaged, or written by a newer version are refused with
+:class:`StoreError` and left untouched; ``Store(path, readonly=True)`` never writes. Stores of
+schema version 0 (before versions were recorded) are read as they are and migrated when opened
+for writing.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS trials (
-    id              INTEGER PRIMARY KEY,
-    key             TEXT UNIQUE NOT NULL,
-    problem         TEXT NOT NULL,
-    method          TEXT NOT NULL,
-    hparams         TEXT NOT NULL,
-    seed            INTEGER NOT NULL,
-    epochs          INTEGER NOT NULL,
-    train_fraction  REAL NOT NULL DEFAULT 1.0,
-    tag             TEXT NOT NULL DEFAULT '',
-    status          TEXT NOT NULL,
-    error           TEXT,
-    started         REAL,
-    finished        REAL,
-    epochs_done     INTEGER DEFAULT 0,
-    steps           INTEGER DEFAULT 0,
-    train_seconds   REAL DEFAULT 0,
-    final_train_loss  REAL,
-    final_val_metric  REAL,
-    final_test_metric REAL,
-    best_val_metric   REAL,
-    best_test_metric  REAL,
-    env             TEXT
-);
-CREATE TABLE IF NOT EXISTS evals (
-    trial_id      INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
-    epoch         INTEGER NOT NULL,
-    step          INTEGER NOT NULL,
-    train_seconds REAL NOT NULL,
-    train_loss    REAL,
-    val_loss      REAL,
-    val_metric    REAL,
-    test_loss     REAL,
-    test_metric   REAL,
-    extras        TEXT,
-    PRIMARY KEY (trial_id, epoch)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id        INTEGER PRIMARY KEY,
-    trial_id  INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
-    epoch     INTEGER NOT NULL,
-    step      INTEGER NOT NULL,
-    kind      TEXT NOT NULL,
-    data      TEXT
-);
-CREATE INDEX IF NOT EXISTS trials_by_problem ON trials(problem, method);
-CREATE INDEX IF NOT EXISTS events_by_trial ON events(trial_id, epoch);
-"""
+from . import lease
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x42534744  # "BSGD"
+DONE_STATUSES = ("finished", "diverged")
+_TRIALS_V0 = """id INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL, problem TEXT NOT NULL,
+    method TEXT NOT NULL, hparams TEXT NOT NULL, seed INTEGER NOT NULL, epochs INTEGER NOT NULL,
+    train_fraction REAL NOT NULL DEFAULT 1.0, tag TEXT NOT NULL DEFAULT '', status TEXT NOT NULL,
+    error TEXT, started REAL, finished REAL, epochs_done INTEGER DEFAULT 0,
+    steps INTEGER DEFAULT 0, train_seconds REAL DEFAULT 0, final_train_loss REAL,
+    final_val_metric REAL, final_test_metric REAL, best_val_metric REAL, best_test_metric REAL,
+    env TEXT"""
+_LEASE = ("owner_host TEXT", "owner_pid INTEGER", "owner_token TEXT", "heartbeat REAL",
+          "attempts INTEGER NOT NULL DEFAULT 0")
+LEASE_COLUMNS = tuple(c.split()[0] for c in _LEASE)
+TABLES = {
+    "trials": f"CREATE TABLE trials ({_TRIALS_V0}, {', '.join(_LEASE)})",
+    "evals": """CREATE TABLE evals (
+        trial_id INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+        epoch INTEGER NOT NULL, step INTEGER NOT NULL, train_seconds REAL NOT NULL,
+        train_loss REAL, val_loss REAL, val_metric REAL, test_loss REAL, test_metric REAL,
+        extras TEXT, PRIMARY KEY (trial_id, epoch))""",
+    "events": """CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        trial_id INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+        epoch INTEGER NOT NULL, step INTEGER NOT NULL, kind TEXT NOT NULL, data TEXT,
+        seq INTEGER)""",
+}
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS trials_by_problem ON trials(problem, method)",
+    "CREATE INDEX IF NOT EXISTS events_by_trial ON events(trial_id, epoch)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_once ON events(trial_id, epoch, seq)",
+)
+# version 0 -> 1: leases and attempts on trials, a position for every event
+MIGRATE_0_1 = (
+    *(f"ALTER TABLE trials ADD COLUMN {c}" for c in _LEASE),
+    "ALTER TABLE events ADD COLUMN seq INTEGER",
+    "UPDATE events SET seq = (SELECT COUNT(*) FROM events AS e WHERE e.trial_id = events.trial_id"
+    " AND e.epoch = events.epoch AND e.id < events.id)",
+)
+# the columns every version has (a version-0 store has exactly these tables and columns)
+_V0_COLUMNS = {
+    "trials": {c.split()[0] for c in _TRIALS_V0.split(",")},
+    "evals": {"trial_id", "epoch", "step", "train_seconds", "train_loss", "val_loss",
+              "val_metric", "test_loss", "test_metric", "extras"},
+    "events": {"id", "trial_id", "epoch", "step", "kind", "data"},
+}
+_V1_COLUMNS = {**_V0_COLUMNS, "trials": _V0_COLUMNS["trials"] | set(LEASE_COLUMNS),
+               "events": _V0_COLUMNS["events"] | {"seq"}}
 
 EVAL_FIELDS = ("epoch", "step", "train_seconds", "train_loss", "val_loss", "val_metric",
                "test_loss", "test_metric")
+SUMMARY_FIELDS = ("final_train_loss", "final_val_metric", "final_test_metric",
+                  "best_val_metric", "best_test_metric")
+
+
+class StoreError(Exception):
+    """A results store that cannot be used: one line naming the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), " ".join(str(reason).split())
+        super().__init__(f"results store {self.path}: {self.reason}")
+
+
+class TrialBusy(RuntimeError):
+    """This process does not hold the trial (another one runs it, or it has ended)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer of :meth:`Store.claim_trial`."""
+
+    trial_id: int
+    status: str          # the stored status: running (ours or another's), finished, diverged
+    claimed: bool        # this process now holds the trial and runs it
+    holder: str = ""     # who holds it, when another live process does
+
+    @property
+    def busy(self) -> bool:
+        return not self.claimed and self.status == "running"
 
 
 def _clean(v: Any) -> Any:
@@ -105,19 +149,114 @@ def trial_key(problem: str, method: str, hparams: dict, seed: int, epochs: int,
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-class Store:
-    """The results database (SQLite). ``Store(":memory:")`` works for tests."""
+def _reading(fn):
+    """SQLite errors while reading become one-line StoreErrors naming the file."""
+    @functools.wraps(fn)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(self.path, f"cannot be read ({exc})") from exc
+    return wrapper
 
-    def __init__(self, path: str | Path):
+
+class Store:
+    """The results database (SQLite). ``Store(":memory:")`` works for tests.
+
+    ``readonly=True`` opens an existing store without ever writing to it (SQLite ``mode=ro``:
+    no schema, no migration, no journal-mode change). ``lease_seconds``: how long a trial
+    claimed by a process on another host stays reserved without a heartbeat (``lease.py``).
+    Raises :class:`StoreError` for a path that cannot be a store, a foreign, damaged or newer
+    file, and (read-only) a missing or empty one; the file is then left as it was.
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = False,
+                 lease_seconds: float | None = None):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
+        self.readonly = bool(readonly)
+        self.lease_seconds = lease.lease_seconds(lease_seconds)
+        self.conn = self._connect()
+        try:
+            self._open()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    # ---- opening ------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self.path == ":memory:":
+            if self.readonly:
+                raise StoreError(self.path, "an in-memory store cannot be opened read-only")
+            conn = sqlite3.connect(":memory:", isolation_level=None)
+        else:
+            p = Path(self.path)
+            _check_path(p, self.readonly)
+            uri = f"file:{urllib.parse.quote(str(p.absolute()))}?mode=" + \
+                ("ro" if self.readonly else "rwc")
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise StoreError(p, f"cannot be opened ({exc})") from exc
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _open(self) -> None:
+        version = self._inspect()
+        if self.readonly:
+            if version < 0:
+                raise StoreError(self.path, "is empty, not a beyondsgd results store")
+            return
         if self.path != ":memory:":
             self.conn.execute("PRAGMA journal_mode=WAL")
+        if version == SCHEMA_VERSION:
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            return
+        with self._tx():
+            version = self._inspect(check=False)  # again, now that we hold the write lock
+            if version < 0:
+                for sql in (*TABLES.values(), *INDEXES):
+                    self.conn.execute(sql)
+            elif version == 0:
+                for sql in (*MIGRATE_0_1, *INDEXES):
+                    self.conn.execute(sql)
+            if version < SCHEMA_VERSION:
+                self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self.conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
         self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.executescript(SCHEMA)
+
+    def _inspect(self, check: bool = True) -> int:
+        """The schema version of the file (-1: empty), or StoreError if it is not ours."""
+        try:
+            app = self.conn.execute("PRAGMA application_id").fetchone()[0]
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            names = [r[0] for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+            columns = {n: {r[1] for r in self.conn.execute(f"PRAGMA table_info('{n}')")}
+                       for n in names if n in TABLES}
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(self.path, f"is not a readable SQLite database ({exc})") from exc
+        if app not in (0, APPLICATION_ID):
+            raise StoreError(self.path, f"is an SQLite database of another application "
+                                        f"(application_id {app:#x}), not a beyondsgd store")
+        if not names and version == 0:
+            return -1
+        if version > SCHEMA_VERSION:
+            raise StoreError(self.path, f"was written by a newer beyondsgd (schema version "
+                                        f"{version}; this version reads up to {SCHEMA_VERSION})"
+                                        "; upgrade beyondsgd")
+        expected = _V1_COLUMNS if version >= 1 else _V0_COLUMNS
+        if set(names) != set(TABLES) or any(not expected[t] <= columns[t] for t in TABLES):
+            shown = ", ".join(sorted(names)) or "none"
+            raise StoreError(self.path, f"is an SQLite database but not a beyondsgd results "
+                                        f"store (schema version {version}, tables: {shown})")
+        if check:
+            try:
+                problems = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(self.path, f"is damaged ({exc})") from exc
+            if problems != ["ok"]:
+                raise StoreError(self.path, f"is damaged (SQLite quick_check: {problems[0]})")
+        return int(version)
 
     def close(self) -> None:
         self.conn.close()
@@ -128,54 +267,152 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- writing ------------------------------------------------------------------------
-    def begin_trial(self, key: str, problem: str, method: str, hparams: dict, seed: int,
-                    epochs: int, train_fraction: float, tag: str, env: dict) -> int:
-        """Create the trial row (or reset a failed one); returns its id."""
-        row = self.trial_by_key(key)
-        if row is not None:
-            self.conn.execute("UPDATE trials SET status='running', error=NULL WHERE id=?",
-                              (row["id"],))
-            return int(row["id"])
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One write transaction (re-entrant: inside another one it is part of it)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # ---- leases -------------------------------------------------------------------------
+    def _holder(self, row: sqlite3.Row, me: lease.Owner, now: float) -> str:
+        """Who holds ``row``'s trial, if another live process does ('' otherwise)."""
+        r = dict(row)
+        if r.get("status") != "running" or not lease.holder_alive(
+                r.get("owner_host"), r.get("owner_pid"), r.get("owner_token"),
+                r.get("heartbeat"), self.lease_seconds, me, now):
+            return ""
+        return lease.describe(r["owner_host"], r["owner_pid"], r["heartbeat"], now)
+
+    def _take(self, trial_id: int, me: lease.Owner, now: float) -> None:
+        self.conn.execute(
+            "UPDATE trials SET status='running', error=NULL, owner_host=?, owner_pid=?,"
+            " owner_token=?, heartbeat=?, attempts=attempts+1 WHERE id=?",
+            (me.host, me.pid, me.token, now, trial_id))
+
+    def _insert(self, key: str, problem: str, method: str, hparams: dict, seed: int,
+                epochs: int, train_fraction: float, tag: str, env: dict, started: float,
+                me: lease.Owner) -> int:
         cur = self.conn.execute(
             "INSERT INTO trials (key, problem, method, hparams, seed, epochs, train_fraction, tag,"
-            " status, started, env) VALUES (?,?,?,?,?,?,?,?,'running',?,?)",
-            (key, problem, method, dumps(hparams), seed, epochs, train_fraction, tag, time.time(),
-             dumps(env)),
-        )
+            " status, started, env, owner_host, owner_pid, owner_token, heartbeat, attempts)"
+            " VALUES (?,?,?,?,?,?,?,?,'running',?,?,?,?,?,?,1)",
+            (key, problem, method, dumps(hparams), seed, epochs, train_fraction, tag, started,
+             dumps(env), me.host, me.pid, me.token, time.time()))
         return int(cur.lastrowid)
 
+    def claim_trial(self, key: str, problem: str, method: str, hparams: dict, seed: int,
+                    epochs: int, train_fraction: float, tag: str, env: dict) -> Claim:
+        """Atomically give the trial to this process, unless it has ended or another live
+        process runs it: creates the row, or takes over a failed, interrupted or abandoned one
+        (keeping its id, first ``started`` time and environment)."""
+        me, now = lease.current_owner(), time.time()
+        with self._tx():
+            row = self.trial_by_key(key)
+            if row is None:
+                tid = self._insert(key, problem, method, hparams, seed, epochs, train_fraction,
+                                   tag, env, now, me)
+                return Claim(tid, "running", True)
+            tid = int(row["id"])
+            if row["status"] in DONE_STATUSES:
+                return Claim(tid, row["status"], False)
+            holder = self._holder(row, me, now)
+            if holder:
+                return Claim(tid, "running", False, holder)
+            self._take(tid, me, now)
+            return Claim(tid, "running", True)
+
+    def begin_trial(self, key: str, problem: str, method: str, hparams: dict, seed: int,
+                    epochs: int, train_fraction: float, tag: str, env: dict) -> int:
+        """:meth:`claim_trial` that returns the trial id, or raises TrialBusy."""
+        c = self.claim_trial(key, problem, method, hparams, seed, epochs, train_fraction, tag,
+                             env)
+        if not c.claimed:
+            raise TrialBusy(f"trial {c.trial_id} is {c.status}"
+                            + (f" in another process ({c.holder})" if c.holder else ""))
+        return c.trial_id
+
+    def _own(self, trial_id: int) -> None:
+        """Raise TrialBusy unless this process holds ``trial_id`` (call inside a transaction)."""
+        row = self.conn.execute("SELECT * FROM trials WHERE id=?", (trial_id,)).fetchone()
+        me = lease.current_owner()
+        if row is None or row["status"] != "running" or (
+                row["owner_host"], row["owner_pid"], row["owner_token"] or "") != \
+                (me.host, me.pid, me.token):
+            what = "gone" if row is None else (
+                row["status"] if row["status"] != "running" else "held by another process")
+            raise TrialBusy(f"trial {trial_id} is no longer this process's: {what}")
+
+    def release(self, trial_id: int) -> None:
+        """Give up this process's lease, leaving the trial resumable by anyone."""
+        with self._tx():
+            self.conn.execute(
+                "UPDATE trials SET owner_host=NULL, owner_pid=NULL, owner_token=NULL WHERE id=?"
+                " AND status='running' AND owner_pid=? AND owner_host=?",
+                (trial_id, lease.current_owner().pid, lease.host_id()))
+
+    # ---- writing ------------------------------------------------------------------------
     def add_eval(self, trial_id: int, row: dict) -> None:
+        """Store one evaluation (replacing one of the same epoch) and renew the lease;
+        raises TrialBusy if this process no longer holds the trial."""
         extras = {k: v for k, v in row.items() if k not in EVAL_FIELDS}
         vals = [_clean(row.get(k)) for k in EVAL_FIELDS]
-        self.conn.execute(
-            "INSERT OR REPLACE INTO evals (trial_id, epoch, step, train_seconds, train_loss,"
-            " val_loss, val_metric, test_loss, test_metric, extras) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (trial_id, *vals, dumps(extras)),
-        )
-        self.conn.execute("UPDATE trials SET epochs_done=?, steps=?, train_seconds=? WHERE id=?",
-                          (row["epoch"], row["step"], row["train_seconds"], trial_id))
+        with self._tx():
+            self._own(trial_id)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO evals (trial_id, epoch, step, train_seconds, train_loss,"
+                " val_loss, val_metric, test_loss, test_metric, extras)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)", (trial_id, *vals, dumps(extras)))
+            self.conn.execute(
+                "UPDATE trials SET epochs_done=?, steps=?, train_seconds=?, heartbeat=?"
+                " WHERE id=?", (row["epoch"], row["step"], row["train_seconds"], time.time(),
+                                trial_id))
 
     def add_events(self, trial_id: int, epoch: int, step: int, events: Iterable[dict]) -> None:
-        rows = [(trial_id, epoch, step, str(e.get("kind", "event")), dumps(e)) for e in events]
-        if rows:
+        """The events of ``epoch`` (all of them: they replace any stored for that epoch)."""
+        self._put_events(trial_id, epoch, [(step, e) for e in events])
+
+    def _put_events(self, trial_id: int, epoch: int, items: list[tuple[int, dict]]) -> None:
+        with self._tx():
+            self._own(trial_id)
+            self.conn.execute("DELETE FROM events WHERE trial_id=? AND epoch=?", (trial_id, epoch))
             self.conn.executemany(
-                "INSERT INTO events (trial_id, epoch, step, kind, data) VALUES (?,?,?,?,?)", rows)
+                "INSERT INTO events (trial_id, epoch, seq, step, kind, data)"
+                " VALUES (?,?,?,?,?,?)",
+                [(trial_id, epoch, i, int(step), str(e.get("kind", "event")), dumps(e))
+                 for i, (step, e) in enumerate(items)])
 
     def truncate_after(self, trial_id: int, epoch: int) -> None:
-        """Drop evaluations and events after ``epoch`` (used when resuming from a checkpoint)."""
-        self.conn.execute("DELETE FROM evals WHERE trial_id=? AND epoch>?", (trial_id, epoch))
-        self.conn.execute("DELETE FROM events WHERE trial_id=? AND epoch>?", (trial_id, epoch))
+        """Drop evaluations and events after ``epoch`` (used when resuming from a checkpoint;
+        the caller has just claimed the trial)."""
+        with self._tx():
+            self.conn.execute("DELETE FROM evals WHERE trial_id=? AND epoch>?", (trial_id, epoch))
+            self.conn.execute("DELETE FROM events WHERE trial_id=? AND epoch>?", (trial_id, epoch))
 
     def end_trial(self, trial_id: int, status: str, summary: dict, error: str | None = None
-                  ) -> None:
-        cols = ("final_train_loss", "final_val_metric", "final_test_metric", "best_val_metric",
-                "best_test_metric")
-        self.conn.execute(
-            f"UPDATE trials SET status=?, error=?, finished=?, {', '.join(c + '=?' for c in cols)}"
-            " WHERE id=?",
-            (status, error, time.time(), *[_clean(summary.get(c)) for c in cols], trial_id),
-        )
+                  ) -> bool:
+        """Set the final status and summary and release the lease, if this process holds the
+        trial; returns whether it did (a finished or diverged trial is never changed)."""
+        with self._tx():
+            try:
+                self._own(trial_id)
+            except TrialBusy:
+                return False
+            self.conn.execute(
+                f"UPDATE trials SET status=?, error=?, finished=?, "
+                f"{', '.join(c + '=?' for c in SUMMARY_FIELDS)}, owner_host=NULL, owner_pid=NULL,"
+                " owner_token=NULL WHERE id=?",
+                (status, error, time.time(), *[_clean(summary.get(c)) for c in SUMMARY_FIELDS],
+                 trial_id))
+        return True
 
     def record_trial(self, key: str, problem: str, method: str, hparams: dict, seed: int,
                      epochs: int, train_fraction: float, tag: str, env: dict, status: str,
@@ -185,48 +422,54 @@ class Store:
         """Write one whole trial, run elsewhere, in a single transaction; returns its id.
 
         This is how a driver stores trials computed by remote workers (the Ray executor): the
-        rows are exactly those ``begin_trial`` / ``add_eval`` / ``add_events`` / ``end_trial``
+        rows are exactly those ``claim_trial`` / ``add_eval`` / ``add_events`` / ``end_trial``
         would have written had the trial run against this store, and a reader never sees a
         half-written trial. ``evals`` are the evaluation dicts the runner records (the
         ``EVAL_FIELDS`` plus method metrics); ``events`` are ``{"epoch", "step", "data"}`` dicts,
         ``data`` being the method's event as the runner passed it to ``add_events`` (the shape
         :meth:`trial_record` returns). An existing row with the same ``key`` (a failed or
         interrupted trial) keeps its id and first ``started`` time, and its evaluations and
-        events are replaced, not appended to. ``started`` and ``finished`` default to now.
+        events are replaced, not appended to. A finished or diverged trial is left as it is,
+        and so is one that another live process runs, unless this record has ended it.
+        ``started`` and ``finished`` default to now.
         """
-        now = time.time()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        me, now = lease.current_owner(), time.time()
+        with self._tx():
             row = self.trial_by_key(key)
             if row is None:
-                cur = self.conn.execute(
-                    "INSERT INTO trials (key, problem, method, hparams, seed, epochs,"
-                    " train_fraction, tag, status, started, env)"
-                    " VALUES (?,?,?,?,?,?,?,?,'running',?,?)",
-                    (key, problem, method, dumps(hparams), seed, epochs, train_fraction, tag,
-                     now if started is None else started, dumps(env)))
-                trial_id = int(cur.lastrowid)
+                trial_id = self._insert(key, problem, method, hparams, seed, epochs,
+                                        train_fraction, tag, env,
+                                        now if started is None else started, me)
             else:
                 trial_id = int(row["id"])
+                if row["status"] in DONE_STATUSES or (
+                        status not in DONE_STATUSES and self._holder(row, me, now)):
+                    return trial_id
+                self._take(trial_id, me, now)
                 self.conn.execute("DELETE FROM evals WHERE trial_id=?", (trial_id,))
                 self.conn.execute("DELETE FROM events WHERE trial_id=?", (trial_id,))
-                self.conn.execute(
-                    "UPDATE trials SET status='running', error=NULL, epochs_done=0, steps=0,"
-                    " train_seconds=0, env=? WHERE id=?", (dumps(env), trial_id))
+                self.conn.execute("UPDATE trials SET epochs_done=0, steps=0, train_seconds=0,"
+                                  " env=? WHERE id=?", (dumps(env), trial_id))
             for e in evals:
                 self.add_eval(trial_id, e)
+            by_epoch: dict[int, list[tuple[int, dict]]] = {}
             for ev in events:
-                self.add_events(trial_id, int(ev["epoch"]), int(ev["step"]), [ev["data"]])
+                by_epoch.setdefault(int(ev["epoch"]), []).append((int(ev["step"]), ev["data"]))
+            for epoch, items in by_epoch.items():
+                self._put_events(trial_id, epoch, items)
             self.end_trial(trial_id, status, summary, error)
             if finished is not None:
                 self.conn.execute("UPDATE trials SET finished=? WHERE id=?", (finished, trial_id))
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return trial_id
 
     # ---- reading ------------------------------------------------------------------------
+    def _loads(self, text: str | None, what: str) -> Any:
+        try:
+            return json.loads(text) if text else {}
+        except ValueError as exc:
+            raise StoreError(self.path, f"is damaged: unreadable {what} ({exc})") from exc
+
+    @_reading
     def trial_record(self, key: str) -> dict | None:
         """One trial as the keyword arguments of :meth:`record_trial` (None if absent).
 
@@ -238,51 +481,96 @@ class Store:
             return None
         t = dict(row)
         raw_events = [
-            {"epoch": r["epoch"], "step": r["step"], "data": json.loads(r["data"] or "{}")}
+            {"epoch": r["epoch"], "step": r["step"],
+             "data": self._loads(r["data"], f"event data of trial {t['id']}")}
             for r in self.conn.execute(
-                "SELECT epoch, step, data FROM events WHERE trial_id=? ORDER BY id", (t["id"],))]
-        summary_cols = ("final_train_loss", "final_val_metric", "final_test_metric",
-                        "best_val_metric", "best_test_metric")
+                "SELECT epoch, step, data FROM events WHERE trial_id=? ORDER BY epoch, id",
+                (t["id"],))]
         return {
             "key": t["key"], "problem": t["problem"], "method": t["method"],
-            "hparams": json.loads(t["hparams"]), "seed": t["seed"], "epochs": t["epochs"],
+            "hparams": self._loads(t["hparams"], f"hparams of trial {t['id']}"),
+            "seed": t["seed"], "epochs": t["epochs"],
             "train_fraction": t["train_fraction"], "tag": t["tag"],
-            "env": json.loads(t["env"]) if t["env"] else {}, "status": t["status"],
+            "env": self._loads(t["env"], f"env of trial {t['id']}"), "status": t["status"],
             "evals": self.evals(t["id"]), "events": raw_events,
-            "summary": {c: t[c] for c in summary_cols}, "error": t["error"],
+            "summary": {c: t[c] for c in SUMMARY_FIELDS}, "error": t["error"],
             "started": t["started"], "finished": t["finished"],
         }
 
+    @_reading
     def trial_by_key(self, key: str) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM trials WHERE key=?", (key,)).fetchone()
 
+    @_reading
+    def lease_info(self, trial_id: int) -> dict[str, Any] | None:
+        """The trial's bookkeeping: owner, heartbeat, attempts, and ``busy`` (another live
+        process holds it now)."""
+        row = self.conn.execute("SELECT * FROM trials WHERE id=?", (trial_id,)).fetchone()
+        if row is None:
+            return None
+        r = dict(row)
+        out = {c: r.get(c) for c in LEASE_COLUMNS}
+        out["busy"] = bool(self._holder(row, lease.current_owner(), time.time()))
+        return out
+
+    @_reading
     def trials(self, **where: Any) -> list[dict]:
+        unknown = sorted(set(where) - _V0_COLUMNS["trials"])
+        if unknown:
+            raise ValueError(f"unknown trial field(s) {unknown}; accepted: "
+                             f"{', '.join(sorted(_V0_COLUMNS['trials']))}")
         sql, args = "SELECT * FROM trials", []
         if where:
             sql += " WHERE " + " AND ".join(f"{k}=?" for k in where)
             args = list(where.values())
         rows = [dict(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
         for r in rows:
-            r["hparams"] = json.loads(r["hparams"])
-            r["env"] = json.loads(r["env"]) if r.get("env") else {}
+            for c in LEASE_COLUMNS:
+                r.pop(c, None)
+            r["hparams"] = self._loads(r["hparams"], f"hparams of trial {r['id']}")
+            r["env"] = self._loads(r.get("env"), f"env of trial {r['id']}")
         return rows
 
+    @_reading
     def evals(self, trial_id: int) -> list[dict]:
         out = []
         for r in self.conn.execute("SELECT * FROM evals WHERE trial_id=? ORDER BY epoch",
                                    (trial_id,)):
             d = dict(r)
-            d.update(json.loads(d.pop("extras") or "{}"))
+            d.update(self._loads(d.pop("extras"), f"evaluation extras of trial {trial_id}"))
             d.pop("trial_id")
             out.append(d)
         return out
 
+    @_reading
     def events(self, trial_id: int) -> list[dict]:
-        return [{"epoch": r["epoch"], "step": r["step"], **json.loads(r["data"] or "{}")}
+        return [{"epoch": r["epoch"], "step": r["step"],
+                 **self._loads(r["data"], f"event data of trial {trial_id}")}
                 for r in self.conn.execute(
-                    "SELECT * FROM events WHERE trial_id=? ORDER BY id", (trial_id,))]
+                    "SELECT * FROM events WHERE trial_id=? ORDER BY epoch, id", (trial_id,))]
 
     def export_json(self, trial_id: int) -> dict:
         """One trial with all evaluations and events, as a JSON-ready dict."""
         t = next(r for r in self.trials(id=trial_id))
         return {"trial": t, "evals": self.evals(trial_id), "events": self.events(trial_id)}
+
+
+def _check_path(p: Path, readonly: bool) -> None:
+    """StoreError for a path that cannot hold a store (before SQLite sees it)."""
+    if p.is_dir():
+        raise StoreError(p, "is a directory, not a results file")
+    for parent in p.parents:  # the nearest existing ancestor must be a folder
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise StoreError(p, f"cannot be created: {parent} is a file, not a folder")
+            break
+    if p.exists() and not p.is_file():
+        raise StoreError(p, "is not a regular file")
+    if readonly:
+        if not p.exists():
+            raise StoreError(p, "does not exist")
+        return
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(p, f"cannot be created ({exc.strerror or exc})") from exc
