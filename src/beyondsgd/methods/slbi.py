@@ -160,7 +160,13 @@ class SLBI(Optimizer):
                  weight_decay_1d: bool = False, coupling: str = "code",
                  kappa_uncoupled: bool = True, lambda_scaling: str = "none",
                  structure: str | None = None):
-        _check_scalar("lr", lr, low=0.0)
+        if isinstance(lr, torch.Tensor):                 # a tensor lr, as torch.optim.SGD
+            if lr.numel() != 1:
+                raise ValueError(f"lr must be a number or a one-element tensor, got a tensor of "
+                                 f"shape {tuple(lr.shape)}")
+            _check_scalar("lr", float(lr), low=0.0)
+        else:
+            _check_scalar("lr", lr, low=0.0)
         _check_scalar("kappa", kappa, low=0.0, strict=True)
         if not (isinstance(nu, int | float) and not isinstance(nu, bool) and nu > 0
                 and not math.isnan(nu)):

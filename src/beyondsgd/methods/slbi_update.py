@@ -52,7 +52,8 @@ def prox_group_lasso_(out: torch.Tensor, v: torch.Tensor, lam: float, structure:
     factor = (1 - lam_g / norms.clamp_min_(torch.finfo(v.dtype).tiny)).clamp_min_(0)
     if scale != 1.0:
         factor.mul_(scale)
-    return torch.mul(rows, factor, out=out.view_as(rows)).view_as(v)
+    torch.mul(rows, factor, out=out.view_as(rows))
+    return out
 
 
 def prox_group_lasso(v: torch.Tensor, lam: float, structure: str,
@@ -116,6 +117,7 @@ def slbi_group_step(group: dict[str, Any], state: dict) -> None:
     if not params:
         return
     lr, kappa, nu, structure = group["lr"], group["kappa"], group["nu"], group["structure"]
+    lr = float(lr) if isinstance(lr, torch.Tensor) else lr
     coupled = structure is not None and nu != math.inf
     inv_nu = 1.0 / nu if coupled else 0.0
     paper = coupled and group["coupling"] == "paper"
