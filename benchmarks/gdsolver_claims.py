@@ -38,6 +38,8 @@ from beyondsgd.bench.runner import run_trial
 REG_PROBLEMS = ["friedman_mlp", "diabetes_mlp", "toy_identity_mlp",
                 "toy_polynomial_mlp", "toy_formula_mlp"]
 LRS = [1e-3, 1e-2, 1e-1]
+PROBLEM_KEYS = ("digits_mlp", "mnist1d_mlp", "fmnist_mlp", "friedman_mlp", "diabetes_mlp",
+                "toy_identity_mlp", "toy_polynomial_mlp", "toy_formula_mlp")
 
 
 class Log:
@@ -197,10 +199,32 @@ def diagnose(log: Log, prob: str = "fmnist_mlp") -> None:
               f"{m['accepted']}, solver {r['solver_seconds']:.1f}s")
 
 
+def defaults(log: Log, seeds: int, problems: list[str], label: str, hp: dict | None = None
+             ) -> None:
+    """GDSolver with its default hyperparameters (``hp``: overrides, or a mapping problem ->
+    overrides) on each problem at the problem's default epochs, next to its inner optimizer
+    alone (same optimizer and lr): solves / accepted, test metric, and the solver's share of
+    the training time."""
+    hp = hp or {}
+    print(f"\nGDSolver ({label}, overrides {json.dumps(hp)}): per problem, {seeds} seeds")
+    for prob in problems:
+        over = hp.get(prob, {}) if any(k in hp for k in PROBLEM_KEYS) else hp
+        inner = {"lr": over.get("lr", 0.05)}
+        base = over.get("optimizer", "sgd")  # plain SGD (no momentum), as GDSolver's default
+        ref = [log.run("defaults", prob, base, base, inner, s, None) for s in range(seeds)]
+        gds = [log.run("defaults", prob, label, "gdsolver", over, s, None) for s in range(seeds)]
+        share = [r["solver_seconds"] / r["train_seconds"] for r in gds]
+        print(f"  {prob:14s} solves/accepted {sum(r['solves'] for r in gds)}/"
+              f"{sum(r['accepted'] for r in gds)}  test {_ms([r['test_metric'] for r in gds])} "
+              f"({base} {json.dumps(inner)} alone {_ms([r['test_metric'] for r in ref])})  "
+              f"solver share {100 * statistics.mean(share):.1f}% of "
+              f"{statistics.mean(r['train_seconds'] for r in gds):.2f}s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", default="all",
-                    choices=("regression", "classification", "diagnose", "all"))
+                    choices=("regression", "classification", "diagnose", "defaults", "all"))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fmnist-epochs", type=int, default=3)
     ap.add_argument("--friedman-epochs", type=int, default=20)
@@ -208,6 +232,8 @@ def main() -> None:
     ap.add_argument("--cls-problem", default="fmnist_mlp", help="classification problem")
     ap.add_argument("--problems", default=",".join(REG_PROBLEMS), help="regression problems")
     ap.add_argument("--out", default="results/gdsolver_claims.jsonl")
+    ap.add_argument("--label", default="gdsolver", help="label of the --part defaults rows")
+    ap.add_argument("--hp", default="{}", help="JSON overrides for --part defaults")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     log = Log(args.out)
@@ -217,6 +243,8 @@ def main() -> None:
         classification(log, args.seeds, args.fmnist_epochs, args.cls_problem)
     if args.part in ("diagnose", "all"):
         diagnose(log, args.cls_problem)
+    if args.part == "defaults":
+        defaults(log, args.seeds, args.problems.split(","), args.label, json.loads(args.hp))
 
 
 if __name__ == "__main__":

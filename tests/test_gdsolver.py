@@ -63,7 +63,10 @@ def test_bad_arguments():
     for kw, match in [({"radius": 0.0}, "radius"), ({"time_limit": -1.0}, "time_limit"),
                       ({"selection": "best"}, "selection"), ({"norm": "l2"}, "norm"),
                       ({"task": "ranking"}, "task"), ({"mip_gap": 2.0}, "mip_gap"),
-                      ({"threads": 0}, "threads"), ({"min_gain": 2.0}, "min_gain")]:
+                      ({"threads": 0}, "threads"), ({"min_gain": 2.0}, "min_gain"),
+                      ({"objective": "hinge"}, "objective"), ({"node_limit": 0}, "node_limit"),
+                      ({"n_points": -2}, "n_points"), ({"n_points": 2.5}, "n_points"),
+                      ({"task": "regression", "selection": "misclassified"}, "misclassified")]:
         with pytest.raises(ValueError, match=match):
             GDSolver(m, **kw)
 
@@ -85,10 +88,49 @@ def test_select_points_misclassified_first_in_dataset_order():
         select_points("classification", out, y, 3, "worst")
 
 
-def test_select_points_regression_largest_error_first():
+def test_select_points_regression_rules():
     out = torch.tensor([[0.0], [3.0], [1.0], [-2.0]])
     y = torch.zeros(4, 1)
-    assert select_points("regression", out, y, 3).tolist() == [1, 3, 2]
+    assert select_points("regression", out, y, 3, "largest_error").tolist() == [1, 3, 2]
+    assert select_points("regression", out, y, 3, "first").tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="'misclassified' needs classification"):
+        select_points("regression", out, y, 3, "misclassified")
+    with pytest.raises(ValueError, match="'largest_error' needs regression"):
+        select_points("classification", out, y.long().reshape(-1), 3, "largest_error")
+
+
+def test_regression_default_never_selects_by_error_size(monkeypatch):
+    """Default regression solves take every training point; above REGRESSION_POINTS a random
+    sample, the same whatever the errors are."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 1))
+    x = torch.randn(50, 3)
+    y_small_err = m(x).detach() + 0.01 * torch.randn(50, 1)
+    y_big_err = y_small_err.clone()
+    y_big_err[:10] += 100.0  # the first ten points now have by far the largest errors
+    solver = GDSolver(m)
+    assert solver.selection == "random" and solver.n_points == -1
+    _, idx = solver.solve(x, y_big_err)
+    assert idx.tolist() == list(range(50))  # all points
+    monkeypatch.setattr(G, "REGRESSION_POINTS", 20)
+    picks = []
+    for y in (y_small_err, y_big_err):
+        _, idx = GDSolver(m).solve(x, y)
+        picks.append(idx.tolist())
+    assert len(picks[0]) == 20 and picks[0] == picks[1]
+    assert sum(i < 10 for i in picks[1]) < 10  # not the ten largest errors
+    method = make_method("gdsolver", {})
+    assert method.hp["selection"] == "random" and method.hp["n_points"] == -1
+
+
+def test_default_sample_size_follows_the_milp_size():
+    assert G.default_points("classification", "paper", 5000, 128, 10) == 75_000 // (9 * 128)
+    assert G.default_points("classification", "paper", 5000, 4096, 10) == G.MIN_POINTS
+    assert G.default_points("classification", "paper", 5000, 2, 2) == G.MAX_POINTS
+    assert G.default_points("classification", "paper", 10, 128, 10) == 10
+    assert G.default_points("classification", "loss", 5000, 128, 10) == G.LP_POINTS
+    assert G.default_points("regression", "paper", 500, 64, 1) == 500
+    assert G.default_points("regression", "loss", 10**5, 64, 1) == G.REGRESSION_POINTS
 
 
 # ---- one solver step ----------------------------------------------------------------------
@@ -183,6 +225,88 @@ def test_regression_step_lowers_l1_on_the_points():
     if ev["accepted"]:
         assert after == pytest.approx(ev["objective"], rel=1e-4, abs=1e-5)
         assert after < before
+
+
+def test_float_labels_on_a_classifier_are_a_clear_error(monkeypatch):
+    """Float class labels: a ValueError naming the dtype before any work (no solve, no change)."""
+    def must_not_run(*a, **k):
+        raise AssertionError("the solver ran")
+
+    monkeypatch.setattr(G, "solve_classification_milp", must_not_run)
+    monkeypatch.setattr(G, "solve_regression_lp", must_not_run)
+    m = _mlp(0)
+    x, y = _blobs(40)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=r"integer class labels.*dtype torch\.float32"):
+        GDSolver(m, task="classification").step(x, y.float(), x, y.float())
+    # task inferred from float labels -> regression, which does not fit a 3-output head
+    with pytest.raises(ValueError, match=r"dtype torch\.float32.*3 outputs.*integer dtype"):
+        GDSolver(m).step(x, y.float(), x, y.float())
+    with pytest.raises(ValueError, match=r"dtype torch\.float64"):
+        GDSolver(m).solve(x, y.double())
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    ctx = _ctx(x, y.float(), x, y.float(), epochs=1)
+    with pytest.raises(ValueError, match=r"dtype torch\.float32"):  # before training starts
+        make_method("gdsolver", {"solve_every": 1}).prepare(_mlp(0), ctx)
+
+
+def test_acceptance_rule():
+    assert G.improves(0.5, 0.80, 0.6, 0.81)  # accuracy up, loss up: accepted
+    assert not G.improves(0.5, 0.80, 0.4, 0.79)  # accuracy down, loss down: rejected
+    assert G.improves(0.5, 0.80, 0.49, 0.80)  # tie on accuracy, broken by the loss
+    assert not G.improves(0.5, 0.80, 0.5, 0.80)
+    assert G.improves(0.5, None, 0.49, None) and not G.improves(0.5, None, 0.51, None)
+
+
+def _one_d_classifier():
+    """h = x (identity first layer), logits (-5x, 5x): x = 0.1 with label 0 is misclassified."""
+    m = nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 2))
+    with torch.no_grad():
+        m[0].weight.fill_(1.0)
+        m[0].bias.zero_()
+        m[1].weight.copy_(torch.tensor([[-5.0], [5.0]]))
+        m[1].bias.zero_()
+    x = torch.tensor([[-1.0], [1.0], [0.1]])
+    return m, x, torch.tensor([0, 1, 0])
+
+
+def test_step_accepts_higher_accuracy_even_if_the_loss_rises(monkeypatch):
+    m, x, y = _one_d_classifier()
+    # a "solution" that classifies all three points correctly with tiny margins
+    w1, b1 = np.array([[-0.1], [0.1]]), np.array([0.05, -0.05])
+
+    def fake(h, ys, w, b, *a, **k):
+        return MILPResult(status="optimal", has_solution=True, objective=3.0, bound=3.0, gap=0.0,
+                          start_objective=2.0, solve_seconds=0.0, build_seconds=0.0,
+                          n_points=3, num_col=0, num_row=0, nnz=0, n_binaries=3,
+                          weight=w1, bias=b1)
+
+    monkeypatch.setattr(G, "solve_classification_milp", fake)
+    loss0 = F.cross_entropy(m(x), y).item()
+    ev = GDSolver(m).step(x, y, x, y)
+    loss1 = F.cross_entropy(m(x), y).item()
+    assert (ev["val_acc_before"], ev["val_acc_after"]) == (pytest.approx(2 / 3), 1.0)
+    assert loss1 > loss0 and ev["val_loss_after"] == pytest.approx(loss1, rel=1e-6)
+    assert ev["accepted"]
+    torch.testing.assert_close(m[1].weight.double(), torch.as_tensor(w1))
+
+
+def test_loss_objective_solves_the_hinge_lp_and_lowers_it():
+    m = _mlp(1)
+    x, y = _blobs(200, seed=0)
+    xv, yv = _blobs(200, seed=1)
+    solver = GDSolver(m, radius=0.2, objective="loss")
+    ev = solver.step(x, y, xv, yv)
+    assert ev["objective_kind"] == "loss" and ev["n_binaries"] == 0 and ev["n_points"] == 200
+    assert ev["status"] == "optimal" and ev["objective"] < ev["start_objective"]
+    h, out = solver.features(x)
+    if not ev["accepted"]:  # evaluate the solution the LP found, independently
+        pytest.skip("the hinge LP solution was not accepted on this validation set")
+    m_h = out.gather(1, y[:, None]) - out  # margins at the accepted weights
+    m_h[torch.arange(len(y)), y] = float("inf")
+    hinge = torch.clamp(1.0 - m_h.min(dim=1).values, min=0).mean().item()
+    assert hinge == pytest.approx(ev["objective"], abs=1e-5)
 
 
 # ---- plateau detector ------------------------------------------------------------------------
@@ -286,10 +410,93 @@ def test_method_is_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(p1, p2))
 
 
+def test_backoff_after_rejected_solves(monkeypatch):
+    """A flat validation loss (lr ~ 0) plateaus every `patience` = 2 epochs after the first one
+    (which sets the best value); each rejected solve doubles the wait: solves at (0-based)
+    epochs 2, 2 + 4, 2 + 4 + 8; with backoff 1 at every plateau."""
+    def no_solution(*args, **kwargs):
+        return MILPResult(status="no_solution", has_solution=False, objective=None, bound=None,
+                          gap=None, start_objective=0.0, solve_seconds=0.0, build_seconds=0.0,
+                          n_points=len(args[1]), num_col=0, num_row=0, nnz=0, n_binaries=0)
+
+    monkeypatch.setattr(G, "solve_classification_milp", no_solution)
+    x, y = _blobs(60, seed=0)
+    xv, yv = _blobs(60, seed=1)
+    assert [G.backoff_patience(2, 2.0, k) for k in range(4)] == [2, 4, 8, 16]
+    assert G.backoff_patience(2, 1.0, 5) == 2 and G.backoff_patience(2, 2.0, 10**9) == 10**6
+    for backoff, expected in ((2.0, [2, 6, 14]), (1.0, [2, 4, 6, 8, 10, 12, 14])):
+        gs = make_method("gdsolver", {"lr": 1e-12, "backoff": backoff})
+        ctx = _ctx(x, y, xv, yv, epochs=15)
+        model = gs.prepare(_mlp(7), ctx)
+        epochs = [e for e in range(15) if gs.end_of_epoch(model, ctx, e)]
+        assert epochs == expected, backoff
+        state = gs.state_dict()
+        other = make_method("gdsolver", {"lr": 1e-12, "backoff": backoff})
+        other.prepare(_mlp(7), _ctx(x, y, xv, yv, epochs=15))
+        other.load_state_dict(state)
+        assert other.plateau.patience == gs.plateau.patience
+        assert other.rejected_in_row == gs.rejected_in_row == len(expected)
+
+
+def test_digits_default_solves_never_lower_validation_accuracy():
+    """digits_mlp, 10 epochs, default solver settings (a solve after every epoch, because SGD at
+    the default lr does not plateau within 10 epochs): every accepted solve keeps or raises the
+    validation accuracy (ties: lowers the loss), measured here independently of the method, a
+    rejected one leaves the model exactly as it was, and at least one solve is accepted.
+    Deterministic: one torch thread, one HiGHS thread, a node limit, and MILPs of ~65 points
+    that HiGHS solves to optimality in well under a second (time limit 30 s)."""
+    from beyondsgd.bench.problems import get_problem
+
+    torch.set_num_threads(1)
+    prob = get_problem("digits_mlp")
+    data = prob.load(0)
+    x, y, xv, yv = data.x_train, data.y_train, data.x_val, data.y_val
+
+    def batches(epoch):
+        g = torch.Generator().manual_seed(epoch)
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), prob.batch_size):
+            yield x[perm[i:i + prob.batch_size]], y[perm[i:i + prob.batch_size]]
+
+    ctx = TrainContext(device=torch.device("cpu"), loss_fn=F.cross_entropy,
+                       task="classification", x_train=x, y_train=y, x_val=xv, y_val=yv,
+                       batch_size=prob.batch_size, epochs=10,
+                       steps_per_epoch=math.ceil(len(x) / prob.batch_size), num_classes=10,
+                       batch_iter=batches, seed=0)
+    method = make_method("gdsolver", {"solve_every": 1})
+    model = method.prepare(prob.build_model(data, "relu", 0), ctx)
+
+    @torch.no_grad()
+    def val():
+        model.eval()
+        out = model(xv)
+        model.train()
+        return (out.argmax(1) == yv).sum().item(), F.cross_entropy(out, yv).item()
+
+    accepted = 0
+    for epoch in range(10):
+        for batch in ctx.train_batches(epoch):
+            method.train_step(model, batch, ctx.loss_fn)
+        (c0, l0), before = val(), [p.detach().clone() for p in model.parameters()]
+        (ev,) = method.end_of_epoch(model, ctx, epoch)
+        c1, l1 = val()
+        assert ev["n_points"] == 75_000 // (9 * 128)
+        if ev["accepted"]:
+            accepted += 1
+            assert c1 > c0 or (c1 == c0 and l1 < l0), (epoch, c0, c1, l0, l1)
+        else:
+            assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert accepted >= 1
+
+
 @pytest.mark.parametrize("hp, match", [({"optimizer": "rmsprop"}, "optimizer"),
                                        ({"radius": 0.0}, "radius"), ({"lr": -1.0}, "lr"),
                                        ({"patience": 0}, "patience"),
                                        ({"max_solves": -1}, "max_solves"),
+                                       ({"backoff": 0.5}, "backoff"),
+                                       ({"n_points": -2}, "n_points"),
+                                       ({"objective": "hinge"}, "objective"),
+                                       ({"node_limit": -1}, "node_limit"),
                                        ({"colour": 1}, "no hyperparameter")])
 def test_method_bad_hparams(hp, match):
     with pytest.raises(ValueError, match=match):

@@ -66,9 +66,11 @@ from .milp import (
     MILPResult,
     _check_solver_args,
     build_classification_milp,
+    build_hinge_lp,
     build_regression_lp,
     classification_margins,
     solve_classification_milp,
+    solve_hinge_lp,
     solve_program,
     solve_regression_lp,
 )
@@ -80,17 +82,46 @@ __all__ = [
     "MILPResult",
     "PlateauDetector",
     "build_classification_milp",
+    "build_hinge_lp",
     "build_regression_lp",
     "classification_margins",
+    "check_selection",
+    "default_points",
     "find_head",
+    "improves",
     "select_points",
     "solve_classification_milp",
+    "solve_hinge_lp",
     "solve_program",
     "solve_regression_lp",
 ]
 
-SELECTIONS = ("misclassified", "random", "all")
+SELECTIONS = ("random", "misclassified", "first", "largest_error", "all")
 TASKS = ("classification", "regression")
+OBJECTIVES = ("paper", "loss")
+# Default points per solve (n_points=-1), from benchmarks/gdsolver_milp_scaling.py: HiGHS's time
+# on the MILP grows with its nonzeros, about 0.3 s per 85k on one core (digits and mnist1d
+# features alike), so the MILP gets as many random points as keep
+# points * (classes - 1) * width <= MILP_NONZEROS, between MIN_POINTS and MAX_POINTS.
+MILP_NONZEROS = 75_000
+MIN_POINTS, MAX_POINTS = 16, 256
+LP_POINTS = 256  # hinge LP (objective="loss", classification): 0.3 s on digits, 3 s on mnist1d
+REGRESSION_POINTS = 2048  # regression LP: every training point up to this many, else a sample
+NODE_LIMIT = 100  # branch-and-bound nodes per MILP (deterministic, unlike a time limit)
+
+
+def default_points(task: str, objective: str, n: int, width: int, classes: int) -> int:
+    """Points per solve when ``n_points=-1`` (auto), for ``n`` training points and a head of
+    ``width`` inputs and ``classes`` outputs: the classification MILP gets
+    ``MILP_NONZEROS / ((classes - 1) * width)`` points (clamped to ``[MIN_POINTS,
+    MAX_POINTS]``), the hinge LP ``LP_POINTS``, the regression LP every point up to
+    ``REGRESSION_POINTS`` (a random sample beyond)."""
+    if task == "regression":
+        return min(n, REGRESSION_POINTS)
+    if objective == "loss":
+        return min(n, LP_POINTS)
+    k = MILP_NONZEROS // max(1, (classes - 1) * width)
+    return min(n, max(MIN_POINTS, min(MAX_POINTS, k)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,36 +151,59 @@ def find_head(model: nn.Module, head: nn.Linear | str | None = None) -> nn.Linea
     return head
 
 
+def check_selection(task: str, selection: str) -> None:
+    """``selection`` must exist and fit the task (``misclassified`` is for classification,
+    ``largest_error`` for regression)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
+    if task == "regression" and selection == "misclassified":
+        raise ValueError("selection='misclassified' needs classification; for regression use "
+                         "'random' (default), 'first' (the official code), 'all' or "
+                         "'largest_error'")
+    if task == "classification" and selection == "largest_error":
+        raise ValueError("selection='largest_error' needs regression; for classification use "
+                         "'random' (default), 'misclassified' (the official code), 'first' or "
+                         "'all'")
+
+
 def select_points(
     task: str,
     out: torch.Tensor,
     y: torch.Tensor,
     n_points: int,
-    selection: str = "misclassified",
+    selection: str = "random",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Indices of the points given to the solver.
+    """Indices of the points given to the solver (``n_points <= 0``: all points).
 
-    ``misclassified``: the misclassified points in dataset order, then the correct ones
-    (classification; the official code takes the first 32 misclassified), or the points with the
-    largest absolute error first (regression); ``random``: a random subset; ``all``: every point.
-    ``n_points <= 0`` means all points.
+    ``random``: a random subset (sorted), correct and misclassified points alike (the default);
+    ``misclassified``: the misclassified points in dataset order, then the correct ones (the
+    official classification rule: the first 32 misclassified); ``first``: the first points in
+    dataset order (the official regression rule); ``largest_error``: the largest absolute
+    errors first (regression; not the official rule, and it hurts: see the docs); ``all``.
     """
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
+    check_selection(task, selection)
     n = out.shape[0]
     k = n if (n_points <= 0 or selection == "all") else min(int(n_points), n)
     if selection == "all" or k == n:
         return torch.arange(n, device=out.device)
     if selection == "random":
         return torch.randperm(n, generator=generator).to(out.device)[:k].sort().values
-    if task == "classification":
+    if selection == "first":
+        return torch.arange(k, device=out.device)
+    if selection == "misclassified":
         wrong = (out.argmax(dim=1) != y).to(torch.int8)
         order = torch.argsort(-wrong, stable=True)  # wrong first, dataset order within each
     else:
         err = (out - y.reshape(out.shape)).abs().reshape(n, -1).sum(dim=1)
         order = torch.argsort(-err, stable=True)
     return order[:k]
+
+
+def backoff_patience(patience: int, backoff: float, rejected_in_row: int) -> int:
+    """Plateau epochs before the next solve after ``rejected_in_row`` rejected solves in a row:
+    ``patience * backoff**rejected_in_row`` (rounded down, capped at 10**6)."""
+    return int(min(1e6, patience * backoff ** min(rejected_in_row, 64)))
 
 
 class PlateauDetector:
@@ -194,16 +248,32 @@ class GDSolver:
             (integer labels: classification).
         radius: half-width of the box around the current weights and biases (the official code's
             ``w_range / 2``; 0.05 for its MNIST/CIFAR models).
+        objective: ``"paper"``: the paper's solver problem (classification: the MILP maximising
+            the number of points correct with margin; regression: the L1/L-inf fit LP);
+            ``"loss"`` (**our extension**, not in the paper): minimise a piecewise-linear
+            surrogate of the training loss inside the box, an LP (classification: the
+            multi-class hinge loss on ``LP_POINTS`` random points; regression: the L1 error
+            over all training points up to ``REGRESSION_POINTS``).
         time_limit, mip_gap, threads: HiGHS options (seconds, relative gap, threads).
-        n_points, selection: how many training points go to the solver and which
-            (see :func:`select_points`); 32 misclassified first, as in the official code.
+        node_limit: branch-and-bound nodes per MILP (``None``: unlimited). With one thread the
+            MILP's outcome then does not depend on the machine's speed; ``time_limit`` is only a
+            safety net.
+        n_points, selection: how many training points go to the solver and which (see
+            :func:`select_points`); ``n_points=-1`` (default) is :func:`default_points`: for
+            the MILP as many random points as keep it near 75k nonzeros (65 for a 128-wide
+            10-class head), 256 for the hinge LP, all points (up to 2048) for regression;
+            ``0``: all points. ``selection="misclassified"`` with ``n_points=32`` is the
+            official classification rule, ``"first"`` the official regression rule.
         margin: classification margin ``delta`` (1e-4 in the official code).
-        norm: regression objective, ``"l1"`` or ``"linf"``.
+        norm: regression objective, ``"l1"`` or ``"linf"`` (``objective="loss"``: always L1).
         min_gain: if > 0, require ``#correct >= start + min_gain * n_points`` in the MILP (the
             official code asks for batch accuracy + 0.05); infeasible then means "no such point".
-        keep_worse: keep a solution even if the validation loss rises (the official behaviour).
+        keep_worse: keep every solution (the official behaviour) instead of accepting only those
+            that improve the validation accuracy (classification; ties broken by the validation
+            loss) or the validation loss (regression: the validation error).
         loss_fn: validation loss; default cross-entropy / MSE by task.
         seed: seeds ``random`` point selection and HiGHS.
+        verbose: show HiGHS's banner and log on stdout (default: silent).
         distributed: ``None`` (auto), ``True`` or ``False``: gather the points on rank 0 and
             broadcast the solution (see the module docstring).
     """
@@ -214,43 +284,57 @@ class GDSolver:
         head: nn.Linear | str | None = None,
         task: str | None = None,
         radius: float = 0.05,
+        objective: str = "paper",
         time_limit: float = 30.0,
         mip_gap: float = 1e-4,
         threads: int = 1,
-        n_points: int = 32,
-        selection: str = "misclassified",
+        node_limit: int | None = NODE_LIMIT,
+        n_points: int = -1,
+        selection: str = "random",
         margin: float = 1e-4,
         norm: str = "l1",
         min_gain: float = 0.0,
         keep_worse: bool = False,
         loss_fn: Any = None,
         seed: int = 0,
+        verbose: bool = False,
         distributed: bool | None = None,
     ):
         if task is not None and task not in TASKS:
             raise ValueError(f"task must be one of {list(TASKS)} or None, got {task!r}")
         if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
             raise ValueError(f"radius must be a positive finite number, got {radius!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
         _check_solver_args(time_limit, mip_gap, threads)
+        if node_limit is not None and not (isinstance(node_limit, int) and node_limit >= 1):
+            raise ValueError(f"node_limit must be an int >= 1 or None (unlimited), got "
+                             f"{node_limit!r}")
+        if not (isinstance(n_points, int) and n_points >= -1):
+            raise ValueError(f"n_points must be an int >= -1 (-1: auto, 0: all), got "
+                             f"{n_points!r}")
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
+        if task is not None:
+            check_selection(task, selection)
         if norm not in ("l1", "linf"):
             raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
         if not (0 <= min_gain <= 1):
             raise ValueError(f"min_gain must be in [0, 1], got {min_gain!r}")
         if not (margin >= 0):
             raise ValueError(f"margin must be >= 0, got {margin!r}")
-        self.model = model
-        self.head = find_head(model, head)
-        self.task = task
-        self.radius, self.time_limit, self.mip_gap = float(radius), float(time_limit), mip_gap
-        self.threads, self.n_points, self.selection = int(threads), int(n_points), selection
-        self.margin, self.norm, self.min_gain = float(margin), norm, float(min_gain)
-        self.keep_worse, self.loss_fn, self.seed = bool(keep_worse), loss_fn, int(seed)
         if distributed is not None and not isinstance(distributed, bool):
             raise ValueError(f"distributed must be None (auto), True or False, got "
                              f"{distributed!r}")
-        self.distributed = distributed
+        self.model = model
+        self.head = find_head(model, head)
+        self.task, self.objective = task, objective
+        self.radius, self.time_limit, self.mip_gap = float(radius), float(time_limit), mip_gap
+        self.threads, self.node_limit = int(threads), node_limit
+        self.n_points, self.selection = n_points, selection
+        self.margin, self.norm, self.min_gain = float(margin), norm, float(min_gain)
+        self.keep_worse, self.loss_fn, self.seed = bool(keep_worse), loss_fn, int(seed)
+        self.verbose, self.distributed = bool(verbose), distributed
         self.n_solves = 0  # seeds the random selection of each solve
 
     # ---- pieces ---------------------------------------------------------------------------
@@ -259,10 +343,41 @@ class GDSolver:
             return self.task
         return "regression" if torch.is_floating_point(y) else "classification"
 
+    def check_targets(self, y: torch.Tensor) -> str:
+        """The task for targets ``y``, or a ``ValueError`` naming the dtype/shape when ``y`` does
+        not fit it or the head (before any work is done)."""
+        task = self._task(y)
+        out = self.head.out_features
+        if task == "classification":
+            if torch.is_floating_point(y) or torch.is_complex(y) or y.dtype == torch.bool:
+                raise ValueError(f"classification needs integer class labels (torch.long), got "
+                                 f"y of dtype {y.dtype}; convert with y.long(), or pass "
+                                 "task='regression' for real-valued targets")
+            if y.dim() != 1:
+                raise ValueError(f"classification labels must be 1-D class indices, got shape "
+                                 f"{tuple(y.shape)}")
+        elif not (y.dim() >= 1 and y.numel() == y.shape[0] * out):
+            hint = (" (integer labels of a classifier? those must be an integer dtype, e.g. "
+                    "torch.long)" if out > 1 and y.dim() == 1 else "")
+            raise ValueError(f"y of dtype {y.dtype} means regression (floating-point targets), "
+                             f"but its shape {tuple(y.shape)} does not match the head's "
+                             f"{out} outputs{hint}")
+        check_selection(task, self.selection)
+        return task
+
     def _loss(self, task: str):
         if self.loss_fn is not None:
             return self.loss_fn
         return F.cross_entropy if task == "classification" else F.mse_loss
+
+    def points_per_solve(self, task: str, n: int) -> int:
+        """How many of ``n`` training points go to the solver."""
+        if self.n_points == 0:
+            return n
+        if self.n_points < 0:
+            return default_points(task, self.objective, n, self.head.in_features,
+                                  self.head.out_features)
+        return min(n, self.n_points)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,20 +421,21 @@ class GDSolver:
         every rank, under data parallelism)."""
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-        task = self._task(y)
+        task = self.check_targets(y)
         h, out = self.features(x)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.n_solves)
         self.n_solves += 1
         if D.resolve(self.distributed):
             return self._solve_distributed(task, h, out, y, g)
-        idx = select_points(task, out, y, self.n_points, self.selection, g)
+        k = self.points_per_solve(task, h.shape[0])
+        idx = select_points(task, out, y, k, self.selection, g)
         return self._solve_points(task, h[idx], y[idx]), idx
 
     def _solve_distributed(self, task: str, h: torch.Tensor, out: torch.Tensor, y: torch.Tensor,
                            g: torch.Generator) -> tuple[MILPResult, torch.Tensor]:
         """Candidates of every rank -> rank 0 selects and solves -> result broadcast.
 
-        Each rank's candidates are its first ``n_points`` rows in the selection order (any point
+        Each rank's candidates are its first ``k`` rows in the selection order (any point
         a single process would select is among them: the global order restricted to a rank's
         rows is that rank's order), sent in row order; rank 0 re-runs the selection on their
         union, which is in global row order, so it picks exactly the single-process points."""
@@ -327,12 +443,14 @@ class GDSolver:
         offsets = np.cumsum([0, *sizes]).tolist()
         start, n_all = offsets[D.rank()], offsets[-1]
         n = h.shape[0]
+        k = self.points_per_solve(task, n_all)
         if self.selection == "random":
-            k = n_all if self.n_points <= 0 else min(self.n_points, n_all)
             chosen = torch.randperm(n_all, generator=g)[:k].sort().values  # same on every rank
             local = chosen[(chosen >= start) & (chosen < start + n)] - start
+        elif self.selection == "first":
+            local = torch.arange(max(0, min(n, k - start)))
         else:
-            local = select_points(task, out, y, self.n_points, self.selection).sort().values
+            local = select_points(task, out, y, k, self.selection).sort().values
         local = local.to(h.device)
         payload = ((local.cpu() + start).numpy(), h[local].detach().cpu(),
                    out[local].detach().cpu(), y[local].detach().cpu())
@@ -341,10 +459,10 @@ class GDSolver:
         if parts is not None:  # rank 0
             gidx = torch.as_tensor(np.concatenate([p[0] for p in parts]))
             hc, oc, yc = (torch.cat([p[i] for p in parts]) for i in (1, 2, 3))
-            if self.selection == "random":
+            if self.selection in ("random", "first"):
                 pick = torch.arange(len(gidx))
             else:
-                pick = select_points(task, oc, yc, self.n_points, self.selection)
+                pick = select_points(task, oc, yc, k, self.selection)
             box = (self._solve_points(task, hc[pick], yc[pick]), gidx[pick])
         res, idx = D.broadcast_object(box)
         return res, idx
@@ -356,6 +474,9 @@ class GDSolver:
         b = self.head.bias.detach().cpu().double().numpy()
         if task == "classification":
             ys = y.detach().cpu().numpy()
+            if self.objective == "loss":
+                return solve_hinge_lp(hs, ys, w, b, self.radius, 1.0, self.time_limit,
+                                      self.threads, seed=self.seed, verbose=self.verbose)
             min_correct = None
             if self.min_gain > 0:
                 start = int(np.all(classification_margins(hs, ys, w, b) >= self.margin,
@@ -363,26 +484,36 @@ class GDSolver:
                 min_correct = min(len(ys), int(start + self.min_gain * len(ys)))
             return solve_classification_milp(
                 hs, ys, w, b, self.radius, self.margin, min_correct, self.time_limit,
-                self.mip_gap, self.threads, seed=self.seed)
+                self.mip_gap, self.threads, seed=self.seed, node_limit=self.node_limit,
+                verbose=self.verbose)
         ys = y.detach().cpu().double().numpy().reshape(len(hs), -1)
-        return solve_regression_lp(hs, ys, w, b, self.radius, self.norm, self.time_limit,
-                                   self.threads, seed=self.seed)
+        norm = "l1" if self.objective == "loss" else self.norm
+        return solve_regression_lp(hs, ys, w, b, self.radius, norm, self.time_limit,
+                                   self.threads, seed=self.seed, verbose=self.verbose)
 
     @torch.no_grad()
-    def _val_loss(self, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int = 8192
-                  ) -> float:
+    def validate(self, x: torch.Tensor, y: torch.Tensor, task: str | None = None,
+                 chunk: int = 8192) -> tuple[float, float | None]:
+        """``(loss, accuracy)`` on ``(x, y)`` in eval mode (accuracy ``None`` for regression);
+        summed over the ranks under data parallelism."""
+        task = task or self._task(y)
         was = self.model.training
         self.model.eval()
         loss_fn = self._loss(task)
-        total = torch.zeros(2, dtype=torch.float64, device=x.device)  # loss sum, rows
+        total = torch.zeros(3, dtype=torch.float64, device=x.device)  # loss sum, rows, correct
         total[1] = x.shape[0]
         for i in range(0, x.shape[0], chunk):
             xb, yb = x[i:i + chunk], y[i:i + chunk]
-            total[0] += loss_fn(self.model(xb), yb).double() * xb.shape[0]
+            out = self.model(xb)
+            total[0] += loss_fn(out, yb).double() * xb.shape[0]
+            if task == "classification":
+                total[2] += (out.argmax(dim=1) == yb).sum()
         self.model.train(was)
         if D.resolve(self.distributed):
             D.all_reduce_sum(total)
-        return float(total[0]) / max(1.0, float(total[1]))
+        rows = max(1.0, float(total[1]))
+        return float(total[0]) / rows, (float(total[2]) / rows if task == "classification"
+                                        else None)
 
     def step(
         self,
@@ -390,19 +521,20 @@ class GDSolver:
         y_train: torch.Tensor,
         x_val: torch.Tensor,
         y_val: torch.Tensor,
-        val_loss_before: float | None = None,
     ) -> dict[str, Any]:
         """One solver step: solve on training points, write the new last layer, keep it only if
-        the validation loss decreases (or ``keep_worse``). Returns an event dict:
-        ``accepted``, ``status``, ``objective``/``start_objective``/``bound``/``gap``,
-        ``val_loss_before``/``val_loss_after``, ``solve_seconds``/``build_seconds``, sizes."""
-        task = self._task(y_train)
-        if val_loss_before is None:
-            val_loss_before = self._val_loss(x_val, y_val, task)
+        it improves what the solver optimises and the paper claims (:func:`improves`), or if
+        ``keep_worse``. Returns an event dict: ``accepted``, ``status``,
+        ``objective``/``start_objective``/``bound``/``gap``, ``val_loss_before``/
+        ``val_loss_after``, ``val_acc_before``/``val_acc_after`` (classification),
+        ``solve_seconds``/``build_seconds``, sizes."""
+        task = self.check_targets(y_train)
+        loss0, acc0 = self.validate(x_val, y_val, task)
         res, idx = self.solve(x_train, y_train)
-        event: dict[str, Any] = {"kind": "milp", "task": task, **res.summary(),
-                                 "val_loss_before": val_loss_before, "val_loss_after": None,
-                                 "accepted": False, "weight_change": 0.0}
+        event: dict[str, Any] = {"kind": "milp", "task": task, "objective_kind": self.objective,
+                                 **res.summary(), "val_loss_before": loss0,
+                                 "val_loss_after": None, "val_acc_before": acc0,
+                                 "val_acc_after": None, "accepted": False, "weight_change": 0.0}
         if not res.has_solution:
             return event  # infeasible / out of time: weights untouched
         wt, bt = self.head.weight, self.head.bias
@@ -412,14 +544,25 @@ class GDSolver:
         with torch.no_grad():
             wt.copy_(torch.as_tensor(res.weight, dtype=wt.dtype, device=wt.device))
             bt.copy_(torch.as_tensor(res.bias, dtype=bt.dtype, device=bt.device))
-        after = self._val_loss(x_val, y_val, task)
-        accepted = bool(math.isfinite(after) and (after < val_loss_before or self.keep_worse))
+        loss1, acc1 = self.validate(x_val, y_val, task)
+        accepted = bool(math.isfinite(loss1)
+                        and (self.keep_worse or improves(loss0, acc0, loss1, acc1)))
         if not accepted:
             with torch.no_grad():
                 wt.copy_(old_w)
                 bt.copy_(old_b)
-        event.update(val_loss_after=after, accepted=accepted, weight_change=change)
+        event.update(val_loss_after=loss1, val_acc_after=acc1, accepted=accepted,
+                     weight_change=change)
         return event
+
+
+def improves(loss0: float, acc0: float | None, loss1: float, acc1: float | None) -> bool:
+    """The acceptance rule: classification (accuracies given): higher validation accuracy, or
+    equal accuracy and lower validation loss (the MILP maximises correctly classified points,
+    and the paper claims accuracy); regression: lower validation loss (the validation error)."""
+    if acc0 is not None and acc1 is not None:
+        return acc1 > acc0 or (acc1 == acc0 and loss1 < loss0)
+    return loss1 < loss0
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,10 +587,15 @@ class GDSolverMethod(OptimizerMethod):
                low=1e-3, high=10.0, log=True, tune=True),
         HParam("patience", 2, int, "epochs without validation improvement before a solve"),
         HParam("min_delta", 0.0, float, "improvement smaller than this counts as none"),
-        HParam("n_points", 32, int, "training points per solve (0: all)"),
-        HParam("selection", "misclassified", str, "which points go to the solver",
-               choices=SELECTIONS),
-        HParam("time_limit", 30.0, float, "HiGHS time limit per solve, seconds"),
+        HParam("objective", "paper", str, "paper: the paper's MILP/LP; loss: our extension, "
+               "a hinge (classification) / L1 (regression) LP of the training loss",
+               choices=OBJECTIVES),
+        HParam("n_points", -1, int, "training points per solve (-1: auto, 128 for the MILP, "
+               "all up to 2048 for the LPs; 0: all)"),
+        HParam("selection", "random", str, "which points go to the solver (official: "
+               "misclassified for classification, first for regression)", choices=SELECTIONS),
+        HParam("time_limit", 30.0, float, "HiGHS time limit per solve, seconds (a safety net)"),
+        HParam("node_limit", NODE_LIMIT, int, "branch-and-bound nodes per MILP (0: unlimited)"),
         HParam("mip_gap", 1e-4, float, "HiGHS relative MIP gap"),
         HParam("threads", 1, int, "HiGHS threads"),
         HParam("margin", 1e-4, float, "classification margin delta"),
@@ -457,6 +605,8 @@ class GDSolverMethod(OptimizerMethod):
         HParam("max_solves", 0, int, "maximum number of solves (0: unlimited)"),
         HParam("solver_seconds", 600.0, float, "total solver time budget (0: unlimited)"),
         HParam("solve_every", 0, int, "also solve every k epochs regardless of plateaus (0: off)"),
+        HParam("backoff", 2.0, float, "after k rejected solves in a row, the next plateau solve "
+               "waits patience * backoff**k epochs (1: every plateau; the paper stops)"),
         *SCHEDULE_HPARAMS,
     )
 
@@ -465,15 +615,21 @@ class GDSolverMethod(OptimizerMethod):
         for name in ("lr", "radius", "time_limit"):
             if not self.hp[name] > 0:
                 raise ValueError(f"hyperparameter {name!r} must be > 0, got {self.hp[name]!r}")
-        for name in ("max_solves", "solve_every", "n_points", "solver_seconds", "min_delta"):
+        if self.hp["n_points"] < -1:
+            raise ValueError(f"hyperparameter 'n_points' must be >= -1 (-1: auto, 0: all), got "
+                             f"{self.hp['n_points']!r}")
+        for name in ("max_solves", "solve_every", "node_limit", "solver_seconds", "min_delta"):
             if self.hp[name] < 0:
                 raise ValueError(f"hyperparameter {name!r} must be >= 0, got {self.hp[name]!r}")
+        if not self.hp["backoff"] >= 1:
+            raise ValueError(f"hyperparameter 'backoff' must be >= 1, got {self.hp['backoff']!r}")
         if self.hp["patience"] < 1:
             raise ValueError(f"hyperparameter 'patience' must be >= 1, got {self.hp['patience']}")
         self.solver: GDSolver | None = None
         self.plateau = PlateauDetector(self.hp["patience"], self.hp["min_delta"])
         self.solves = 0
         self.accepted = 0
+        self.rejected_in_row = 0
         self.seconds_used = 0.0
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -485,11 +641,14 @@ class GDSolverMethod(OptimizerMethod):
         model = super().prepare(model, ctx)
         hp = self.hp
         self.solver = GDSolver(
-            model, task=ctx.task, radius=hp["radius"], time_limit=hp["time_limit"],
-            mip_gap=hp["mip_gap"], threads=hp["threads"], n_points=hp["n_points"],
+            model, task=ctx.task, radius=hp["radius"], objective=hp["objective"],
+            time_limit=hp["time_limit"], mip_gap=hp["mip_gap"], threads=hp["threads"],
+            node_limit=hp["node_limit"] or None, n_points=hp["n_points"],
             selection=hp["selection"], margin=hp["margin"], norm=hp["norm"],
             min_gain=hp["min_gain"], keep_worse=hp["keep_worse"], loss_fn=ctx.loss_fn,
             seed=ctx.seed, distributed=ctx.world_size > 1)
+        if ctx.y_train is not None:  # bad labels fail here, before any training
+            self.solver.check_targets(ctx.y_train)
         return model
 
     def _budget_left(self) -> float:
@@ -512,11 +671,14 @@ class GDSolverMethod(OptimizerMethod):
         self.solver.time_limit = min(self.hp["time_limit"], left)
         # under data parallelism each rank passes its own rows; the solver gathers them
         ev = self.solver.step(ctx.local(ctx.x_train), ctx.local(ctx.y_train),
-                              ctx.local(ctx.x_val), ctx.local(ctx.y_val), val)
+                              ctx.local(ctx.x_val), ctx.local(ctx.y_val))
         self.solves += 1
         self.accepted += int(ev["accepted"])
         self.seconds_used += ev["solve_seconds"] + ev["build_seconds"]
         after = ev["val_loss_after"] if ev["accepted"] else val
+        self.rejected_in_row = 0 if ev["accepted"] else self.rejected_in_row + 1
+        self.plateau.patience = backoff_patience(self.hp["patience"], self.hp["backoff"],
+                                                 self.rejected_in_row)
         self.plateau.reset(best=after)  # a new GD phase starts
         ev["trigger"] = "plateau" if plateau else "schedule"
         events.append(ev)
@@ -529,6 +691,7 @@ class GDSolverMethod(OptimizerMethod):
         state = super().state_dict()
         state.update(plateau=self.plateau.state_dict(), solves=self.solves,
                      accepted=self.accepted, seconds_used=self.seconds_used,
+                     rejected_in_row=self.rejected_in_row,
                      solver_calls=self.solver.n_solves if self.solver else 0)
         return state
 
@@ -537,5 +700,8 @@ class GDSolverMethod(OptimizerMethod):
         self.plateau.load_state_dict(state["plateau"])
         self.solves, self.accepted = int(state["solves"]), int(state["accepted"])
         self.seconds_used = float(state["seconds_used"])
+        self.rejected_in_row = int(state.get("rejected_in_row", 0))
+        self.plateau.patience = backoff_patience(self.hp["patience"], self.hp["backoff"],
+                                                 self.rejected_in_row)
         if self.solver is not None:
             self.solver.n_solves = int(state["solver_calls"])
