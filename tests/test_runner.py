@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -272,3 +273,70 @@ def test_rerun_of_a_failed_trial_replaces_its_stale_rows(tmp_store):
     assert all(e["train_loss"] != 99.0 for e in evals)
     kinds = [e["kind"] for e in tmp_store.events(tid)]
     assert kinds == ["slbi_path", "slbi_path"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign"])
+def test_a_corrupt_checkpoint_is_discarded_with_a_warning_and_the_trial_restarts(damage,
+                                                                                tmp_path):
+    """A checkpoint that cannot be used (cut short, overwritten, not ours) is named in a
+    warning, deleted, and the trial restarts from epoch 0 with the numbers of a clean run."""
+    from beyondsgd.bench.runner import default_checkpoint_dir
+
+    with Store(tmp_path / "a.db") as st:
+        part = run_trial("digits_mlp", "slbi", seed=0, epochs=3, store=st, stop_after_epoch=1)
+        assert part.status == "running"
+        (ckpt,) = default_checkpoint_dir(st).glob("*.pt")
+        data = ckpt.read_bytes()
+        if damage == "truncated":
+            ckpt.write_bytes(data[:len(data) // 2])
+        elif damage == "garbage":
+            ckpt.write_bytes(b"\0" * len(data))
+        else:
+            torch.save({"weights": torch.zeros(3)}, ckpt)
+        with pytest.warns(RuntimeWarning, match=f"discarding checkpoint {ckpt}: .*restarting"):
+            res = run_trial("digits_mlp", "slbi", seed=0, epochs=3, store=st)
+        assert res.status == "finished" and not ckpt.exists()
+        stored, events = st.evals(res.trial_id), st.events(res.trial_id)
+        assert st.lease_info(res.trial_id)["attempts"] == 2
+    with Store(tmp_path / "b.db") as clean:
+        full = run_trial("digits_mlp", "slbi", seed=0, epochs=3, store=clean)
+        assert _numbers(stored) == _numbers(full.evals)
+        assert events == clean.events(full.trial_id)
+    assert list(default_checkpoint_dir(st).iterdir()) == []  # no temporary files left
+
+
+def test_checkpoint_temporary_files_are_unique_per_process_and_call(tmp_path, monkeypatch):
+    """Two writers of one checkpoint never share a temporary file (before: one fixed
+    '<key>.pt.tmp' per trial, so a second writer's rename failed with FileNotFoundError)."""
+    from beyondsgd.bench import runner as R
+
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(Path(src).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(R.os, "replace", spy)
+    target = tmp_path / "k.pt"
+    R._save_atomic({"a": 1}, target)
+    R._save_atomic({"a": 2}, target)
+    assert len(set(seen)) == 2 and all(f"k.pt.{os.getpid()}." in n for n in seen)
+    assert torch.load(target)["a"] == 2 and [p.name for p in tmp_path.iterdir()] == ["k.pt"]
+
+
+def test_a_trial_held_by_another_live_process_is_not_run(tmp_store):
+    """run_trial leaves a trial that another live process runs alone: busy=True, nothing run,
+    nothing written."""
+    from beyondsgd.bench.store import trial_key
+    from beyondsgd.methods.base import resolve_hparams
+
+    hp = resolve_hparams(METHODS["sgd"], {})
+    key = trial_key("digits_mlp", "sgd", hp, 0, 2, 1.0, "")
+    tid = tmp_store.begin_trial(key, "digits_mlp", "sgd", hp, 0, 2, 1.0, "", {})
+    tmp_store.conn.execute("UPDATE trials SET owner_host='elsewhere', heartbeat=? WHERE id=?",
+                           (time.time(), tid))
+    res = run_trial("digits_mlp", "sgd", seed=0, epochs=2, store=tmp_store)
+    assert res.busy and not res.skipped and res.status == "running" and res.evals == []
+    assert "host elsewhere" in res.holder and res.trial_id == tid
+    assert tmp_store.evals(tid) == [] and tmp_store.lease_info(tid)["attempts"] == 1

@@ -234,7 +234,8 @@ class Store:
             columns = {n: {r[1] for r in self.conn.execute(f"PRAGMA table_info('{n}')")}
                        for n in names if n in TABLES}
         except sqlite3.DatabaseError as exc:
-            raise StoreError(self.path, f"is not a readable SQLite database ({exc})") from exc
+            what = "is not an SQLite database" if "not a database" in str(exc) else "is damaged"
+            raise StoreError(self.path, f"{what} ({exc})") from exc
         if app not in (0, APPLICATION_ID):
             raise StoreError(self.path, f"is an SQLite database of another application "
                                         f"(application_id {app:#x}), not a beyondsgd store")
