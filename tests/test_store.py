@@ -116,6 +116,35 @@ def test_a_crashed_holder_on_this_host_is_taken_over_at_once(tmp_path):
         proc.wait()
 
 
+def test_a_suite_worker_waits_for_a_busy_trial_then_takes_it_over(tmp_path):
+    """The suite needs every result: its worker waits while another live process holds the
+    trial (here: until that process dies without ending it), then runs it."""
+    import threading
+
+    from beyondsgd.bench.store import trial_key
+    from beyondsgd.bench.suite import Job, _run_job
+    from beyondsgd.methods import get_method_class
+    from beyondsgd.methods.base import resolve_hparams
+
+    job = Job("digits_mlp", "sgd", {"lr": 0.1}, 0, 2, "")
+    hp = resolve_hparams(get_method_class("sgd"), job.hparams)
+    key = trial_key("digits_mlp", "sgd", hp, 0, 2, 1.0, "")
+    Store(tmp_path / "s.db").close()
+    (proc,), release = _holders(tmp_path, 1, key)
+    try:
+        assert proc.stdout.readline().strip() == "1 running"
+        threading.Timer(1.0, release.touch).start()  # the holder exits, the trial unfinished
+        done = _run_job(str(tmp_path / "s.db"), job, "cpu", 1)
+    finally:
+        release.touch()
+        proc.wait(timeout=60)
+    assert done == (job, "finished", "")
+    with Store(tmp_path / "s.db") as st:
+        (t,) = st.trials()
+        assert t["status"] == "finished" and st.lease_info(t["id"])["attempts"] == 2
+        assert [e["epoch"] for e in st.evals(t["id"])] == [0, 1, 2]
+
+
 def test_a_live_pid_that_is_not_the_holder_does_not_block(tmp_path):
     """Same host, the holder's pid now belongs to another process (its start token differs),
     or is a zombie: the trial is free."""

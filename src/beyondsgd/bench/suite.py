@@ -136,8 +136,16 @@ def best_settings(store: Store, budget: Budget, methods: list[str]
     return out
 
 
+BUSY_POLL_SECONDS = 1.0
+
+
 def _run_job(store_path: str, job: Job, device: str, threads: int | None) -> tuple[Job, str, str]:
-    """Worker entry point: run one trial into the store; never raises."""
+    """Worker entry point: run one trial into the store; never raises.
+
+    A trial that another live process runs (e.g. a worker of an interrupted suite still
+    finishing it) is waited for, not skipped: the protocol needs every result before it picks
+    the best setting. The wait ends when that process ends the trial, dies, or its lease
+    expires (``lease.py``), and this worker then takes the trial over if it is unfinished."""
     import torch
 
     from .runner import run_trial
@@ -146,8 +154,12 @@ def _run_job(store_path: str, job: Job, device: str, threads: int | None) -> tup
         torch.set_num_threads(threads)
     try:
         with Store(store_path) as st:
-            res = run_trial(job.problem, job.method, job.hparams, seed=job.seed,
-                            epochs=job.epochs, device=device, store=st, tag=job.tag)
+            while True:
+                res = run_trial(job.problem, job.method, job.hparams, seed=job.seed,
+                                epochs=job.epochs, device=device, store=st, tag=job.tag)
+                if not res.busy:
+                    break
+                time.sleep(BUSY_POLL_SECONDS)
         return job, res.status, ""
     except Exception as exc:  # recorded as failed in the store by run_trial
         return job, "failed", f"{type(exc).__name__}: {exc}"
