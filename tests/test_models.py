@@ -9,6 +9,8 @@ from beyondsgd import models as M
     (lambda a, s: M.mlp(64, [32, 16], 10, a, s), torch.randn(5, 64)),
     (lambda a, s: M.cnn_2c2d(1, 10, a, s), torch.randn(2, 1, 28, 28)),
     (lambda a, s: M.lenet5(1, 10, a, s), torch.randn(2, 1, 28, 28)),
+    (lambda a, s: M.lenet5(1, 10, a, s, conv3=True), torch.randn(2, 1, 28, 28)),
+    (lambda a, s: M.lenet5_official(1, 10, a, s), torch.randn(2, 1, 28, 28)),
     (lambda a, s: M.cnn_mnist1d(40, 10, 8, a, s), torch.randn(3, 40)),
     (lambda a, s: M.regression_mlp(3, [4], 2, a, s), torch.randn(3, 3)),
 ])
@@ -45,3 +47,20 @@ def test_bad_arguments():
         M.last_linear(nn.Sequential(nn.ReLU()))
     name, layer = M.last_linear(M.mlp(4, [4], 2))
     assert name == "3" and layer.out_features == 2
+
+
+def test_lenet5_official_conv3_is_a_convolution_with_the_same_function():
+    """The official DessiLBI LeNet has conv3 = Conv2d(16, 120, 5); on 28x28 inputs it sees a 5x5
+    map, so it is fc120 in another shape: same seed, same numbers, same outputs."""
+    ours, official = M.lenet5(seed=3), M.lenet5_official(seed=3)
+    conv3 = official[6]
+    assert isinstance(conv3, nn.Conv2d) and tuple(conv3.weight.shape) == (120, 16, 5, 5)
+    assert isinstance(official[8], nn.Flatten) and official[9].in_features == 120
+    convs = [m for m in official.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3 and len([m for m in official.modules() if isinstance(m, nn.Linear)]) == 2
+    assert torch.equal(conv3.weight.reshape(120, -1), ours[7].weight)
+    assert torch.equal(conv3.bias, ours[7].bias)
+    x = torch.randn(7, 1, 28, 28)
+    torch.testing.assert_close(official(x), ours(x), atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in official.parameters()) == \
+        sum(p.numel() for p in ours.parameters()) == 61706

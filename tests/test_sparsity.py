@@ -10,7 +10,7 @@ from torch import nn
 
 from beyondsgd.methods import sparsity as S
 from beyondsgd.methods.slbi import SLBI, slbi_param_groups
-from beyondsgd.models import cnn_2c2d, lenet5, mlp
+from beyondsgd.models import cnn_2c2d, lenet5, lenet5_official, mlp
 
 
 def _rand_bias(model, seed=0):
@@ -112,6 +112,41 @@ def test_export_element_masks_and_sparse_slbi_model():
     # element masks of Linear layers: a row survives if any weight does; outputs still equal
     small = S.export_pruned(net, units, removed_bias="fold")
     torch.testing.assert_close(small(x), S.masked_model(net, units)(x), atol=1e-5, rtol=1e-5)
+
+
+def test_official_lenet_prune_conv3_by_path_order():
+    """The official demo's experiment on the official LeNet (conv3 a convolution): train with
+    SLBI in the official configuration (filters for conv, every Linear weight element-wise,
+    the classifier included), record the path, prune 80% of conv3's filters by path order and
+    export: the smaller network computes the masked network's function."""
+    torch.manual_seed(0)
+    net = _rand_bias(lenet5_official(seed=1))
+    groups = slbi_param_groups(net, conv="filter", linear="element", output="element")
+    assert [tuple(p.shape) for p in groups[0]["params"]][-1] == (120, 16, 5, 5)
+    opt = SLBI(groups, lr=0.1, nu=1.0, lam=0.5)
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    path = S.SelectionPath()
+    for epoch in range(1, 21):                       # "epochs" of one step: a finer path
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        path.update(epoch, S.unit_masks_from_gamma(net, opt))
+    entry = path.entry["6.weight"]
+    assert entry.shape == (120,) and 0 < int(torch.isfinite(entry).sum()) < 120
+    masks = S.path_order_masks(net, path, ratio=0.8, names=["6.weight"])
+    keep = masks["6.weight"]
+    assert int(keep.sum()) == 24
+    # the kept filters are the earliest selected ones
+    assert float(entry[keep].max()) <= float(entry[~keep].min())
+    small = S.export_pruned(net, masks)              # conv3 unpadded: folding is exact
+    assert small[6].out_channels == 24 and small[9].in_features == 24
+    xt = torch.randn(5, 1, 28, 28)
+    torch.testing.assert_close(small(xt), S.masked_model(net, masks)(xt), atol=1e-5, rtol=1e-5)
+    assert S.count_parameters(small) == S.count_parameters(net) - 96 * (16 * 25 + 1 + 84)
+    # the sparse model W * 1[Gamma != 0] keeps conv3's unselected filters at zero
+    sm = S.sparse_model(net, opt)
+    off = ~S.unit_masks_from_gamma(net, opt)["6.weight"]
+    assert bool((sm[6].weight[off] == 0).all())
 
 
 def test_export_rejects_bad_input():

@@ -119,22 +119,45 @@ def lenet5(
     num_classes: int = 10,
     activation: ActivationSpec = "relu",
     seed: int = 0,
+    conv3: bool = False,
 ) -> nn.Sequential:
     """LeNet-5 for 28x28 inputs (LeCun et al. 1998, with max-pooling, as in the DessiLBI demo):
-    conv5x5(6, pad 2)-act-pool, conv5x5(16)-act-pool, fc120-act, fc84-act, fc."""
+    conv5x5(6, pad 2)-act-pool, conv5x5(16)-act-pool, fc120-act, fc84-act, fc.
+
+    ``conv3=True`` builds the official DessiLBI architecture (DessiLBI2020/DessiLBI, the LeNet of
+    its train/prune examples), whose third layer is a convolution, conv5x5(120) on the 16x5x5
+    map, followed by ``Flatten``: conv1-act-pool, conv2-act-pool, conv3-act, flatten, fc84-act,
+    fc. On 28x28 inputs conv3 sees a 5x5 map, so it computes the same function as the Linear
+    fc120 and, from the same seed, starts from the same numbers (the weight is the Linear one
+    reshaped to 120x16x5x5). What differs is what a layer is: conv3 is a conv layer, so SLBI
+    groups it by filter under ``conv=...`` (and the official "prune conv3" experiment prunes
+    it), whereas fc120 is grouped under ``linear=...``.
+    """
     act = activation_factory(activation)
 
     def build() -> nn.Sequential:
+        third: list[nn.Module] = (
+            [nn.Conv2d(16, 120, 5), act(), nn.Flatten()] if conv3
+            else [nn.Flatten(), nn.Linear(16 * 5 * 5, 120), act()])
         return nn.Sequential(
             nn.Conv2d(in_channels, 6, 5, padding=2), act(), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5), act(), nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120), act(),
+            *third,
             nn.Linear(120, 84), act(),
             nn.Linear(84, num_classes),
         )
 
     return _seeded(build, seed)
+
+
+def lenet5_official(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    activation: ActivationSpec = "relu",
+    seed: int = 0,
+) -> nn.Sequential:
+    """The official DessiLBI LeNet-5 (conv3 a convolution): ``lenet5(..., conv3=True)``."""
+    return lenet5(in_channels, num_classes, activation, seed, conv3=True)
 
 
 def cnn_mnist1d(

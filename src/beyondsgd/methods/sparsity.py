@@ -23,7 +23,9 @@ magnitude pruning (``magnitude_masks``) or at random (``random_masks``).
 
 Supported models: ``nn.Sequential`` of ``Linear``/``Conv1d``/``Conv2d`` with element-wise
 activations, ``Dropout``, ``MaxPool``/``AvgPool``, ``Flatten`` (and ``Unflatten`` before the first
-weight layer), i.e. every model in ``beyondsgd.models``. Batch norm and residual blocks are not.
+weight layer), i.e. every model in ``beyondsgd.models``, the official DessiLBI LeNet-5 included
+(``lenet5_official``: its conv3 filters are pruned as filters and the Linear layer after the
+``Flatten`` loses the matching inputs). Batch norm and residual blocks are not.
 
 Example::
 
