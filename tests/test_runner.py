@@ -308,7 +308,7 @@ def test_a_corrupt_checkpoint_is_discarded_with_a_warning_and_the_trial_restarts
 def test_checkpoint_temporary_files_are_unique_per_process_and_call(tmp_path, monkeypatch):
     """Two writers of one checkpoint never share a temporary file (before: one fixed
     '<key>.pt.tmp' per trial, so a second writer's rename failed with FileNotFoundError)."""
-    from beyondsgd.bench import runner as R
+    from beyondsgd.bench import checkpoint as C
 
     seen = []
     real_replace = os.replace
@@ -317,10 +317,10 @@ def test_checkpoint_temporary_files_are_unique_per_process_and_call(tmp_path, mo
         seen.append(Path(src).name)
         real_replace(src, dst)
 
-    monkeypatch.setattr(R.os, "replace", spy)
+    monkeypatch.setattr(C.os, "replace", spy)
     target = tmp_path / "k.pt"
-    R._save_atomic({"a": 1}, target)
-    R._save_atomic({"a": 2}, target)
+    C.save_atomic({"a": 1}, target)
+    C.save_atomic({"a": 2}, target)
     assert len(set(seen)) == 2 and all(f"k.pt.{os.getpid()}." in n for n in seen)
     assert torch.load(target)["a"] == 2 and [p.name for p in tmp_path.iterdir()] == ["k.pt"]
 

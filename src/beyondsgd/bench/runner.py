@@ -32,16 +32,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import os
 import platform
 import random
-import secrets
 import subprocess
 import time
 import traceback
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +49,12 @@ import torch
 from .. import distributed as D
 from ..methods import TrainContext, get_method_class
 from ..methods.base import Batch, resolve_hparams
+from . import checkpoint as C
+from .arguments import check_arguments
 from .problems import Problem, get_problem
 from .store import DONE_STATUSES, Store, TrialBusy, trial_key
 
 DATA_SPLIT_SEED = 0
-MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
-CHECKPOINT_KEYS = ("epoch", "step", "train_seconds", "model", "method", "rng")
 
 
 @dataclass
@@ -151,57 +148,8 @@ def evaluate(problem: Problem, model: torch.nn.Module, x: torch.Tensor, y: torch
     return loss_sum / max(n, 1), metric_sum / max(n, 1)
 
 
-def _rng_state() -> dict[str, Any]:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-          "python": random.getstate()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    """Write ``path`` through a temporary file unique to this process and call."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _discard_checkpoint(path: Path, why: str) -> None:
-    warnings.warn(f"discarding checkpoint {path}: {why}; restarting this trial from epoch 0",
-                  RuntimeWarning, stacklevel=3)
-    path.unlink(missing_ok=True)
-
-
-def _load_checkpoint(path: Path, device: torch.device, epochs: int) -> dict | str:
-    """The checkpoint at ``path``, or why it cannot be used (one line)."""
-    try:
-        ck = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # truncated, garbled, not a torch file
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return f"unreadable ({type(exc).__name__}: {first})"
-    if not isinstance(ck, dict) or any(k not in ck for k in CHECKPOINT_KEYS):
-        return f"not a checkpoint of this runner (expected the keys {', '.join(CHECKPOINT_KEYS)})"
-    if not (isinstance(ck["epoch"], int) and 1 <= ck["epoch"] <= epochs):
-        return f"its epoch {ck['epoch']!r} is not in 1..{epochs}"
-    return ck
-
-
 def default_checkpoint_dir(store: Store | None) -> Path | None:
-    if store is None or store.path == ":memory:":
-        return None
-    return Path(store.path).with_suffix("").parent / (Path(store.path).stem + "_checkpoints")
+    return C.default_dir(store.path if store is not None else None)
 
 
 def run_trial(
@@ -303,75 +251,6 @@ def _not_run(store: Store, problem: str, method: str, hp: dict, seed: int, trial
                        holder=holder)
 
 
-def _bad(name: str, value: Any, accepted: str) -> ValueError:
-    return ValueError(f"{name} must be {accepted}, got {value!r}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def check_arguments(problem, method, hparams, seed, epochs, device, store, progress,
-                    train_fraction, tag, checkpoint_dir, stop_after_epoch, distributed
-                    ) -> torch.device:
-    """ValueError naming the bad argument and what is accepted; returns the device."""
-    if not isinstance(problem, (str, Problem)):
-        raise _bad("problem", problem, "a problem name or a Problem")
-    if not isinstance(method, str):
-        raise _bad("method", method, "a method name")
-    if hparams is not None and not isinstance(hparams, Mapping):
-        raise _bad("hparams", hparams, "a dict of hyperparameters or None")
-    if not (_is_int(seed) and 0 <= seed <= MAX_SEED):
-        raise _bad("seed", seed, f"an integer in [0, {MAX_SEED}]")
-    if epochs is not None and not (_is_int(epochs) and epochs >= 0):
-        raise _bad("epochs", epochs, "an integer >= 0 (or None: the problem's budget)")
-    if not (isinstance(train_fraction, numbers.Real) and not isinstance(train_fraction, bool)
-            and 0.0 < train_fraction <= 1.0):
-        raise _bad("train_fraction", train_fraction, "a number in (0, 1]")
-    if not isinstance(tag, str):
-        raise _bad("tag", tag, "a string")
-    if store is not None and not isinstance(store, Store):
-        raise _bad("store", store, "a Store or None")
-    if store is not None and store.readonly:
-        raise ValueError(f"store {store.path} is open read-only; open it with "
-                         "Store(path) to record trials")
-    if not (isinstance(progress, bool) or callable(progress)):
-        raise _bad("progress", progress, "True, False or a callable taking each evaluation")
-    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-        raise _bad("checkpoint_dir", checkpoint_dir, "a folder path or None")
-    if stop_after_epoch is not None and not (_is_int(stop_after_epoch) and stop_after_epoch >= 1):
-        raise _bad("stop_after_epoch", stop_after_epoch, "an integer >= 1 or None")
-    if distributed is not None and not isinstance(distributed, bool):
-        raise _bad("distributed", distributed, "True, False or None")
-    return check_device(device)
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device this machine has, or ValueError."""
-    accepted = "cpu, cuda, cuda:N or mps (a device this machine has)"
-    if not isinstance(device, (str, torch.device)):
-        raise _bad("device", device, accepted)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise _bad("device", device, accepted) from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine; "
-                             "use 'cpu'")
-        if dev.index is not None and dev.index >= n:
-            raise ValueError(f"device {str(device)!r}: this machine has {n} CUDA device(s), "
-                             f"cuda:0..cuda:{n - 1}")
-    elif dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise ValueError(f"device {str(device)!r}: MPS is not available on this machine; "
-                             "use 'cpu'")
-    elif dev.type != "cpu":
-        raise _bad("device", device, accepted)
-    return dev
-
-
 def _summary(prob: Problem, evals: list[dict]) -> dict[str, Any]:
     if not evals:
         return {}
@@ -435,10 +314,10 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     if dp:
         found = D.broadcast_object(found)  # rank 0's view decides, so all ranks agree
     if found:
-        ck = _load_checkpoint(ckpt_path, device, epochs)
+        ck = C.load(ckpt_path, device, epochs)
         if not agree(isinstance(ck, dict)):
             if own_ckpt is not None:
-                _discard_checkpoint(own_ckpt, ck if isinstance(ck, str) else "unreadable on "
+                C.discard(own_ckpt, ck if isinstance(ck, str) else "unreadable on "
                                     "another rank")
             ck = None
     if ck is not None:
@@ -455,14 +334,14 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         try:
             model.load_state_dict(ck["model"])
             method.load_state_dict(ck["method"])
-            _set_rng_state(ck["rng"])
+            C.set_rng_state(ck["rng"])
             why = ""
         except Exception as exc:  # saved by another version of the model or method
             why = f"does not fit this trial ({type(exc).__name__}: " \
                 f"{(str(exc).strip().splitlines() or [''])[0]})"
         if not agree(not why):
             if own_ckpt is not None:
-                _discard_checkpoint(own_ckpt, why or "does not fit on another rank")
+                C.discard(own_ckpt, why or "does not fit on another rank")
             ck = None
             model, method = build()  # from scratch: nothing of the checkpoint may remain
     result.model = model
@@ -551,9 +430,9 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
             return _finish(prob, store, trial_id, result, "diverged", own_ckpt)
         if ckpt_path is not None and writer:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            _save_atomic({"epoch": epoch + 1, "step": step, "train_seconds": train_seconds,
+            C.save_atomic({"epoch": epoch + 1, "step": step, "train_seconds": train_seconds,
                           "model": model.state_dict(), "method": method.state_dict(),
-                          "rng": _rng_state()}, ckpt_path)
+                          "rng": C.rng_state()}, ckpt_path)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
             result.status = "running"
             if store is not None:
@@ -582,7 +461,5 @@ def _finish(prob: Problem, store, trial_id, result: TrialResult, status: str,
     if store is not None and not store.end_trial(trial_id, status, _summary(prob, result.evals)):
         raise _LeaseLost
     if ckpt_path is not None:
-        ckpt_path.unlink(missing_ok=True)
-        for tmp in ckpt_path.parent.glob(ckpt_path.name + ".*.tmp"):  # left by killed writers
-            tmp.unlink(missing_ok=True)
+        C.remove(ckpt_path)
 

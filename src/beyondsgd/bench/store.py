@@ -1,6 +1,6 @@
 """Results store: one SQLite file, written as results happen, safe for several writers.
 
-Schema (``TABLES`` below is the source of truth; version ``SCHEMA_VERSION`` in
+Schema (``store_file.TABLES`` is the source of truth; version ``SCHEMA_VERSION`` in
 ``PRAGMA user_version``, ``APPLICATION_ID`` in ``PRAGMA application_id``)::
 
     trials  one row per trial (problem, method, resolved hyperparameters as JSON, seed, epochs,
@@ -33,7 +33,6 @@ import json
 import math
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,67 +40,20 @@ from pathlib import Path
 from typing import Any
 
 from . import lease
+from .store_file import (  # noqa: F401 - re-exported: the store's public names
+    APPLICATION_ID,
+    LEASE_COLUMNS,
+    SCHEMA_VERSION,
+    V0_COLUMNS,
+    StoreError,
+    open_connection,
+)
 
-SCHEMA_VERSION = 1
-APPLICATION_ID = 0x42534744  # "BSGD"
 DONE_STATUSES = ("finished", "diverged")
-_TRIALS_V0 = """id INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL, problem TEXT NOT NULL,
-    method TEXT NOT NULL, hparams TEXT NOT NULL, seed INTEGER NOT NULL, epochs INTEGER NOT NULL,
-    train_fraction REAL NOT NULL DEFAULT 1.0, tag TEXT NOT NULL DEFAULT '', status TEXT NOT NULL,
-    error TEXT, started REAL, finished REAL, epochs_done INTEGER DEFAULT 0,
-    steps INTEGER DEFAULT 0, train_seconds REAL DEFAULT 0, final_train_loss REAL,
-    final_val_metric REAL, final_test_metric REAL, best_val_metric REAL, best_test_metric REAL,
-    env TEXT"""
-_LEASE = ("owner_host TEXT", "owner_pid INTEGER", "owner_token TEXT", "heartbeat REAL",
-          "attempts INTEGER NOT NULL DEFAULT 0")
-LEASE_COLUMNS = tuple(c.split()[0] for c in _LEASE)
-TABLES = {
-    "trials": f"CREATE TABLE trials ({_TRIALS_V0}, {', '.join(_LEASE)})",
-    "evals": """CREATE TABLE evals (
-        trial_id INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
-        epoch INTEGER NOT NULL, step INTEGER NOT NULL, train_seconds REAL NOT NULL,
-        train_loss REAL, val_loss REAL, val_metric REAL, test_loss REAL, test_metric REAL,
-        extras TEXT, PRIMARY KEY (trial_id, epoch))""",
-    "events": """CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        trial_id INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
-        epoch INTEGER NOT NULL, step INTEGER NOT NULL, kind TEXT NOT NULL, data TEXT,
-        seq INTEGER)""",
-}
-INDEXES = (
-    "CREATE INDEX IF NOT EXISTS trials_by_problem ON trials(problem, method)",
-    "CREATE INDEX IF NOT EXISTS events_by_trial ON events(trial_id, epoch)",
-    "CREATE UNIQUE INDEX IF NOT EXISTS events_once ON events(trial_id, epoch, seq)",
-)
-# version 0 -> 1: leases and attempts on trials, a position for every event
-MIGRATE_0_1 = (
-    *(f"ALTER TABLE trials ADD COLUMN {c}" for c in _LEASE),
-    "ALTER TABLE events ADD COLUMN seq INTEGER",
-    "UPDATE events SET seq = (SELECT COUNT(*) FROM events AS e WHERE e.trial_id = events.trial_id"
-    " AND e.epoch = events.epoch AND e.id < events.id)",
-)
-# the columns every version has (a version-0 store has exactly these tables and columns)
-_V0_COLUMNS = {
-    "trials": {c.split()[0] for c in _TRIALS_V0.split(",")},
-    "evals": {"trial_id", "epoch", "step", "train_seconds", "train_loss", "val_loss",
-              "val_metric", "test_loss", "test_metric", "extras"},
-    "events": {"id", "trial_id", "epoch", "step", "kind", "data"},
-}
-_V1_COLUMNS = {**_V0_COLUMNS, "trials": _V0_COLUMNS["trials"] | set(LEASE_COLUMNS),
-               "events": _V0_COLUMNS["events"] | {"seq"}}
-
 EVAL_FIELDS = ("epoch", "step", "train_seconds", "train_loss", "val_loss", "val_metric",
                "test_loss", "test_metric")
 SUMMARY_FIELDS = ("final_train_loss", "final_val_metric", "final_test_metric",
                   "best_val_metric", "best_test_metric")
-
-
-class StoreError(Exception):
-    """A results store that cannot be used: one line naming the file and the reason."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path, self.reason = str(path), " ".join(str(reason).split())
-        super().__init__(f"results store {self.path}: {self.reason}")
 
 
 class TrialBusy(RuntimeError):
@@ -175,90 +127,10 @@ class Store:
         self.path = str(path)
         self.readonly = bool(readonly)
         self.lease_seconds = lease.lease_seconds(lease_seconds)
-        self.conn = self._connect()
-        try:
-            self._open()
-        except BaseException:
-            self.conn.close()
-            raise
+        self.conn = open_connection(self.path, self.readonly)
+        self.conn.row_factory = sqlite3.Row
 
     # ---- opening ------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        if self.path == ":memory:":
-            if self.readonly:
-                raise StoreError(self.path, "an in-memory store cannot be opened read-only")
-            conn = sqlite3.connect(":memory:", isolation_level=None)
-        else:
-            p = Path(self.path)
-            _check_path(p, self.readonly)
-            uri = f"file:{urllib.parse.quote(str(p.absolute()))}?mode=" + \
-                ("ro" if self.readonly else "rwc")
-            try:
-                conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
-            except sqlite3.Error as exc:
-                raise StoreError(p, f"cannot be opened ({exc})") from exc
-        conn.row_factory = sqlite3.Row
-        return conn
-
-    def _open(self) -> None:
-        version = self._inspect()
-        if self.readonly:
-            if version < 0:
-                raise StoreError(self.path, "is empty, not a beyondsgd results store")
-            return
-        if self.path != ":memory:":
-            self.conn.execute("PRAGMA journal_mode=WAL")
-        if version == SCHEMA_VERSION:
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            return
-        with self._tx():
-            version = self._inspect(check=False)  # again, now that we hold the write lock
-            if version < 0:
-                for sql in (*TABLES.values(), *INDEXES):
-                    self.conn.execute(sql)
-            elif version == 0:
-                for sql in (*MIGRATE_0_1, *INDEXES):
-                    self.conn.execute(sql)
-            if version < SCHEMA_VERSION:
-                self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                self.conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-
-    def _inspect(self, check: bool = True) -> int:
-        """The schema version of the file (-1: empty), or StoreError if it is not ours."""
-        try:
-            app = self.conn.execute("PRAGMA application_id").fetchone()[0]
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            names = [r[0] for r in self.conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
-            columns = {n: {r[1] for r in self.conn.execute(f"PRAGMA table_info('{n}')")}
-                       for n in names if n in TABLES}
-        except sqlite3.DatabaseError as exc:
-            what = "is not an SQLite database" if "not a database" in str(exc) else "is damaged"
-            raise StoreError(self.path, f"{what} ({exc})") from exc
-        if app not in (0, APPLICATION_ID):
-            raise StoreError(self.path, f"is an SQLite database of another application "
-                                        f"(application_id {app:#x}), not a beyondsgd store")
-        if not names and version == 0:
-            return -1
-        if version > SCHEMA_VERSION:
-            raise StoreError(self.path, f"was written by a newer beyondsgd (schema version "
-                                        f"{version}; this version reads up to {SCHEMA_VERSION})"
-                                        "; upgrade beyondsgd")
-        expected = _V1_COLUMNS if version >= 1 else _V0_COLUMNS
-        if set(names) != set(TABLES) or any(not expected[t] <= columns[t] for t in TABLES):
-            shown = ", ".join(sorted(names)) or "none"
-            raise StoreError(self.path, f"is an SQLite database but not a beyondsgd results "
-                                        f"store (schema version {version}, tables: {shown})")
-        if check:
-            try:
-                problems = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(self.path, f"is damaged ({exc})") from exc
-            if problems != ["ok"]:
-                raise StoreError(self.path, f"is damaged (SQLite quick_check: {problems[0]})")
-        return int(version)
-
     def close(self) -> None:
         self.conn.close()
 
@@ -516,10 +388,10 @@ class Store:
 
     @_reading
     def trials(self, **where: Any) -> list[dict]:
-        unknown = sorted(set(where) - _V0_COLUMNS["trials"])
+        unknown = sorted(set(where) - V0_COLUMNS["trials"])
         if unknown:
             raise ValueError(f"unknown trial field(s) {unknown}; accepted: "
-                             f"{', '.join(sorted(_V0_COLUMNS['trials']))}")
+                             f"{', '.join(sorted(V0_COLUMNS['trials']))}")
         sql, args = "SELECT * FROM trials", []
         if where:
             sql += " WHERE " + " AND ".join(f"{k}=?" for k in where)
@@ -554,24 +426,3 @@ class Store:
         """One trial with all evaluations and events, as a JSON-ready dict."""
         t = next(r for r in self.trials(id=trial_id))
         return {"trial": t, "evals": self.evals(trial_id), "events": self.events(trial_id)}
-
-
-def _check_path(p: Path, readonly: bool) -> None:
-    """StoreError for a path that cannot hold a store (before SQLite sees it)."""
-    if p.is_dir():
-        raise StoreError(p, "is a directory, not a results file")
-    for parent in p.parents:  # the nearest existing ancestor must be a folder
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise StoreError(p, f"cannot be created: {parent} is a file, not a folder")
-            break
-    if p.exists() and not p.is_file():
-        raise StoreError(p, "is not a regular file")
-    if readonly:
-        if not p.exists():
-            raise StoreError(p, "does not exist")
-        return
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(p, f"cannot be created ({exc.strerror or exc})") from exc
