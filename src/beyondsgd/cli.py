@@ -151,6 +151,19 @@ def _apply_flags(args: argparse.Namespace) -> None:
         os.environ["BEYONDSGD_DOWNLOAD"] = "1"
 
 
+def _check_out(path: str | None, flag: str = "--out") -> None:
+    """Refuse an output directory that cannot be created, before any work."""
+    if path is None:
+        return
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise CLIError(f"{flag} {path!r}: {q} is a file, not a directory; accepted: a "
+                               "directory (created if missing)")
+            return
+
+
 def _open_store(path: str, readonly: bool = False) -> Store:
     if readonly:
         if not Path(path).exists():
@@ -176,11 +189,15 @@ def _print_failures(failures: dict[str, list[str]]) -> None:
 
 # ------------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
+    _apply_flags(args)
     print("Problems:")
     for p in PROBLEMS.values():
         print(f"  {p.name:<22} {p.description}")
         print(f"  {'':<22} batch {p.batch_size}, {p.epochs} epochs, target test {p.metric} "
               f"{'>=' if p.higher_is_better else '<='} {p.target:g}")
+        missing = getattr(p, "data_status", lambda: None)()
+        if missing:
+            print(f"  {'':<22} DATA MISSING: {missing}")
     print("\nMethods (hyperparameter=default; * = tuned by the benchmark protocol):")
     for name, cls in METHODS.items():
         print(f"  {name:<14} {cls.summary}  [{cls.paper}]")
@@ -210,6 +227,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = resolve_methods(args.methods)
     overrides = parse_overrides(args.set, methods)
     require_bench_extra("bench", ("scipy", "matplotlib") if args.out else ("scipy",))
+    _check_out(args.out)
     epochs = args.epochs if args.epochs is not None else (QUICK_EPOCHS if quick else None)
     store_path = args.store or ("results/quick.db" if quick else "results/results.db")
     _apply_flags(args)
@@ -348,6 +366,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         raise CLIError(f"--address {args.address!r} needs --executor ray")
     methods = resolve_methods(args.methods) if args.methods is not None else None
     require_bench_extra("suite")
+    _check_out(args.out)
     _apply_flags(args)
     budget = BUDGETS[args.budget]
     run = methods or list(budget.methods or METHODS)
@@ -395,6 +414,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise CLIError(f"--problem {args.problem!r} names nothing; accepted: comma-separated "
                        f"problem names")
     require_bench_extra("report", ("scipy",) if args.no_plots else ("scipy", "matplotlib"))
+    _check_out(args.out)
     with _open_store(args.store, readonly=True) as store:
         if problems:
             stored = sorted({t["problem"] for t in store.trials()})
@@ -427,6 +447,7 @@ def export_name(text: str) -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Per-trial JSON in a DeepOBS-like layout (problem/method/hparams/seed.json) + one CSV."""
+    _check_out(args.out)
     out = Path(args.out)
     written: set[Path] = set()
     with _open_store(args.store, readonly=True) as store:
@@ -473,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"beyondsgd {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="problems, methods and their hyperparameters")
+    li = sub.add_parser("list", help="problems (and whether their data is here), methods and "
+                                     "their hyperparameters")
+    li.add_argument("--data-dir", help="directory with the (Fashion-)MNIST IDX files")
     threads_help = (f"torch CPU threads (default {DEFAULT_THREADS}: measured as fast on an idle "
                     "2-core machine and far faster beside other work, for these small models)")
 

@@ -152,6 +152,10 @@ def load_data(problem: str | Problem):
     prob = problem if isinstance(problem, Problem) else get_problem(problem)
     from .runner import DATA_SPLIT_SEED
 
+    status = getattr(prob, "data_status", lambda: None)()  # cheap: files and packages present
+    if status:
+        cls = MissingExtraError if BENCH_EXTRA in status else PreflightError
+        raise cls([f"problem {prob.name}: {status}"])
     try:
         return prob.load(DATA_SPLIT_SEED)
     except DataFileError as exc:
@@ -202,7 +206,9 @@ def check_method(prob: Problem, data, method: str, hparams: dict[str, Any] | Non
                            num_classes=data.num_classes, seed=0,
                            extras={"problem": prob.name, "preflight": True})
         m.prepare(model, ctx)
-    except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
+    except ImportError:
+        raise  # a missing package: the caller names the extra to install
+    except Exception as exc:  # the method's own refusal (or a failure every trial would hit)
         return _explain(exc)
     return None
 
