@@ -22,9 +22,27 @@ step; this is what the official ProxProp code does for convolutions). With ``x0=
 start is ``x0 = 0`` and ``r0 = b``, so ``maxiter`` iterations cost exactly ``maxiter``
 operator applications (the last iteration updates ``x`` and stops, as in the official code).
 
+``eps``: absolute (the official code's 1e-6), or with ``relative_eps=True`` scaled by each
+block's current :math:`\\|r_k\\|^2` (in both denominators), which makes the iterates
+homogeneous in ``b`` (the result does not depend on the loss reduction or on how many rows a
+block has) and perturbs the step by a relative amount of at most
+:math:`\\epsilon / \\lambda_{\\min}` (since :math:`p_k^\\top \\mathcal{A} p_k \\ge
+\\lambda_{\\min} \\|r_k\\|^2`); an absolute eps instead damps blocks with small residuals
+far more than large ones.
+
+``aliased=True`` reproduces a defect of the official ProxProp code (tfrerix/proxprop): its
+search direction starts as an *alias* of the residual, so the in-place residual update also
+overwrites it and the second direction is :math:`(1 + \\beta_1) r_1` instead of
+:math:`r_1 + \\beta_1 p_0`; later directions follow the usual recurrence. That iteration is
+not CG (on an n x n system it is not exact after n steps); it exists only to reproduce the
+paper's cg3/cg5/cg10 numbers.
+
 Stopping rule (official ProxProp code): stop once ``max_rows ||r||^2 < tol^2 * mean_rows
 ||r_0||^2``; ``tol=0`` runs exactly ``maxiter`` iterations. On CUDA the rule is applied by
 masking the step (no host synchronisation); on CPU the loop breaks.
+
+``batch_space_cg`` runs the same iteration for the Linear-layer operator
+:math:`\\beta I + s \\tilde A^\\top \\tilde A` in batch coordinates (see its docstring).
 
 Example::
 
@@ -43,25 +61,62 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["batched_cg"]
+__all__ = ["batch_space_cg", "batched_cg"]
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor, joint: bool) -> torch.Tensor:
-    """Inner products per row (shape (s,)) or one inner product (shape (1,)) when joint."""
+    """Inner products per row, shape (s, 1), or one inner product, shape (1, 1), when joint."""
+    a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     if joint:
-        return (a * b).sum().reshape(1)
-    return (a * b).reshape(a.shape[0], -1).sum(1)
-
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape per-row scalars (s,) or (1,) so they broadcast against ``like``."""
-    return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
+        return torch.dot(a2.reshape(-1), b2.reshape(-1)).reshape(1, 1)
+    return torch.linalg.vecdot(a2, b2).unsqueeze(1)
 
 
 def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """num / den with 0 where den == 0 (a row whose residual is exactly zero stays put)."""
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
                        torch.zeros_like(num))
+
+
+def _check(maxiter: int, tol: float, eps: float) -> None:
+    if not isinstance(maxiter, int) or isinstance(maxiter, bool) or maxiter < 1:
+        raise ValueError(f"maxiter must be an int >= 1, got {maxiter!r}")
+    if not tol >= 0.0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+    if not eps >= 0.0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+
+
+class _Loop:
+    """The scalar side of the iteration, shared by the primal and the batch-space CG:
+    step sizes with their eps, the stopping rule and the CUDA masking."""
+
+    def __init__(self, rs0: torch.Tensor, tol: float, eps: float, relative_eps: bool,
+                 is_cuda: bool):
+        self.eps, self.relative = eps, relative_eps
+        self.tol = tol
+        self.threshold = (tol ** 2) * rs0.mean()
+        self.use_mask = tol > 0 and is_cuda
+        self.active = torch.ones((), dtype=torch.bool, device=rs0.device)
+
+    def _eps(self, rs: torch.Tensor) -> torch.Tensor | float:
+        return rs * self.eps if self.relative else self.eps
+
+    def alpha(self, rs: torch.Tensor, pap: torch.Tensor) -> torch.Tensor:
+        a = _safe_div(rs, pap + self._eps(rs))
+        return a * self.active if self.use_mask else a
+
+    def stop(self, rs_new: torch.Tensor) -> bool:
+        if self.tol <= 0:
+            return False
+        converged = rs_new.max() < self.threshold
+        if self.use_mask:
+            self.active = self.active & ~converged
+            return False
+        return bool(converged)
+
+    def beta(self, rs_new: torch.Tensor, rs: torch.Tensor) -> torch.Tensor:
+        return _safe_div(rs_new, rs + self._eps(rs))
 
 
 def batched_cg(
@@ -72,19 +127,18 @@ def batched_cg(
     tol: float = 0.0,
     eps: float = 0.0,
     joint: bool = False,
+    relative_eps: bool = False,
+    aliased: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Solve ``matvec(x) = rhs`` for every row of ``rhs`` (shape ``(s, ...)``) by CG.
 
     ``matvec`` must be linear, symmetric positive definite and act on each row independently
     (unless ``joint``). Returns ``(x, iterations run)``. ``eps`` is added to both CG
-    denominators (the official ProxProp code uses 1e-6); ``eps=0`` is textbook CG.
+    denominators (absolute, or times each block's current ``||r||^2`` with
+    ``relative_eps``); ``eps=0`` is textbook CG. ``aliased``: the official code's iteration
+    (module docstring). Vector updates are in place (one fused multiply-add each).
     """
-    if not isinstance(maxiter, int) or isinstance(maxiter, bool) or maxiter < 1:
-        raise ValueError(f"maxiter must be an int >= 1, got {maxiter!r}")
-    if not tol >= 0.0:
-        raise ValueError(f"tol must be >= 0, got {tol!r}")
-    if not eps >= 0.0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    _check(maxiter, tol, eps)
     if rhs.dim() == 0:
         raise ValueError("rhs must have a leading row dimension, got a scalar")
     if x0 is None:
@@ -95,30 +149,87 @@ def batched_cg(
             raise ValueError(f"x0 has shape {tuple(x0.shape)}, rhs has {tuple(rhs.shape)}")
         x = x0.clone()
         r = rhs - matvec(x0)
+    shape = (rhs.shape[0],) + (1,) * (rhs.dim() - 1)
     p = r.clone()
-    rs_old = _rowdot(r, r, joint)
-    threshold = (tol ** 2) * rs_old.mean()
-    active = torch.ones((), dtype=torch.bool, device=rhs.device)
-    use_mask = tol > 0 and rhs.is_cuda
+    rs = _rowdot(r, r, joint)
+    loop = _Loop(rs, tol, eps, relative_eps, rhs.is_cuda)
     k = 0
     while True:
         k += 1
         ap = matvec(p)
-        alpha = _safe_div(rs_old, _rowdot(p, ap, joint) + eps)
-        if use_mask:
-            alpha = alpha * active
-        x.add_(_bcast(alpha, p) * p)
+        alpha = loop.alpha(rs, _rowdot(p, ap, joint))
+        a_b = alpha.reshape(shape) if not joint else alpha.reshape(())
+        x.addcmul_(p, a_b)
         if k >= maxiter:
             break
-        r.sub_(_bcast(alpha, ap) * ap)
+        r.addcmul_(ap, a_b, value=-1.0)
         rs_new = _rowdot(r, r, joint)
-        if tol > 0:
-            converged = rs_new.max() < threshold
-            if use_mask:
-                active = active & ~converged
-            elif bool(converged):
-                break
-        beta = _safe_div(rs_new, rs_old + eps)
-        p = r + _bcast(beta, p) * p
-        rs_old = rs_new
+        if loop.stop(rs_new):
+            break
+        b = loop.beta(rs_new, rs)
+        b_b = b.reshape(shape) if not joint else b.reshape(())
+        if aliased and k == 1:
+            p = r * (b_b + 1.0)  # p_0 was r itself, so it already holds r_1
+        else:
+            p.mul_(b_b).add_(r)
+        rs = rs_new
     return x, k
+
+
+def batch_space_cg(
+    a: torch.Tensor,
+    gt: torch.Tensor,
+    beta: float,
+    s: float,
+    maxiter: int,
+    tol: float = 0.0,
+    eps: float = 0.0,
+    joint: bool = False,
+    relative_eps: bool = False,
+    aliased: bool = False,
+) -> tuple[torch.Tensor, int]:
+    """``batched_cg`` on ``v -> beta v + s (v a^T) a`` for the rows of ``rhs = gt @ a``,
+    carried in batch coordinates ("dual" CG); returns ``(x, iterations)`` with ``x`` of
+    shape (m, K).
+
+    ``a``: (B, K) the layer's augmented inputs Ã; ``gt``: (m, B) the BackProp signal
+    transposed, so the right-hand side (the gradient, Eq. 14) is ``gt @ a``. Started at 0,
+    every residual, direction and iterate is a combination of the rows of ``a``: ``v = q a``
+    with ``q`` in R^B. With ``G = a a^T`` (B x B), ``<v, w> = q G q'^T`` and the operator is
+    ``q -> beta q + s q G``; carrying ``qG`` for the residual and the direction alongside
+    ``q`` gives ``p^T M p = beta <q_p, q_p G> + s |q_p G|^2`` without a product, so N
+    iterations cost one product with ``G`` each (the last needs none, the start needs one),
+    plus forming ``G`` (2 B^2 K flops) and the final ``x = q_x a`` (2 m B K flops). The
+    iterates equal ``batched_cg``'s up to round-off (same eps, tol and aliasing semantics).
+    """
+    _check(maxiter, tol, eps)
+    gram = a @ a.T
+    rq = gt.clone()
+    rg = rq @ gram
+    pq, pg = rq.clone(), rg.clone()
+    xq = torch.zeros_like(rq)
+    rs = _rowdot(rq, rg, joint)
+    loop = _Loop(rs, tol, eps, relative_eps, a.is_cuda)
+    k = 0
+    while True:
+        k += 1
+        pap = _rowdot(pq, pg, joint).mul_(beta).add_(_rowdot(pg, pg, joint), alpha=s)
+        alpha = loop.alpha(rs, pap)
+        xq.addcmul_(pq, alpha)
+        if k >= maxiter:
+            break
+        w = pg @ gram
+        ab, as_ = alpha * beta, alpha * s
+        rq.addcmul_(pq, ab, value=-1.0).addcmul_(pg, as_, value=-1.0)
+        rg.addcmul_(pg, ab, value=-1.0).addcmul_(w, as_, value=-1.0)
+        rs_new = _rowdot(rq, rg, joint)
+        if loop.stop(rs_new):
+            break
+        b = loop.beta(rs_new, rs)
+        if aliased and k == 1:
+            pq, pg = rq * (b + 1.0), rg * (b + 1.0)
+        else:
+            pq.mul_(b).add_(rq)
+            pg.mul_(b).add_(rg)
+        rs = rs_new
+    return xq @ a, k

@@ -32,7 +32,12 @@ Solvers (``solver=``):
   :math:`\\theta^k` (i.e. :math:`d_0 = 0`, so the initial residual is :math:`\\nabla_\\theta J`
   and N iterations cost N Gram applications). Any number of iterations gives a descent
   direction (Prop. 5). One CG per output unit/channel (``cg_block="unit"``, default) or one CG
-  over the whole layer (``cg_block="layer"``, what the official code does for Conv2d).
+  over the whole layer (``cg_block="layer"``, what the official code does for Conv2d). For a
+  Linear layer the iterates are carried on the cheapest of three equivalent paths by flop
+  count (:func:`linear_cg_path`): the explicit K x K Gram, primal batch products, or
+  batch-space ("dual") CG with the B x B Gram :math:`\\tilde A \\tilde A^\\top`
+  (:func:`~beyondsgd.methods.cg.batch_space_cg`). ``cg_variant="official"`` reproduces the
+  official code's aliased iteration (not CG; the paper's cgN numbers came from it).
 * ``"exact"``: a dense solve. Linear: Woodbury, :math:`d^\\top = \\tilde A^\\top (\\beta I + s
   \\tilde A \\tilde A^\\top)^{-1} g` with a BxB Cholesky, when the batch B is smaller than the
   fan-in + 1; otherwise a Cholesky of the (fan-in+1)^2 matrix. Conv2d: the unfolded-input Gram
@@ -68,8 +73,8 @@ Example::
     >>> loss.backward(); opt.step()                     # net[0].weight.grad holds M^{-1} grad
 
 Reference: T. Frerix, T. Moellenhoff, M. Moeller, D. Cremers, "Proximal Backpropagation",
-ICLR 2018, arXiv:1706.04638. Official code: github.com/tfrerix/proxprop (behaviour described,
-no code reused).
+ICLR 2018, arXiv:1706.04638. Official code: github.com/tfrerix/proxprop (MIT licence;
+behaviour described, no code reused).
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import distributed as D
 from .base import SCHEDULE_HPARAMS, HParam, OptimizerMethod, register
-from .cg import batched_cg
+from .cg import batch_space_cg, batched_cg
 
 __all__ = [
     "ProxConfig",
@@ -102,6 +107,8 @@ __all__ = [
 SOLVERS = ("cg", "exact", "gradient")
 GRAMS = ("sum", "mean")
 CG_BLOCKS = ("unit", "layer")
+CG_VARIANTS = ("textbook", "official")
+CG_PATHS = ("auto", "gram", "primal", "dual")
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,9 +120,15 @@ class ProxConfig:
 
     ``tau_theta``: prox step (M = I/tau_theta + A^T A); ``solver``: "cg" | "exact" | "gradient";
     ``cg_iters``: CG iterations (>= 1); ``cg_tol``: relative stopping tolerance of the official
-    code (0: always ``cg_iters``); ``cg_eps``: constant added to the CG denominators (official
-    code: 1e-6; 0: textbook CG); ``gram``: "sum" (paper) | "mean" (divided by the batch rows);
-    ``cg_block``: "unit" (one CG per output unit/channel) | "layer" (one CG for the layer);
+    code (0: always ``cg_iters``); ``cg_eps``: added to the CG denominators, relative to each
+    CG block's current squared residual (scale-free; 0: textbook CG; with
+    ``cg_variant="official"`` absolute, as the official code's 1e-6); ``gram``: "sum" (paper)
+    | "mean" (divided by the batch rows); ``cg_block``: "unit" (one CG per output
+    unit/channel) | "layer" (one CG for the layer); ``cg_variant``: "textbook" (CG, Prop. 5)
+    | "official" (reproduces the official code's aliased iteration, which is not CG: see
+    :mod:`beyondsgd.methods.cg`); ``cg_path``: how a Linear layer's CG is computed, "auto"
+    (the cheapest by flop count, :func:`linear_cg_path`) | "gram" | "primal" | "dual" (same
+    iterates up to round-off);
     ``distributed``: sum the Gram and gradient over the ranks of the initialised
     ``torch.distributed`` group (``None``: when it has more than one process).
     """
@@ -128,6 +141,8 @@ class ProxConfig:
     gram: str = "sum"
     cg_block: str = "unit"
     distributed: bool | None = None
+    cg_variant: str = "textbook"
+    cg_path: str = "auto"
 
     def __post_init__(self) -> None:
         t = self.tau_theta
@@ -151,9 +166,20 @@ class ProxConfig:
             raise ValueError(f"gram {self.gram!r} is not one of {list(GRAMS)}")
         if self.cg_block not in CG_BLOCKS:
             raise ValueError(f"cg_block {self.cg_block!r} is not one of {list(CG_BLOCKS)}")
+        if self.cg_variant not in CG_VARIANTS:
+            raise ValueError(f"cg_variant {self.cg_variant!r} is not one of {list(CG_VARIANTS)}")
+        if self.cg_path not in CG_PATHS:
+            raise ValueError(f"cg_path {self.cg_path!r} is not one of {list(CG_PATHS)}")
         if self.distributed is not None and not isinstance(self.distributed, bool):
             raise ValueError(f"distributed must be None (auto), True or False, got "
                              f"{self.distributed!r}")
+
+
+def _cg_kwargs(cfg: ProxConfig) -> dict[str, Any]:
+    """The CG settings of ``cfg`` as keyword arguments of the solvers in ``cg.py``."""
+    official = cfg.cg_variant == "official"
+    return dict(tol=cfg.cg_tol, eps=cfg.cg_eps, joint=cfg.cg_block == "layer",
+                relative_eps=not official, aliased=official)
 
 
 def _work_dtype(t: torch.Tensor) -> torch.dtype:
@@ -202,37 +228,67 @@ def _solve_gram(gram: torch.Tensor, g: torch.Tensor, s: float, beta: float, cfg:
     def matvec(v: torch.Tensor) -> torch.Tensor:  # m is symmetric: rows @ m
         return (by_group(v) @ m).reshape(v.shape)
 
-    d, _ = batched_cg(matvec, g, cfg.cg_iters, tol=cfg.cg_tol, eps=cfg.cg_eps,
-                      joint=cfg.cg_block == "layer")
+    d, _ = batched_cg(matvec, g, cfg.cg_iters, **_cg_kwargs(cfg))
     return d
 
 
 # --------------------------------------------------------------------------------------------
 # Pure maths: Linear
 # --------------------------------------------------------------------------------------------
+def linear_cg_flops(rows: int, k: int, m: int, iters: int) -> dict[str, int]:
+    """Multiply-add flops (2 per multiply-add) of ``iters`` CG iterations for a Linear layer
+    with ``rows`` batch rows, ``k`` = fan-in (+1 with bias) and ``m`` outputs, gradient
+    included, on each path (they give the same iterates up to round-off):
+
+    * ``gram``: form the explicit K x K Gram (2 B K^2), then one (m, K) x (K, K) product per
+      iteration; needs the gradient (2 m B K);
+    * ``primal``: two batch products per iteration, ``(v Ã^T) Ã`` (4 m B K), plus the gradient;
+    * ``dual``: batch-space CG (:func:`~beyondsgd.methods.cg.batch_space_cg`): G = Ã Ã^T
+      (2 B^2 K), one (m, B) x (B, B) product per iteration, and the final direction q Ã
+      (2 m B K) instead of the gradient.
+    """
+    return {"gram": 2 * rows * k * k + 2 * iters * m * k * k + 2 * m * rows * k,
+            "primal": 4 * iters * m * rows * k + 2 * m * rows * k,
+            "dual": 2 * rows * rows * k + 2 * m * rows * k + 2 * iters * m * rows * rows}
+
+
+def linear_cg_path(rows: int, k: int, m: int, iters: int) -> str:
+    """The path of :func:`linear_cg_flops` with the fewest flops (first one on a tie)."""
+    flops = linear_cg_flops(rows, k, m, iters)
+    return min(flops, key=flops.__getitem__)
+
+
 def linear_prox_direction(
-    x: torch.Tensor, grad_out: torch.Tensor, grad_theta: torch.Tensor, has_bias: bool,
+    x: torch.Tensor, grad_out: torch.Tensor, grad_theta: torch.Tensor | None, has_bias: bool,
     cfg: ProxConfig,
 ) -> torch.Tensor:
-    """ProxProp direction ``d = (I/tau_theta + s Ã^T Ã)^{-1}`` applied to each row of
-    ``grad_theta`` for a Linear layer (Eq. 13/14).
+    """ProxProp direction ``d = (I/tau_theta + s Ã^T Ã)^{-1}`` applied to each row of the
+    gradient ``[dJ/dW, dJ/db]`` of a Linear layer (Eqs. 13-14).
 
     ``x``: (B, n) layer inputs; ``grad_out``: (B, m) BackProp signal dJ/dz; ``grad_theta``:
-    (m, K) = [dJ/dW, dJ/db] with K = n + has_bias; Ã = [x, 1]. Returns (m, K) in
-    ``grad_theta``'s dtype. ``s`` = 1 (gram="sum") or 1/B (gram="mean").
+    (m, K) = [dJ/dW, dJ/db] = ``grad_out^T Ã`` with K = n + has_bias and Ã = [x, 1], or
+    ``None`` to compute it only if the chosen path needs it. Returns (m, K) in ``grad_out``'s
+    dtype. ``s`` = 1 (gram="sum") or 1/B (gram="mean"). CG runs on the cheapest path by
+    :func:`linear_cg_path` unless ``cfg.cg_path`` names one.
     """
-    if cfg.solver == "gradient":
-        return grad_theta
-    wd = _work_dtype(grad_theta)
+    out_dtype = grad_out.dtype if grad_theta is None else grad_theta.dtype
+    wd = _work_dtype(grad_out)
     xw = x.to(wd)
     a = torch.cat([xw, xw.new_ones(xw.shape[0], 1)], 1) if has_bias else xw
+    go = grad_out.to(wd)
     rows, k = a.shape
+    m_out = go.shape[1]
+
+    def gradient() -> torch.Tensor:
+        return grad_theta.to(wd) if grad_theta is not None else go.T @ a
+
+    if cfg.solver == "gradient":
+        return gradient().to(out_dtype)
     beta = 1.0 / cfg.tau_theta
-    g = grad_theta.to(wd)
     if D.resolve(cfg.distributed):
-        gram, g, rows = _global_gram(a.T @ a, g, rows)
+        gram, g, rows = _global_gram(a.T @ a, gradient(), rows)
         s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
-        return _solve_gram(gram, g, s, beta, cfg).to(grad_theta.dtype)
+        return _solve_gram(gram, g, s, beta, cfg).to(out_dtype)
     s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
     if cfg.solver == "exact":
         if rows < k:
@@ -240,16 +296,19 @@ def linear_prox_direction(
             # with grad_theta = go^T Ã (go = dJ/dz).
             kk = torch.addmm(torch.eye(rows, dtype=wd, device=a.device), a, a.T, beta=beta,
                              alpha=s)
-            y = _spd_solve_rows(kk, grad_out.to(wd).T)  # (m, B)
-            d = y @ a
+            d = _spd_solve_rows(kk, go.T) @ a  # (m, B) @ (B, K)
         else:
             mm = torch.addmm(torch.eye(k, dtype=wd, device=a.device), a.T, a, beta=beta, alpha=s)
-            d = _spd_solve_rows(mm, g)
-        return d.to(grad_theta.dtype)
+            d = _spd_solve_rows(mm, gradient())
+        return d.to(out_dtype)
 
-    m_out, n_it = g.shape[0], cfg.cg_iters
-    if rows * k * k + n_it * m_out * k * k < 2 * n_it * m_out * rows * k:
-        # cheaper to form the (K, K) Gram once than to go through the batch every iteration
+    path = cfg.cg_path
+    if path == "auto":
+        path = linear_cg_path(rows, k, m_out, cfg.cg_iters)
+    if path == "dual":
+        d, _ = batch_space_cg(a, go.T, beta, s, cfg.cg_iters, **_cg_kwargs(cfg))
+        return d.to(out_dtype)
+    if path == "gram":
         gram = torch.addmm(torch.eye(k, dtype=wd, device=a.device), a.T, a, beta=beta, alpha=s)
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
@@ -258,9 +317,27 @@ def linear_prox_direction(
         def matvec(v: torch.Tensor) -> torch.Tensor:  # (beta I + s Ã^T Ã) applied to rows
             return torch.addmm(v, v @ a.T, a, beta=beta, alpha=s)
 
-    d, _ = batched_cg(matvec, g, cfg.cg_iters, tol=cfg.cg_tol, eps=cfg.cg_eps,
-                      joint=cfg.cg_block == "layer")
-    return d.to(grad_theta.dtype)
+    d, _ = batched_cg(matvec, gradient(), cfg.cg_iters, **_cg_kwargs(cfg))
+    return d.to(out_dtype)
+
+
+def bias_prox_direction(grad_b: torch.Tensor, outputs: int, batch: int, cfg: ProxConfig
+                        ) -> torch.Tensor:
+    """ProxProp direction of a bias whose weight is frozen: the prox variable is the bias
+    alone, so ``A`` maps b to b 1^T (a column of ones per output unit, ``outputs`` = B rows
+    for Linear, B * H_out * W_out for Conv2d), ``A^T A = outputs`` and
+    ``M = 1/tau_theta + s outputs`` (Eq. 13 restricted to the trainable parameters; ``s`` =
+    1, or 1/``batch`` for gram="mean" as for the whole layer). Solved like the full system
+    (Cholesky or CG with the same settings, all-reduced under data parallelism)."""
+    if cfg.solver == "gradient":
+        return grad_b
+    wd = _work_dtype(grad_b)
+    gram = torch.full((1, 1), float(outputs), dtype=wd, device=grad_b.device)
+    g = grad_b.to(wd)[:, None]
+    if D.resolve(cfg.distributed):
+        gram, g, batch = _global_gram(gram, g, batch)
+    s = 1.0 if cfg.gram == "sum" else 1.0 / max(batch, 1)
+    return _solve_gram(gram, g, s, 1.0 / cfg.tau_theta, cfg)[:, 0].to(grad_b.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,8 +425,7 @@ def conv2d_prox_direction(
     def matvec(v: torch.Tensor) -> torch.Tensor:  # (beta I + s A^T A) applied to rows of v
         return conv2d_gram_apply(xw, v, w_shape, has_bias, geo).mul_(s).add_(v, alpha=beta)
 
-    d, _ = batched_cg(matvec, g, cfg.cg_iters, tol=cfg.cg_tol, eps=cfg.cg_eps,
-                      joint=cfg.cg_block == "layer")
+    d, _ = batched_cg(matvec, g, cfg.cg_iters, **_cg_kwargs(cfg))
     return d.to(grad_theta.dtype)
 
 
@@ -377,17 +453,17 @@ class ProxLinearFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if need_x:
             grad_x = (g2 @ weight).reshape(x.shape).to(x.dtype)
-        if need_w or need_b:
+        if need_w:  # the prox variable is the trainable part of (W, b)
             x2 = x.reshape(-1, n).to(weight.dtype)
-            gw = g2.T @ x2 if need_w else None
-            gb = g2.sum(0) if need_b else None
-            if need_w and cfg.solver != "gradient":
-                use_b = bool(need_b)
-                gth = torch.cat([gw, gb[:, None]], 1) if use_b else gw
-                d = linear_prox_direction(x2, g2, gth, use_b, cfg)
-                gw = d[:, :n]
-                gb = d[:, n] if use_b else gb
-            grad_w, grad_b = gw, gb
+            if cfg.solver == "gradient":
+                grad_w = g2.T @ x2
+                grad_b = g2.sum(0) if need_b else None
+            else:
+                d = linear_prox_direction(x2, g2, None, bool(need_b), cfg)
+                grad_w = d[:, :n]
+                grad_b = d[:, n] if need_b else None
+        elif need_b:  # frozen weight: the bias alone is the prox variable
+            grad_b = bias_prox_direction(g2.sum(0), g2.shape[0], g2.shape[0], cfg)
         return grad_x, grad_w, grad_b, None
 
 
@@ -422,6 +498,9 @@ class ProxConv2dFunction(torch.autograd.Function):
             gw = d[:, :kw].reshape(weight.shape)
             if use_b:
                 gb = d[:, kw].contiguous()
+        elif need_b:  # frozen weight: the bias alone is the prox variable
+            gb = bias_prox_direction(gb, grad_out.numel() // grad_out.shape[1], x.shape[0],
+                                     cfg)
         return (grad_x.to(x_dtype) if need_x else None, gw if need_w else None,
                 gb if need_b else None, None, None)
 
@@ -532,12 +611,33 @@ _SUPPORTED: dict[type, type] = {nn.Linear: ProxLinear, nn.Conv2d: ProxConv2d}
 _PROX_TYPES = (ProxLinear, ProxConv2d)
 
 
-def _last_parametrised(model: nn.Module) -> str | None:
-    last = None
-    for name, mod in model.named_modules():
-        if any(True for _ in mod.parameters(recurse=False)):
-            last = name
-    return last
+_LINEAR_LIKE = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def _output_layer(model: nn.Module, example_input: Any) -> str | None:
+    """Name of the linear layer that produces the model's output (kept explicit, Eq. 12): the
+    last ``nn.Linear``/convolution *called* in a forward pass on ``example_input`` (a tensor,
+    or a tuple of positional arguments), else the last one in registration order."""
+    names = [n for n, m in model.named_modules() if n and isinstance(m, _LINEAR_LIKE)]
+    if example_input is None:
+        return names[-1] if names else None
+    called: list[str] = []
+    handles = [m.register_forward_hook(lambda *_, n=n: called.append(n))
+               for n, m in model.named_modules() if n in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            args = example_input if isinstance(example_input, tuple) else (example_input,)
+            model(*args)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    if not called:
+        raise ValueError("proxprop: the forward pass on example_input called no nn.Linear or "
+                         f"convolution of {type(model).__name__}; give output_layer= instead")
+    return called[-1]
 
 
 def proxprop(
@@ -551,18 +651,27 @@ def proxprop(
     cg_block: str = "unit",
     layers: str | list[str] | tuple[str, ...] | None = None,
     distributed: bool | None = None,
+    cg_variant: str = "textbook",
+    cg_path: str = "auto",
+    output_layer: str | None = None,
+    example_input: Any = None,
 ) -> nn.Module:
     """Convert ``model``'s ``nn.Linear``/``nn.Conv2d`` layers to ProxProp layers in place.
 
-    ``layers=None`` converts every ``nn.Linear`` and ``nn.Conv2d`` (exact types) except the last
-    parametrised layer, which keeps its explicit step as in the paper (Eq. 12). ``layers`` may
+    ``layers=None`` converts every ``nn.Linear`` and ``nn.Conv2d`` (exact types) except the
+    layer that produces the output, which keeps its explicit step as in the paper (Eq. 12):
+    ``output_layer`` (its name), else the last linear layer called in a forward pass on
+    ``example_input`` (a tensor or a tuple of arguments; run under ``no_grad`` in eval mode),
+    else the last ``nn.Linear``/convolution in registration order. ``layers`` may
     name modules (``dict(model.named_modules())`` keys) to convert exactly those; a named module
     of another type raises ``ValueError``. Already converted layers get the new settings.
     Parameters are shared, not copied, so optimizers built before the conversion still work
     and ``state_dict`` keys are unchanged. ``distributed``: see :class:`ProxConfig` (data
     parallelism sums the Gram over the ranks). Returns ``model``.
     """
-    cfg = ProxConfig(tau_theta, solver, cg_iters, cg_tol, cg_eps, gram, cg_block, distributed)
+    cfg = ProxConfig(tau_theta=tau_theta, solver=solver, cg_iters=cg_iters, cg_tol=cg_tol,
+                     cg_eps=cg_eps, gram=gram, cg_block=cg_block, distributed=distributed,
+                     cg_variant=cg_variant, cg_path=cg_path)
     modules = dict(model.named_modules())
     if layers is None:
         if not any(type(m) in _SUPPORTED or isinstance(m, _PROX_TYPES)
@@ -573,11 +682,18 @@ def proxprop(
                 f"proxprop: {type(model).__name__} has no nn.Linear or nn.Conv2d layer to "
                 f"convert (its layers: {', '.join(kinds)}); supported: nn.Linear, nn.Conv2d "
                 "(exact types)")
-        last = _last_parametrised(model)
+        if output_layer is not None:
+            if output_layer not in modules or output_layer == "":
+                known = [n for n, m in modules.items() if n and isinstance(m, _LINEAR_LIKE)]
+                raise ValueError(f"proxprop: output_layer {output_layer!r} is not a submodule; "
+                                 f"linear layers: {known}")
+            last = output_layer
+        else:
+            last = _output_layer(model, example_input)
         targets = [n for n, m in modules.items()
                    if (type(m) in _SUPPORTED or isinstance(m, _PROX_TYPES)) and n != last and n]
         skipped = [f"{n} ({type(m).__name__})" for n, m in modules.items()
-                   if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and n != last
+                   if isinstance(m, _LINEAR_LIKE) and n != last
                    and type(m) not in _SUPPORTED and not isinstance(m, _PROX_TYPES)]
         if skipped:
             warnings.warn("proxprop: these layers stay plain (only nn.Linear and nn.Conv2d are "
@@ -612,7 +728,8 @@ def proxprop(
 # --------------------------------------------------------------------------------------------
 # Registered methods
 # --------------------------------------------------------------------------------------------
-PROX_KEYS = ("tau_theta", "solver", "cg_iters", "cg_tol", "cg_eps", "gram", "cg_block")
+PROX_KEYS = ("tau_theta", "solver", "cg_iters", "cg_tol", "cg_eps", "gram", "cg_block",
+             "cg_variant")
 
 
 def _prox_hparams(tau_theta: float, cg_iters: int) -> tuple[HParam, ...]:
@@ -622,11 +739,14 @@ def _prox_hparams(tau_theta: float, cg_iters: int) -> tuple[HParam, ...]:
         HParam("solver", "cg", str, "prox solver", choices=SOLVERS),
         HParam("cg_iters", cg_iters, int, "CG iterations per layer and step (solver=cg)"),
         HParam("cg_tol", 1e-2, float, "CG relative tolerance (official code; 0: fixed iters)"),
-        HParam("cg_eps", 1e-6, float, "CG denominator epsilon (official code; 0: textbook)"),
+        HParam("cg_eps", 1e-6, float, "CG denominator epsilon, relative to each block's "
+               "squared residual (absolute with cg_variant=official; 0: textbook)"),
         HParam("gram", "sum", str, "Gram scaling: sum (paper) or mean over the batch",
                choices=GRAMS),
         HParam("cg_block", "unit", str, "one CG per output unit, or one per layer",
                choices=CG_BLOCKS),
+        HParam("cg_variant", "textbook", str, "textbook CG, or the official code's aliased "
+               "iteration (reproduces the paper's cgN numbers; not CG)", choices=CG_VARIANTS),
     )
 
 
@@ -637,7 +757,7 @@ class _ProxPropMethod(OptimizerMethod):
 
     def prepare(self, model: nn.Module, ctx) -> nn.Module:
         proxprop(model, **{k: getattr(self.config, k) for k in PROX_KEYS},
-                 distributed=ctx.world_size > 1)
+                 distributed=ctx.world_size > 1, example_input=ctx.x_train[:2])
         return super().prepare(model, ctx)
 
 
