@@ -108,22 +108,21 @@ def test_runtime_failures_are_printed_once_with_a_count(capsys, tmp_path, monkey
 
     monkeypatch.setattr(SGD, "train_step", boom)
     code, _, err = run(capsys, "bench", "--problem", "digits_mlp", "--methods", "sgd",
-                       "--seeds", "3", "--epochs", "1", "--store", str(tmp_path / "r.db"),
-                       "--quiet")
-    assert code == 1
+                       "--seeds", "3", "--epochs", "1", "--store", str(tmp_path / "r.db"))
+    assert code == 1  # (with the progress bar: it must survive failed trials)
     assert err.count("boom at run time") == 2  # the first failure, then the count
     assert "3 trials failed: ValueError: boom at run time (first: digits_mlp/sgd/seed0)" in err
 
 
 def test_bench_says_resumed_and_busy(capsys, tmp_path, monkeypatch):
     from beyondsgd import cli
+    from beyondsgd.bench import batch
     from beyondsgd.bench.runner import TrialResult
     from beyondsgd.bench.store import Store
 
     store = tmp_path / "r.db"
     with Store(store) as st:  # a trial interrupted after its first epoch
-        run_trial = cli.run_trial
-        run_trial("digits_mlp", "sgd", {}, seed=0, epochs=2, store=st, stop_after_epoch=1)
+        cli.run_trial("digits_mlp", "sgd", {}, seed=0, epochs=2, store=st, stop_after_epoch=1)
     code, _, err = run(capsys, "bench", "--problem", "digits_mlp", "--methods", "sgd",
                        "--seeds", "1", "--epochs", "2", "--store", str(store), "--quiet")
     assert code == 0 and "resumed trial digits_mlp/sgd/seed0 at epoch 1" in err
@@ -131,15 +130,15 @@ def test_bench_says_resumed_and_busy(capsys, tmp_path, monkeypatch):
     def busy(problem, method, hp, seed, **kw):
         return TrialResult(problem, method, hp, seed, "running", skipped=False, busy=True)
 
-    monkeypatch.setattr(cli, "run_trial", busy)
+    monkeypatch.setattr(batch, "run_trial", busy)
     code, _, err = run(capsys, "bench", "--problem", "digits_mlp", "--methods", "sgd",
                        "--seeds", "2", "--epochs", "3", "--store", str(store), "--quiet")
     assert code == 0 and "2 trials busy in another process" in err
 
 
-def test_export_names_are_unique(capsys, tmp_path):
+def test_export_names_are_unique(capsys, tmp_path, monkeypatch):
+    from beyondsgd.bench.export import export_name
     from beyondsgd.bench.store import Store
-    from beyondsgd.cli import export_name
 
     long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
     assert export_name(long_a) != export_name(long_b) and len(export_name(long_a)) <= 120
@@ -153,13 +152,9 @@ def test_export_names_are_unique(capsys, tmp_path):
                 if hasattr(st, "claim_trial") else \
                 st.begin_trial(key, "digits_mlp", "sgd", hp, 0, 1, 1.0, "", {})
             st.end_trial(tid, "finished", {})
-    import beyondsgd.cli as cli
+    from beyondsgd.bench import export
 
-    old = cli.MAX_NAME
-    cli.MAX_NAME = 30  # makes both folder names shortened
-    try:
-        code, out, _ = run(capsys, "export", str(store), "--out", str(tmp_path / "exp"))
-    finally:
-        cli.MAX_NAME = old
+    monkeypatch.setattr(export, "MAX_NAME", 30)  # makes both folder names shortened
+    code, out, _ = run(capsys, "export", str(store), "--out", str(tmp_path / "exp"))
     assert code == 0 and "exported 2 trials: 2 JSON files" in out
     assert len(list((tmp_path / "exp").rglob("*.json"))) == 2

@@ -10,18 +10,15 @@ traceback). ``report`` and ``export`` open the store read-only.
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import os
-import re
-import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .bench import store as store_mod
+from .bench.batch import STORE_ERRORS, TrialSpec, failure_lines, failure_text, run_batch
+from .bench.export import export_store
 from .bench.problems import PROBLEMS, get_problem
 from .bench.report import label, markdown_table, summarize, write_report
 from .bench.runner import run_trial
@@ -37,8 +34,6 @@ QUICK_EPOCHS = 10
 # thread vs 0.054 s with 2; beside one CPU-bound process 0.18-0.27 s with 1 vs 3.1-7.3 s with 2.
 # The built-in problems are small: one thread is as fast idle and far faster under load.
 DEFAULT_THREADS = 1
-STORE_ERRORS: tuple[type[BaseException], ...] = tuple(
-    e for e in (getattr(store_mod, "StoreError", None), sqlite3.DatabaseError) if e is not None)
 DEBUG_HINT = "(run with BEYONDSGD_DEBUG=1 for the traceback)"
 
 
@@ -176,17 +171,6 @@ def _open_store(path: str, readonly: bool = False) -> Store:
     return Store(path)
 
 
-def _failure_text(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-
-
-def _print_failures(failures: dict[str, list[str]]) -> None:
-    for msg, names in failures.items():
-        print(f"{len(names)} trial{'s' if len(names) > 1 else ''} failed: {msg} "
-              f"(first: {names[0]})", file=sys.stderr)
-
-
 # ------------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
     _apply_flags(args)
@@ -236,74 +220,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if quick:
         print(f"Quick default: {QUICK_PROBLEM}, all {len(methods)} methods, {args.seeds} "
               f"seed(s), {epochs} epochs -> {store_path}", file=sys.stderr)
-    plan = [(p, m, s) for p in problems for m in methods for s in range(args.seeds)]
-    total_epochs = sum(epochs if epochs is not None else get_problem(p).epochs
-                       for p, _, _ in plan)
+    plan = [TrialSpec(p, m, overrides[m], s, f"{p}/{label(m, overrides[m])}/seed{s}")
+            for p in problems for m in methods for s in range(args.seeds)]
+    n_epochs = {p: epochs if epochs is not None else get_problem(p).epochs for p in problems}
     t0 = time.time()
-    failures: dict[str, list[str]] = {}
-    skipped, busy, resumed = 0, [], []
     with _open_store(store_path) as store:
-        bar = _progress_bar(total_epochs, not args.quiet)
-        for p, m, s in plan:
-            name = f"{p}/{label(m, overrides[m])}/seed{s}"
-            first: list[int] = []
-            if bar is not None:
-                bar.set_description(name)
+        bar = _progress_bar(sum(n_epochs[t.problem] for t in plan), not args.quiet)
 
-            def on_eval(row: dict, bar=bar, first=first) -> None:
-                first.append(row["epoch"])
-                if bar is not None and row["epoch"] > 0:
-                    bar.update(1)
-                    bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.4g}",
-                                    test=f"{row['test_metric']:.4g}")
+        def on_eval(row: dict) -> None:
+            if bar is not None and row["epoch"] > 0:
+                bar.update(1)
+                bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.4g}",
+                                test=f"{row['test_metric']:.4g}")
 
-            try:
-                res = run_trial(p, m, overrides[m], seed=s, epochs=epochs, device=args.device,
-                                store=store, progress=on_eval, train_fraction=args.train_fraction,
-                                tag=args.tag)
-            except STORE_ERRORS:
-                raise
-            except Exception as exc:  # recorded as failed in the store; keep going
-                if extra_hint(exc):
-                    raise
-                msg = _failure_text(exc)
-                if msg not in failures:
-                    print(f"\n{name}: FAILED: {msg} (further trials failing the same way are "
-                          "counted, not repeated)", file=sys.stderr)
-                failures.setdefault(msg, []).append(name)
-                continue
-            if first and first[0] > 1:
-                resumed.append(f"resumed trial {name} at epoch {first[0] - 1}")
-            skipped += bool(res.skipped)
-            if getattr(res, "busy", False):
-                busy.append(name)
-            n_ep = epochs if epochs is not None else get_problem(p).epochs
-            if bar is not None:
-                bar.update(max(0, n_ep - sum(1 for e in first if e > 0)))
+        def on_end(spec: TrialSpec, res, trained: int) -> None:
+            if bar is not None:  # skipped, resumed or failed trials: count their epochs too
+                bar.update(max(0, n_epochs[spec.problem] - trained))
+
+        def on_new_failure(spec: TrialSpec, msg: str) -> None:
+            print(f"\n{spec.name}: FAILED: {msg} (further trials failing the same way are "
+                  "counted, not repeated)", file=sys.stderr)
+
+        result = run_batch(plan, store, epochs=epochs, device=args.device,
+                           train_fraction=args.train_fraction, tag=args.tag,
+                           on_start=(lambda spec: bar.set_description(spec.name)) if bar else None,
+                           on_eval=on_eval, on_end=on_end, on_new_failure=on_new_failure)
         if bar is not None:
             bar.close()
         rows = [r for r in summarize(store, problems) if r["method"] in methods]
-        table = markdown_table(rows)
-        print(table)
-        verdict = getattr(sys.modules[markdown_table.__module__], "verdict_line", None)
-        if verdict is not None and "Verdict" not in table:
-            for p in problems:
-                if any(r["problem"] == p for r in rows):
-                    print(verdict([r for r in rows if r["problem"] == p]))
+        print(markdown_table(rows))
         if args.out:
             path = write_report(store, args.out, problems)
             print(f"report: {path}", file=sys.stderr)
-    for line in resumed:
+    for line in result.messages(store_path):
         print(line, file=sys.stderr)
-    if skipped:
-        print(f"skipped {skipped} finished trial{'s' if skipped > 1 else ''} (already in "
-              f"{store_path})", file=sys.stderr)
-    if busy:
-        print(f"{len(busy)} trial{'s' if len(busy) > 1 else ''} busy in another process "
-              f"(first: {busy[0]}); re-run when it ends to include them", file=sys.stderr)
-    _print_failures(failures)
     print(f"wall time {time.time() - t0:.1f} s; store {store_path}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if result.failed else 0
 
 
 def _rounded(obj: Any) -> Any:
@@ -393,7 +345,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
     for f in res.failed:
         name, _, msg = f.partition(": ")
         failures.setdefault(msg, []).append(name)
-    _print_failures(failures)
+    for line in failure_lines(failures):
+        print(line, file=sys.stderr)
     return 1 if res.failed else 0
 
 
@@ -431,59 +384,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
-MAX_NAME = 120
-
-
-def export_name(text: str) -> str:
-    """A folder name for ``text``: unsafe characters replaced; when that changed or shortened
-    it, a hash of the full text is appended so that distinct texts get distinct names."""
-    safe = _UNSAFE.sub("_", text)
-    if safe == text and len(safe) <= MAX_NAME:
-        return safe
-    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return f"{safe[:MAX_NAME - 12]}__{digest}"
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """Per-trial JSON in a DeepOBS-like layout (problem/method/hparams/seed.json) + one CSV."""
     _check_out(args.out)
-    out = Path(args.out)
-    written: set[Path] = set()
     with _open_store(args.store, readonly=True) as store:
-        trials = store.trials()
-        with open(_mkparent(out / "evals.csv"), "w", newline="") as fcsv:
-            writer = None
-            for t in trials:
-                data = store.export_json(t["id"])
-                hp = "__".join(f"{k}={v}" for k, v in sorted(t["hparams"].items())) or "default"
-                folder = out / export_name(t["problem"]) / export_name(t["method"]) / \
-                    export_name(hp)
-                stem = f"seed{t['seed']}"
-                if t["tag"] or t["train_fraction"] < 1:
-                    stem += "_" + export_name(f"{t['tag']}_{t['train_fraction']:g}")
-                path = folder / f"{stem}.json"
-                if path in written:  # same name (e.g. another epoch budget): the key decides
-                    path = folder / f"{stem}_{t.get('key', t['id'])}.json"
-                _mkparent(path).write_text(json.dumps(data, default=str, indent=1))
-                written.add(path)
-                for e in data["evals"]:
-                    row = {"trial_id": t["id"], "problem": t["problem"], "method": t["method"],
-                           "hparams": json.dumps(t["hparams"], sort_keys=True),
-                           "seed": t["seed"], "status": t["status"], **{k: e.get(k) for k in (
-                               "epoch", "step", "train_seconds", "train_loss", "val_loss",
-                               "val_metric", "test_loss", "test_metric")}}
-                    if writer is None:
-                        writer = csv.DictWriter(fcsv, fieldnames=list(row))
-                        writer.writeheader()
-                    writer.writerow(row)
-    print(f"exported {len(trials)} trials: {len(written)} JSON files and evals.csv in {out}")
+        n_trials, n_files = export_store(store, args.out)
+    print(f"exported {n_trials} trials: {n_files} JSON files and evals.csv in {args.out}")
     return 0
-
-
-def _mkparent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # ------------------------------------------------------------------------------------------
@@ -610,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in lines:
                 print(f"{prefix} {line}", file=sys.stderr)
             return 2
-        print(f"{prefix} internal error: {_failure_text(exc)} {DEBUG_HINT}", file=sys.stderr)
+        print(f"{prefix} internal error: {failure_text(exc)} {DEBUG_HINT}", file=sys.stderr)
         return 1
 
 
