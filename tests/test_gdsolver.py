@@ -100,8 +100,8 @@ def test_select_points_regression_rules():
 
 
 def test_regression_default_never_selects_by_error_size(monkeypatch):
-    """Default regression solves take every training point; above REGRESSION_POINTS a random
-    sample, the same whatever the errors are."""
+    """Default regression solves take every training point when the LP is small; above the
+    size budget a random sample, the same whatever the errors are."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 1))
     x = torch.randn(50, 3)
@@ -112,7 +112,7 @@ def test_regression_default_never_selects_by_error_size(monkeypatch):
     assert solver.selection == "random" and solver.n_points == -1
     _, idx = solver.solve(x, y_big_err)
     assert idx.tolist() == list(range(50))  # all points
-    monkeypatch.setattr(G, "REGRESSION_POINTS", 20)
+    monkeypatch.setattr(G, "REGRESSION_NONZEROS", 20 * 6)  # 20 points of a 6-wide head
     picks = []
     for y in (y_small_err, y_big_err):
         _, idx = GDSolver(m).solve(x, y)
@@ -129,8 +129,11 @@ def test_default_sample_size_follows_the_milp_size():
     assert G.default_points("classification", "paper", 5000, 2, 2) == G.MAX_POINTS
     assert G.default_points("classification", "paper", 10, 128, 10) == 10
     assert G.default_points("classification", "loss", 5000, 128, 10) == G.LP_POINTS
-    assert G.default_points("regression", "paper", 500, 64, 1) == 500
-    assert G.default_points("regression", "loss", 10**5, 64, 1) == G.REGRESSION_POINTS
+    assert G.default_points("regression", "paper", 300, 64, 1) == 300
+    assert G.default_points("regression", "paper", 5000, 64, 1) == 32_768 // 64
+    assert G.default_points("regression", "paper", 5000, 10**6, 1) == G.MIN_POINTS
+    assert G.default_points("regression", "loss", 5000, 64, 1) == 5000
+    assert G.default_points("regression", "loss", 10**5, 64, 1) == G.LOSS_REGRESSION_POINTS
 
 
 # ---- one solver step ----------------------------------------------------------------------
@@ -412,8 +415,8 @@ def test_method_is_deterministic():
 
 def test_backoff_after_rejected_solves(monkeypatch):
     """A flat validation loss (lr ~ 0) plateaus every `patience` = 2 epochs after the first one
-    (which sets the best value); each rejected solve doubles the wait: solves at (0-based)
-    epochs 2, 2 + 4, 2 + 4 + 8; with backoff 1 at every plateau."""
+    (which sets the best value); each solve doubles the wait: solves at (0-based) epochs 2,
+    2 + 4, 2 + 4 + 8; with backoff 1 at every plateau."""
     def no_solution(*args, **kwargs):
         return MILPResult(status="no_solution", has_solution=False, objective=None, bound=None,
                           gap=None, start_objective=0.0, solve_seconds=0.0, build_seconds=0.0,
@@ -435,7 +438,7 @@ def test_backoff_after_rejected_solves(monkeypatch):
         other.prepare(_mlp(7), _ctx(x, y, xv, yv, epochs=15))
         other.load_state_dict(state)
         assert other.plateau.patience == gs.plateau.patience
-        assert other.rejected_in_row == gs.rejected_in_row == len(expected)
+        assert other.solves == gs.solves == len(expected)
 
 
 def test_digits_default_solves_never_lower_validation_accuracy():

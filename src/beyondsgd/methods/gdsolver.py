@@ -100,27 +100,32 @@ SELECTIONS = ("random", "misclassified", "first", "largest_error", "all")
 TASKS = ("classification", "regression")
 OBJECTIVES = ("paper", "loss")
 # Default points per solve (n_points=-1), from benchmarks/gdsolver_milp_scaling.py: HiGHS's time
-# on the MILP grows with its nonzeros, about 0.3 s per 85k on one core (digits and mnist1d
-# features alike), so the MILP gets as many random points as keep
-# points * (classes - 1) * width <= MILP_NONZEROS, between MIN_POINTS and MAX_POINTS.
+# grows with the nonzeros of the problem (one thread): the MILP about 0.3 s per 80k nonzeros on
+# digits and mnist1d features, the regression LP about 0.06 s per 36k. Random points, as many as
+# keep points * (classes - 1) * width <= MILP_NONZEROS (MILP) or points * outputs * width <=
+# REGRESSION_NONZEROS (LP), at least MIN_POINTS; the hinge LP gets LP_POINTS.
 MILP_NONZEROS = 75_000
+REGRESSION_NONZEROS = 32_768  # 512 points for a 64-wide head: all of diabetes, 512 of friedman
 MIN_POINTS, MAX_POINTS = 16, 256
 LP_POINTS = 256  # hinge LP (objective="loss", classification): 0.3 s on digits, 3 s on mnist1d
-REGRESSION_POINTS = 2048  # regression LP: every training point up to this many, else a sample
+LOSS_REGRESSION_POINTS = 8192  # objective="loss", regression: all points up to this many
 NODE_LIMIT = 100  # branch-and-bound nodes per MILP (deterministic, unlike a time limit)
 
 
-def default_points(task: str, objective: str, n: int, width: int, classes: int) -> int:
+def default_points(task: str, objective: str, n: int, width: int, outputs: int) -> int:
     """Points per solve when ``n_points=-1`` (auto), for ``n`` training points and a head of
-    ``width`` inputs and ``classes`` outputs: the classification MILP gets
+    ``width`` inputs and ``outputs`` outputs (classes): the classification MILP gets
     ``MILP_NONZEROS / ((classes - 1) * width)`` points (clamped to ``[MIN_POINTS,
-    MAX_POINTS]``), the hinge LP ``LP_POINTS``, the regression LP every point up to
-    ``REGRESSION_POINTS`` (a random sample beyond)."""
+    MAX_POINTS]``), the hinge LP ``LP_POINTS``, the regression LP
+    ``REGRESSION_NONZEROS / (outputs * width)`` (at least ``MIN_POINTS``); with
+    ``objective="loss"`` the regression LP gets every point up to ``LOSS_REGRESSION_POINTS``."""
     if task == "regression":
-        return min(n, REGRESSION_POINTS)
+        if objective == "loss":
+            return min(n, LOSS_REGRESSION_POINTS)
+        return min(n, max(MIN_POINTS, REGRESSION_NONZEROS // max(1, outputs * width)))
     if objective == "loss":
         return min(n, LP_POINTS)
-    k = MILP_NONZEROS // max(1, (classes - 1) * width)
+    k = MILP_NONZEROS // max(1, (outputs - 1) * width)
     return min(n, max(MIN_POINTS, min(MAX_POINTS, k)))
 
 
@@ -200,10 +205,12 @@ def select_points(
     return order[:k]
 
 
-def backoff_patience(patience: int, backoff: float, rejected_in_row: int) -> int:
-    """Plateau epochs before the next solve after ``rejected_in_row`` rejected solves in a row:
-    ``patience * backoff**rejected_in_row`` (rounded down, capped at 10**6)."""
-    return int(min(1e6, patience * backoff ** min(rejected_in_row, 64)))
+def backoff_patience(patience: int, backoff: float, solves: int) -> int:
+    """Plateau epochs before the next solve after ``solves`` solves: ``patience *
+    backoff**solves`` (rounded down, capped at 10**6). GD phases grow geometrically, so a run
+    of E epochs has about log2(E / patience) plateau solves with the default backoff 2 (the
+    official code: two GD phases, at most two solves)."""
+    return int(min(1e6, patience * backoff ** min(solves, 64)))
 
 
 class PlateauDetector:
@@ -253,7 +260,7 @@ class GDSolver:
             ``"loss"`` (**our extension**, not in the paper): minimise a piecewise-linear
             surrogate of the training loss inside the box, an LP (classification: the
             multi-class hinge loss on ``LP_POINTS`` random points; regression: the L1 error
-            over all training points up to ``REGRESSION_POINTS``).
+            over all training points up to ``LOSS_REGRESSION_POINTS``).
         time_limit, mip_gap, threads: HiGHS options (seconds, relative gap, threads).
         node_limit: branch-and-bound nodes per MILP (``None``: unlimited). With one thread the
             MILP's outcome then does not depend on the machine's speed; ``time_limit`` is only a
@@ -261,9 +268,10 @@ class GDSolver:
         n_points, selection: how many training points go to the solver and which (see
             :func:`select_points`); ``n_points=-1`` (default) is :func:`default_points`: for
             the MILP as many random points as keep it near 75k nonzeros (65 for a 128-wide
-            10-class head), 256 for the hinge LP, all points (up to 2048) for regression;
-            ``0``: all points. ``selection="misclassified"`` with ``n_points=32`` is the
-            official classification rule, ``"first"`` the official regression rule.
+            10-class head), 256 for the hinge LP, for the regression LP all points up to about
+            32k nonzeros (512 points of a 64-wide head), else a random sample; ``0``: all.
+            ``selection="misclassified"`` with ``n_points=32`` is the official classification
+            rule, ``"first"`` the official regression rule.
         margin: classification margin ``delta`` (1e-4 in the official code).
         norm: regression objective, ``"l1"`` or ``"linf"`` (``objective="loss"``: always L1).
         min_gain: if > 0, require ``#correct >= start + min_gain * n_points`` in the MILP (the
@@ -590,8 +598,8 @@ class GDSolverMethod(OptimizerMethod):
         HParam("objective", "paper", str, "paper: the paper's MILP/LP; loss: our extension, "
                "a hinge (classification) / L1 (regression) LP of the training loss",
                choices=OBJECTIVES),
-        HParam("n_points", -1, int, "training points per solve (-1: auto, 128 for the MILP, "
-               "all up to 2048 for the LPs; 0: all)"),
+        HParam("n_points", -1, int, "training points per solve (-1: auto, sized by the "
+               "solver's nonzeros, see default_points; 0: all)"),
         HParam("selection", "random", str, "which points go to the solver (official: "
                "misclassified for classification, first for regression)", choices=SELECTIONS),
         HParam("time_limit", 30.0, float, "HiGHS time limit per solve, seconds (a safety net)"),
@@ -605,8 +613,8 @@ class GDSolverMethod(OptimizerMethod):
         HParam("max_solves", 0, int, "maximum number of solves (0: unlimited)"),
         HParam("solver_seconds", 600.0, float, "total solver time budget (0: unlimited)"),
         HParam("solve_every", 0, int, "also solve every k epochs regardless of plateaus (0: off)"),
-        HParam("backoff", 2.0, float, "after k rejected solves in a row, the next plateau solve "
-               "waits patience * backoff**k epochs (1: every plateau; the paper stops)"),
+        HParam("backoff", 2.0, float, "after k solves, the next plateau solve waits patience * "
+               "backoff**k epochs without improvement (1: every plateau)"),
         *SCHEDULE_HPARAMS,
     )
 
@@ -629,7 +637,6 @@ class GDSolverMethod(OptimizerMethod):
         self.plateau = PlateauDetector(self.hp["patience"], self.hp["min_delta"])
         self.solves = 0
         self.accepted = 0
-        self.rejected_in_row = 0
         self.seconds_used = 0.0
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -676,9 +683,8 @@ class GDSolverMethod(OptimizerMethod):
         self.accepted += int(ev["accepted"])
         self.seconds_used += ev["solve_seconds"] + ev["build_seconds"]
         after = ev["val_loss_after"] if ev["accepted"] else val
-        self.rejected_in_row = 0 if ev["accepted"] else self.rejected_in_row + 1
         self.plateau.patience = backoff_patience(self.hp["patience"], self.hp["backoff"],
-                                                 self.rejected_in_row)
+                                                 self.solves)
         self.plateau.reset(best=after)  # a new GD phase starts
         ev["trigger"] = "plateau" if plateau else "schedule"
         events.append(ev)
@@ -691,7 +697,6 @@ class GDSolverMethod(OptimizerMethod):
         state = super().state_dict()
         state.update(plateau=self.plateau.state_dict(), solves=self.solves,
                      accepted=self.accepted, seconds_used=self.seconds_used,
-                     rejected_in_row=self.rejected_in_row,
                      solver_calls=self.solver.n_solves if self.solver else 0)
         return state
 
@@ -700,8 +705,7 @@ class GDSolverMethod(OptimizerMethod):
         self.plateau.load_state_dict(state["plateau"])
         self.solves, self.accepted = int(state["solves"]), int(state["accepted"])
         self.seconds_used = float(state["seconds_used"])
-        self.rejected_in_row = int(state.get("rejected_in_row", 0))
         self.plateau.patience = backoff_patience(self.hp["patience"], self.hp["backoff"],
-                                                 self.rejected_in_row)
+                                                 self.solves)
         if self.solver is not None:
             self.solver.n_solves = int(state["solver_calls"])
