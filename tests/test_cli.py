@@ -158,3 +158,25 @@ def test_export_names_are_unique(capsys, tmp_path, monkeypatch):
     code, out, _ = run(capsys, "export", str(store), "--out", str(tmp_path / "exp"))
     assert code == 0 and "exported 2 trials: 2 JSON files" in out
     assert len(list((tmp_path / "exp").rglob("*.json"))) == 2
+
+
+def test_suite_prints_a_summary_and_the_report_path(capsys, tmp_path, monkeypatch):
+    from beyondsgd.bench import suite
+
+    store = str(tmp_path / "s.db")
+    code, _, _ = run(capsys, "bench", "--problem", "digits_mlp", "--methods", "sgd,adam",
+                     "--seeds", "2", "--epochs", "1", "--store", store, "--quiet")
+    assert code == 0
+
+    def fake_suite(budget, store_path, methods, **kw):  # the trials above stand for the suite
+        return suite.SuiteResult(budget, store_path, jobs=4, seconds=1.0, failed=[
+            f"digits_mlp/slbi/tune/seed{s}: ValueError: refused" for s in range(3)])
+
+    monkeypatch.setattr(suite, "run_suite", fake_suite)
+    code, out, err = run(capsys, "suite", "--budget", "smoke", "--store", store, "--out",
+                         str(tmp_path / "rep"), "--quiet")
+    assert code == 1
+    assert len(out.splitlines()) < 10 and f"report: {tmp_path / 'rep' / 'report.md'}" in out
+    assert "4 trials (4 finished)" in out
+    assert err.count("refused") == 1
+    assert "3 trials failed: ValueError: refused (first: digits_mlp/slbi/tune/seed0)" in err

@@ -182,7 +182,7 @@ def describe(method: str, hparams: dict[str, Any] | None) -> str:
 
 
 def check_method(prob: Problem, data, method: str, hparams: dict[str, Any] | None,
-                 epochs: int | None = None) -> str | None:
+                 epochs: int | None = None, train_fraction: float = 1.0) -> str | None:
     """Construct ``method`` with ``hparams`` and let it ``prepare`` a freshly built model of
     ``prob`` (CPU, no training). Returns what is wrong (one line), or None when accepted."""
     cls = get_method_class(method)
@@ -195,6 +195,10 @@ def check_method(prob: Problem, data, method: str, hparams: dict[str, Any] | Non
                "accepted: lr > 0"
     epochs = prob.epochs if epochs is None else epochs
     try:
+        if train_fraction < 1.0:
+            from .runner import DATA_SPLIT_SEED
+
+            data = data.subsample_train(train_fraction, seed=DATA_SPLIT_SEED)
         m = cls(hp)
         torch.manual_seed(0)
         model = prob.build_model(data, "relu", 0)
@@ -230,12 +234,15 @@ def preflight(plan: Plan) -> torch.device:
     distinct problem found (one line each); returns the device."""
     errors: list[str] = []
     device = torch.device("cpu")
-    for check in (lambda: check_train_fraction(plan.train_fraction),
-                  lambda: check_epochs(plan.epochs)):
-        try:
-            check()
-        except ValueError as exc:
-            errors.append(str(exc))
+    fraction, epochs = 1.0, None  # what the method checks use when these are refused
+    try:
+        fraction = check_train_fraction(plan.train_fraction)
+    except ValueError as exc:
+        errors.append(str(exc))
+    try:
+        epochs = check_epochs(plan.epochs)
+    except ValueError as exc:
+        errors.append(str(exc))
     try:
         device = check_device(plan.device)
     except ValueError as exc:
@@ -253,7 +260,7 @@ def preflight(plan: Plan) -> torch.device:
             errors.append(str(exc))
             continue
         for method, hp in plan.methods:
-            err = check_method(prob, data, method, hp, plan.epochs)
+            err = check_method(prob, data, method, hp, epochs, fraction)
             if err:
                 refused.setdefault((describe(method, hp), err), []).append(prob.name)
     for (what, err), probs in refused.items():
