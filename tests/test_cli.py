@@ -180,3 +180,19 @@ def test_suite_prints_a_summary_and_the_report_path(capsys, tmp_path, monkeypatc
     assert "4 trials (4 finished)" in out
     assert err.count("refused") == 1
     assert "3 trials failed: ValueError: refused (first: digits_mlp/slbi/tune/seed0)" in err
+
+
+def test_train_failure_at_run_time_is_one_line(capsys, monkeypatch):
+    from beyondsgd.methods.baselines import SGD
+
+    def boom(self, model, batch, loss_fn):
+        raise ValueError("boom at run time")
+
+    monkeypatch.setattr(SGD, "train_step", boom)
+    monkeypatch.delenv("BEYONDSGD_DEBUG", raising=False)
+    code, _, err = run(capsys, "train", "--problem", "digits_mlp", "--method", "sgd",
+                       "--epochs", "1")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "beyondsgd train: error: the trial failed at run time: ValueError: boom at run time "
+        "(run with BEYONDSGD_DEBUG=1 for the traceback)")

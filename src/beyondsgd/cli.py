@@ -41,6 +41,10 @@ class CLIError(Exception):
     """Bad command-line input: printed as ``error: ...`` with exit status 2."""
 
 
+class TrialFailed(Exception):
+    """A trial failed at run time (after the pre-flight check): one line, exit status 1."""
+
+
 def _version() -> str:
     try:
         from . import __version__
@@ -287,9 +291,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         if lead:
             world = f" / {D.world_size()} processes" if D.active() else ""
             print(f"{problem} / {label(method, hp)} / seed {args.seed}{world}")
-        res = run_trial(problem, method, hp, seed=args.seed, epochs=args.epochs, device=device,
-                        store=store, progress=lead, train_fraction=args.train_fraction)
-        if lead:
+        try:
+            res = run_trial(problem, method, hp, seed=args.seed, epochs=args.epochs,
+                            device=device, store=store, progress=lead,
+                            train_fraction=args.train_fraction)
+        except STORE_ERRORS:
+            raise
+        except Exception as exc:
+            if extra_hint(exc):
+                raise
+            raise TrialFailed(f"the trial failed at run time: {failure_text(exc)}") from exc
+        if lead and getattr(res, "busy", False):
+            print(f"status: not run: another process is running this trial "
+                  f"({getattr(res, 'holder', '') or 'in this store'}); re-run when it ends")
+        elif lead:
             for e in res.events:
                 print("  event:", json.dumps(_rounded(e), default=str))
             metric = get_problem(problem).metric
@@ -512,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("BEYONDSGD_DEBUG", "") not in ("", "0"):
             raise
+        if isinstance(exc, TrialFailed):
+            print(f"{prefix} {exc} {DEBUG_HINT}", file=sys.stderr)
+            return 1
         lines = _user_error(exc)
         if lines is not None:
             for line in lines:
