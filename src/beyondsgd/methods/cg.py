@@ -65,17 +65,17 @@ __all__ = ["batch_space_cg", "batched_cg"]
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor, joint: bool) -> torch.Tensor:
-    """Inner products per row, shape (s, 1), or one inner product, shape (1, 1), when joint."""
-    a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    """Inner products per row, shape (s, 1), or one inner product, shape (1, 1), when joint
+    (``a``, ``b`` contiguous)."""
     if joint:
-        return torch.dot(a2.reshape(-1), b2.reshape(-1)).reshape(1, 1)
-    return torch.linalg.vecdot(a2, b2).unsqueeze(1)
+        return torch.dot(a.reshape(-1), b.reshape(-1)).reshape(1, 1)
+    return (a * b).reshape(a.shape[0], -1).sum(1, keepdim=True)
 
 
 def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den with 0 where den == 0 (a row whose residual is exactly zero stays put)."""
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
-                       torch.zeros_like(num))
+    """num / den, and 0 where den <= 0: a block whose residual vanished (0/0), or whose
+    p^T M p came out <= 0 by round-off once converged, stays put."""
+    return torch.where(den > 0, num / den, 0.0)
 
 
 def _check(maxiter: int, tol: float, eps: float) -> None:
@@ -99,11 +99,11 @@ class _Loop:
         self.use_mask = tol > 0 and is_cuda
         self.active = torch.ones((), dtype=torch.bool, device=rs0.device)
 
-    def _eps(self, rs: torch.Tensor) -> torch.Tensor | float:
-        return rs * self.eps if self.relative else self.eps
+    def _plus_eps(self, v: torch.Tensor, rs: torch.Tensor) -> torch.Tensor:
+        return torch.add(v, rs, alpha=self.eps) if self.relative else v + self.eps
 
     def alpha(self, rs: torch.Tensor, pap: torch.Tensor) -> torch.Tensor:
-        a = _safe_div(rs, pap + self._eps(rs))
+        a = _safe_div(rs, self._plus_eps(pap, rs))
         return a * self.active if self.use_mask else a
 
     def stop(self, rs_new: torch.Tensor) -> bool:
@@ -116,7 +116,7 @@ class _Loop:
         return bool(converged)
 
     def beta(self, rs_new: torch.Tensor, rs: torch.Tensor) -> torch.Tensor:
-        return _safe_div(rs_new, rs + self._eps(rs))
+        return _safe_div(rs_new, self._plus_eps(rs, rs))
 
 
 def batched_cg(
@@ -141,43 +141,46 @@ def batched_cg(
     _check(maxiter, tol, eps)
     if rhs.dim() == 0:
         raise ValueError("rhs must have a leading row dimension, got a scalar")
+    shape = rhs.shape
+    flat = rhs.reshape(shape[0], -1)
     if x0 is None:
-        x = torch.zeros_like(rhs)
-        r = rhs.clone()
+        x = torch.zeros_like(flat, memory_format=torch.contiguous_format)
+        r = flat.clone(memory_format=torch.contiguous_format)
     else:
-        if x0.shape != rhs.shape:
-            raise ValueError(f"x0 has shape {tuple(x0.shape)}, rhs has {tuple(rhs.shape)}")
-        x = x0.clone()
-        r = rhs - matvec(x0)
-    shape = (rhs.shape[0],) + (1,) * (rhs.dim() - 1)
+        if x0.shape != shape:
+            raise ValueError(f"x0 has shape {tuple(x0.shape)}, rhs has {tuple(shape)}")
+        x = x0.reshape(shape[0], -1).clone(memory_format=torch.contiguous_format)
+        r = (rhs - matvec(x0)).reshape(shape[0], -1).contiguous()
+
+    def op(v: torch.Tensor) -> torch.Tensor:
+        return matvec(v.reshape(shape)).reshape(shape[0], -1)
+
     p = r.clone()
     rs = _rowdot(r, r, joint)
     loop = _Loop(rs, tol, eps, relative_eps, rhs.is_cuda)
     k = 0
     while True:
         k += 1
-        ap = matvec(p)
+        ap = op(p)
         alpha = loop.alpha(rs, _rowdot(p, ap, joint))
-        a_b = alpha.reshape(shape) if not joint else alpha.reshape(())
-        x.addcmul_(p, a_b)
+        x.addcmul_(p, alpha)
         if k >= maxiter:
             break
-        r.addcmul_(ap, a_b, value=-1.0)
+        r.addcmul_(ap, alpha, value=-1.0)
         rs_new = _rowdot(r, r, joint)
         if loop.stop(rs_new):
             break
         b = loop.beta(rs_new, rs)
-        b_b = b.reshape(shape) if not joint else b.reshape(())
         if aliased and k == 1:
-            p = r * (b_b + 1.0)  # p_0 was r itself, so it already holds r_1
+            p = r * (b + 1.0)  # p_0 was r itself, so it already holds r_1
         else:
-            p.mul_(b_b).add_(r)
+            torch.addcmul(r, p, b, out=p)
         rs = rs_new
-    return x, k
+    return x.reshape(shape), k
 
 
 def batch_space_cg(
-    a: torch.Tensor,
+    gram: torch.Tensor,
     gt: torch.Tensor,
     beta: float,
     s: float,
@@ -189,47 +192,49 @@ def batch_space_cg(
     aliased: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """``batched_cg`` on ``v -> beta v + s (v a^T) a`` for the rows of ``rhs = gt @ a``,
-    carried in batch coordinates ("dual" CG); returns ``(x, iterations)`` with ``x`` of
-    shape (m, K).
+    carried in batch coordinates ("dual" CG). Returns ``(q, iterations)``: the solution is
+    ``x = q @ a`` (the caller forms it, e.g. as weight and bias parts).
 
-    ``a``: (B, K) the layer's augmented inputs Ã; ``gt``: (m, B) the BackProp signal
-    transposed, so the right-hand side (the gradient, Eq. 14) is ``gt @ a``. Started at 0,
-    every residual, direction and iterate is a combination of the rows of ``a``: ``v = q a``
-    with ``q`` in R^B. With ``G = a a^T`` (B x B), ``<v, w> = q G q'^T`` and the operator is
-    ``q -> beta q + s q G``; carrying ``qG`` for the residual and the direction alongside
-    ``q`` gives ``p^T M p = beta <q_p, q_p G> + s |q_p G|^2`` without a product, so N
-    iterations cost one product with ``G`` each (the last needs none, the start needs one),
-    plus forming ``G`` (2 B^2 K flops) and the final ``x = q_x a`` (2 m B K flops). The
-    iterates equal ``batched_cg``'s up to round-off (same eps, tol and aliasing semantics).
+    ``gram``: (B, B) ``G = a a^T`` for the (B, K) matrix ``a`` (the layer's augmented inputs
+    Ã); ``gt``: (m, B) the BackProp signal transposed. Started at 0, every residual, direction
+    and iterate is a combination of the rows of ``a``: ``v = q a`` with ``q`` in R^B, so
+    ``<v, w> = q G q'^T`` and the operator is ``q -> beta q + s q G``. Carrying ``qG`` for the
+    residual and the direction alongside ``q`` gives ``p^T M p = <q_p + (s/beta) q_p G,
+    q_p G> beta`` without a product, and the residual update reuses the same combination, so
+    N iterations cost N products with ``G`` (one per iteration but the last, plus one for
+    the start). With forming ``G`` (2 B^2 K flops) and ``x = q a`` (2 m B K), the iterates
+    equal ``batched_cg``'s up to round-off (same eps, tol and aliasing semantics).
     """
     _check(maxiter, tol, eps)
-    gram = a @ a.T
-    rq = gt.clone()
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
+    c = s / beta
+    rq = gt.clone(memory_format=torch.contiguous_format)
     rg = rq @ gram
     pq, pg = rq.clone(), rg.clone()
     xq = torch.zeros_like(rq)
     rs = _rowdot(rq, rg, joint)
-    loop = _Loop(rs, tol, eps, relative_eps, a.is_cuda)
+    loop = _Loop(rs, tol, eps, relative_eps, gram.is_cuda)
     k = 0
     while True:
         k += 1
-        pap = _rowdot(pq, pg, joint).mul_(beta).add_(_rowdot(pg, pg, joint), alpha=s)
+        v = torch.add(pq, pg, alpha=c)  # (M p) / beta in coefficients
+        pap = _rowdot(v, pg, joint).mul_(beta)
         alpha = loop.alpha(rs, pap)
         xq.addcmul_(pq, alpha)
         if k >= maxiter:
             break
-        w = pg @ gram
-        ab, as_ = alpha * beta, alpha * s
-        rq.addcmul_(pq, ab, value=-1.0).addcmul_(pg, as_, value=-1.0)
-        rg.addcmul_(pg, ab, value=-1.0).addcmul_(w, as_, value=-1.0)
+        ab = alpha * beta
+        rq.addcmul_(v, ab, value=-1.0)
+        rg.addcmul_(torch.addmm(pg, pg, gram, alpha=c), ab, value=-1.0)
         rs_new = _rowdot(rq, rg, joint)
         if loop.stop(rs_new):
             break
         b = loop.beta(rs_new, rs)
-        if aliased and k == 1:
+        if aliased and k == 1:  # p_0 was r itself, so it already holds r_1
             pq, pg = rq * (b + 1.0), rg * (b + 1.0)
         else:
-            pq.mul_(b).add_(rq)
-            pg.mul_(b).add_(rg)
+            torch.addcmul(rq, pq, b, out=pq)
+            torch.addcmul(rg, pg, b, out=pg)
         rs = rs_new
-    return xq @ a, k
+    return xq, k

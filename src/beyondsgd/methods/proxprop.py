@@ -98,9 +98,13 @@ __all__ = [
     "ProxLinear",
     "ProxProp",
     "ProxPropSGD",
+    "conv2d_cg_flops",
     "conv2d_gram_apply",
     "conv2d_prox_direction",
+    "linear_cg_flops",
+    "linear_cg_path",
     "linear_prox_direction",
+    "linear_prox_parts",
     "proxprop",
 ]
 
@@ -130,7 +134,9 @@ class ProxConfig:
     (the cheapest by flop count, :func:`linear_cg_path`) | "gram" | "primal" | "dual" (same
     iterates up to round-off);
     ``distributed``: sum the Gram and gradient over the ranks of the initialised
-    ``torch.distributed`` group (``None``: when it has more than one process).
+    ``torch.distributed`` group (``None``: when it has more than one process). For a
+    Conv2d, ``cg_path="gram"`` forces the explicit unfolded Gram, "primal"/"dual" the
+    matrix-free path, "auto" the cheaper by :func:`conv2d_cg_flops`.
     """
 
     tau_theta: float = 1.0
@@ -271,43 +277,60 @@ def linear_prox_direction(
     dtype. ``s`` = 1 (gram="sum") or 1/B (gram="mean"). CG runs on the cheapest path by
     :func:`linear_cg_path` unless ``cfg.cg_path`` names one.
     """
-    out_dtype = grad_out.dtype if grad_theta is None else grad_theta.dtype
+    dw, db = linear_prox_parts(x, grad_out, grad_theta, has_bias, cfg)
+    d = torch.cat([dw, db[:, None]], 1) if db is not None else dw
+    return d.to(grad_out.dtype if grad_theta is None else grad_theta.dtype)
+
+
+def linear_prox_parts(
+    x: torch.Tensor, grad_out: torch.Tensor, grad_theta: torch.Tensor | None, has_bias: bool,
+    cfg: ProxConfig,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`linear_prox_direction` as contiguous (weight, bias or None) parts in the work
+    dtype (float32, or float64 for float64 layers); what the layer's backward uses."""
     wd = _work_dtype(grad_out)
     xw = x.to(wd)
-    a = torch.cat([xw, xw.new_ones(xw.shape[0], 1)], 1) if has_bias else xw
     go = grad_out.to(wd)
-    rows, k = a.shape
-    m_out = go.shape[1]
+    rows, n = xw.shape
+    k, m_out = n + int(has_bias), go.shape[1]
+    beta = 1.0 / cfg.tau_theta
+
+    def augmented() -> torch.Tensor:
+        return torch.cat([xw, xw.new_ones(rows, 1)], 1) if has_bias else xw
 
     def gradient() -> torch.Tensor:
-        return grad_theta.to(wd) if grad_theta is not None else go.T @ a
+        return grad_theta.to(wd) if grad_theta is not None else go.T @ augmented()
+
+    def split(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return (d[:, :n].contiguous(), d[:, n].contiguous()) if has_bias else (d, None)
 
     if cfg.solver == "gradient":
-        return gradient().to(out_dtype)
-    beta = 1.0 / cfg.tau_theta
+        return split(gradient())
     if D.resolve(cfg.distributed):
+        a = augmented()
         gram, g, rows = _global_gram(a.T @ a, gradient(), rows)
         s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
-        return _solve_gram(gram, g, s, beta, cfg).to(out_dtype)
+        return split(_solve_gram(gram, g, s, beta, cfg))
     s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
-    if cfg.solver == "exact":
-        if rows < k:
-            # Woodbury: (beta I + s Ã^T Ã)^{-1} Ã^T go = Ã^T (beta I + s Ã Ã^T)^{-1} go,
-            # with grad_theta = go^T Ã (go = dJ/dz).
-            kk = torch.addmm(torch.eye(rows, dtype=wd, device=a.device), a, a.T, beta=beta,
-                             alpha=s)
-            d = _spd_solve_rows(kk, go.T) @ a  # (m, B) @ (B, K)
-        else:
-            mm = torch.addmm(torch.eye(k, dtype=wd, device=a.device), a.T, a, beta=beta, alpha=s)
-            d = _spd_solve_rows(mm, gradient())
-        return d.to(out_dtype)
-
-    path = cfg.cg_path
+    path = "exact" if cfg.solver == "exact" else cfg.cg_path
     if path == "auto":
         path = linear_cg_path(rows, k, m_out, cfg.cg_iters)
-    if path == "dual":
-        d, _ = batch_space_cg(a, go.T, beta, s, cfg.cg_iters, **_cg_kwargs(cfg))
-        return d.to(out_dtype)
+    if path in ("dual", "exact") and (path == "dual" or rows < k):
+        # batch space: Ã Ã^T = x x^T (+ 1 with a bias); the direction is q Ã = [q x, q 1]
+        gram = xw @ xw.T
+        if has_bias:
+            gram.add_(1.0)
+        if path == "exact":
+            # Woodbury: (beta I + s Ã^T Ã)^{-1} Ã^T go = Ã^T (beta I + s Ã Ã^T)^{-1} go
+            kk = gram.mul(s).add_(torch.eye(rows, dtype=wd, device=xw.device), alpha=beta)
+            q = _spd_solve_rows(kk, go.T)
+        else:
+            q, _ = batch_space_cg(gram, go.T, beta, s, cfg.cg_iters, **_cg_kwargs(cfg))
+        return q @ xw, (q.sum(1) if has_bias else None)
+    a = augmented()
+    if path == "exact":
+        mm = torch.addmm(torch.eye(k, dtype=wd, device=a.device), a.T, a, beta=beta, alpha=s)
+        return split(_spd_solve_rows(mm, gradient()))
     if path == "gram":
         gram = torch.addmm(torch.eye(k, dtype=wd, device=a.device), a.T, a, beta=beta, alpha=s)
 
@@ -318,7 +341,7 @@ def linear_prox_direction(
             return torch.addmm(v, v @ a.T, a, beta=beta, alpha=s)
 
     d, _ = batched_cg(matvec, gradient(), cfg.cg_iters, **_cg_kwargs(cfg))
-    return d.to(out_dtype)
+    return split(d)
 
 
 def bias_prox_direction(grad_b: torch.Tensor, outputs: int, batch: int, cfg: ProxConfig
@@ -396,6 +419,21 @@ def conv2d_unfolded(x: torch.Tensor, w_shape: torch.Size, has_bias: bool, geo: C
     return cols
 
 
+UNFOLD_LIMIT = 1 << 26  # elements of an unfolded conv input the CG "gram" path may allocate
+
+
+def conv2d_cg_flops(rows: int, k: int, c_out: int, groups: int, iters: int
+                    ) -> dict[str, int]:
+    """Flops of ``iters`` CG iterations for a Conv2d with ``rows`` = B * H_out * W_out output
+    positions, ``k`` weights per output channel (+1 with bias) and ``c_out`` output channels
+    in ``groups`` groups: ``gram``, the explicit per-group Gram of the unfolded input
+    (2 R K^2 per group, then 2 C_out K^2 per iteration), or ``matrix_free``, a convolution
+    forward and a weight adjoint per iteration (4 R C_out K). The gradient is computed by the
+    convolution's backward either way."""
+    return {"gram": 2 * groups * rows * k * k + 2 * iters * c_out * k * k,
+            "matrix_free": 4 * iters * rows * c_out * k}
+
+
 def conv2d_prox_direction(
     x: torch.Tensor, grad_theta: torch.Tensor, w_shape: torch.Size, has_bias: bool,
     geo: ConvGeometry, cfg: ProxConfig,
@@ -422,11 +460,29 @@ def conv2d_prox_direction(
         rhs = g.reshape(groups, g.shape[0] // groups, k)
         return _spd_solve_rows(mm, rhs).reshape(g.shape).to(grad_theta.dtype)
 
+    if cfg.cg_path == "gram" or cfg.cg_path == "auto" and _conv_gram_is_cheaper(
+            x, w_shape, has_bias, geo, cfg.cg_iters):
+        a = conv2d_unfolded(xw, w_shape, has_bias, geo)  # (G, R, K)
+        return _solve_gram(a.transpose(1, 2) @ a, g, s, beta, cfg).to(grad_theta.dtype)
+
     def matvec(v: torch.Tensor) -> torch.Tensor:  # (beta I + s A^T A) applied to rows of v
         return conv2d_gram_apply(xw, v, w_shape, has_bias, geo).mul_(s).add_(v, alpha=beta)
 
     d, _ = batched_cg(matvec, g, cfg.cg_iters, **_cg_kwargs(cfg))
     return d.to(grad_theta.dtype)
+
+
+def _conv_gram_is_cheaper(x: torch.Tensor, w_shape: torch.Size, has_bias: bool,
+                          geo: ConvGeometry, iters: int) -> bool:
+    """Whether :func:`conv2d_cg_flops` prefers the explicit Gram, within ``UNFOLD_LIMIT``."""
+    out = [(x.shape[2 + i] + 2 * geo.padding[i] - geo.dilation[i] * (w_shape[2 + i] - 1) - 1)
+           // geo.stride[i] + 1 for i in (0, 1)]
+    rows = x.shape[0] * out[0] * out[1]
+    k = w_shape[1] * w_shape[2] * w_shape[3] + int(has_bias)
+    if rows * k * geo.groups > UNFOLD_LIMIT:
+        return False
+    f = conv2d_cg_flops(rows, k, w_shape[0], geo.groups, iters)
+    return f["gram"] < f["matrix_free"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,9 +515,9 @@ class ProxLinearFunction(torch.autograd.Function):
                 grad_w = g2.T @ x2
                 grad_b = g2.sum(0) if need_b else None
             else:
-                d = linear_prox_direction(x2, g2, None, bool(need_b), cfg)
-                grad_w = d[:, :n]
-                grad_b = d[:, n] if need_b else None
+                grad_w, grad_b = linear_prox_parts(x2, g2, None, bool(need_b), cfg)
+                grad_w = grad_w.to(weight.dtype)
+                grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
         elif need_b:  # frozen weight: the bias alone is the prox variable
             grad_b = bias_prox_direction(g2.sum(0), g2.shape[0], g2.shape[0], cfg)
         return grad_x, grad_w, grad_b, None
