@@ -4,20 +4,26 @@
    friedman_mlp, diabetes_mlp, toy_{identity,affine,polynomial,formula}_mlp. SGD and Adam get
    the best learning rate of {1e-3, 1e-2, 1e-1} by final validation MSE (seed 0); GDSolver gets
    the best of inner optimizer {SGD, Adam} at those learning rates x radius {0.05, 0.5} x
-   n_points {32 largest errors, all training points} (L1 LP), same rule. Then 3 seeds each:
+   n_points {default, all training points} (L1 LP; ``--version 1``, the logged rows from before
+   issue 14: {32 largest errors, all}), same rule. Then 3 seeds each:
    final test MSE and training wall time (``train_seconds``: steps, plateau checks and solver,
    no evaluation). "gdsolver_half" is the official time/cost protocol:
    half the epochs, then exactly one solve at the end.
 2. Classification (paper: GDSolver with 50% of the data matches or beats the GD baselines with
    100%): fmnist_mlp with reduced epochs; SGD (lr 0.05, the official baselines' lr), Adam (1e-3)
-   and GDSolver (inner SGD lr 0.05, radius 0.05, 32 misclassified points; a solve at each
-   plateau *and* every 2 epochs, because with so few epochs the plateau rule alone rarely fires).
+   and GDSolver (inner SGD lr 0.05, radius 0.05, default points (version 1: 32 misclassified);
+   a solve at each plateau *and* every 2 epochs, because with so few epochs the plateau rule
+   alone rarely fires).
+3. ``--part defaults``: GDSolver at its defaults (``--hp`` overrides, per problem or for all)
+   at each problem's epochs next to its inner optimizer alone: solves / accepted, test metric,
+   solver share of the training time (``--label`` names the rows, e.g. before / after).
 
 Every finished trial is appended to a JSON-lines file; a rerun skips what is already there.
 
     flock /tmp/beyondsgd-bench.lock python benchmarks/gdsolver_claims.py \
-        [--part regression|classification|diagnose|all] [--seeds 3] [--fmnist-epochs 3] \
-        [--friedman-epochs 20] [--problems P1,P2] [--out results/gdsolver_claims.jsonl]
+        [--part regression|classification|diagnose|defaults|all] [--seeds 3] \
+        [--fmnist-epochs 3] [--friedman-epochs 20] [--problems P1,P2] [--version 1|2] \
+        [--label L] [--hp JSON] [--out results/gdsolver_claims.jsonl]
 """
 
 from __future__ import annotations
@@ -92,7 +98,13 @@ def _ms(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.4f}±{statistics.stdev(vals):.4f}"
 
 
-def regression(log: Log, seeds: int, friedman_epochs: int, problems: list[str]) -> list[dict]:
+def regression(log: Log, seeds: int, friedman_epochs: int, problems: list[str],
+               version: int = 2) -> list[dict]:
+    """``version`` 1: the GDSolver of before issue 14 (n_points {32 largest errors, all}; rows
+    kept in the log as history); 2: the current defaults (n_points {auto, all}). Baseline rows
+    are shared."""
+    sfx = "" if version == 1 else f"-v{version}"
+    grid_points = (32, 0) if version == 1 else (-1, 0)
     summary = []
     for prob in problems:
         ep = friedman_epochs if prob == "friedman_mlp" else None
@@ -103,10 +115,10 @@ def regression(log: Log, seeds: int, friedman_epochs: int, problems: list[str]) 
             best[opt] = min(trials, key=lambda t: t[0])
         cands = []
         for opt in ("sgd", "adam"):
-            for radius, n_points in itertools.product((0.05, 0.5), (32, 0)):
+            for radius, n_points in itertools.product((0.05, 0.5), grid_points):
                 hp = {"optimizer": opt, "lr": best[opt][1]["lr"], "radius": radius,
                       "n_points": n_points}
-                cands.append((log.run("reg-tune", prob, "gdsolver", "gdsolver", hp, 0,
+                cands.append((log.run("reg-tune" + sfx, prob, "gdsolver", "gdsolver", hp, 0,
                                       ep)["val_metric"], hp))
         best["gdsolver"] = min(cands, key=lambda t: t[0])
         n_ep = ep or get_problem(prob).epochs
@@ -118,7 +130,8 @@ def regression(log: Log, seeds: int, friedman_epochs: int, problems: list[str]) 
                     {**best["gdsolver"][1], "solve_every": half, "max_solves": 1}, half)]
         res = {}
         for label, method, hp, e in configs:
-            res[label] = [log.run("reg", prob, label, method, hp, s, e) for s in range(seeds)]
+            part = "reg" + (sfx if method == "gdsolver" else "")
+            res[label] = [log.run(part, prob, label, method, hp, s, e) for s in range(seeds)]
         base = min(("sgd", "adam"), key=lambda k: statistics.mean(
             r["test_metric"] for r in res[k]))
         row = {"problem": prob, "best_baseline": base}
@@ -160,7 +173,9 @@ def regression(log: Log, seeds: int, friedman_epochs: int, problems: list[str]) 
     return summary
 
 
-def classification(log: Log, seeds: int, epochs: int, prob: str = "fmnist_mlp") -> None:
+def classification(log: Log, seeds: int, epochs: int, prob: str = "fmnist_mlp",
+                   version: int = 2) -> None:
+    sfx = "" if version == 1 else f"-v{version}"
     gd_hp = {"optimizer": "sgd", "lr": 0.05, "radius": 0.05, "solve_every": 2}
     configs = [("sgd", "sgd", {"lr": 0.05}, 1.0), ("adam", "adam", {"lr": 1e-3}, 1.0),
                ("gdsolver", "gdsolver", gd_hp, 0.5), ("sgd", "sgd", {"lr": 0.05}, 0.5),
@@ -168,7 +183,8 @@ def classification(log: Log, seeds: int, epochs: int, prob: str = "fmnist_mlp") 
                ("gds_keepworse", "gdsolver", {**gd_hp, "keep_worse": True}, 0.5)]
     out = {}
     for label, method, hp, frac in configs:
-        out[(label, frac)] = [log.run("cls", prob, label, method, hp, s, epochs, frac)
+        part = "cls" + (sfx if method == "gdsolver" else "")
+        out[(label, frac)] = [log.run(part, prob, label, method, hp, s, epochs, frac)
                               for s in range(seeds)]
     print(f"\nClassification {prob}, {epochs} epochs: final test accuracy (mean±std)")
     for (label, frac), rows in out.items():
@@ -183,7 +199,7 @@ def classification(log: Log, seeds: int, epochs: int, prob: str = "fmnist_mlp") 
           f"{'holds' if g50 >= best100 else 'does not hold'}")
 
 
-def diagnose(log: Log, prob: str = "fmnist_mlp") -> None:
+def diagnose(log: Log, prob: str = "fmnist_mlp", version: int = 2) -> None:
     """Why are the classification solves rejected? One solve after 2 SGD epochs (50% data,
     seed 0) for several radii and point counts: validation loss before and after."""
     print(f"\nDiagnosis on {prob} (50% data, seed 0, 2 SGD epochs then one solve)")
@@ -191,7 +207,8 @@ def diagnose(log: Log, prob: str = "fmnist_mlp") -> None:
                                                    ("misclassified",)):
         hp = {"optimizer": "sgd", "lr": 0.05, "radius": radius, "n_points": n_points,
               "selection": sel, "solve_every": 2, "max_solves": 1, "time_limit": 20.0}
-        r = log.run("diag", prob, "gdsolver", "gdsolver", hp, 0, 2, 0.5)
+        r = log.run("diag" + ("" if version == 1 else f"-v{version}"), prob, "gdsolver",
+                    "gdsolver", hp, 0, 2, 0.5)
         m = r["milp"][0]
         print(f"  radius {radius:<6} points {n_points:4d}: {m['status']:9s} correct "
               f"{m['start_objective']:.0f} -> {m['objective']:.0f}, val loss "
@@ -233,16 +250,18 @@ def main() -> None:
     ap.add_argument("--problems", default=",".join(REG_PROBLEMS), help="regression problems")
     ap.add_argument("--out", default="results/gdsolver_claims.jsonl")
     ap.add_argument("--label", default="gdsolver", help="label of the --part defaults rows")
+    ap.add_argument("--version", type=int, default=2, choices=(1, 2),
+                    help="regression part: 1 = GDSolver before issue 14 (logged rows), 2 = now")
     ap.add_argument("--hp", default="{}", help="JSON overrides for --part defaults")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     log = Log(args.out)
     if args.part in ("regression", "all"):
-        regression(log, args.seeds, args.friedman_epochs, args.problems.split(","))
+        regression(log, args.seeds, args.friedman_epochs, args.problems.split(","), args.version)
     if args.part in ("classification", "all"):
-        classification(log, args.seeds, args.fmnist_epochs, args.cls_problem)
+        classification(log, args.seeds, args.fmnist_epochs, args.cls_problem, args.version)
     if args.part in ("diagnose", "all"):
-        diagnose(log, args.cls_problem)
+        diagnose(log, args.cls_problem, args.version)
     if args.part == "defaults":
         defaults(log, args.seeds, args.problems.split(","), args.label, json.loads(args.hp))
 

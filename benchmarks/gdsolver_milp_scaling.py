@@ -1,99 +1,108 @@
-"""GDSolver MILP/LP cost: build and solve time vs number of points and last-layer width.
+"""GDSolver solver cost: build and solve time vs problem size, on the features of our problems.
 
-Real features: an MLP 784-w-10 (one hidden layer of width w, the penultimate width) trained for
-one epoch with Adam on 10k Fashion-MNIST images; the MILP gets the first ``n`` misclassified
-training points (the official selection), radius 0.05, margin 1e-4, HiGHS with one thread,
-gap 1e-4 and a time limit. The regression LP uses random ReLU features and targets.
+Classification: the digits_mlp (head 128 -> 10) and mnist1d_mlp (head 256 -> 10; fmnist_mlp has
+the same head) models after a few epochs of SGD (lr 0.05, GDSolver's default inner optimizer),
+``n`` random training points (GDSolver's default selection), radius 0.05, with GDSolver's
+default HiGHS settings (one thread, node limit, no presolve / feasibility jump): the MILP
+(objective="paper") and the hinge LP (objective="loss"). Regression: the L1 LP on random ReLU
+features (1 output). Also: seconds per SGD epoch of each classification problem, so that a
+solve can be compared with a default trial (the problem's epochs).
 
     flock /tmp/beyondsgd-bench.lock python benchmarks/gdsolver_milp_scaling.py \
-        [--points 32,128,512] [--widths 64,256,1024] [--time-limit 20] [--out FILE]
+        [--points 16,32,64,128,256] [--time-limit 20] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from beyondsgd.bench.problems import get_problem
-from beyondsgd.methods.gdsolver import GDSolver, select_points, solve_regression_lp
-from beyondsgd.methods.milp import solve_classification_milp
-from beyondsgd.models import mlp
+from beyondsgd.methods.gdsolver import NODE_LIMIT, GDSolver, default_points
+from beyondsgd.methods.milp import solve_classification_milp, solve_hinge_lp, solve_regression_lp
+
+PROBLEMS = {"digits_mlp": 5, "mnist1d_mlp": 10}  # problem -> SGD epochs before the solves
 
 
-def trained_features(width: int, data, n_train: int = 10000, seed: int = 0):
-    model = mlp(784, [width], 10, "relu", seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x, y = data.x_train[:n_train], data.y_train[:n_train]
+def trained(problem: str, epochs: int, seed: int = 0):
+    """The problem's model after ``epochs`` of SGD (lr 0.05); seconds per epoch."""
+    p = get_problem(problem)
+    d = p.load(seed)
+    model = p.build_model(d, "relu", seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n_train, generator=g)
-    for i in range(0, n_train, 128):
-        idx = perm[i:i + 128]
-        opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-    h, out = GDSolver(model).features(x)
-    return model, h, out, x, y
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(len(d.x_train), generator=g)
+        for i in range(0, len(perm), p.batch_size):
+            idx = perm[i:i + p.batch_size]
+            opt.zero_grad()
+            p.loss_fn(model(d.x_train[idx]), d.y_train[idx]).backward()
+            opt.step()
+    per_epoch = (time.perf_counter() - t0) / epochs
+    solver = GDSolver(model, task="classification")
+    h, _ = solver.features(d.x_train)
+    w = solver.head.weight.detach().double().numpy()
+    b = solver.head.bias.detach().double().numpy()
+    return p, h.double().numpy(), d.y_train.numpy(), w, b, per_epoch
+
+
+def _row(kind: str, problem: str, width: int, res, extra: dict | None = None) -> dict:
+    obj = res.objective if res.objective is not None else float("nan")
+    print(f"{kind:8s} {problem:12s} {width:>5} {res.n_points:>6} {res.nnz:>9} "
+          f"{res.build_seconds:>8.3f} {res.solve_seconds:>8.3f} {res.status:>11} "
+          f"{res.start_objective:>8.3f} {obj:>8.3f}", flush=True)
+    return {"kind": kind, "problem": problem, "width": width, **res.summary(), **(extra or {})}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--points", default="32,128,512")
-    ap.add_argument("--widths", default="64,256,1024")
+    ap.add_argument("--points", default="16,32,64,128,256")
+    ap.add_argument("--lp-points", default="64,256,1024")
+    ap.add_argument("--reg-points", default="512,2048,8192")
+    ap.add_argument("--reg-widths", default="64,256,1024")
     ap.add_argument("--time-limit", type=float, default=20.0)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/gdsolver_milp_scaling.json")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    points = [int(p) for p in args.points.split(",")]
-    widths = [int(w) for w in args.widths.split(",")]
-    data = get_problem("fmnist_mlp").load(0)
+    torch.set_num_threads(1)
     rows = []
-    print(f"classification MILP (10 classes), HiGHS threads={args.threads}, "
-          f"time limit {args.time_limit:.0f}s, gap 1e-4, radius 0.05")
-    print(f"{'width':>6} {'points':>6} {'cols':>7} {'rows':>6} {'nnz':>9} {'build s':>8} "
-          f"{'solve s':>8} {'status':>9} {'start':>6} {'obj':>6} {'bound':>7}")
-    for w in widths:
-        model, h, out, x, y = trained_features(w, data)
-        wt = model[-1].weight.detach().double().numpy()
-        bt = model[-1].bias.detach().double().numpy()
-        for n in points:
-            idx = select_points("classification", out, y, n, "misclassified")
-            t0 = time.perf_counter()
-            res = solve_classification_milp(h[idx].double().numpy(), y[idx].numpy(), wt, bt,
-                                            0.05, time_limit=args.time_limit,
-                                            threads=args.threads)
-            wall = time.perf_counter() - t0
-            obj = res.objective if res.objective is not None else float("nan")
-            bound = res.bound if res.bound is not None else float("nan")
-            row = {"kind": "classification", "width": w, **res.summary(), "wall": wall}
-            rows.append(row)
-            print(f"{w:>6} {n:>6} {res.num_col:>7} {res.num_row:>6} {res.nnz:>9} "
-                  f"{res.build_seconds:>8.3f} {res.solve_seconds:>8.2f} {res.status:>9} "
-                  f"{res.start_objective:>6.0f} {obj:>6.0f} "
-                  f"{bound:>7.1f}", flush=True)
-    print("\nregression LP (L1, 1 output, random ReLU features)")
-    print(f"{'width':>6} {'points':>6} {'cols':>7} {'rows':>6} {'nnz':>9} {'build s':>8} "
-          f"{'solve s':>8} {'status':>9}")
+    print(f"HiGHS 1 thread, time limit {args.time_limit:.0f} s, MILP node limit {NODE_LIMIT}, "
+          "radius 0.05, random points")
+    print(f"{'kind':8s} {'problem':12s} {'width':>5} {'points':>6} {'nnz':>9} {'build s':>8} "
+          f"{'solve s':>8} {'status':>11} {'start':>8} {'found':>8}")
+    for problem, epochs in PROBLEMS.items():
+        p, h, y, w, b, per_epoch = trained(problem, epochs)
+        width, classes = w.shape[1], w.shape[0]
+        auto = default_points("classification", "paper", len(y), width, classes)
+        print(f"{problem}: {per_epoch:.4f} s per SGD epoch, default trial ({p.epochs} epochs) "
+              f"{per_epoch * p.epochs:.2f} s; default MILP points {auto}")
+        rows.append({"kind": "epoch", "problem": problem, "seconds_per_epoch": per_epoch,
+                     "epochs": p.epochs, "default_points": auto})
+        rng = np.random.default_rng(0)
+        for n in sorted({*(int(k) for k in args.points.split(",")), auto}):
+            idx = np.sort(rng.permutation(len(y))[:n])
+            res = solve_classification_milp(h[idx], y[idx], w, b, 0.05,
+                                            time_limit=args.time_limit, node_limit=NODE_LIMIT)
+            rows.append(_row("milp", problem, width, res))
+        for n in (int(k) for k in args.lp_points.split(",")):
+            idx = np.sort(rng.permutation(len(y))[:n])
+            res = solve_hinge_lp(h[idx], y[idx], w, b, 0.05, time_limit=args.time_limit)
+            rows.append(_row("hinge", problem, width, res))
     rng = np.random.default_rng(0)
-    for w in widths:
-        for n in [32, 512, 2048]:
-            h = np.maximum(rng.normal(size=(n, w)), 0)
-            wt = rng.normal(size=(1, w)) / np.sqrt(w)
+    for width in (int(k) for k in args.reg_widths.split(",")):
+        for n in (int(k) for k in args.reg_points.split(",")):
+            h = np.maximum(rng.normal(size=(n, width)), 0)
+            wt = rng.normal(size=(1, width)) / np.sqrt(width)
             yt = rng.normal(size=(n, 1))
             res = solve_regression_lp(h, yt, wt, np.zeros(1), 0.05, "l1",
-                                      time_limit=args.time_limit, threads=args.threads)
-            rows.append({"kind": "regression", "width": w, **res.summary()})
-            print(f"{w:>6} {n:>6} {res.num_col:>7} {res.num_row:>6} {res.nnz:>9} "
-                  f"{res.build_seconds:>8.3f} {res.solve_seconds:>8.2f} {res.status:>9}",
-                  flush=True)
-    import os
-
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+                                      time_limit=args.time_limit)
+            rows.append(_row("l1", "random", width, res))
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1, default=str)
     print(f"wrote {args.out}")

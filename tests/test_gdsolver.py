@@ -133,7 +133,7 @@ def test_default_sample_size_follows_the_milp_size():
     assert G.default_points("regression", "paper", 5000, 64, 1) == 32_768 // 64
     assert G.default_points("regression", "paper", 5000, 10**6, 1) == G.MIN_POINTS
     assert G.default_points("regression", "loss", 5000, 64, 1) == 5000
-    assert G.default_points("regression", "loss", 10**5, 64, 1) == G.LOSS_REGRESSION_POINTS
+    assert G.default_points("regression", "loss", 10**5, 64, 1) == 524_288 // 64
 
 
 # ---- one solver step ----------------------------------------------------------------------
