@@ -129,6 +129,7 @@ def batched_cg(
     joint: bool = False,
     relative_eps: bool = False,
     aliased: bool = False,
+    quad: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Solve ``matvec(x) = rhs`` for every row of ``rhs`` (shape ``(s, ...)``) by CG.
 
@@ -137,6 +138,9 @@ def batched_cg(
     denominators (absolute, or times each block's current ``||r||^2`` with
     ``relative_eps``); ``eps=0`` is textbook CG. ``aliased``: the official code's iteration
     (module docstring). Vector updates are in place (one fused multiply-add each).
+    ``quad``: optional ``v -> (s, 1)`` per-row ``v^T matvec(v)`` computed more cheaply (e.g.
+    ``beta |v|^2 + s |A v|^2`` without the adjoint product); used in the last iteration,
+    which needs only the step size, not ``matvec(p)``.
     """
     _check(maxiter, tol, eps)
     if rhs.dim() == 0:
@@ -161,6 +165,10 @@ def batched_cg(
     k = 0
     while True:
         k += 1
+        if k >= maxiter and quad is not None:
+            pap = quad(p.reshape(shape)).reshape(-1, 1)
+            x.addcmul_(p, loop.alpha(rs, pap.sum().reshape(1, 1) if joint else pap))
+            break
         ap = op(p)
         alpha = loop.alpha(rs, _rowdot(p, ap, joint))
         x.addcmul_(p, alpha)

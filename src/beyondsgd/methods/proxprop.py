@@ -340,7 +340,12 @@ def linear_prox_parts(
         def matvec(v: torch.Tensor) -> torch.Tensor:  # (beta I + s Ã^T Ã) applied to rows
             return torch.addmm(v, v @ a.T, a, beta=beta, alpha=s)
 
-    d, _ = batched_cg(matvec, gradient(), cfg.cg_iters, **_cg_kwargs(cfg))
+    def quad(v: torch.Tensor) -> torch.Tensor:  # v^T M v per row: beta |v|^2 + s |v Ã^T|^2
+        u = v @ a.T
+        return (v * v).sum(1).mul_(beta).add_((u * u).sum(1), alpha=s)
+
+    d, _ = batched_cg(matvec, gradient(), cfg.cg_iters, quad=None if path == "gram" else quad,
+                      **_cg_kwargs(cfg))
     return split(d)
 
 
@@ -398,11 +403,17 @@ def conv2d_gram_apply(
     A forward convolution with ``v`` as the parameters followed by the adjoint to the parameters
     (``torch.nn.grad.conv2d_weight``); sums over the batch and the spatial positions.
     """
+    u = _conv_forward(x, v, w_shape, has_bias, geo)
+    return _flat(*_conv_weight_bias_adjoint(u, x, w_shape, has_bias, geo))
+
+
+def _conv_forward(x: torch.Tensor, v: torch.Tensor, w_shape: torch.Size, has_bias: bool,
+                  geo: ConvGeometry) -> torch.Tensor:
+    """A v: the convolution of ``x`` with the rows ``v`` = [weight.flatten(1), bias]."""
     kw = v.shape[1] - int(has_bias)
     vw = v[:, :kw].reshape(w_shape)
     vb = v[:, kw].contiguous() if has_bias else None
-    u = F.conv2d(x, vw, vb, geo.stride, geo.padding, geo.dilation, geo.groups)
-    return _flat(*_conv_weight_bias_adjoint(u, x, w_shape, has_bias, geo))
+    return F.conv2d(x, vw, vb, geo.stride, geo.padding, geo.dilation, geo.groups)
 
 
 def conv2d_unfolded(x: torch.Tensor, w_shape: torch.Size, has_bias: bool, geo: ConvGeometry
@@ -468,7 +479,11 @@ def conv2d_prox_direction(
     def matvec(v: torch.Tensor) -> torch.Tensor:  # (beta I + s A^T A) applied to rows of v
         return conv2d_gram_apply(xw, v, w_shape, has_bias, geo).mul_(s).add_(v, alpha=beta)
 
-    d, _ = batched_cg(matvec, g, cfg.cg_iters, **_cg_kwargs(cfg))
+    def quad(v: torch.Tensor) -> torch.Tensor:  # v^T M v per row: beta |v|^2 + s |A v|^2
+        u = _conv_forward(xw, v, w_shape, has_bias, geo)
+        return (v * v).sum(1).mul_(beta).add_(u.square().sum((0, 2, 3)), alpha=s)
+
+    d, _ = batched_cg(matvec, g, cfg.cg_iters, quad=quad, **_cg_kwargs(cfg))
     return d.to(grad_theta.dtype)
 
 
