@@ -11,8 +11,10 @@ from torch import nn
 
 from beyondsgd.methods import TrainContext, make_method
 from beyondsgd.methods import gdsolver as G
+from beyondsgd.methods import gdsolver_points as P
+from beyondsgd.methods import gdsolver_step as S
 from beyondsgd.methods.gdsolver import GDSolver, PlateauDetector, find_head, select_points
-from beyondsgd.methods.milp import MILPResult
+from beyondsgd.methods.highs import MILPResult
 
 
 def _mlp(seed=0, d_in=4, width=8, c=3):
@@ -112,7 +114,7 @@ def test_regression_default_never_selects_by_error_size(monkeypatch):
     assert solver.selection == "random" and solver.n_points == -1
     _, idx = solver.solve(x, y_big_err)
     assert idx.tolist() == list(range(50))  # all points
-    monkeypatch.setattr(G, "REGRESSION_NONZEROS", 20 * 6)  # 20 points of a 6-wide head
+    monkeypatch.setattr(P, "REGRESSION_NONZEROS", 20 * 6)  # 20 points of a 6-wide head
     picks = []
     for y in (y_small_err, y_big_err):
         _, idx = GDSolver(m).solve(x, y)
@@ -125,13 +127,13 @@ def test_regression_default_never_selects_by_error_size(monkeypatch):
 
 def test_default_sample_size_follows_the_milp_size():
     assert G.default_points("classification", "paper", 5000, 128, 10) == 75_000 // (9 * 128)
-    assert G.default_points("classification", "paper", 5000, 4096, 10) == G.MIN_POINTS
-    assert G.default_points("classification", "paper", 5000, 2, 2) == G.MAX_POINTS
+    assert G.default_points("classification", "paper", 5000, 4096, 10) == P.MIN_POINTS
+    assert G.default_points("classification", "paper", 5000, 2, 2) == P.MAX_POINTS
     assert G.default_points("classification", "paper", 10, 128, 10) == 10
-    assert G.default_points("classification", "loss", 5000, 128, 10) == G.LP_POINTS
+    assert G.default_points("classification", "loss", 5000, 128, 10) == P.LP_POINTS
     assert G.default_points("regression", "paper", 300, 64, 1) == 300
     assert G.default_points("regression", "paper", 5000, 64, 1) == 32_768 // 64
-    assert G.default_points("regression", "paper", 5000, 10**6, 1) == G.MIN_POINTS
+    assert G.default_points("regression", "paper", 5000, 10**6, 1) == P.MIN_POINTS
     assert G.default_points("regression", "loss", 5000, 64, 1) == 5000
     assert G.default_points("regression", "loss", 10**5, 64, 1) == 524_288 // 64
 
@@ -204,7 +206,7 @@ def test_timed_out_solve_leaves_weights_untouched(monkeypatch):
                           n_points=len(args[1]), num_col=0, num_row=0, nnz=0, n_binaries=0,
                           highs_status="Time limit reached")
 
-    monkeypatch.setattr(G, "solve_classification_milp", timed_out)
+    monkeypatch.setattr(S, "solve_classification_milp", timed_out)
     m = _mlp(3)
     x, y = _blobs(30, seed=0)
     state = {k: v.clone() for k, v in m.state_dict().items()}
@@ -235,8 +237,8 @@ def test_float_labels_on_a_classifier_are_a_clear_error(monkeypatch):
     def must_not_run(*a, **k):
         raise AssertionError("the solver ran")
 
-    monkeypatch.setattr(G, "solve_classification_milp", must_not_run)
-    monkeypatch.setattr(G, "solve_regression_lp", must_not_run)
+    monkeypatch.setattr(S, "solve_classification_milp", must_not_run)
+    monkeypatch.setattr(S, "solve_regression_lp", must_not_run)
     m = _mlp(0)
     x, y = _blobs(40)
     state = {k: v.clone() for k, v in m.state_dict().items()}
@@ -285,7 +287,7 @@ def test_step_accepts_higher_accuracy_even_if_the_loss_rises(monkeypatch):
                           n_points=3, num_col=0, num_row=0, nnz=0, n_binaries=3,
                           weight=w1, bias=b1)
 
-    monkeypatch.setattr(G, "solve_classification_milp", fake)
+    monkeypatch.setattr(S, "solve_classification_milp", fake)
     loss0 = F.cross_entropy(m(x), y).item()
     ev = GDSolver(m).step(x, y, x, y)
     loss1 = F.cross_entropy(m(x), y).item()
@@ -422,7 +424,7 @@ def test_backoff_after_rejected_solves(monkeypatch):
                           gap=None, start_objective=0.0, solve_seconds=0.0, build_seconds=0.0,
                           n_points=len(args[1]), num_col=0, num_row=0, nnz=0, n_binaries=0)
 
-    monkeypatch.setattr(G, "solve_classification_milp", no_solution)
+    monkeypatch.setattr(S, "solve_classification_milp", no_solution)
     x, y = _blobs(60, seed=0)
     xv, yv = _blobs(60, seed=1)
     assert [G.backoff_patience(2, 2.0, k) for k in range(4)] == [2, 4, 8, 16]

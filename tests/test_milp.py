@@ -1,5 +1,6 @@
-"""The GDSolver MILP/LP (beyondsgd.methods.milp) against independent computations:
-brute-force enumeration, dense LPs written out by hand and solved by scipy, and sampling."""
+"""The GDSolver MILP/LPs (beyondsgd.methods.milp, solved by .highs) against independent
+computations: brute-force enumeration, dense LPs written out by hand and solved by scipy, and
+sampling."""
 
 import itertools
 import subprocess
@@ -9,14 +10,12 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
+from beyondsgd.methods.highs import solve_classification_milp, solve_hinge_lp, solve_regression_lp
 from beyondsgd.methods.milp import (
     build_classification_milp,
     build_hinge_lp,
     build_regression_lp,
     classification_margins,
-    solve_classification_milp,
-    solve_hinge_lp,
-    solve_regression_lp,
 )
 
 DELTA = 1e-4
@@ -404,7 +403,7 @@ def test_hinge_lp_drops_only_rows_that_always_hold():
 
 
 # ---- HiGHS output ----------------------------------------------------------------------------
-_SOLVE = ("import numpy as np; from beyondsgd.methods.milp import solve_classification_milp as s; "
+_SOLVE = ("import numpy as np; from beyondsgd.methods.highs import solve_classification_milp as s; "
           "r = s(np.eye(2), np.array([0, 1]), np.zeros((2, 2)), np.zeros(2), 0.1, verbose={}); "
           "import sys; sys.stderr.write(r.status)")
 

@@ -1,0 +1,182 @@
+"""GDSolver's small pure pieces: which points go to the solver and how many, which layer it
+optimises, when it runs (plateaus, geometric phases) and when its result is kept.
+
+See :mod:`beyondsgd.methods.gdsolver` for the method and ``docs/methods/gdsolver.md`` for the
+measurements behind the constants.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "OBJECTIVES",
+    "SELECTIONS",
+    "TASKS",
+    "PlateauDetector",
+    "backoff_patience",
+    "check_selection",
+    "default_points",
+    "find_head",
+    "improves",
+    "select_points",
+]
+
+SELECTIONS = ("random", "misclassified", "first", "largest_error", "all")
+TASKS = ("classification", "regression")
+OBJECTIVES = ("paper", "loss")
+# Default points per solve (n_points=-1), from benchmarks/gdsolver_milp_scaling.py: HiGHS's time
+# grows with the nonzeros of the problem (one thread): the MILP about 0.3 s per 80k nonzeros on
+# digits and mnist1d features, the regression LP about 0.06 s per 36k. Random points, as many as
+# keep points * (classes - 1) * width <= MILP_NONZEROS (MILP) or points * outputs * width <=
+# REGRESSION_NONZEROS (LP), at least MIN_POINTS; the hinge LP gets LP_POINTS.
+MILP_NONZEROS = 75_000
+REGRESSION_NONZEROS = 32_768  # 512 points for a 64-wide head: all of diabetes, 512 of friedman
+MIN_POINTS, MAX_POINTS = 16, 256
+LP_POINTS = 256  # hinge LP (objective="loss", classification): 0.3 s on digits, 3 s on mnist1d
+# objective="loss", regression: every point up to this many nonzeros (8192 points of a 64-wide
+# head, 2048 of a 256-wide one: 1.5-5 s, well inside the 30 s time limit), else a random sample
+LOSS_REGRESSION_NONZEROS = 524_288
+NODE_LIMIT = 100  # branch-and-bound nodes per MILP (deterministic, unlike a time limit)
+
+
+def default_points(task: str, objective: str, n: int, width: int, outputs: int) -> int:
+    """Points per solve when ``n_points=-1`` (auto), for ``n`` training points and a head of
+    ``width`` inputs and ``outputs`` outputs (classes): the classification MILP gets
+    ``MILP_NONZEROS / ((classes - 1) * width)`` points (clamped to ``[MIN_POINTS,
+    MAX_POINTS]``), the hinge LP ``LP_POINTS``, the regression LP
+    ``REGRESSION_NONZEROS / (outputs * width)`` (at least ``MIN_POINTS``), or
+    ``LOSS_REGRESSION_NONZEROS / (outputs * width)`` with ``objective="loss"``."""
+    if task == "regression":
+        budget = LOSS_REGRESSION_NONZEROS if objective == "loss" else REGRESSION_NONZEROS
+        return min(n, max(MIN_POINTS, budget // max(1, outputs * width)))
+    if objective == "loss":
+        return min(n, LP_POINTS)
+    k = MILP_NONZEROS // max(1, (outputs - 1) * width)
+    return min(n, max(MIN_POINTS, min(MAX_POINTS, k)))
+
+
+# --------------------------------------------------------------------------------------------
+# Small pure pieces
+# --------------------------------------------------------------------------------------------
+def find_head(model: nn.Module, head: nn.Linear | str | None = None) -> nn.Linear:
+    """The final layer the solver optimises: ``head`` (a module or its name in
+    ``model.named_modules()``) or, by default, the last ``nn.Linear`` of ``model.modules()``."""
+    if isinstance(head, str):
+        named = dict(model.named_modules())
+        if head not in named:
+            lin = [n for n, m in named.items() if isinstance(m, nn.Linear)]
+            raise ValueError(f"model has no submodule named {head!r}; nn.Linear submodules: {lin}")
+        head = named[head]
+    if head is None:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError("GDSolver needs a model whose final layer is an nn.Linear; "
+                             f"{type(model).__name__} has no nn.Linear")
+        head = linears[-1]
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"head must be an nn.Linear, got {type(head).__name__}")
+    if not any(m is head for m in model.modules()):
+        raise ValueError("head is not a submodule of model")
+    if head.bias is None:
+        raise ValueError("GDSolver needs the final nn.Linear to have a bias (bias=True)")
+    return head
+
+
+def check_selection(task: str, selection: str) -> None:
+    """``selection`` must exist and fit the task (``misclassified`` is for classification,
+    ``largest_error`` for regression)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
+    if task == "regression" and selection == "misclassified":
+        raise ValueError("selection='misclassified' needs classification; for regression use "
+                         "'random' (default), 'first' (the official code), 'all' or "
+                         "'largest_error'")
+    if task == "classification" and selection == "largest_error":
+        raise ValueError("selection='largest_error' needs regression; for classification use "
+                         "'random' (default), 'misclassified' (the official code), 'first' or "
+                         "'all'")
+
+
+def select_points(
+    task: str,
+    out: torch.Tensor,
+    y: torch.Tensor,
+    n_points: int,
+    selection: str = "random",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Indices of the points given to the solver (``n_points <= 0``: all points).
+
+    ``random``: a random subset (sorted), correct and misclassified points alike (the default);
+    ``misclassified``: the misclassified points in dataset order, then the correct ones (the
+    official classification rule: the first 32 misclassified); ``first``: the first points in
+    dataset order (the official regression rule); ``largest_error``: the largest absolute
+    errors first (regression; not the official rule, and it hurts: see the docs); ``all``.
+    """
+    check_selection(task, selection)
+    n = out.shape[0]
+    k = n if (n_points <= 0 or selection == "all") else min(int(n_points), n)
+    if selection == "all" or k == n:
+        return torch.arange(n, device=out.device)
+    if selection == "random":
+        return torch.randperm(n, generator=generator).to(out.device)[:k].sort().values
+    if selection == "first":
+        return torch.arange(k, device=out.device)
+    if selection == "misclassified":
+        wrong = (out.argmax(dim=1) != y).to(torch.int8)
+        order = torch.argsort(-wrong, stable=True)  # wrong first, dataset order within each
+    else:
+        err = (out - y.reshape(out.shape)).abs().reshape(n, -1).sum(dim=1)
+        order = torch.argsort(-err, stable=True)
+    return order[:k]
+
+
+def backoff_patience(patience: int, backoff: float, solves: int) -> int:
+    """Plateau epochs before the next solve after ``solves`` solves: ``patience *
+    backoff**solves`` (rounded down, capped at 10**6). GD phases grow geometrically, so a run
+    of E epochs has about log2(E / patience) plateau solves with the default backoff 2 (the
+    official code: two GD phases, at most two solves)."""
+    return int(min(1e6, patience * backoff ** min(solves, 64)))
+
+
+class PlateauDetector:
+    """Early-stopping counter: ``update(v)`` is True after ``patience`` consecutive values with
+    ``v >= best - min_delta``; ``reset`` starts a new phase."""
+
+    def __init__(self, patience: int = 2, min_delta: float = 0.0):
+        if int(patience) < 1:
+            raise ValueError(f"patience must be >= 1, got {patience!r}")
+        if not (min_delta >= 0):
+            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+        self.patience, self.min_delta = int(patience), float(min_delta)
+        self.best, self.bad = math.inf, 0
+
+    def update(self, value: float) -> bool:
+        if value < self.best - self.min_delta:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def reset(self, best: float = math.inf) -> None:
+        self.best, self.bad = best, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad = float(state["best"]), int(state["bad"])
+
+
+def improves(loss0: float, acc0: float | None, loss1: float, acc1: float | None) -> bool:
+    """The acceptance rule: classification (accuracies given): higher validation accuracy, or
+    equal accuracy and lower validation loss (the MILP maximises correctly classified points,
+    and the paper claims accuracy); regression: lower validation loss (the validation error)."""
+    if acc0 is not None and acc1 is not None:
+        return acc1 > acc0 or (acc1 == acc0 and loss1 < loss0)
+    return loss1 < loss0
