@@ -31,7 +31,14 @@ it)::
     Linf:  min  t                           s.t.  -t    <= (W h_n + b - y_n)_o <= t,     box (2)
 
 The official code asks instead for exact equality or a feasibility tube (see the digest); an
-objective with slack variables is the digest's lesson 5 and always has a feasible point.
+objective with slack variables is the digest's lesson 5 and always has a feasible point. (With
+the official 2 -> 2 toy head the equalities on 32 points are 64 equations in 6 unknowns:
+infeasible by construction, so the official regression solve never changes the weights.)
+
+Our extension (``objective="loss"`` in GDSolver, not in the paper): the multi-class hinge loss
+inside the box, an LP (:func:`build_hinge_lp`)::
+
+    min  (1 / N) sum_n xi_n   s.t.  m_nj(W, b) + xi_n >= 1  (every n, j != y_n),  xi >= 0,  box (2)
 
 Reference: D. Ashok, V. Nagisetty, C. Srinivasa, V. Ganesh. *A Solver + Gradient Descent Training
 Algorithm for Deep Neural Networks.* IJCAI-22, pp. 1766-1773, doi:10.24963/ijcai.2022/246.
@@ -287,7 +294,7 @@ def build_hinge_lp(
     hinge: float = 1.0,
 ) -> LinearProgram:
     """Our extension (``objective="loss"``, not in the paper): the multi-class hinge loss of
-    Crammer & Singer (JMLR 2001, Eq. 13) inside the box, an LP::
+    Crammer & Singer (JMLR 2, 2001: the multi-class SVM loss) inside the box, an LP::
 
         min  (1/N) sum_n xi_n   s.t.  m_nj(W, b) + xi_n >= hinge  for every n, j != y_n,
                                       xi_n >= 0,  box (2)
