@@ -41,6 +41,10 @@ from .milp import classification_margins
 __all__ = ["GDSolver"]
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 class GDSolver:
     """One GDSolver solver step for your own training loop.
 
@@ -111,10 +115,10 @@ class GDSolver:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
         check_solver_args(time_limit, mip_gap, threads)
-        if node_limit is not None and not (isinstance(node_limit, int) and node_limit >= 1):
+        if node_limit is not None and not (_is_int(node_limit) and node_limit >= 1):
             raise ValueError(f"node_limit must be an int >= 1 or None (unlimited), got "
                              f"{node_limit!r}")
-        if not (isinstance(n_points, int) and n_points >= -1):
+        if not (_is_int(n_points) and n_points >= -1):
             raise ValueError(f"n_points must be an int >= -1 (-1: auto, 0: all), got "
                              f"{n_points!r}")
         if selection not in SELECTIONS:
@@ -134,8 +138,9 @@ class GDSolver:
         self.head = find_head(model, head)
         self.task, self.objective = task, objective
         self.radius, self.time_limit, self.mip_gap = float(radius), float(time_limit), mip_gap
-        self.threads, self.node_limit = int(threads), node_limit
-        self.n_points, self.selection = n_points, selection
+        self.threads = int(threads)
+        self.node_limit = None if node_limit is None else int(node_limit)
+        self.n_points, self.selection = int(n_points), selection
         self.margin, self.norm, self.min_gain = float(margin), norm, float(min_gain)
         self.keep_worse, self.loss_fn, self.seed = bool(keep_worse), loss_fn, int(seed)
         self.verbose, self.distributed = bool(verbose), distributed
