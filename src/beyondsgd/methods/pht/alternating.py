@@ -34,7 +34,9 @@ class Alternating:
        support step this is exactly plain PHT training by backprop (the PHT derivative is the mask).
        The first inner step shares the support step's forward pass.
 
-    :meth:`solve` runs exact block-coordinate solves of chosen layers (see :func:`solve_layer`).
+    :meth:`solve` runs block-coordinate solves of chosen layers, one layer at a time under frozen
+    supports (see :func:`solve_layer`), and keeps each only if the real network's loss (supports
+    recomputed, :meth:`true_loss`) did not rise.
     ``tau`` is held fixed by the alternation; learnable-tau modules are refused.
 
     Args:
@@ -54,7 +56,7 @@ class Alternating:
         >>> alt = Alternating(net, torch.optim.SGD(net.parameters(), lr=0.1), inner_steps=5)
         >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
         >>> loss = alt.step(x, y)                      # support step + 5 frozen-support steps
-        >>> info = alt.solve(x, y, layers="last")      # exact last-layer solve (L-BFGS for CE)
+        >>> info = alt.solve(x, y, layers="last")      # last-layer solve (L-BFGS for CE)
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
