@@ -71,7 +71,7 @@ class PositiveHardThreshold(nn.Module):
         >>> import torch
         >>> act = PositiveHardThreshold(tau=0.5)
         >>> act(torch.tensor([-1.0, 0.3, 0.5, 0.7, 2.0]))
-        tensor([0.0000, 0.0000, 0.0000, 0.7000, 2.0000])
+        tensor([-0.0000, 0.0000, 0.0000, 0.7000, 2.0000])
     """
 
     def __init__(self, tau: float = DEFAULT_TAU, learnable: bool = False,
