@@ -1,0 +1,186 @@
+"""ProxProp directions for Linear layers (Eqs. 13-14) and the shared dense solves: the
+exact solve, CG on the explicit Gram, primal batch products or batch-space (dual) CG, chosen
+per layer and per batch by flop count (:func:`linear_cg_path`)."""
+
+from __future__ import annotations
+
+import torch
+
+from ... import distributed as D
+from ..cg import batch_space_cg, batched_cg
+from .config import ProxConfig, _cg_kwargs, _work_dtype
+
+
+def _spd_solve_rows(m: torch.Tensor, rhs_rows: torch.Tensor) -> torch.Tensor:
+    """Solve ``m x = r`` for every row ``r`` of ``rhs_rows`` (batched over leading dims),
+    ``m`` SPD: Cholesky, with an LU fallback if float round-off breaks positive definiteness."""
+    chol, info = torch.linalg.cholesky_ex(m)
+    rhs = rhs_rows.transpose(-1, -2)
+    if bool((info != 0).any()):
+        return torch.linalg.solve(m, rhs).transpose(-1, -2)
+    return torch.cholesky_solve(rhs, chol).transpose(-1, -2)
+
+
+def _global_gram(gram: torch.Tensor, g: torch.Tensor, rows: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Data parallelism: sum the local Gram ``A_r^T A_r``, the gradient and the row count over
+    the ranks in one all-reduce. Each rank's ``g`` is the gradient of its loss scaled as DDP
+    expects (mean over ranks = global gradient), so the global gradient is the sum / W."""
+    flat = torch.cat([gram.reshape(-1), g.reshape(-1), gram.new_tensor([float(rows)])])
+    D.all_reduce_sum(flat)
+    n1, n2 = gram.numel(), g.numel()
+    return (flat[:n1].reshape(gram.shape), flat[n1:n1 + n2].reshape(g.shape) / D.world_size(),
+            int(round(float(flat[-1]))))
+
+
+def _solve_gram(gram: torch.Tensor, g: torch.Tensor, s: float, beta: float, cfg: ProxConfig
+                ) -> torch.Tensor:
+    """Rows of ``g`` (C_out, K) through ``(beta I + s gram)^{-1}``; ``gram`` is (K, K), or
+    (G, K, K) with the rows of ``g`` split into G consecutive groups. Cholesky for
+    ``solver="exact"``, else CG with the explicit matrix."""
+    k = gram.shape[-1]
+    eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+    m = gram.mul(s).add_(eye * beta)
+    groups = m.shape[0] if m.dim() == 3 else 1
+
+    def by_group(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(groups, v.shape[0] // groups, k) if m.dim() == 3 else v
+
+    if cfg.solver == "exact":
+        return _spd_solve_rows(m, by_group(g)).reshape(g.shape)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:  # m is symmetric: rows @ m
+        return (by_group(v) @ m).reshape(v.shape)
+
+    d, _ = batched_cg(matvec, g, cfg.cg_iters, **_cg_kwargs(cfg))
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# Pure maths: Linear
+# --------------------------------------------------------------------------------------------
+def linear_cg_flops(rows: int, k: int, m: int, iters: int) -> dict[str, int]:
+    """Multiply-add flops (2 per multiply-add) of ``iters`` CG iterations for a Linear layer
+    with ``rows`` batch rows, ``k`` = fan-in (+1 with bias) and ``m`` outputs, gradient
+    included, on each path (they give the same iterates up to round-off):
+
+    * ``gram``: form the explicit K x K Gram (2 B K^2), then one (m, K) x (K, K) product per
+      iteration; needs the gradient (2 m B K);
+    * ``primal``: two batch products per iteration, ``(v Ã^T) Ã`` (4 m B K), plus the gradient;
+    * ``dual``: batch-space CG (:func:`~beyondsgd.methods.cg.batch_space_cg`): G = Ã Ã^T
+      (2 B^2 K), one (m, B) x (B, B) product per iteration, and the final direction q Ã
+      (2 m B K) instead of the gradient.
+    """
+    return {"gram": 2 * rows * k * k + 2 * iters * m * k * k + 2 * m * rows * k,
+            "primal": 4 * iters * m * rows * k + 2 * m * rows * k,
+            "dual": 2 * rows * rows * k + 2 * m * rows * k + 2 * iters * m * rows * rows}
+
+
+def linear_cg_path(rows: int, k: int, m: int, iters: int) -> str:
+    """The path of :func:`linear_cg_flops` with the fewest flops (first one on a tie)."""
+    flops = linear_cg_flops(rows, k, m, iters)
+    return min(flops, key=flops.__getitem__)
+
+
+def linear_prox_direction(
+    x: torch.Tensor, grad_out: torch.Tensor, grad_theta: torch.Tensor | None, has_bias: bool,
+    cfg: ProxConfig,
+) -> torch.Tensor:
+    """ProxProp direction ``d = (I/tau_theta + s Ã^T Ã)^{-1}`` applied to each row of the
+    gradient ``[dJ/dW, dJ/db]`` of a Linear layer (Eqs. 13-14).
+
+    ``x``: (B, n) layer inputs; ``grad_out``: (B, m) BackProp signal dJ/dz; ``grad_theta``:
+    (m, K) = [dJ/dW, dJ/db] = ``grad_out^T Ã`` with K = n + has_bias and Ã = [x, 1], or
+    ``None`` to compute it only if the chosen path needs it. Returns (m, K) in ``grad_out``'s
+    dtype. ``s`` = 1 (gram="sum") or 1/B (gram="mean"). CG runs on the cheapest path by
+    :func:`linear_cg_path` unless ``cfg.cg_path`` names one.
+    """
+    dw, db = linear_prox_parts(x, grad_out, grad_theta, has_bias, cfg)
+    d = torch.cat([dw, db[:, None]], 1) if db is not None else dw
+    return d.to(grad_out.dtype if grad_theta is None else grad_theta.dtype)
+
+
+def linear_prox_parts(
+    x: torch.Tensor, grad_out: torch.Tensor, grad_theta: torch.Tensor | None, has_bias: bool,
+    cfg: ProxConfig,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`linear_prox_direction` as contiguous (weight, bias or None) parts in the work
+    dtype (float32, or float64 for float64 layers); what the layer's backward uses."""
+    wd = _work_dtype(grad_out)
+    xw = x.to(wd)
+    go = grad_out.to(wd)
+    rows, n = xw.shape
+    k, m_out = n + int(has_bias), go.shape[1]
+    beta = 1.0 / cfg.tau_theta
+
+    def augmented() -> torch.Tensor:
+        return torch.cat([xw, xw.new_ones(rows, 1)], 1) if has_bias else xw
+
+    def gradient() -> torch.Tensor:
+        return grad_theta.to(wd) if grad_theta is not None else go.T @ augmented()
+
+    def split(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return (d[:, :n].contiguous(), d[:, n].contiguous()) if has_bias else (d, None)
+
+    if cfg.solver == "gradient":
+        return split(gradient())
+    if D.resolve(cfg.distributed):
+        a = augmented()
+        gram, g, rows = _global_gram(a.T @ a, gradient(), rows)
+        s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
+        return split(_solve_gram(gram, g, s, beta, cfg))
+    s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
+    path = "exact" if cfg.solver == "exact" else cfg.cg_path
+    if path == "auto":
+        path = linear_cg_path(rows, k, m_out, cfg.cg_iters)
+    if path in ("dual", "exact") and (path == "dual" or rows < k):
+        # batch space: Ã Ã^T = x x^T (+ 1 with a bias); the direction is q Ã = [q x, q 1]
+        gram = xw @ xw.T
+        if has_bias:
+            gram.add_(1.0)
+        if path == "exact":
+            # Woodbury: (beta I + s Ã^T Ã)^{-1} Ã^T go = Ã^T (beta I + s Ã Ã^T)^{-1} go
+            kk = gram.mul(s).add_(torch.eye(rows, dtype=wd, device=xw.device), alpha=beta)
+            q = _spd_solve_rows(kk, go.T)
+        else:
+            q, _ = batch_space_cg(gram, go.T, beta, s, cfg.cg_iters, **_cg_kwargs(cfg))
+        return q @ xw, (q.sum(1) if has_bias else None)
+    a = augmented()
+    if path == "exact":
+        mm = torch.addmm(torch.eye(k, dtype=wd, device=a.device), a.T, a, beta=beta, alpha=s)
+        return split(_spd_solve_rows(mm, gradient()))
+    if path == "gram":
+        gram = torch.addmm(torch.eye(k, dtype=wd, device=a.device), a.T, a, beta=beta, alpha=s)
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            return v @ gram
+    else:
+        def matvec(v: torch.Tensor) -> torch.Tensor:  # (beta I + s Ã^T Ã) applied to rows
+            return torch.addmm(v, v @ a.T, a, beta=beta, alpha=s)
+
+    def quad(v: torch.Tensor) -> torch.Tensor:  # v^T M v per row: beta |v|^2 + s |v Ã^T|^2
+        u = v @ a.T
+        return (v * v).sum(1).mul_(beta).add_((u * u).sum(1), alpha=s)
+
+    d, _ = batched_cg(matvec, gradient(), cfg.cg_iters, quad=None if path == "gram" else quad,
+                      **_cg_kwargs(cfg))
+    return split(d)
+
+
+def bias_prox_direction(grad_b: torch.Tensor, outputs: int, batch: int, cfg: ProxConfig
+                        ) -> torch.Tensor:
+    """ProxProp direction of a bias whose weight is frozen: the prox variable is the bias
+    alone, so ``A`` maps b to b 1^T (a column of ones per output unit, ``outputs`` = B rows
+    for Linear, B * H_out * W_out for Conv2d), ``A^T A = outputs`` and
+    ``M = 1/tau_theta + s outputs`` (Eq. 13 restricted to the trainable parameters; ``s`` =
+    1, or 1/``batch`` for gram="mean" as for the whole layer). Solved like the full system
+    (Cholesky or CG with the same settings, all-reduced under data parallelism)."""
+    if cfg.solver == "gradient":
+        return grad_b
+    wd = _work_dtype(grad_b)
+    gram = torch.full((1, 1), float(outputs), dtype=wd, device=grad_b.device)
+    g = grad_b.to(wd)[:, None]
+    if D.resolve(cfg.distributed):
+        gram, g, batch = _global_gram(gram, g, batch)
+    s = 1.0 if cfg.gram == "sum" else 1.0 / max(batch, 1)
+    return _solve_gram(gram, g, s, 1.0 / cfg.tau_theta, cfg)[:, 0].to(grad_b.dtype)
