@@ -1,17 +1,24 @@
 """SLBI overhead per training step vs torch.optim.SGD(momentum=0.9), interleaved in one run.
 
-Two copies of the same model (same init) train on the same minibatches; blocks of ``--block``
-steps alternate SGD, SLBI, SGD, SLBI, ... (``--rounds`` rounds) so drift of the shared machine
-hits both alike. Each step is forward + backward + optimizer step. Reports the ratio of median
-block times (whole step) and of the optimizer step alone.
+Two copies of the same model (same init) train on the same minibatches; blocks of steps
+alternate SGD and SLBI in the order ABBA (SGD, SLBI, SLBI, SGD, ...) for ``--rounds`` rounds, so
+drift of the shared machine and any first/second position effect hit both alike. Each step is
+forward + backward + optimizer step; a block lasts about ``--block-seconds``. Reports, per
+problem, the ratio of the median block times (whole step), of the optimizer step alone, and
+1 + (extra optimizer time)/(SGD's whole step), the overhead the optimizer itself causes.
 
-    flock /tmp/beyondsgd-bench.lock python benchmarks/slbi_overhead.py [--problem fmnist_2c2d]
+SLBI runs with its defaults (code coupling, kappa 1, nu 20, lambda 1, momentum 0.9, groups from
+``slbi_param_groups``) except lr = 0.01, the SGD baseline's lr (the cost does not depend on it).
+
+    flock /tmp/beyondsgd-bench.lock python benchmarks/slbi_overhead.py \\
+        [--problems fmnist_2c2d fmnist_lenet5] [--rounds 9]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import time
@@ -40,53 +47,72 @@ def block(model, opt, batches, loss_fn, sync) -> tuple[float, float]:
     return time.perf_counter() - t0, t_opt
 
 
+def measure(problem: str, rounds: int, block_seconds: float, dev: torch.device) -> dict:
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    prob = get_problem(problem)
+    data = prob.load(DATA_SPLIT_SEED).to(dev)
+    base = prob.build_model(data, "relu", 0).to(dev)
+    m_sgd, m_slbi = copy.deepcopy(base), copy.deepcopy(base)
+    opts = {"sgd": (m_sgd, torch.optim.SGD(m_sgd.parameters(), lr=0.01, momentum=0.9)),
+            "slbi": (m_slbi, SLBI(slbi_param_groups(m_slbi), lr=0.01))}
+    it = epoch_batches(data.x_train, data.y_train, prob.batch_size, 0, 0)
+    warm = list(itertools.islice(it, 3))
+    for m, o in opts.values():                            # warm-up (allocates state)
+        block(m, o, warm, prob.loss_fn, sync)
+    per_step = block(m_sgd, opts["sgd"][1], warm, prob.loss_fn, sync)[0] / len(warm)
+    n = max(1, min(200, round(block_seconds / per_step)))
+    batches = (warm + list(itertools.islice(it, max(0, n - len(warm)))))[:n]
+    n = len(batches)
+    rows: dict[str, list[tuple[float, float]]] = {"sgd": [], "slbi": []}
+    for r in range(rounds):
+        order = ("sgd", "slbi") if r % 2 == 0 else ("slbi", "sgd")
+        for name in order:
+            m, o = opts[name]
+            rows[name].append(block(m, o, batches, prob.loss_fn, sync))
+        print(f"{problem} round {r}: sgd {rows['sgd'][-1][0] / n * 1e3:.2f} ms/step, "
+              f"slbi {rows['slbi'][-1][0] / n * 1e3:.2f} ms/step", flush=True)
+    med = {k: (statistics.median(t for t, _ in v) / n, statistics.median(s for _, s in v) / n)
+           for k, v in rows.items()}
+    ratios = [s[0] / g[0] for g, s in zip(rows["sgd"], rows["slbi"])]
+    slbi = opts["slbi"][1]
+    return {
+        "problem": problem, "device": str(dev), "threads": torch.get_num_threads(),
+        "batch": prob.batch_size, "steps_per_block": n, "rounds": rounds, "order": "ABBA",
+        "sgd_ms_per_step": med["sgd"][0] * 1e3, "slbi_ms_per_step": med["slbi"][0] * 1e3,
+        "ratio_step": med["slbi"][0] / med["sgd"][0],
+        "ratio_step_per_round_min_median_max": [min(ratios), statistics.median(ratios),
+                                                max(ratios)],
+        "sgd_opt_ms": med["sgd"][1] * 1e3, "slbi_opt_ms": med["slbi"][1] * 1e3,
+        "ratio_optimizer_only": med["slbi"][1] / med["sgd"][1],
+        # what the optimizer adds to SGD's whole step: less exposed to the machine's noise in
+        # forward/backward than ratio_step (a loaded machine moves the latter by +-10 %)
+        "ratio_step_from_optimizer": 1 + (med["slbi"][1] - med["sgd"][1]) / med["sgd"][0],
+        "coupled_params": sum(p.numel() for g in slbi.param_groups if g["structure"]
+                              for p in g["params"]),
+        "total_params": sum(p.numel() for p in m_slbi.parameters()),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--problem", default="fmnist_2c2d")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--block", type=int, default=8)
+    ap.add_argument("--problems", nargs="+", default=["fmnist_2c2d", "fmnist_lenet5"])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--block-seconds", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="benchmarks/results/slbi_overhead.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    prob = get_problem(args.problem)
-    data = prob.load(DATA_SPLIT_SEED).to(dev)
-    base = prob.build_model(data, "relu", 0).to(dev)
-    m_sgd, m_slbi = copy.deepcopy(base), copy.deepcopy(base)
-    sgd = torch.optim.SGD(m_sgd.parameters(), lr=0.01, momentum=0.9)
-    slbi = SLBI(slbi_param_groups(m_slbi), lr=0.01, kappa=1.0, nu=100.0, momentum=0.9)
-    it = epoch_batches(data.x_train, data.y_train, prob.batch_size, 0, 0)
-    batches = [next(it) for _ in range(args.block)]
-    block(m_sgd, sgd, batches[:2], prob.loss_fn, sync)      # warm-up (allocates state)
-    block(m_slbi, slbi, batches[:2], prob.loss_fn, sync)
-    rows = {"sgd": [], "slbi": []}
-    for r in range(args.rounds):
-        for name, m, o in (("sgd", m_sgd, sgd), ("slbi", m_slbi, slbi)):
-            rows[name].append(block(m, o, batches, prob.loss_fn, sync))
-        print(f"round {r}: sgd {rows['sgd'][-1][0] / args.block * 1e3:.1f} ms/step, "
-              f"slbi {rows['slbi'][-1][0] / args.block * 1e3:.1f} ms/step", flush=True)
-    med = {k: (statistics.median(t for t, _ in v) / args.block,
-               statistics.median(s for _, s in v) / args.block) for k, v in rows.items()}
-    result = {
-        "problem": args.problem, "device": str(dev), "threads": args.threads,
-        "batch": prob.batch_size, "steps_per_block": args.block, "rounds": args.rounds,
-        "sgd_ms_per_step": med["sgd"][0] * 1e3, "slbi_ms_per_step": med["slbi"][0] * 1e3,
-        "ratio_step": med["slbi"][0] / med["sgd"][0],
-        "sgd_opt_ms": med["sgd"][1] * 1e3, "slbi_opt_ms": med["slbi"][1] * 1e3,
-        "ratio_optimizer_only": med["slbi"][1] / med["sgd"][1],
-        "coupled_params": sum(p.numel() for g in slbi.param_groups if g["structure"]
-                              for p in g["params"]),
-        "total_params": sum(p.numel() for p in m_slbi.parameters()),
-    }
-    print(json.dumps(result, indent=1))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     prev = json.loads(out.read_text()) if out.exists() else {}
-    prev[f"{args.problem}/{dev.type}/{args.threads}t"] = result
-    out.write_text(json.dumps(prev, indent=1))
+    for problem in args.problems:
+        result = measure(problem, args.rounds, args.block_seconds, dev)
+        print(json.dumps(result, indent=1), flush=True)
+        prev[f"{problem}/{dev.type}/{args.threads}t"] = result
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(prev, indent=1))
 
 
 if __name__ == "__main__":
