@@ -580,7 +580,8 @@ def test_defaults_select_within_the_first_epoch(problem, steps):
     """With every default, the support is empty at the start, non-empty well within the first
     epoch and grows along the path. fmnist_lenet5 has 430 steps per epoch (~15 s on one CPU
     thread); the first ``steps`` of them keep the test short: measured with seed 0, the first
-    units enter at step ~60 and the support grows steadily to the end of the epoch.
+    units enter between steps 60 and 80 and the support grows steadily to the end of the epoch
+    (135 units at step 400).
     (digits_mlp, 17 steps per epoch, is covered through the runner above.)"""
     from beyondsgd.bench.problems import get_problem
     from beyondsgd.bench.runner import DATA_SPLIT_SEED, epoch_batches

@@ -170,7 +170,7 @@ class SLBI(Optimizer):
         _check_scalar("kappa", kappa, low=0.0, strict=True)
         if not (isinstance(nu, int | float) and not isinstance(nu, bool) and nu > 0
                 and not math.isnan(nu)):
-            raise ValueError(f"nu must be a positive number (math.inf: no coupling), got {nu!r}")
+            raise ValueError(f"nu must be a number > 0 (math.inf: no coupling), got {nu!r}")
         _check_scalar("lam", lam, low=0.0)
         _check_scalar("momentum", momentum, low=0.0)
         _check_scalar("dampening", dampening, low=0.0)
@@ -372,7 +372,7 @@ class SLBIMethod(OptimizerMethod):
         """The λ handed to the optimizer (``entry_lambda`` unless ``lambda_unit='absolute'``;
         the epoch length comes from the training context, the official one without)."""
         hp = self.hp
-        if hp["lambda_unit"] == "absolute":
+        if hp["lambda_unit"] == "absolute" or not hp["nu"] > 0:   # nu <= 0: SLBI refuses it
             return hp["lambda"]
         steps = self._ctx.steps_per_epoch if self._ctx is not None else OFFICIAL[
             "steps_per_epoch"]
