@@ -7,10 +7,13 @@ reach 2e-3 / 3e-4 at tau = 1.
 
 Here (to fit a 2-core CPU budget): Fashion-MNIST, a fixed random subset of ``--train``
 training images, the ``fmnist_mlp`` network (784-256-256-10, ReLU, PyTorch default init),
-Nesterov momentum 0.95, batch 500, ``--epochs`` epochs, tau_theta = 1, the official CG settings
-(cg_tol 1e-2, cg_eps 1e-6). Metric: full-batch training loss on the subset after training
+Nesterov momentum 0.95, batch 500, ``--epochs`` epochs, tau_theta = 1, the official stopping
+rule (cg_tol 1e-2, cg_eps 1e-6) and ``--cg-variant``: ``textbook`` (our CG, eps relative to the
+residual) or ``official`` (the official code's aliased iteration with an absolute eps, which
+produced the paper's numbers). Metric: full-batch training loss on the subset after training
 ("diverged" when a loss became NaN/inf). One line per run is appended to ``--out`` as it
-finishes; finished runs are skipped on re-run.
+finishes; finished runs are skipped on re-run (rows without ``cg_variant`` predate issue 17:
+textbook CG with the absolute eps; they are listed as ``textbook-abs``).
 
 ``--part adam`` runs the Section 5.3 comparison in miniature instead: ProxProp+Adam
 (``proxprop``, lr 1e-3, tau_theta 1, cg3) vs BackProp+Adam (``adam``, lr 1e-3) on
@@ -57,10 +60,12 @@ def full_loss(model, x, y) -> float:
     return out
 
 
-def run(method: str, tau: float, x, y, epochs: int, batch: int, tau_theta: float) -> dict:
+def run(method: str, tau: float, x, y, epochs: int, batch: int, tau_theta: float,
+        variant: str) -> dict:
     model = M.mlp(784, (256, 256), 10, seed=0)
     if METHODS[method] is not None:
-        proxprop(model, tau_theta=tau_theta, solver="cg", cg_iters=METHODS[method])
+        proxprop(model, tau_theta=tau_theta, solver="cg", cg_iters=METHODS[method],
+                 cg_variant=variant)
     opt = torch.optim.SGD(model.parameters(), lr=tau, momentum=0.95, nesterov=True)
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
@@ -81,6 +86,7 @@ def run(method: str, tau: float, x, y, epochs: int, batch: int, tau_theta: float
             status = "diverged"
             break
     return {"method": method, "tau": tau, "tau_theta": tau_theta, "epochs": epochs,
+            "cg_variant": variant if METHODS[method] is not None else "-",
             "batch": batch, "n_train": int(x.shape[0]), "status": status,
             "final_loss": curve[-1] if status == "finished" else None, "curve": curve,
             "seconds": time.perf_counter() - t0}
@@ -123,6 +129,7 @@ def main() -> None:
     ap.add_argument("--tau-theta", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--part", choices=("table1", "adam"), default="table1")
+    ap.add_argument("--cg-variant", choices=("textbook", "official"), default="textbook")
     ap.add_argument("--seeds", type=int, default=1, help="seeds for --part adam")
     ap.add_argument("--out", default="results/proxprop_table1.jsonl")
     args = ap.parse_args()
@@ -139,27 +146,32 @@ def main() -> None:
     if out.exists():
         for line in out.read_text().splitlines():
             r = json.loads(line)
-            done[(r["method"], r["tau"], r["tau_theta"], r["epochs"], r["n_train"])] = r
+            variant = r.get("cg_variant", "textbook-abs" if r["method"] != "backprop" else "-")
+            done[(r["method"], r["tau"], r["tau_theta"], r["epochs"], r["n_train"], variant)] = r
+
+    def key(method: str, tau: float) -> tuple:
+        variant = args.cg_variant if METHODS[method] is not None else "-"
+        return (method, tau, args.tau_theta, args.epochs, args.train, variant)
+
     for method in METHODS:
         for tau in TAUS:
-            key = (method, tau, args.tau_theta, args.epochs, args.train)
-            if key in done:
+            if key(method, tau) in done:
                 continue
-            r = run(method, tau, x, y, args.epochs, args.batch, args.tau_theta)
-            done[key] = r
+            r = run(method, tau, x, y, args.epochs, args.batch, args.tau_theta, args.cg_variant)
+            done[key(method, tau)] = r
             with out.open("a") as f:
                 f.write(json.dumps(r) + "\n")
             print(f"{method:8s} tau={tau:<6g} {r['status']:8s} loss {fmt(r['final_loss'])} "
                   f"({r['seconds']:.0f}s)", flush=True)
     print(f"\nFull-batch training loss after {args.epochs} epochs ({args.train} Fashion-MNIST "
           f"images, MLP 784-256-256-10, Nesterov 0.95, batch {args.batch}, "
-          f"tau_theta {args.tau_theta}); '-' = diverged (NaN), '!' = no lower than the initial "
-          "loss.  [paper, 50 epochs, CIFAR-10]")
+          f"tau_theta {args.tau_theta}, cg_variant {args.cg_variant}); '-' = diverged (NaN), "
+          "'!' = no lower than the initial loss.  [paper, 50 epochs, CIFAR-10]")
     print("tau      " + "".join(f"{t:>16g}" for t in TAUS))
     for method in METHODS:
         cells = []
         for j, tau in enumerate(TAUS):
-            r = done[(method, tau, args.tau_theta, args.epochs, args.train)]
+            r = done[key(method, tau)]
             stuck = "!" if r["final_loss"] is not None and r["final_loss"] >= r["curve"][0] \
                 else ""
             cells.append(f"{fmt(r['final_loss'])}{stuck} [{fmt(PAPER[method][j])}]")

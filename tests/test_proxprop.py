@@ -731,3 +731,29 @@ def test_conv_cg_path_choice_by_flop_count():
     assert f2["matrix_free"] < f2["gram"]
     f2 = conv2d_cg_flops(128 * 14 * 14, 801, 64, 1, 10)
     assert f2["gram"] < f2["matrix_free"]
+
+
+def test_cuda_style_masked_stopping_equals_the_cpu_break(monkeypatch):
+    """On CUDA the stopping rule masks the step instead of breaking (no host sync); forced on
+    CPU here, every CG path gives the same direction as the breaking loop."""
+    from beyondsgd.methods import cg
+
+    lin = _linear(12, 4)
+    x = torch.randn(30, 12, dtype=DT)
+    conv = nn.Conv2d(2, 3, 3, padding=1).to(DT)
+    xc = torch.randn(2, 2, 5, 5, dtype=DT)
+    cfgs = [dict(cg_iters=40, cg_tol=1e-2, cg_path=p) for p in ("gram", "primal", "dual")]
+    ref = [_linear_direction(lin, x, **c) for c in cfgs]
+    ref_c = [_prox_grads(conv, xc, cg_iters=40, cg_tol=1e-2, cg_path=p)[0]
+             for p in ("gram", "primal")]
+    init = cg._Loop.__init__
+
+    def masked(self, rs0, tol, eps, relative_eps, is_cuda):
+        init(self, rs0, tol, eps, relative_eps, True)
+
+    monkeypatch.setattr(cg._Loop, "__init__", masked)
+    for c, r in zip(cfgs, ref):
+        torch.testing.assert_close(_linear_direction(lin, x, **c), r, rtol=1e-12, atol=0.0)
+    for p, r in zip(("gram", "primal"), ref_c):
+        got = _prox_grads(conv, xc, cg_iters=40, cg_tol=1e-2, cg_path=p)[0]
+        torch.testing.assert_close(got, r, rtol=1e-12, atol=0.0)
