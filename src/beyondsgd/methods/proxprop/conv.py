@@ -71,10 +71,10 @@ def conv2d_cg_flops(rows: int, k: int, c_out: int, groups: int, iters: int
     positions, ``k`` weights per output channel (+1 with bias) and ``c_out`` output channels
     in ``groups`` groups: ``gram``, the explicit per-group Gram of the unfolded input
     (2 R K^2 per group, then 2 C_out K^2 per iteration), or ``matrix_free``, a convolution
-    forward and a weight adjoint per iteration (4 R C_out K). The gradient is computed by the
-    convolution's backward either way."""
+    forward and a weight adjoint per iteration (4 R C_out K), the forward only in the last.
+    The gradient is computed by the convolution's backward either way."""
     return {"gram": 2 * groups * rows * k * k + 2 * iters * c_out * k * k,
-            "matrix_free": 4 * iters * rows * c_out * k}
+            "matrix_free": (4 * iters - 2) * rows * c_out * k}
 
 
 def conv2d_prox_direction(

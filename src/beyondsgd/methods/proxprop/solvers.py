@@ -66,13 +66,14 @@ def linear_cg_flops(rows: int, k: int, m: int, iters: int) -> dict[str, int]:
 
     * ``gram``: form the explicit K x K Gram (2 B K^2), then one (m, K) x (K, K) product per
       iteration; needs the gradient (2 m B K);
-    * ``primal``: two batch products per iteration, ``(v Ã^T) Ã`` (4 m B K), plus the gradient;
+    * ``primal``: two batch products per iteration, ``(v Ã^T) Ã`` (4 m B K), one for the last
+      (only ``|v Ã^T|^2`` is needed there), plus the gradient;
     * ``dual``: batch-space CG (:func:`~beyondsgd.methods.cg.batch_space_cg`): G = Ã Ã^T
       (2 B^2 K), one (m, B) x (B, B) product per iteration, and the final direction q Ã
       (2 m B K) instead of the gradient.
     """
     return {"gram": 2 * rows * k * k + 2 * iters * m * k * k + 2 * m * rows * k,
-            "primal": 4 * iters * m * rows * k + 2 * m * rows * k,
+            "primal": (4 * iters - 2) * m * rows * k + 2 * m * rows * k,
             "dual": 2 * rows * rows * k + 2 * m * rows * k + 2 * iters * m * rows * rows}
 
 
