@@ -74,8 +74,6 @@ def _slbi_conv_groups(model: nn.Module) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------
-SLBI_TENSOR_LR = ("SLBI's constructor refuses a tensor lr ('lr must be a finite number'); "
-                  "slbi.py is owned by another helper")
 
 
 @dataclass(frozen=True)
@@ -128,14 +126,14 @@ ROWS = [
         ({"lr": 0.1, "nu": 1.0, "lambda": 0.02},
          {"lr": 0.05, "nu": 2.0, "lambda": 0.05, "momentum": 0.5, "kappa": 2.0,
           "weight_decay": 1e-2}),
-        queries=_slbi_queries, xfail={"test_tensor_lr": SLBI_TENSOR_LR}),
+        queries=_slbi_queries),
     Row("slbi-conv-code-nesterov", bs.SLBI, _conv, _slbi_conv_groups,
         dict(lr=0.05, nu=2.0, lam=0.01, momentum=0.9, nesterov=True, coupling="code",
              kappa=2.0, lambda_scaling="sqrt_size"),
         ({"lr": 0.05, "coupling": "code", "lambda_scaling": "sqrt_size"},
          {"lr": 0.1, "coupling": "paper", "lambda_scaling": "none", "nu": 1.0, "kappa": 1.0,
           "lambda": 0.03, "dampening": 0.1, "nesterov": False, "kappa_uncoupled": False}),
-        queries=_slbi_queries, xfail={"test_tensor_lr": SLBI_TENSOR_LR}),
+        queries=_slbi_queries),
 ]
 
 

@@ -79,6 +79,9 @@ def proxprop(
     and ``state_dict`` keys are unchanged. ``distributed``: see :class:`ProxConfig` (data
     parallelism sums the Gram over the ranks). Returns ``model``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"proxprop() needs a torch nn.Module, got {type(model).__name__} "
+                        f"({model!r:.60})")
     cfg = ProxConfig(tau_theta=tau_theta, solver=solver, cg_iters=cg_iters, cg_tol=cg_tol,
                      cg_eps=cg_eps, gram=gram, cg_block=cg_block, distributed=distributed,
                      cg_variant=cg_variant, cg_path=cg_path)
