@@ -518,6 +518,9 @@ def _user_error(exc: BaseException) -> list[str] | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prefix = f"beyondsgd {args.command}: error:"
+    # --data-dir/--download reach the data layer through these variables; restore them when
+    # main() returns so an in-process call (tests, notebooks) leaves the environment unchanged
+    saved = {k: os.environ.get(k) for k in DATA_ENV}
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -537,6 +540,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{prefix} internal error: {failure_text(exc)} {DEBUG_HINT}", file=sys.stderr)
         return 1
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+DATA_ENV = ("BEYONDSGD_FASHION_MNIST", "BEYONDSGD_MNIST", "BEYONDSGD_DOWNLOAD")
 
 
 if __name__ == "__main__":
