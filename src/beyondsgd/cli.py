@@ -25,6 +25,7 @@ from .bench.runner import run_trial
 from .bench.store import Store
 from .bench.validate import Plan, PreflightError, extra_hint, preflight, require_bench_extra
 from .data import DataFileError
+from .distributed import restored_environ
 from .methods import METHODS, get_method_class
 from .methods.base import resolve_hparams
 
@@ -520,9 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"beyondsgd {args.command}: error:"
     # --data-dir/--download reach the data layer through these variables; restore them when
     # main() returns so an in-process call (tests, notebooks) leaves the environment unchanged
-    saved = {k: os.environ.get(k) for k in DATA_ENV}
     try:
-        return COMMANDS[args.command](args)
+        with restored_environ(DATA_ENV):
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are in the store; re-run the same command to "
               "resume", file=sys.stderr)
@@ -540,12 +541,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{prefix} internal error: {failure_text(exc)} {DEBUG_HINT}", file=sys.stderr)
         return 1
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 DATA_ENV = ("BEYONDSGD_FASHION_MNIST", "BEYONDSGD_MNIST", "BEYONDSGD_DOWNLOAD")

@@ -28,7 +28,9 @@ by ``W * n_r / B`` so that the average is exact for any split (e.g. a short last
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -218,12 +220,19 @@ def launch_local(fn: Any, world_size: int, *args: Any, threads: int | None = 1) 
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    try:
+    with restored_environ(_THREAD_VARS):
         if threads is not None:  # the spawned interpreters read these before importing torch
             os.environ.update({k: str(threads) for k in _THREAD_VARS})
         mp.spawn(_launched, args=(fn, world_size, _free_port(), threads, args),
                  nprocs=world_size, join=True)
+
+
+@contextlib.contextmanager
+def restored_environ(names: tuple[str, ...]) -> Iterator[None]:
+    """Restore the environment variables ``names`` (set or unset) as they were on entry."""
+    saved = {k: os.environ.get(k) for k in names}
+    try:
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
