@@ -276,12 +276,18 @@ def solve_classification_milp(
     check_solver_args(time_limit, mip_gap, threads)
     t0 = time.perf_counter()
     lp = build_classification_milp(features, labels, weight, bias, radius, margin, min_correct)
+    return _solve_head(lp, t0, "n_classes", time_limit, mip_gap, threads, warm_start, seed,
+                       node_limit=node_limit, verbose=verbose)
+
+
+def _solve_head(lp: LinearProgram, t0: float, rows_key: str, time_limit: float, mip_gap: float,
+                threads: int, warm_start: bool, seed: int, **kw: Any) -> MILPResult:
+    """Solve ``lp`` (built since ``t0``) and shape the head's weight as (lp.info[rows_key],
+    n_features)."""
     res = solve_program(lp, time_limit, mip_gap, threads, warm_start, seed,
-                        build_seconds=time.perf_counter() - t0, node_limit=node_limit,
-                        verbose=verbose)
-    c, d = lp.info["n_classes"], lp.info["n_features"]
+                        build_seconds=time.perf_counter() - t0, **kw)
     if res.weight is not None:
-        res.weight = res.weight.reshape(c, d)
+        res.weight = res.weight.reshape(lp.info[rows_key], lp.info["n_features"])
     return res
 
 
@@ -306,12 +312,8 @@ def solve_regression_lp(
     check_solver_args(time_limit, 0.0, threads)
     t0 = time.perf_counter()
     lp = build_regression_lp(features, targets, weight, bias, radius, norm)
-    res = solve_program(lp, time_limit, 0.0, threads, warm_start, seed,
-                        build_seconds=time.perf_counter() - t0, verbose=verbose)
-    o, d = lp.info["n_outputs"], lp.info["n_features"]
-    if res.weight is not None:
-        res.weight = res.weight.reshape(o, d)
-    return res
+    return _solve_head(lp, t0, "n_outputs", time_limit, 0.0, threads, warm_start, seed,
+                       verbose=verbose)
 
 
 def solve_hinge_lp(
@@ -333,9 +335,5 @@ def solve_hinge_lp(
     check_solver_args(time_limit, 0.0, threads)
     t0 = time.perf_counter()
     lp = build_hinge_lp(features, labels, weight, bias, radius, hinge)
-    res = solve_program(lp, time_limit, 0.0, threads, warm_start, seed,
-                        build_seconds=time.perf_counter() - t0, verbose=verbose)
-    c, d = lp.info["n_classes"], lp.info["n_features"]
-    if res.weight is not None:
-        res.weight = res.weight.reshape(c, d)
-    return res
+    return _solve_head(lp, t0, "n_classes", time_limit, 0.0, threads, warm_start, seed,
+                       verbose=verbose)
