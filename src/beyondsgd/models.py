@@ -190,3 +190,9 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     if not found:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer")
     return found[-1]
+
+
+# ---- paper models: ProxProp, BPGrad (beyondsgd reproduce) ----
+
+
+# ---- paper models: DessiLBI, GDSolver, PHT (beyondsgd reproduce) ----

@@ -205,3 +205,5 @@ for _fn, (_target, _measured) in _TOY_TARGETS.items():
         target_note=f"the official code's 3->2->2 ReLU model; Adam 1e-3, 15 epochs, seeds 0-2: "
                     f"best test MSE {_measured}",
     ))
+
+from . import paper_problems as _paper_problems  # noqa: E402,F401  (registers the papers' problems)
