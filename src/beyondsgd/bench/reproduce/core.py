@@ -1,0 +1,258 @@
+"""The ``beyondsgd reproduce`` framework: experiments, outcomes, the trial context, verdicts.
+
+An :class:`Experiment` is one paper experiment (its recipe at three scales, the paper's numbers)
+whose ``run(ctx)`` trains trials through :meth:`Context.trial` and returns :class:`Outcome` rows
+(paper number beside ours, one value per seed, a verdict). Every trial goes through
+:func:`beyondsgd.bench.runner.run_trial` with the store, tagged
+``reproduce:<experiment>:<scale>[:<tag>]``, so a re-run skips finished trials and a killed one
+resumes. Outcomes are *recomputed from the store*: :func:`replay_context` gives a context whose
+``trial`` returns the stored trial (never trains), so ``run`` yields the same rows again
+(:func:`beyondsgd.bench.reproduce.report_section` does that).
+
+Verdicts (:func:`compare`): one-sided Welch t-tests on the per-seed values (the claims table's
+test, :func:`beyondsgd.bench.claims.judge`), alpha 0.05; ``kind="better"``: A significantly
+better than B (supported) / significantly worse (not supported) / neither (inconclusive);
+``kind="matches"``: non-inferiority with ``margin``.
+
+>>> compare([0.1, 0.11, 0.12], [0.5, 0.52, 0.49], higher_is_better=False)[0]
+'supported'
+>>> compare([0.1, 0.2], [0.1, 0.2], higher_is_better=False)[0]
+'inconclusive'
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..problems import Problem
+from ..runner import TrialResult, run_trial
+from ..store import Store, trial_key
+
+SCALES = ("paper", "cpu", "smoke")
+VERDICTS = ("supported", "not supported", "inconclusive", "reference only")
+TAG_PREFIX = "reproduce"
+
+
+@dataclass(frozen=True)
+class PaperNumber:
+    """One number a paper reports."""
+
+    quantity: str                 # e.g. "test accuracy, ProxProp (%)"
+    value: float | str | None
+    source: str                   # "Table 1", "§5.3", "official script train.py"
+
+
+@dataclass
+class Outcome:
+    """One row of the paper-vs-ours table."""
+
+    experiment: str
+    quantity: str
+    paper: float | str | None
+    paper_source: str
+    ours: list[float]             # one value per seed (nan: diverged/missing, see verdict_reason)
+    unit: str
+    scale: str
+    verdict: str                  # one of VERDICTS
+    verdict_reason: str           # one line
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict {self.verdict!r}; accepted: {', '.join(VERDICTS)}")
+
+
+class NotRecorded(LookupError):
+    """Replay: the trial is not (or not finished) in the store."""
+
+
+def full_tag(experiment: str, scale: str, tag: str = "") -> str:
+    """The store tag of a reproduce trial: ``reproduce:<experiment>:<scale>[:<tag>]``."""
+    return ":".join([TAG_PREFIX, experiment, scale] + ([tag] if tag else []))
+
+
+@dataclass
+class Context:
+    """What an experiment's ``run()`` receives: the scale, the seeds, the store, a trial helper.
+
+    ``replay=True``: :meth:`trial` only reads finished trials from the store (raises
+    :class:`NotRecorded` for any other), so outcomes are recomputed without training.
+    """
+
+    scale: str
+    seeds: int
+    device: str
+    store: Store
+    progress: bool
+    experiment: str = ""
+    replay: bool = False
+    trained: int = 0               # trials trained (or resumed) by this context
+    skipped: int = 0               # trials found finished in the store
+    log_fn: Callable[[str], None] | None = None
+    data_override: dict[str, Any] = field(default_factory=dict)  # problem name -> Dataset (tests)
+
+    def log(self, msg: str) -> None:
+        """One progress line on stderr (when ``progress``)."""
+        if self.log_fn is not None:
+            self.log_fn(msg)
+        elif self.progress:
+            print(f"[{self.experiment or 'reproduce'}] {msg}", file=sys.stderr, flush=True)
+
+    def trial(self, problem: Problem, method: str, hparams: dict, seed: int,
+              epochs: int | None = None, tag: str = "", train_fraction: float = 1.0
+              ) -> TrialResult:
+        """Train (or find in the store) one trial; resumable through the store."""
+        t = full_tag(self.experiment, self.scale, tag)
+        if self.replay:
+            return stored_trial(self.store, problem, method, hparams, seed, epochs, t,
+                                train_fraction)
+        label = f"{problem.name} {method} {tag or ''} seed {seed}".replace("  ", " ")
+        n_ep = problem.epochs if epochs is None else int(epochs)
+
+        def show(row: dict) -> None:
+            if self.progress:
+                self.log(f"{label}: epoch {row['epoch']}/{n_ep} train loss "
+                         f"{row['train_loss']:.4g} test {problem.metric} "
+                         f"{row['test_metric']:.4f} ({row['train_seconds']:.1f}s)")
+
+        res = run_trial(problem, method, hparams, seed=seed, epochs=epochs, device=self.device,
+                        store=self.store, progress=show, train_fraction=train_fraction, tag=t,
+                        dataset=self.data_override.get(problem.name))
+        if res.skipped:
+            self.skipped += 1
+        elif res.busy:
+            self.log(f"{label}: run by {res.holder or 'another process'}; not waited for")
+        else:
+            self.trained += 1
+            self.log(f"{label}: {res.status}")
+        return res
+
+
+def stored_trial(store: Store, problem: Problem, method: str, hparams: dict, seed: int,
+                 epochs: int | None, tag: str, train_fraction: float = 1.0) -> TrialResult:
+    """The finished (or diverged) trial of these arguments from ``store``; NotRecorded else."""
+    from ...methods import get_method_class
+    from ...methods.base import resolve_hparams
+
+    hp = resolve_hparams(get_method_class(method), hparams or {})
+    n_ep = problem.epochs if epochs is None else int(epochs)
+    key = trial_key(problem.name, method, hp, int(seed), n_ep, float(train_fraction), tag)
+    row = store.trial_by_key(key)
+    if row is None or row["status"] not in ("finished", "diverged"):
+        raise NotRecorded(f"{problem.name} {method} seed {seed} ({tag}) is not finished in "
+                          f"{store.path}")
+    return TrialResult(problem.name, method, hp, int(seed), row["status"],
+                       evals=store.evals(row["id"]), events=store.events(row["id"]),
+                       trial_id=row["id"], skipped=True)
+
+
+def replay_context(store: Store, scale: str, seeds: int, experiment: str) -> Context:
+    """A context that recomputes outcomes from the stored trials only (no training)."""
+    return Context(scale=scale, seeds=seeds, device="cpu", store=store, progress=False,
+                   experiment=experiment, replay=True)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One paper experiment, its recipe at each scale, and how to run it."""
+
+    name: str
+    paper: str
+    measures: str
+    paper_numbers: tuple[PaperNumber, ...]
+    data: dict[str, str]           # scale -> data used
+    cost: dict[str, str]           # scale -> estimated cost (measured per-epoch cost x epochs)
+    changes: dict[str, str]        # scale -> what differs from the paper's recipe at that scale
+    run: Callable[[Context], list[Outcome]]
+    # scale -> problems needed (their data_status() is checked before any work)
+    problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+REGISTRY: dict[str, Experiment] = {}
+
+
+def register(exp: Experiment) -> Experiment:
+    """Add ``exp`` to :data:`REGISTRY` (its name must be new) and return it."""
+    if exp.name in REGISTRY and REGISTRY[exp.name] is not exp:
+        raise ValueError(f"reproduce experiment {exp.name!r} is registered twice")
+    for s in list(exp.data) + list(exp.cost) + list(exp.changes) + list(exp.problems):
+        if s not in SCALES:
+            raise ValueError(f"experiment {exp.name!r}: unknown scale {s!r}; accepted: "
+                             f"{', '.join(SCALES)}")
+    REGISTRY[exp.name] = exp
+    return exp
+
+
+# ---- per-seed values and verdicts -----------------------------------------------------------
+def finite(values: list[float]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def final_value(res: TrialResult, key: str = "train_loss") -> float:
+    """The last evaluation's ``key`` (nan when the trial diverged or has no evaluation)."""
+    if res.status != "finished" or not res.evals:
+        return math.nan
+    v = res.evals[-1].get(key)
+    return float(v) if v is not None and math.isfinite(v) else math.nan
+
+
+def best_value(res: TrialResult, key: str = "val_metric", higher: bool = True) -> float:
+    """Best ``key`` over the trained epochs (nan when there is none)."""
+    vals = finite([e.get(key) for e in res.evals[1:]]) if res.status == "finished" else []
+    if not vals:
+        return math.nan
+    return max(vals) if higher else min(vals)
+
+
+def compare(a: list[float], b: list[float], higher_is_better: bool, kind: str = "better",
+            margin: float = 0.0) -> tuple[str, float]:
+    """Verdict on A vs B from per-seed values: (verdict, p-value of the deciding test).
+
+    ``kind="better"``: one-sided Welch tests at alpha/2 each way (claims.judge). ``"matches"``:
+    non-inferiority, A - B > -margin (margin in the values' units). Non-finite values (a
+    diverged seed) count as the worst possible value (+inf loss / -inf accuracy), so a method
+    that diverges where the other does not loses on ranks; fewer than 2 seeds: inconclusive.
+    """
+    from ..claims import judge
+
+    def orient(vs: list[float]) -> list[float]:
+        out = []
+        for v in vs:
+            v = float(v) if v is not None else math.nan
+            if not math.isfinite(v):
+                out.append(-math.inf)
+            else:
+                out.append(v if higher_is_better else -v)
+        return out
+
+    aa, bb = orient(a), orient(b)
+    if all(math.isinf(v) for v in aa + bb):
+        return "inconclusive", math.nan
+    verdict, pv = judge(aa, {"b": bb}, kind, margin)
+    return verdict, float(pv.get("b", math.nan))
+
+
+def ci_text(values: list[float], digits: int = 3, scale: float = 1.0) -> str:
+    """``mean ± half-width of the 95% CI (n=k)``; ``–`` for seeds that diverged."""
+    from ..metrics import mean_ci
+
+    fin = [v * scale for v in finite(values)]
+    n_bad = len(values) - len(fin)
+    if not fin:
+        return "– (diverged)" if values else "–"
+    m, _, lo, hi = mean_ci(fin)
+    txt = f"{m:.{digits}g}" if len(fin) == 1 or math.isnan(lo) else \
+        f"{m:.{digits}g} ± {(hi - lo) / 2:.{digits - 1 if digits > 1 else 1}g}"
+    txt += f" (n={len(fin)})"
+    if n_bad:
+        txt += f", {n_bad} diverged"
+    return txt
+
+
+def mean_or_nan(values: list[float]) -> float:
+    fin = finite(values)
+    return statistics.fmean(fin) if fin else math.nan
