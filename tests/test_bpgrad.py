@@ -422,7 +422,7 @@ def test_bad_step_calls_raise():
     m = nn.Linear(2, 1)
     opt = BPGrad(m.parameters(), lipschitz=1.0)
     x = torch.randn(4, 2)
-    with pytest.raises(RuntimeError, match="needs a closure"):
+    with pytest.raises(RuntimeError, match="needs the loss value"):
         opt.step()
 
     def negative():
@@ -442,8 +442,66 @@ def test_bad_step_calls_raise():
         out.sum().backward()
         return out
 
-    with pytest.raises(ValueError, match="scalar loss"):
+    with pytest.raises(ValueError, match="must be a scalar"):
         opt.step(vector)
+
+
+# --------------------------------------------------------------------------------------------
+# step(loss=...): the caller's own backward, then the loss whose gradient is in .grad
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("as_tensor", [True, False])
+def test_step_with_loss_and_no_closure_matches_the_reference(as_tensor):
+    """DeepOBS's runner pattern: zero_grad, loss.backward(), opt.step() -- here step(loss=f)."""
+    model = _tiny()
+    batches = _batches(6)
+    w0 = _flat(model).clone()
+    opt = BPGrad(model.parameters(), lipschitz=4.0, rho=0.2, momentum=0.9, weight_decay=1e-3)
+    traj = []
+    for x, y in batches:
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        out = opt.step(loss=loss if as_tensor else float(loss.detach()))
+        assert (out.item() if isinstance(out, torch.Tensor) else out) == loss.item()
+        traj.append(_flat(model))
+    ref = _reference(w0, batches, 4.0, 0.2, 0.9, 1e-3, "paper", "minibatch", 10**9)
+    for a, b in zip(traj, ref):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_step_loss_overrides_the_closures_return():
+    """closure computes the gradient; loss= is f_t: the step length uses loss, not the return."""
+    p = nn.Parameter(torch.tensor([3.0, 4.0], dtype=DT))
+    opt = BPGrad([p], lipschitz=2.0, rho=0.0, momentum=0.0)
+    calls = []
+
+    def closure():
+        calls.append(torch.is_grad_enabled())
+        opt.zero_grad()
+        loss = 0.5 * (p ** 2).sum()  # 12.5; gradient p, unit direction (0.6, 0.8)
+        loss.backward()
+        return loss
+
+    out = opt.step(closure, loss=1.0)
+    assert calls == [True]  # the closure ran, under enable_grad
+    assert out.item() == 12.5  # the closure's return is returned (torch.optim contract)
+    # eta = (1.0 - 0) / 2 = 0.5 along -(0.6, 0.8): not (12.5 / 2) along it
+    assert torch.allclose(p.detach(), torch.tensor([3.0 - 0.3, 4.0 - 0.4], dtype=DT),
+                          rtol=0, atol=1e-15)
+    assert opt.global_state["f_t"] == 1.0
+
+
+def test_step_loss_bad_values_raise():
+    p = nn.Parameter(torch.tensor([1.0], dtype=DT))
+    opt = BPGrad([p], lipschitz=1.0)
+    (p ** 2).sum().backward()
+    with pytest.raises(ValueError, match=r"must be a scalar, but step\(loss=...\) got"):
+        opt.step(loss=torch.ones(2))
+    with pytest.raises(ValueError, match=r"tensor or a real number, but step\(loss=...\) got 'x'"):
+        opt.step(loss="x")
+    with pytest.raises(NonFiniteLossError, match="the loss is nan"):
+        opt.step(loss=math.nan)
+    assert torch.equal(p.detach(), torch.tensor([1.0], dtype=DT))
 
 
 # --------------------------------------------------------------------------------------------

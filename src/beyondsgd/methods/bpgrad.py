@@ -227,9 +227,12 @@ class BPGrad(torch.optim.Optimizer):
             (already averaged) gradients, so it is global too.
 
     ``step(closure)`` needs a closure that zeroes the gradients, computes the loss, calls
-    ``backward()`` and returns the loss (the way PyTorch Lightning and L-BFGS call optimizers);
-    the loss must be :math:`\ge 0` and finite. A step reads the loss value and the gradient norm
-    on the host once (one synchronisation) to check them and to skip the step at a zero gradient.
+    ``backward()`` and returns the loss (the way PyTorch Lightning and L-BFGS call optimizers),
+    or, after the caller's own ``backward()``, ``step(loss=value)`` with the loss whose gradient
+    is in ``.grad`` (a closure and ``loss=`` together: the closure computes the gradients and
+    ``loss`` is :math:`f_t`); the loss must be :math:`\ge 0` and finite. A step reads the loss
+    value and the gradient norm on the host once (one synchronisation) to check them and to skip
+    the step at a zero gradient.
     A NaN/inf loss or gradient norm raises :class:`NonFiniteLossError` (a ``ValueError``) before
     anything changes: parameters, momentum and the loss history stay as they were.
 
@@ -349,18 +352,35 @@ class BPGrad(torch.optim.Optimizer):
 
     # ---- the step ------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
-        """One BPGrad step. ``closure`` (required) re-evaluates the model and returns the loss."""
-        if closure is None:
+    def step(self, closure: Callable[[], torch.Tensor] | None = None, *,
+             loss: float | torch.Tensor | None = None) -> torch.Tensor | float | None:
+        """One BPGrad step.
+
+        ``closure`` re-evaluates the model (zero the gradients, compute the loss, ``backward()``)
+        and returns the loss; it is called under ``torch.enable_grad()``. ``loss`` (keyword
+        only; a real number or a one-element tensor) is the objective value whose gradient is
+        in ``.grad`` now: when given it is used as :math:`f_t` instead of the closure's
+        return, and without a closure it is enough -- for runners that call ``backward()``
+        themselves and then ``opt.step()`` (DeepOBS's ``StandardRunner``, see
+        :mod:`beyondsgd.integrations.deepobs`). Returns the closure's return value, or
+        ``loss`` when there is no closure.
+        """
+        if closure is None and loss is None:
             raise RuntimeError(
-                "BPGrad.step needs a closure returning the loss (the step length "
-                "(f_t - rho*min f)/L depends on the loss value): opt.step(closure) where "
-                "closure() zeroes the gradients, computes loss, calls loss.backward() and "
-                "returns loss")
-        with torch.enable_grad():
-            loss = closure()
-        if loss is None:
-            raise RuntimeError("BPGrad.step: the closure returned None; it must return the loss")
+                "BPGrad.step needs the loss value (the step length (f_t - rho*min f)/L depends "
+                "on it): opt.step(closure) where closure() zeroes the gradients, computes loss, "
+                "calls loss.backward() and returns loss, or opt.step(loss=loss) after "
+                "loss.backward()")
+        returned = None
+        if closure is not None:
+            with torch.enable_grad():
+                returned = closure()
+            if returned is None and loss is None:
+                raise RuntimeError("BPGrad.step: the closure returned None; it must return the "
+                                   "loss (or pass step(closure, loss=value))")
+        source = "the closure returned" if loss is None else "step(loss=...) got"
+        f_in = returned if loss is None else loss
+        result = returned if closure is not None else loss
 
         grouped: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
         all_grads: list[torch.Tensor] = []
@@ -379,16 +399,16 @@ class BPGrad(torch.optim.Optimizer):
         norm = _global_grad_norm(all_grads, device)
 
         # One host read for both numbers (the loss sign check needs it anyway).
-        if isinstance(loss, torch.Tensor):
-            if loss.numel() != 1:
-                raise ValueError(f"BPGrad: the closure must return a scalar loss, got shape "
-                                 f"{tuple(loss.shape)}")
-            f_dev = loss.detach().reshape(()).to(norm)
+        if isinstance(f_in, torch.Tensor):
+            if f_in.numel() != 1:
+                raise ValueError(f"BPGrad: the loss must be a scalar, but {source} a tensor of "
+                                 f"shape {tuple(f_in.shape)}")
+            f_dev = f_in.detach().reshape(()).to(norm)
         else:
-            if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
-                raise ValueError(f"BPGrad: the closure must return the loss (a tensor or a "
-                                 f"real number), got {loss!r}")
-            f_dev = torch.tensor(float(loss), dtype=norm.dtype, device=norm.device)
+            if isinstance(f_in, bool) or not isinstance(f_in, numbers.Real):
+                raise ValueError(f"BPGrad: the loss must be a tensor or a real number, but "
+                                 f"{source} {f_in!r}")
+            f_dev = torch.tensor(float(f_in), dtype=norm.dtype, device=norm.device)
         if D.resolve(self.distributed):  # f_t of the global batch: the mean over the ranks
             f_dev = D.all_reduce_sum(f_dev.clone()) / D.world_size()
         f_val, g_norm = torch.stack([f_dev, norm]).tolist()
@@ -403,8 +423,8 @@ class BPGrad(torch.optim.Optimizer):
                 f"BPGrad: the gradient norm is {g_norm!r} (loss {f_val!r}); a finite gradient is "
                 f"needed to normalise it; nothing was changed", f_val)
         if f_val < 0:
-            raise ValueError(f"BPGrad assumes a non-negative loss (f >= 0), but the closure "
-                             f"returned {f_val!r}; use a loss bounded below by 0")
+            raise ValueError(f"BPGrad assumes a non-negative loss (f >= 0), but {source} "
+                             f"{f_val!r}; use a loss bounded below by 0")
 
         st = self._global()
         st["step"] += 1
@@ -433,7 +453,7 @@ class BPGrad(torch.optim.Optimizer):
             if mom != 0:
                 for p, b in zip(ps, new):
                     self.state[p]["momentum_buffer"] = b
-        return loss
+        return result
 
 
 # --------------------------------------------------------------------------------------------
