@@ -6,7 +6,9 @@ A *trial* is (problem, method, hyperparameters, seed[, epochs, train fraction, t
    train/validation/test split; the trial seed drives initialisation and minibatch order),
 2. builds the model from the seed, lets the method ``prepare`` it,
 3. evaluates before training (epoch 0) and after every epoch: training loss on a fixed subset of
-   the training set, validation and test loss and metric, plus the method's ``metrics()``,
+   the training set, validation and test loss and metric, plus the method's ``metrics()``
+   (:func:`beyondsgd.methods.base.evaluate`, the same function behind a method's
+   ``TrainContext.evaluate``/``val_loss``/``val_metric``, so the numbers agree bit for bit),
 4. counts only training time (steps and end-of-epoch hooks, e.g. GDSolver's MILP) in
    ``train_seconds``; evaluation is excluded,
 5. ends the trial as ``diverged`` when a loss becomes NaN/inf (recorded, not raised),
@@ -25,21 +27,17 @@ reproduce the one-process trial up to float round-off). Evaluations are split ov
 summed; rank 0 alone writes the store, prints and checkpoints.
 
 The minibatch order of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone, so it
-needs no saved state to resume.
+needs no saved state to resume. The result record, environment, minibatch order and summary live
+in :mod:`beyondsgd.bench.trial` (re-exported here).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-import platform
 import random
-import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,105 +46,15 @@ import torch
 
 from .. import distributed as D
 from ..methods import TrainContext, get_method_class
-from ..methods.base import Batch, resolve_hparams
+from ..methods.base import Batch, evaluate, resolve_hparams
 from . import checkpoint as C
 from .arguments import check_arguments
 from .problems import Problem, get_problem
-from .store import DONE_STATUSES, Store, TrialBusy, trial_key
+from .store import Store, TrialBusy, trial_key
+from .trial import DATA_SPLIT_SEED, TrialResult, environment, epoch_batches, not_run, summary
 
-DATA_SPLIT_SEED = 0
-
-
-@dataclass
-class TrialResult:
-    problem: str
-    method: str
-    hparams: dict[str, Any]
-    seed: int
-    status: str
-    evals: list[dict] = field(default_factory=list)
-    events: list[dict] = field(default_factory=list)
-    trial_id: int | None = None
-    error: str | None = None
-    skipped: bool = False  # already finished in the store
-    busy: bool = False     # another live process runs this trial: not run here (status running)
-    holder: str = ""       # who runs it, when busy
-    # the trained model (None when the trial was skipped); not stored
-    model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def final(self) -> dict:
-        return self.evals[-1] if self.evals else {}
-
-    @property
-    def best(self) -> float | None:
-        vals = [e["test_metric"] for e in self.evals[1:] if e.get("test_metric") is not None]
-        if not vals:
-            return None
-        prob = get_problem(self.problem)
-        return max(vals) if prob.higher_is_better else min(vals)
-
-
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str:
-    """The checkout's commit, looked up once per process (it cannot change while we run)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def environment() -> dict[str, Any]:
-    """Versions, CPU and threads, and the git commit: recorded with every trial."""
-    commit = _git_commit()
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git_commit": commit,
-    }
-
-
-def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int
-                  ) -> Iterator[Batch]:
-    """Shuffled minibatches of one epoch; the order depends only on (seed, epoch)."""
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    perm = torch.randperm(x.shape[0], generator=g).to(x.device)
-    for i in range(0, x.shape[0], batch_size):
-        idx = perm[i:i + batch_size]
-        yield x[idx], y[idx]
-
-
-@torch.no_grad()
-def evaluate(problem: Problem, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-             chunk: int = 4096, distributed: bool = False) -> tuple[float, float]:
-    """(mean loss, metric) of ``model`` on ``(x, y)`` in eval mode.
-
-    ``distributed=True``: every rank evaluates its contiguous slice of ``(x, y)`` and the sums
-    are all-reduced, so every rank returns the numbers of the whole set."""
-    was = model.training
-    model.eval()
-    n = int(x.shape[0])
-    if distributed:
-        x, y = D.local_rows(x), D.local_rows(y)
-    sums = torch.zeros(2, device=x.device, dtype=torch.float64)  # loss, metric
-    for i in range(0, x.shape[0], chunk):
-        out = model(x[i:i + chunk])
-        yb = y[i:i + chunk]
-        sums[0] += problem.loss_fn(out, yb).double() * yb.shape[0]
-        sums[1] += problem.metric_fn(out, yb).double()
-    model.train(was)
-    if distributed:
-        D.all_reduce_sum(sums)
-    loss_sum, metric_sum = sums.tolist()
-    return loss_sum / max(n, 1), metric_sum / max(n, 1)
-
+__all__ = ["DATA_SPLIT_SEED", "TrialResult", "default_checkpoint_dir", "environment",
+           "epoch_batches", "evaluate", "run_trial"]
 
 def default_checkpoint_dir(store: Store | None) -> Path | None:
     return C.default_dir(store.path if store is not None else None)
@@ -200,7 +108,7 @@ def run_trial(
                                   env)
         trial_id = claim.trial_id
         if not claim.claimed:
-            done = _not_run(store, prob.name, method, hp, seed, trial_id, claim.holder)
+            done = not_run(store, prob.name, method, hp, seed, trial_id, claim.holder)
     if dp:
         state = D.broadcast_object((done.status, done.busy) if done is not None else None)
         if state is not None and done is None:
@@ -220,7 +128,7 @@ def run_trial(
     except _LeaseLost:  # another process took the trial over (or ended it): it is theirs
         if store is None:
             return TrialResult(prob.name, method, hp, seed, "running", busy=True)
-        return _not_run(store, prob.name, method, hp, seed, trial_id, "another process")
+        return not_run(store, prob.name, method, hp, seed, trial_id, "another process")
     except Exception as exc:  # a crash of one trial is recorded, then re-raised
         result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
         if store is not None and trial_id is not None:
@@ -238,33 +146,6 @@ def run_trial(
 
 class _LeaseLost(Exception):
     """This process no longer holds the trial it was running."""
-
-
-def _not_run(store: Store, problem: str, method: str, hp: dict, seed: int, trial_id: int,
-             holder: str) -> TrialResult:
-    """The result of a trial this process does not run: ended (skipped) or busy elsewhere."""
-    row = store.trials(id=trial_id)[0]
-    if row["status"] in DONE_STATUSES:
-        return TrialResult(problem, method, hp, seed, row["status"], evals=store.evals(trial_id),
-                           events=store.events(trial_id), trial_id=trial_id, skipped=True)
-    return TrialResult(problem, method, hp, seed, "running", trial_id=trial_id, busy=True,
-                       holder=holder)
-
-
-def _summary(prob: Problem, evals: list[dict]) -> dict[str, Any]:
-    if not evals:
-        return {}
-    pick = max if prob.higher_is_better else min
-    trained = evals[1:] or evals
-
-    def best(k: str) -> float | None:
-        vals = [e[k] for e in trained if e.get(k) is not None and math.isfinite(e[k])]
-        return pick(vals) if vals else None
-
-    last = evals[-1]
-    return {"final_train_loss": last.get("train_loss"), "final_val_metric": last.get("val_metric"),
-            "final_test_metric": last.get("test_metric"), "best_val_metric": best("val_metric"),
-            "best_test_metric": best("test_metric")}
 
 
 def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_path, progress,
@@ -292,7 +173,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
                        y_val=data.y_val, batch_size=prob.batch_size, epochs=epochs,
                        steps_per_epoch=steps_per_epoch, num_classes=data.num_classes,
                        batch_iter=batches, seed=seed, extras={"problem": prob.name},
-                       rank=D.rank() if dp else 0, world_size=world)
+                       rank=D.rank() if dp else 0, world_size=world, metric_fn=prob.metric_fn)
     writer = not dp or D.rank() == 0
     own_ckpt = ckpt_path if writer else None  # the checkpoint file this process may delete
 
@@ -363,9 +244,11 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
 
     def record(epoch: int, events: list[dict] | None = None) -> dict:
         em = method.eval_model(model)
-        tr_loss, _ = evaluate(prob, em, x_tr_eval, y_tr_eval, distributed=dp)
-        va_loss, va_metric = evaluate(prob, em, data.x_val, data.y_val, distributed=dp)
-        te_loss, te_metric = evaluate(prob, em, data.x_test, data.y_test, distributed=dp)
+        tr_loss, _ = evaluate(em, x_tr_eval, y_tr_eval, prob.loss_fn, distributed=dp)
+        va_loss, va_metric = evaluate(em, data.x_val, data.y_val, prob.loss_fn, prob.metric_fn,
+                                      distributed=dp)
+        te_loss, te_metric = evaluate(em, data.x_test, data.y_test, prob.loss_fn, prob.metric_fn,
+                                      distributed=dp)
         row = {"epoch": epoch, "step": step, "train_seconds": train_seconds,
                "train_loss": tr_loss, "val_loss": va_loss, "val_metric": va_metric,
                "test_loss": te_loss, "test_metric": te_metric, **method.metrics(model)}
@@ -458,7 +341,7 @@ def _finite(model: torch.nn.Module) -> bool:
 def _finish(prob: Problem, store, trial_id, result: TrialResult, status: str,
             ckpt_path: Path | None) -> None:
     result.status = status
-    if store is not None and not store.end_trial(trial_id, status, _summary(prob, result.evals)):
+    if store is not None and not store.end_trial(trial_id, status, summary(prob, result.evals)):
         raise _LeaseLost
     if ckpt_path is not None:
         C.remove(ckpt_path)
