@@ -143,7 +143,7 @@ def test_download_checksum_mismatch_fails_clearly(tmp_path, monkeypatch):
 
 
 def test_download_unreachable_server_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(DS, "MNIST_SHA256", {"train-images-idx3-ubyte.gz": None})
+    monkeypatch.setattr(DS, "MNIST_SHA256", {"train-images-idx3-ubyte.gz": "0" * 64})
     with pytest.raises(DataFileError, match="could not download"):
         D.load_mnist(download=True, base_url="http://127.0.0.1:9/", cache_dir=tmp_path)
 
