@@ -147,6 +147,7 @@ def _apply_flags(args: argparse.Namespace) -> None:
                            "directory holding the four (Fashion-)MNIST IDX files")
         os.environ["BEYONDSGD_FASHION_MNIST"] = args.data_dir
         os.environ["BEYONDSGD_MNIST"] = args.data_dir
+        os.environ["BEYONDSGD_CIFAR10"] = args.data_dir  # DIR/cifar-10-batches-py or DIR
     if getattr(args, "download", False):
         os.environ["BEYONDSGD_DOWNLOAD"] = "1"
 
@@ -543,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-DATA_ENV = ("BEYONDSGD_FASHION_MNIST", "BEYONDSGD_MNIST", "BEYONDSGD_DOWNLOAD")
+DATA_ENV = ("BEYONDSGD_FASHION_MNIST", "BEYONDSGD_MNIST", "BEYONDSGD_CIFAR10",
+            "BEYONDSGD_DOWNLOAD")
 
 
 if __name__ == "__main__":
