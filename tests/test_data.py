@@ -14,6 +14,7 @@ import torch
 
 from beyondsgd import data as D
 from beyondsgd.data import datasets as DS
+from beyondsgd.data import mnist as M
 from beyondsgd.data.idx import DataFileError, parse_idx, read_idx, write_idx
 
 
@@ -117,7 +118,8 @@ def _sums(root: Path) -> dict:
 def test_mnist_download_from_local_server(tmp_path, monkeypatch):
     served = tmp_path / "served"
     arrays = _write_tiny_mnist(served)
-    monkeypatch.setattr(DS, "MNIST_SHA256", _sums(served))
+    monkeypatch.setattr(M, "MNIST_SHA256", _sums(served))
+    monkeypatch.setattr(M, "MNIST_MD5", {})  # the real MD5s are for the real files
     cache = tmp_path / "cache"
     with _Server(served) as srv:
         ds = D.load_mnist(download=True, base_url=srv.url, cache_dir=cache, val_size=5)
@@ -134,7 +136,7 @@ def test_download_checksum_mismatch_fails_clearly(tmp_path, monkeypatch):
     served = tmp_path / "served"
     _write_tiny_mnist(served)
     bad = {k: "0" * 64 for k in _sums(served)}
-    monkeypatch.setattr(DS, "FASHION_MNIST_SHA256", bad)
+    monkeypatch.setattr(M, "FASHION_MNIST_SHA256", bad)
     cache = tmp_path / "cache"
     with _Server(served) as srv, pytest.raises(DataFileError, match="checksum mismatch"):
         D.load_fashion_mnist(root=tmp_path / "empty", download=True, base_url=srv.url,
@@ -143,7 +145,7 @@ def test_download_checksum_mismatch_fails_clearly(tmp_path, monkeypatch):
 
 
 def test_download_unreachable_server_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(DS, "MNIST_SHA256", {"train-images-idx3-ubyte.gz": "0" * 64})
+    monkeypatch.setattr(M, "MNIST_SHA256", {"train-images-idx3-ubyte.gz": "0" * 64})
     with pytest.raises(DataFileError, match="could not download"):
         D.load_mnist(download=True, base_url="http://127.0.0.1:9/", cache_dir=tmp_path)
 
@@ -153,7 +155,7 @@ def test_mnist_without_files_says_download():
         D.load_mnist(root="/nonexistent/mnist")
 
 
-@pytest.mark.skipif(not DS.FASHION_MNIST_DIR.exists(), reason="dataset-fashion-mnist missing")
+@pytest.mark.skipif(not M.FASHION_MNIST_DIR.exists(), reason="dataset-fashion-mnist missing")
 def test_fashion_mnist_debian_package():
     ds = D.load_fashion_mnist(seed=0)
     assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (55000, 5000, 10000)
@@ -213,7 +215,7 @@ def test_subsample_train():
 def _no_reading(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a status check must not read data files")
-    monkeypatch.setattr(DS, "read_idx", boom)
+    monkeypatch.setattr(M, "read_idx", boom)
 
 
 def test_fashion_mnist_status_agrees_with_the_loader(tmp_path, monkeypatch):
@@ -248,7 +250,7 @@ def test_fashion_mnist_status_default_search(tmp_path, monkeypatch):
     monkeypatch.delenv("BEYONDSGD_FASHION_MNIST", raising=False)
     monkeypatch.delenv("BEYONDSGD_DOWNLOAD", raising=False)
     debian, cache = tmp_path / "debian", tmp_path / "cache"
-    monkeypatch.setattr(DS, "FASHION_MNIST_DIR", debian)
+    monkeypatch.setattr(M, "FASHION_MNIST_DIR", debian)
     monkeypatch.setenv("BEYONDSGD_DATA", str(cache))
     msg = D.fashion_mnist_status()
     assert str(debian) in msg and str(cache / "fashion-mnist") in msg

@@ -3,18 +3,15 @@
 from .cifar import UnsafePickleError, cifar10_status, load_cifar10
 from .datasets import (
     Dataset,
-    fashion_mnist_status,
     load_breast_cancer,
     load_diabetes,
     load_digits,
-    load_fashion_mnist,
     load_friedman1,
-    load_mnist,
     load_mnist1d,
     load_toy_regression,
-    mnist_status,
 )
 from .idx import DataFileError, read_idx, write_idx
+from .mnist import fashion_mnist_status, load_fashion_mnist, load_mnist, mnist_status
 
 __all__ = [
     "DataFileError",

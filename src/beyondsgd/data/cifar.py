@@ -37,9 +37,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import torch
 
-from .datasets import Dataset, _perm
+from .datasets import Dataset, _images
 from .download import default_cache_dir, fetch, md5_of
 from .idx import DataFileError
 
@@ -335,13 +334,6 @@ def load_cifar10(root: str | Path | None = None, download: bool = False, val_siz
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
     x_test, y_test = read_batch(folder / TEST_BATCH)
-    if val_size >= len(x_train):
-        raise ValueError(f"val_size must be in [0, {len(x_train)}), got {val_size}")
-    p = _perm(len(x_train), seed)
-    va, tr = np.sort(p[:val_size]), np.sort(p[val_size:])
-    f = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0)  # noqa: E731
-    g = lambda a: torch.from_numpy(a)  # noqa: E731
-    return Dataset("cifar10", "classification", f(x_train[tr]), g(y_train[tr]), f(x_train[va]),
-                   g(y_train[va]), f(x_test), g(y_test), num_classes=10,
-                   info={"seed": seed, "root": str(folder), "classes": list(CIFAR10_CLASSES),
-                         "checksum_verified": not trusted_by_user})
+    return _images("cifar10", x_train, y_train, x_test, y_test, val_size, seed,
+                   root=str(folder), classes=list(CIFAR10_CLASSES),
+                   checksum_verified=not trusted_by_user)
