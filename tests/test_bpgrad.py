@@ -15,6 +15,7 @@ from torch import nn
 from beyondsgd.methods import METHODS, make_method
 from beyondsgd.methods.bpgrad import (
     BPGrad,
+    LossBelowBoundError,
     NonFiniteLossError,
     bpgrad_step_length,
     estimate_lipschitz,
@@ -431,7 +432,8 @@ def test_bad_step_calls_raise():
         loss.backward()
         return loss
 
-    with pytest.raises(ValueError, match=r"non-negative loss .* returned -\d"):
+    with pytest.raises(LossBelowBoundError,
+                       match=r"loss -\d.* is below loss_lower_bound=0.0 \(the closure returned"):
         opt.step(negative)
     with pytest.raises(RuntimeError, match="returned None"):
         opt.step(lambda: None)
@@ -502,6 +504,145 @@ def test_step_loss_bad_values_raise():
     with pytest.raises(NonFiniteLossError, match="the loss is nan"):
         opt.step(loss=math.nan)
     assert torch.equal(p.detach(), torch.tensor([1.0], dtype=DT))
+
+
+# --------------------------------------------------------------------------------------------
+# loss_lower_bound and on_below_bound
+# --------------------------------------------------------------------------------------------
+def test_step_length_is_measured_from_the_lower_bound():
+    """eta = ((f_t - b) - rho (min f - b)) / L, checked as the length of the step (momentum 0)."""
+    p = nn.Parameter(torch.tensor([3.0, 4.0], dtype=DT))
+    L, rho, b = 4.0, 0.5, -6.0
+    opt = BPGrad([p], lipschitz=L, rho=rho, momentum=0.0, loss_lower_bound=b)
+    losses = [-1.0, -3.0, -2.0]  # given values (the gradient is that of 0.5 |p|^2)
+    for k, f in enumerate(losses):
+        opt.zero_grad()
+        (0.5 * (p ** 2).sum()).backward()
+        before = p.detach().clone()
+        opt.step(loss=f)
+        f_min = min(losses[:k + 1])
+        eta = ((f - b) - rho * (f_min - b)) / L  # by hand
+        step = float(torch.linalg.vector_norm(p.detach() - before))
+        assert step == pytest.approx(eta, rel=1e-13)
+        assert opt.global_state["step_length"] == pytest.approx(eta, rel=1e-15)
+    assert bpgrad_step_length(-2.0, -3.0, rho, L, lower_bound=b) == pytest.approx(
+        ((-2.0 + 6.0) - 0.5 * (-3.0 + 6.0)) / 4.0, rel=1e-15)
+
+
+@pytest.mark.parametrize("form", ["paper", "official"])
+def test_shifting_the_loss_and_the_bound_together_changes_nothing(form):
+    """f - c with bound -c gives the iterates of f with bound 0 (the default)."""
+    c = 5.0
+    trajs = []
+    for shift, bound in [(0.0, 0.0), (c, -c)]:
+        model = _tiny()
+        opt = BPGrad(model.parameters(), lipschitz=3.0, rho=0.3, momentum=0.9,
+                     momentum_form=form, loss_lower_bound=bound)
+        traj = []
+        for x, y in _batches(6):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y) - shift
+            loss.backward()
+            opt.step(loss=loss)
+            traj.append(_flat(model))
+        trajs.append(traj)
+    for a, b in zip(*trajs):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)  # measured: ~4e-16 (f - c + c rounding)
+    ref = _reference(_flat(_tiny()), _batches(6), 3.0, 0.3, 0.9, 0.0, form, "minibatch", 10**9)
+    assert torch.allclose(trajs[1][-1], ref[-1], rtol=0, atol=1e-12)
+
+
+def test_loss_below_the_bound_raises_before_any_change_and_names_both_values():
+    model = _tiny()
+    opt = BPGrad(model.parameters(), lipschitz=3.0, loss_lower_bound=0.25)
+    _run_opt(model, opt, _batches(2))
+    before = _snapshot(opt, model)
+    opt.zero_grad()
+    loss = F.mse_loss(model(_batches(1)[0][0]), _batches(1)[0][1])
+    loss.backward()
+    with pytest.raises(LossBelowBoundError, match=r"loss 0\.125 is below loss_lower_bound=0\.25 "
+                       r".*Nothing was changed.*on_below_bound='diverge'") as info:
+        opt.step(loss=0.125)
+    assert (info.value.loss, info.value.bound) == (0.125, 0.25)
+    assert isinstance(info.value, ValueError)
+    _assert_unchanged(before, opt, model)
+    assert not opt.diverged
+
+
+@pytest.mark.parametrize("as_tensor", [True, False])
+def test_on_below_bound_diverge_ends_the_run_without_raising(as_tensor):
+    model = _tiny()
+    opt = BPGrad(model.parameters(), lipschitz=3.0, loss_lower_bound=-1.0,
+                 on_below_bound="diverge")
+    batches = _batches(4)
+    _run_opt(model, opt, batches[:2])
+    state_before = copy.deepcopy(opt.global_state)
+    before = _flat(model).clone()
+    calls = []
+
+    def closure(shift):
+        def c():
+            calls.append(shift)
+            opt.zero_grad()
+            loss = F.mse_loss(model(batches[2][0]), batches[2][1]) - shift
+            loss.backward()
+            return loss if as_tensor else float(loss.detach())
+        return c
+
+    with pytest.warns(RuntimeWarning, match=r"below loss_lower_bound=-1\.0.*ends as diverged"):
+        out = opt.step(closure(10.0))
+    assert math.isnan(float(out)) and isinstance(out, torch.Tensor) == as_tensor
+    assert opt.diverged and opt.global_state["diverged"]
+    assert torch.equal(_flat(model), before)
+    # later steps: the closure still runs, nothing changes, NaN comes back, no new warning
+    import warnings as _w
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        out2 = opt.step(closure(0.0))  # a loss above the bound: still diverged
+    assert math.isnan(float(out2)) and calls == [10.0, 0.0]
+    assert torch.equal(_flat(model), before)
+    assert {k: v for k, v in opt.global_state.items() if k != "diverged"} == {
+        k: v for k, v in state_before.items() if k != "diverged"}
+    # the diverged flag travels with state_dict
+    fresh = BPGrad(model.parameters(), lipschitz=3.0, loss_lower_bound=-1.0,
+                   on_below_bound="diverge")
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.diverged
+
+
+def test_bound_settings_are_validated_and_global():
+    m = nn.Linear(2, 1)
+    for kw, match in [({"loss_lower_bound": math.nan}, "loss_lower_bound must be finite"),
+                      ({"loss_lower_bound": "0"}, "loss_lower_bound must be a real number"),
+                      ({"on_below_bound": "clip"}, r"on_below_bound must be one of \['raise', "
+                                                   r"'diverge'\], got 'clip'")]:
+        with pytest.raises(ValueError, match=match):
+            BPGrad(m.parameters(), lipschitz=1.0, **kw)
+    with pytest.raises(ValueError, match="loss_lower_bound must be the same for all param groups"):
+        BPGrad([{"params": [m.weight]}, {"params": [m.bias], "loss_lower_bound": -1.0}],
+               lipschitz=1.0)
+    with pytest.raises(ValueError, match="on_below_bound must be the same for all param groups"):
+        BPGrad([{"params": [m.weight]}, {"params": [m.bias], "on_below_bound": "diverge"}],
+               lipschitz=1.0)
+
+
+def test_runner_records_a_below_bound_diverge_as_diverged(monkeypatch):
+    """The benchmark path: BPGradMethod.train_step turns a diverged optimizer into a NaN loss,
+    and the runner ends the trial as ``diverged`` (a bound of 10 is above digits' ~2.3 loss)."""
+    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.methods.bpgrad import BPGradMethod
+
+    def make(self, model):
+        return BPGrad(model.parameters(), lipschitz=30.0, loss_lower_bound=10.0,
+                      on_below_bound="diverge")
+
+    monkeypatch.setattr(BPGradMethod, "make_optimizer", make)
+    with pytest.warns(RuntimeWarning, match="ends as diverged"):
+        res = run_trial("digits_mlp", "bpgrad", {"lipschitz": 30.0}, seed=0, epochs=2)
+    assert res.status == "diverged", (res.status, res.error)
+    # the first epoch diverged at its first step: recorded, weights never changed
+    assert [e["epoch"] for e in res.evals] == [0, 1]
+    assert res.evals[1]["train_loss"] == res.evals[0]["train_loss"]
 
 
 # --------------------------------------------------------------------------------------------
