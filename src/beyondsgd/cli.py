@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import cli_reproduce
 from .bench.batch import STORE_ERRORS, TrialSpec, failure_lines, failure_text, run_batch
 from .bench.export import export_store
 from .bench.problems import PROBLEMS, get_problem
@@ -349,7 +350,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     try:
         res = run_suite(args.budget, store, methods, workers=args.workers, threads=args.threads,
                         device=args.device, progress=not args.quiet, executor=args.executor,
-                        address=args.address)
+                        address=args.address, studies=args.studies)
     except (ValueError, ImportError) as exc:
         if isinstance(exc, ImportError) and extra_hint(exc):
             raise
@@ -476,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "default: start a local cluster")
     su.add_argument("--threads", type=_pos_int, help="torch threads per worker "
                                                      "(default: cores / workers)")
+    su.add_argument("--studies", type=_pos_int, help="independent tuning studies (default 1): "
+                    "each draws its own settings and seeds; claims get one verdict per study, "
+                    "the median is shown and a verdict that differs is marked unstable")
     su.add_argument("--quiet", action="store_true")
     data_flags(su)
 
@@ -489,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(store opened read-only)")
     e.add_argument("store")
     e.add_argument("--out", default="export")
+    cli_reproduce.add_parser(sub)
     return ap
 
 
@@ -499,7 +504,7 @@ def _cuda() -> bool:
 
 
 COMMANDS = {"list": cmd_list, "bench": cmd_bench, "train": cmd_train, "suite": cmd_suite,
-            "report": cmd_report, "export": cmd_export}
+            "report": cmd_report, "export": cmd_export, "reproduce": cli_reproduce.cmd_reproduce}
 
 
 def _user_error(exc: BaseException) -> list[str] | None:

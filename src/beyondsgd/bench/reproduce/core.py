@@ -36,6 +36,7 @@ from ..store import Store, trial_key
 SCALES = ("paper", "cpu", "smoke")
 VERDICTS = ("supported", "not supported", "inconclusive", "reference only")
 TAG_PREFIX = "reproduce"
+DEFAULT_SEEDS = {"paper": 3, "cpu": 3, "smoke": 2}
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class Context:
     replay: bool = False
     trained: int = 0               # trials trained (or resumed) by this context
     skipped: int = 0               # trials found finished in the store
+    trials_seen: int = 0           # trials returned by trial() (trained, resumed or stored)
+    train_seconds: float = 0.0     # their training seconds (the runner's clock), summed
     log_fn: Callable[[str], None] | None = None
     data_override: dict[str, Any] = field(default_factory=dict)  # problem name -> Dataset (tests)
 
@@ -108,9 +111,10 @@ class Context:
         """Train (or find in the store) one trial; resumable through the store."""
         t = full_tag(self.experiment, self.scale, tag)
         if self.replay:
-            return stored_trial(self.store, problem, method, hparams, seed, epochs, t,
-                                train_fraction)
-        label = f"{problem.name} {method} {tag or ''} seed {seed}".replace("  ", " ")
+            return self._count(stored_trial(self.store, problem, method, hparams, seed, epochs,
+                                            t, train_fraction))
+        label = f"{problem.name} {method}" + (f" [{tag}]" if tag and tag != method else "") + \
+            f" seed {seed}"
         n_ep = problem.epochs if epochs is None else int(epochs)
 
         def show(row: dict) -> None:
@@ -129,6 +133,12 @@ class Context:
         else:
             self.trained += 1
             self.log(f"{label}: {res.status}")
+        return self._count(res)
+
+    def _count(self, res: TrialResult) -> TrialResult:
+        self.trials_seen += 1
+        if res.evals:
+            self.train_seconds += float(res.evals[-1].get("train_seconds") or 0.0)
         return res
 
 
@@ -170,6 +180,8 @@ class Experiment:
     run: Callable[[Context], list[Outcome]]
     # scale -> problems needed (their data_status() is checked before any work)
     problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # scale -> seeds when the user gives no --seeds
+    seeds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SEEDS))
 
 
 REGISTRY: dict[str, Experiment] = {}
@@ -214,8 +226,10 @@ def compare(a: list[float], b: list[float], higher_is_better: bool, kind: str = 
 
     ``kind="better"``: one-sided Welch tests at alpha/2 each way (claims.judge). ``"matches"``:
     non-inferiority, A - B > -margin (margin in the values' units). Non-finite values (a
-    diverged seed) count as the worst possible value (+inf loss / -inf accuracy), so a method
-    that diverges where the other does not loses on ranks; fewer than 2 seeds: inconclusive.
+    diverged seed) count as the worst possible value (+inf loss / -inf accuracy): when every
+    seed of one side diverged and none of the other's, the finite side wins outright (p = 0);
+    otherwise mixed divergence is compared on ranks (Mann-Whitney, as claims.judge does). Fewer
+    than 2 seeds per side: inconclusive.
     """
     from ..claims import judge
 
@@ -232,6 +246,12 @@ def compare(a: list[float], b: list[float], higher_is_better: bool, kind: str = 
     aa, bb = orient(a), orient(b)
     if all(math.isinf(v) for v in aa + bb):
         return "inconclusive", math.nan
+    # divergence is qualitative: every seed of one side diverged, none of the other's
+    if len(aa) >= 2 and len(bb) >= 2:
+        if all(math.isinf(v) for v in bb) and not any(math.isinf(v) for v in aa):
+            return "supported", 0.0
+        if all(math.isinf(v) for v in aa) and not any(math.isinf(v) for v in bb):
+            return "not supported", 0.0
     verdict, pv = judge(aa, {"b": bb}, kind, margin)
     return verdict, float(pv.get("b", math.nan))
 
