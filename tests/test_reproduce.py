@@ -1,0 +1,155 @@
+"""``beyondsgd reproduce``: listing, bad input, a smoke run with resume, the report section,
+the verdict helper and the papers' models (ProxProp, BPGrad)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import torch
+
+from beyondsgd import models as M
+from beyondsgd.bench.reproduce import REGISTRY, report_section
+from beyondsgd.bench.reproduce.core import ci_text, compare
+from beyondsgd.bench.reproduce.table import stored_outcomes
+from beyondsgd.bench.store import Store
+from beyondsgd.cli import main
+
+torch.set_num_threads(1)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["reproduce", *argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_list_shows_every_experiment_with_paper_numbers(capsys):
+    rc, out, _ = run_cli(capsys, "--list")
+    assert rc == 0
+    for name in ("proxprop_table1", "proxprop_convnet", "bpgrad_cifar"):
+        assert name in out
+    assert "0.091 (Table 1)" in out            # BackProp's best Table 1 entry
+    assert "72.9 vs 71.7 (§5.3)" in out        # ProxProp ConvNet best validation accuracy
+    for scale in ("paper", "cpu", "smoke"):
+        assert f"  {scale:<6} data:" in out
+    assert "cost:" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["nope"], "unknown experiment(s) nope; accepted:"),
+    (["proxprop_table1", "--scale", "huge"], "--scale 'huge'; accepted: paper, cpu, smoke"),
+    (["proxprop_table1", "--scale", "smoke", "--seeds", "0"], "--seeds 0: accepted"),
+    (["proxprop_table1", "--scale", "smoke", "--seeds", "two"], "--seeds 'two' is not"),
+    (["proxprop_table1", "--scale", "smoke", "--device", "tpu9"], "--device 'tpu9'"),
+    ([], "name an experiment"),
+])
+def test_bad_input_exits_2_with_one_line_before_any_work(capsys, tmp_path, argv, needle):
+    store = tmp_path / "s.db"
+    rc, out, err = run_cli(capsys, *argv, "--store", str(store), "--out", str(tmp_path / "o"))
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not store.exists() and not (tmp_path / "o").exists()
+
+
+def test_paper_scale_without_data_exits_2(capsys, tmp_path):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    store = tmp_path / "s.db"
+    rc, _, err = run_cli(capsys, "bpgrad_cifar", "--scale", "paper", "--data-dir", str(empty),
+                         "--store", str(store))
+    assert rc == 2 and "data missing for the paper scale" in err and "CIFAR-10" in err
+    assert len(err.strip().splitlines()) == 1 and not store.exists()
+
+
+def test_smoke_run_resumes_and_report_section_recomputes_from_store(capsys, tmp_path):
+    store, out = tmp_path / "s.db", tmp_path / "out"
+    args = ("proxprop_convnet", "--scale", "smoke", "--store", str(store), "--out", str(out),
+            "--no-plots")
+    rc, stdout, err = run_cli(capsys, *args)
+    assert rc == 0, err
+    assert "4 trials trained, 0 found in the store" in err    # 2 seeds x (Adam, cg3)
+    assert "| proxprop_convnet | test accuracy after 1 epochs, ProxProp cg3 (%) | 70.7 (§5.3)" \
+        in stdout
+    md = (out / "reproduce_smoke.md").read_text()
+    assert "changed from the paper at this scale: synthetic data" in md
+    rc, stdout2, err = run_cli(capsys, *args)
+    assert rc == 0 and "0 trials trained, 4 found in the store" in err
+    table = [ln for ln in stdout.splitlines() if ln.startswith("| proxprop_convnet")]
+    assert table and table == [ln for ln in stdout2.splitlines()
+                               if ln.startswith("| proxprop_convnet")]
+    with Store(store, readonly=True) as s:
+        runs = stored_outcomes(s)
+        assert [(r.experiment.name, r.scale, r.seeds) for r in runs] == \
+            [("proxprop_convnet", "smoke", 2)]
+        cg3 = next(o for o in runs[0].outcomes if o.quantity.startswith("final training loss"))
+        finals = sorted(t["final_train_loss"] for t in s.trials(method="proxprop"))
+        assert sorted(cg3.ours) == pytest.approx(finals, rel=1e-12)
+        section = report_section(s, tmp_path / "rep", plots=False)
+    assert section.startswith("## Paper vs ours")
+    assert "### proxprop_convnet (smoke scale, 2 seeds)" in section
+    with Store(tmp_path / "empty.db") as s:
+        assert report_section(s, tmp_path / "rep2", plots=False) == ""
+
+
+def _welch_p_less(a: list[float], b: list[float]) -> float:
+    """One-sided p of mean(a) < mean(b), Welch's t (written out, scipy only for the t cdf)."""
+    from scipy import stats
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return float(stats.t.cdf(t, df))
+
+
+def test_compare_verdicts_on_hand_made_values():
+    a, b = [0.10, 0.12, 0.11], [0.50, 0.55, 0.47]
+    verdict, p = compare(a, b, higher_is_better=False)
+    assert verdict == "supported"
+    assert p == pytest.approx(_welch_p_less(a, b), rel=1e-9)
+    assert compare(b, a, higher_is_better=False)[0] == "not supported"
+    assert compare([1.0, 2.0, 3.0], [1.5, 2.5, 2.0], True)[0] == "inconclusive"
+    assert compare([1.0], [0.0], True)[0] == "inconclusive"          # one seed: no test
+    nan = math.nan
+    # every baseline seed diverged, none of ours: qualitative win (and the reverse)
+    assert compare([0.3, 0.4], [nan, nan], False) == ("supported", 0.0)
+    assert compare([nan, nan], [0.3, 0.4], False) == ("not supported", 0.0)
+    assert compare([nan, nan], [nan, nan], False)[0] == "inconclusive"
+    # non-inferiority with a 1-point margin: 70.5 vs 71.0 is within it, 60 vs 71 is not
+    assert compare([70.4, 70.5, 70.6], [70.9, 71.0, 71.1], True, "matches", 1.0)[0] == \
+        "supported"
+    assert compare([60.0, 60.2, 59.8], [70.9, 71.0, 71.1], True, "matches", 1.0)[0] == \
+        "not supported"
+
+
+def test_ci_text():
+    # t(0.975, df=1) = 12.706; sd of (71, 72) = 0.7071 -> half-width 6.35
+    assert ci_text([71.0, 72.0]) == "71.5 ± 6.4 (n=2)"
+    assert ci_text([0.5, math.nan]) == "0.5 (n=1), 1 diverged"
+    assert ci_text([math.nan, math.nan]) == "– (diverged)"
+
+
+def test_registry_experiments_declare_every_scale():
+    for name in ("proxprop_table1", "proxprop_convnet", "bpgrad_cifar"):
+        e = REGISTRY[name]
+        assert set(e.problems) == set(e.data) == set(e.changes) == {"paper", "cpu", "smoke"}
+        assert e.paper_numbers
+
+
+def test_paper_models_shapes_and_init():
+    lin = [m for m in M.proxprop_mlp() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in lin] == \
+        [(3072, 4000), (4000, 1000), (1000, 4000), (4000, 10)]
+    assert M.proxprop_convnet()[-1].in_features == 1280                 # official code
+    assert M.proxprop_convnet(third_pool=True)[-1].in_features == 320   # the paper's text
+    net = M.bpgrad_cifar_quick(seed=3)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+    # cnn_cifar_init.m: 0.01*randn (conv1, 2400 weights), 0.05*randn for the others; zero bias.
+    # Sample std of n normals is within 4/sqrt(2n) relative of sigma with overwhelming odds.
+    for conv, sigma in zip(convs, (0.01, 0.05, 0.05, 0.05, 0.05)):
+        n = conv.weight.numel()
+        assert abs(conv.weight.std().item() / sigma - 1) < 4 / math.sqrt(2 * n)
+        assert torch.count_nonzero(conv.bias) == 0
