@@ -11,12 +11,14 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from beyondsgd.methods.slbi import (
     OFFICIAL,
     SLBI,
     SLBIMethod,
+    auto_structure,
     entry_lambda,
     prox_group_lasso,
     slbi_param_groups,
@@ -331,9 +333,11 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="lr must be a number or a one-element tensor"):
         SLBI([{"params": [lin.weight], "structure": "neuron"}], lr=torch.ones(2))
     with pytest.warns(UserWarning, match="slbi_param_groups"):
-        flat = SLBI(lin.parameters())
+        flat = SLBI(lin.parameters(), structure=None)
     with pytest.raises(ValueError, match="no Γ"):
         flat.gamma(lin.weight)
+    with pytest.raises(ValueError, match=r"structure 'autos' is not one of .*'auto'"):
+        SLBI(lin.parameters(), structure="autos")
     with pytest.raises(ValueError, match="not managed"):
         SLBI([lin.weight], structure="element").structure(lin.bias)
 
@@ -539,15 +543,80 @@ def test_defaults_are_the_official_recipe():
     assert {h.name for h in SLBIMethod.hparams if h.tune} == {"lr", "nu"}
 
 
-def test_flat_parameter_list_warns_and_names_the_fix():
+def test_flat_parameter_list_without_gamma_warns_and_names_the_fix():
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     with pytest.warns(UserWarning, match=r"slbi_param_groups\(model\)"):
-        opt = SLBI(model.parameters())
+        opt = SLBI(model.parameters(), structure=None)
     assert all(opt.structure(p) is None for p in model.parameters())
+    # 'auto' on 1-D parameters only (DeepOBS's quadratic_deep: one vector theta): no Gamma
+    theta = nn.Parameter(torch.ones(100))
+    with pytest.warns(UserWarning, match=r"SGD with momentum; parameter shapes \[\(100,\)\]"):
+        SLBI([theta])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        SLBI(model.parameters())  # the default 'auto' couples the two Linear weights
         SLBI(model.parameters(), structure="element")
         SLBI(slbi_param_groups(model))
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5),
+                         nn.Tanh(), nn.Linear(5, 2)).double()
+
+
+def test_auto_structure_by_shape():
+    model = _conv_net()
+    opt = SLBI(model.parameters())  # structure="auto" is the default
+    got = {n: opt.structure(p) for n, p in model.named_parameters()}
+    assert got == {"0.weight": "filter", "0.bias": None, "3.weight": "neuron", "3.bias": None,
+                   "5.weight": "neuron", "5.bias": None}
+    assert SLBI(model.parameters(), structure="auto").param_groups[0]["structure"] == "filter"
+    # every resolved group keeps the other settings; no group is left 'auto'
+    opt = SLBI([{"params": list(model.parameters()), "lr": 0.03, "structure": "auto"}],
+               structure=None)
+    assert [g["structure"] for g in opt.param_groups] == ["filter", None, "neuron"]
+    assert all(g["lr"] == 0.03 for g in opt.param_groups)
+    assert [auto_structure(torch.zeros(s)) for s in [(2, 1, 3), (2, 1, 3, 3, 3), (4,), ()]] == \
+        ["filter", "filter", None, None]
+
+
+def _train(model, opt, steps=30):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,), generator=g)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_auto_equals_the_explicit_groups_it_stands_for():
+    """SLBI(model.parameters()) trains exactly as hand-written groups (conv weights: filters,
+    both Linear weights: neurons, biases: no Gamma) -- an independent construction."""
+    kw = dict(lr=0.1, nu=2.0, lam=0.05, momentum=0.9)
+    a = _conv_net()
+    opt_a = SLBI(a.parameters(), **kw)
+    b = _conv_net()
+    opt_b = SLBI([{"params": [b[0].weight], "structure": "filter"},
+                  {"params": [b[3].weight, b[5].weight], "structure": "neuron"},
+                  {"params": [b[0].bias, b[3].bias, b[5].bias], "structure": None}], **kw)
+    wa, wb = _train(a, opt_a), _train(b, opt_b)
+    assert torch.allclose(wa, wb, rtol=0, atol=1e-14)
+    assert opt_a.support_sizes(a) == opt_b.support_sizes(b)
+    assert opt_a.support_sizes(a)["total"] > 0  # something was selected in 30 steps
+
+
+def test_auto_state_dict_round_trip_continues_identically():
+    kw = dict(lr=0.1, nu=2.0, lam=0.05)
+    a = _conv_net()
+    opt = SLBI(a.parameters(), **kw)
+    _train(a, opt, steps=5)
+    b = copy.deepcopy(a)
+    opt_b = SLBI(b.parameters(), **kw)
+    opt_b.load_state_dict(copy.deepcopy(opt.state_dict()))  # (state_dict shares the buffers)
+    assert torch.equal(_train(a, opt, steps=5), _train(b, opt_b, steps=5))
 
 
 @pytest.mark.parametrize("decay_1d", [False, True])

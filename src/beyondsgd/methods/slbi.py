@@ -49,9 +49,12 @@ parameters step with α, not κα; identical for κ = 1); ``lambda_scaling="sqrt
 (the base official optimizer shrinks FC weights element-wise, the classifier included).
 
 Parameter groups carry the structure: ``{"params": [...], "structure": "filter" | "neuron" |
-"element" | None, "lambda": float}``. ``"filter"``: groups are output filters W[c_out] of a
-Conv1d/2d/3d weight; ``"neuron"``: rows of a Linear weight (a neuron's incoming weights);
-``"element"``: single weights (lasso); ``None``: no Γ. ``slbi_param_groups(model)`` builds them.
+"element" | "auto" | None, "lambda": float}``. ``"filter"``: groups are output filters W[c_out]
+of a Conv1d/2d/3d weight; ``"neuron"``: rows of a Linear weight (a neuron's incoming weights);
+``"element"``: single weights (lasso); ``None``: no Γ; ``"auto"`` (the default for groups that
+name none, so for a flat ``model.parameters()``): by shape (:func:`auto_structure`: filters for
+3-5-D weights, neurons for 2-D, no Γ for 1-D). ``slbi_param_groups(model)`` builds groups from
+the layers instead (and keeps the classifier dense, as the benchmark does).
 
 Example::
 
@@ -79,6 +82,9 @@ from torch.optim import Optimizer
 
 from . import sparsity
 from .base import SCHEDULE_HPARAMS, HParam, OptimizerMethod, TrainContext, register
+from .slbi_groups import AUTO, auto_structure, check_structure, slbi_param_groups, split_auto_group
+
+__all__ = ["OFFICIAL", "SLBI", "SLBIMethod", "auto_structure", "entry_lambda", "slbi_param_groups"]
 from .slbi_update import (
     COUPLINGS,
     LAMBDA_SCALINGS,
@@ -90,25 +96,10 @@ from .slbi_update import (
 )
 
 LAMBDA_UNITS = ("entry", "absolute")
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # The official LeNet-5 recipe (DessiLBI2020/DessiLBI, example/train): the defaults, and the
 # reference of the benchmark's entry-time units (MNIST, batch 128: 469 steps per epoch).
 OFFICIAL = {"lr": 0.1, "kappa": 1.0, "nu": 20.0, "lambda": 1.0, "momentum": 0.9,
             "steps_per_epoch": 469}
-
-
-def _check_structure(p: torch.Tensor, structure: Any, where: str) -> None:
-    if structure is None:
-        return
-    if structure not in STRUCTURES:
-        raise ValueError(f"{where}: structure {structure!r} is not one of "
-                         f"{', '.join(map(repr, STRUCTURES))} or None")
-    if structure == "filter" and p.dim() < 3:
-        raise ValueError(f"{where}: structure 'filter' needs a conv weight (3 to 5 dims: "
-                         f"out, in, kernel...), got a tensor of shape {tuple(p.shape)}")
-    if structure == "neuron" and p.dim() != 2:
-        raise ValueError(f"{where}: structure 'neuron' needs a Linear weight (2 dims: out, in), "
-                         f"got a tensor of shape {tuple(p.shape)}")
 
 
 def _check_scalar(name: str, value: Any, low: float, strict: bool = False) -> None:
@@ -128,8 +119,8 @@ class SLBI(Optimizer):
     Args:
         params: parameters or parameter groups. A group's ``structure`` (``"filter"``,
             ``"neuron"``, ``"element"`` or ``None``) says whether its parameters carry a sparse Γ
-            and how it is grouped; ``lambda`` is its threshold λ. Use ``slbi_param_groups``: a
-            flat ``model.parameters()`` gives no parameter a Γ (a ``UserWarning`` says so).
+            and how it is grouped; ``lambda`` is its threshold λ. ``slbi_param_groups(model)``
+            builds them from the layers; a flat ``model.parameters()`` takes ``structure``.
         lr: step size α (official recipe: 0.1).
         kappa: damping κ > 0 (Γ = κ·Prox(V); every W step is scaled by κ). Official: 1.
         nu: coupling ν > 0 (``math.inf`` switches the coupling off: W follows SGD exactly).
@@ -144,7 +135,13 @@ class SLBI(Optimizer):
             ``"paper"`` (inside; a reading of the paper that could not be confirmed).
         kappa_uncoupled: scale the steps of uncoupled parameters by κ too (paper and code).
         lambda_scaling: ``"none"`` (λ per group) or ``"sqrt_size"`` (λ·√group size).
-        structure: default structure for groups that do not set one (default None: no Γ).
+        structure: the structure of groups that do not set one. ``"auto"`` (default) picks it
+            per parameter by shape (:func:`auto_structure`): ``"filter"`` for conv weights (3-5
+            dims), ``"neuron"`` for 2-D weights (the classifier included), ``None`` for 1-D;
+            an ``"auto"`` group is split into one group per structure when it is added, so
+            ``param_groups`` holds only resolved structures. ``None`` gives unnamed groups no Γ
+            (the default before issue 18). A ``UserWarning`` names the fix when no parameter
+            gets a Γ (SLBI would then be SGD with momentum).
 
     State per parameter: ``momentum_buffer``; coupled ones also ``V`` and ``Gamma``. The step
     allocates no parameter-sized temporaries in the usual case (momentum without Nesterov, after
@@ -159,7 +156,7 @@ class SLBI(Optimizer):
                  dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  weight_decay_1d: bool = False, coupling: str = "code",
                  kappa_uncoupled: bool = True, lambda_scaling: str = "none",
-                 structure: str | None = None):
+                 structure: str | None = AUTO):
         if isinstance(lr, torch.Tensor):                 # a tensor lr, as torch.optim.SGD
             if lr.numel() != 1:
                 raise ValueError(f"lr must be a number or a one-element tensor, got a tensor of "
@@ -183,8 +180,9 @@ class SLBI(Optimizer):
         if lambda_scaling not in LAMBDA_SCALINGS:
             raise ValueError(f"lambda_scaling must be one of {LAMBDA_SCALINGS}, "
                              f"got {lambda_scaling!r}")
-        if structure is not None and structure not in STRUCTURES:
-            raise ValueError(f"structure {structure!r} is not one of {STRUCTURES} or None")
+        if structure is not None and structure not in (*STRUCTURES, AUTO):
+            raise ValueError(f"structure {structure!r} is not one of {(*STRUCTURES, AUTO)} "
+                             f"or None")
         defaults = dict(lr=lr, kappa=kappa, nu=nu, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay,
                         weight_decay_1d=weight_decay_1d, coupling=coupling,
@@ -201,20 +199,30 @@ class SLBI(Optimizer):
                 raise ValueError(f"param group {gi}: coupling must be one of {COUPLINGS}, "
                                  f"got {group['coupling']!r}")
             for p in group["params"]:
-                _check_structure(p, group["structure"], f"param group {gi}")
+                check_structure(p, group["structure"], f"param group {gi}")
         if all(g["structure"] is None for g in self.param_groups):
+            shapes = sorted({tuple(p.shape) for g in self.param_groups for p in g["params"]})
             warnings.warn(
                 "SLBI: no parameter has a structure ('filter', 'neuron' or 'element'), so none "
                 "gets a sparse copy Gamma and nothing will ever be selected (this is SGD with "
-                "momentum). Build the groups with slbi_param_groups(model), e.g. "
-                "SLBI(slbi_param_groups(model)), or pass structure=... for a flat parameter list.",
+                f"momentum; parameter shapes {shapes[:6]}{' ...' if len(shapes) > 6 else ''}: "
+                "structure='auto' couples only weights with 2 to 5 dims). Build the groups "
+                "with slbi_param_groups(model), e.g. SLBI(slbi_param_groups(model)), or pass "
+                "structure='element' for a flat list of such parameters.",
                 UserWarning, stacklevel=2)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        g = self.param_groups[-1]
-        for p in g["params"]:
-            _check_structure(p, g.get("structure"), f"param group {len(self.param_groups) - 1}")
+        """As torch's, plus: a group whose structure is ``"auto"`` (its own, or the default) is
+        added as one group per resolved structure (:func:`auto_structure`); every parameter's
+        structure is checked against its shape."""
+        structure = param_group.get("structure", self.defaults.get("structure"))
+        pieces = split_auto_group(param_group) if structure == AUTO else [param_group]
+        for piece in pieces:
+            super().add_param_group(piece)
+            g = self.param_groups[-1]
+            for p in g["params"]:
+                check_structure(p, g.get("structure"),
+                                f"param group {len(self.param_groups) - 1}")
 
     # ---- queries ------------------------------------------------------------------------------
     def structure(self, p: torch.Tensor) -> str | None:
@@ -249,56 +257,6 @@ class SLBI(Optimizer):
         for group in self.param_groups:
             slbi_group_step(group, self.state)
         return loss
-
-
-# --------------------------------------------------------------------------------------------
-# Parameter groups from a model
-# --------------------------------------------------------------------------------------------
-def slbi_param_groups(model: nn.Module, conv: str | None = "filter",
-                      linear: str | None = "neuron", output: str | None = None,
-                      lam: float | None = None, conv_lambda: float | None = None,
-                      linear_lambda: float | None = None) -> list[dict[str, Any]]:
-    """Parameter groups for ``SLBI`` built from the layers of ``model``.
-
-    Conv1d/2d/3d weights get structure ``conv`` ('filter', 'element' or None), Linear weights
-    ``linear`` ('neuron', 'element' or None), except the *last* Linear layer (the classifier,
-    whose rows are classes), which gets ``output`` (default None: dense, as removing a class is
-    rarely wanted). Everything else (biases, norm layers, other modules) is uncoupled. Optional
-    thresholds per kind override the optimizer's ``lam``. Nothing depends on parameter order:
-    groups hold the parameter objects, and ``SLBI.structure(p)`` maps them back.
-    """
-    for name, val, allowed in (("conv", conv, ("filter", "element", None)),
-                               ("linear", linear, ("neuron", "element", None)),
-                               ("output", output, ("neuron", "element", None))):
-        if val not in allowed:
-            raise ValueError(f"{name}={val!r} is not accepted; accepted: {allowed}")
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    last = linears[-1] if linears else None
-    kinds: dict[str, list[nn.Parameter]] = {"conv": [], "linear": [], "output": []}
-    seen: set[int] = set()
-    for m in model.modules():
-        if isinstance(m, _CONV):
-            kinds["conv"].append(m.weight)
-        elif isinstance(m, nn.Linear):
-            kinds["output" if m is last else "linear"].append(m.weight)
-    groups: list[dict[str, Any]] = []
-    lambdas = {"conv": conv_lambda, "linear": linear_lambda, "output": linear_lambda}
-    structures = {"conv": conv, "linear": linear, "output": output}
-    for kind, ps in kinds.items():
-        ps = [p for p in ps if id(p) not in seen and p.requires_grad]
-        if not ps or structures[kind] is None:
-            continue
-        seen.update(id(p) for p in ps)
-        g: dict[str, Any] = {"params": ps, "structure": structures[kind], "name": kind}
-        lam_k = lambdas[kind] if lambdas[kind] is not None else lam
-        if lam_k is not None:
-            g["lambda"] = lam_k
-        groups.append(g)
-    rest = [p for p in model.parameters() if id(p) not in seen and p.requires_grad]
-    if rest:
-        groups.append({"params": rest, "structure": None, "name": "uncoupled"})
-    return groups
-
 
 
 # --------------------------------------------------------------------------------------------
