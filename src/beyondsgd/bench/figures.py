@@ -1,11 +1,24 @@
 """The report's figures (PNG, 110 dpi): curves per problem, performance profiles over problems,
-hyperparameter sensitivity from the tuning trials. Each returns the paths it wrote."""
+hyperparameter sensitivity from the tuning trials, and the paper-vs-ours comparison. Each
+returns the path(s) it wrote.
+
+Every method has one style (colour, line style, marker), the same in every figure and in every
+report: :func:`method_style` derives it from the method's *name* alone (a fixed table for the
+registered methods, a hash of the name for any other), never from which methods a store holds.
+Baselines are drawn solid, the papers' methods dashed or dash-dotted. Legends are placed outside
+the axes (to the right of, or below, the panels), never over the data.
+
+>>> method_style("sgd") == method_style("sgd") and method_style("sgd") != method_style("adam")
+True
+"""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..methods import METHODS
@@ -13,56 +26,75 @@ from .problems import PROBLEMS
 from .protocol import TUNE_TAG
 from .store import Store
 
+# ---- styles -------------------------------------------------------------------------------
+# Colours: matplotlib's tab10 plus six darker tones of tab20b/c, all readable on white.
+PALETTE = ("#000000", "#7f7f7f", "#1f77b4", "#393b79", "#bcbd22", "#8c564b", "#17becf",
+           "#d62728", "#2ca02c", "#ff7f0e", "#8c6d31", "#e7ba52", "#9467bd", "#7b4173",
+           "#e377c2", "#637939", "#843c39")
+LINESTYLES = ("-", "--", "-.", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">", "d", "p", "H", "8")
+# name -> (palette index, line style index, marker index). Baselines solid; paper methods
+# dashed, their variants dash-dotted, one colour family per paper (PHT: oranges/golds, ProxProp:
+# purples). Each registered method has its own colour and its own marker.
+_TABLE = {
+    "sgd": (0, 0, 0), "momentum": (1, 0, 1), "adam": (2, 0, 2), "adamw": (3, 0, 3),
+    "adagrad": (4, 0, 4), "adadelta": (5, 0, 5), "rmsprop": (6, 0, 6),
+    "bpgrad": (7, 1, 7), "gdsolver": (8, 1, 8),
+    "pht_sgd": (9, 1, 9), "pht_adam": (10, 2, 10), "pht_alt": (11, 3, 11),
+    "proxprop": (12, 1, 12), "proxprop_sgd": (13, 2, 13), "slbi": (14, 1, 14),
+}
 
-def plot_curves(store: Store, rows: list[dict], out_dir: Path) -> list[Path]:
-    """One PNG per problem: train loss and test metric vs epochs and vs seconds."""
-    import numpy as np
 
-    plt = _plt()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    by_problem: dict[str, list[dict]] = defaultdict(list)
+def method_style(method: str) -> dict:
+    """Matplotlib keyword arguments (``color``, ``linestyle``, ``marker``) of ``method``: from
+    the fixed table for the registered methods, else from the MD5 of the name (stable across
+    processes and machines, unlike ``hash``)."""
+    if method in _TABLE:
+        c, ls, mk = _TABLE[method]
+    else:
+        h = int.from_bytes(hashlib.md5(method.encode()).digest()[:8], "big")
+        c, ls, mk = h % len(PALETTE), (h // 97) % len(LINESTYLES), (h // 9973) % len(MARKERS)
+    return {"color": PALETTE[c], "linestyle": LINESTYLES[ls], "marker": MARKERS[mk]}
+
+
+def _styles_for(rows: Sequence[dict]) -> list[dict]:
+    """One style per row: the method's; a second row of the same method (other
+    hyperparameters) keeps its colour and marker but takes the next line style."""
+    seen: dict[str, int] = defaultdict(int)
+    out = []
     for r in rows:
-        by_problem[r["problem"]].append(r)
-    paths = []
-    for prob_name, rs in by_problem.items():
-        prob = PROBLEMS[prob_name]
-        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-        for r in rs:
-            curves = [store.evals(i) for i in r["trial_ids"]]
-            n = min(len(c) for c in curves)
-            if n == 0:
-                continue
-            ep = np.array([e["epoch"] for e in curves[0][:n]], float)
-            secs = np.mean([[e["train_seconds"] for e in c[:n]] for c in curves], axis=0)
-            for row, key in enumerate(("train_loss", "test_metric")):
-                vals = np.array([[np.nan if e[key] is None else e[key] for e in c[:n]]
-                                 for c in curves], float)
-                with warnings.catch_warnings():  # all-NaN columns after a divergence
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean = np.nanmean(vals, axis=0)
-                    lo, hi = np.nanmin(vals, axis=0), np.nanmax(vals, axis=0)
-                for col, xs in enumerate((ep, secs)):
-                    ax = axes[row, col]
-                    (line,) = ax.plot(xs, mean, label=r["label"])
-                    ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
-        for col, xl in enumerate(("epoch", "training seconds")):
-            axes[0, col].set_ylabel("train loss")
-            axes[0, col].set_yscale("log")
-            axes[1, col].set_ylabel(f"test {prob.metric}")
-            axes[1, col].axhline(prob.target, color="gray", ls=":", lw=1)
-            for row in range(2):
-                axes[row, col].set_xlabel(xl)
-                axes[row, col].grid(alpha=0.3)
-        axes[0, 0].legend(fontsize=7)
-        fig.suptitle(f"{prob_name}: {prob.description}", fontsize=10)
-        paths.append(_save_figure(plt, fig, out_dir / f"curves_{prob_name}.png"))
-    return paths
+        st = dict(method_style(r["method"]))
+        k = seen[r["method"]]
+        seen[r["method"]] += 1
+        if k:
+            st["linestyle"] = LINESTYLES[(LINESTYLES.index(st["linestyle"]) + k)
+                                         % len(LINESTYLES)]
+        out.append(st)
+    return out
+
+
+def _legend_right(fig, handles=None, labels=None, fontsize: float = 7.5):
+    """One legend for the figure, outside the axes, to the right of them (in one or two
+    columns by length); saving with ``bbox_inches="tight"`` keeps it in the PNG."""
+    if handles is None:
+        handles, labels = [], []
+        for ax in fig.axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+    if not handles:
+        return None
+    return fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.97),
+                      fontsize=fontsize, ncol=1 if len(handles) <= 22 else 2, frameon=False,
+                      borderaxespad=0.5)
 
 
 def _save_figure(plt, fig, path: Path) -> Path:
-    """Lay out, write (PNG, 110 dpi) and close ``fig``; returns ``path``."""
+    """Lay out, write (PNG, 110 dpi, cropped to the figure's contents, outside legends
+    included) and close ``fig``; returns ``path``."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
     return path
 
@@ -76,6 +108,81 @@ def _plt():
     return plt
 
 
+# ---- curves ------------------------------------------------------------------------------
+def plot_curves(store: Store, rows: list[dict], out_dir: Path) -> list[Path]:
+    """One PNG per problem: train loss and test metric vs epochs and vs seconds, mean over
+    seeds with a min-max band. Where a seed diverged (a non-finite loss, or fewer epochs than
+    the others) the line goes on, lighter and without markers, as the mean of the seeds that
+    did not, and the legend says how many diverged."""
+    import numpy as np
+
+    plt = _plt()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_problem: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_problem[r["problem"]].append(r)
+    paths = []
+    for prob_name, rs in by_problem.items():
+        prob = PROBLEMS[prob_name]
+        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+        any_div = False
+        for r, st in zip(rs, _styles_for(rs)):
+            curves = [c for c in (store.evals(i) for i in r["trial_ids"]) if c]
+            if not curves:
+                continue
+            n_all, n_max = min(map(len, curves)), max(map(len, curves))
+            n_div = sum(1 for c in curves if len(c) < n_max or not all(
+                e["train_loss"] is not None and math.isfinite(e["train_loss"]) for e in c))
+            any_div |= n_div > 0
+            label = r["label"] + (f" ({n_div}/{len(curves)} div.)" if n_div else "")
+            longest = max(curves, key=len)
+            ep = np.array([e["epoch"] for e in longest], float)
+
+            with warnings.catch_warnings():  # all-NaN columns after a divergence
+                warnings.simplefilter("ignore", RuntimeWarning)
+                secs = np.nanmean(_seed_matrix(curves, "train_seconds", n_max), axis=0)
+                for row, key in enumerate(("train_loss", "test_metric")):
+                    vals = _seed_matrix(curves, key, n_max)
+                    mean = np.nanmean(vals, axis=0)
+                    lo, hi = np.nanmin(vals, axis=0), np.nanmax(vals, axis=0)
+                    for col, xs in enumerate((ep, secs)):
+                        ax = axes[row, col]
+                        ax.plot(xs[:n_all], mean[:n_all], label=label, lw=1.4, ms=4,
+                                markevery=max(1, n_all // 6), **st)
+                        if n_max > n_all:
+                            ax.plot(xs[n_all - 1:], mean[n_all - 1:], lw=1.0, alpha=0.4,
+                                    color=st["color"], linestyle=st["linestyle"])
+                        ax.fill_between(xs, lo, hi, color=st["color"], alpha=0.12, lw=0)
+        for col, xl in enumerate(("epoch", "training seconds")):
+            axes[0, col].set_ylabel("train loss")
+            axes[0, col].set_yscale("log")
+            axes[1, col].set_ylabel(f"test {prob.metric}")
+            axes[1, col].axhline(prob.target, color="gray", ls=":", lw=1, label="target")
+            for row in range(2):
+                axes[row, col].set_xlabel(xl)
+                axes[row, col].grid(alpha=0.3)
+        handles, labels = [], []
+        for h, lab in zip(*axes[1, 0].get_legend_handles_labels()):
+            handles.append(h)
+            labels.append(lab)
+        if any_div:
+            handles.append(plt.Line2D([], [], color="gray", lw=1.0, alpha=0.4))
+            labels.append("after a divergence:\nmean of the other seeds")
+        _legend_right(fig, handles, labels)
+        fig.suptitle(f"{prob_name}: {prob.description}", fontsize=10)
+        paths.append(_save_figure(plt, fig, out_dir / f"curves_{prob_name}.png"))
+    return paths
+
+
+def _seed_matrix(curves: list[list[dict]], key: str, n: int):
+    """Seeds x ``n`` epochs of ``key``; NaN where a seed has no value (None, or ended)."""
+    import numpy as np
+
+    return np.array([[np.nan if e.get(key) is None else e[key] for e in c[:n]]
+                     + [np.nan] * (n - len(c[:n])) for c in curves], float)
+
+
+# ---- performance profiles -----------------------------------------------------------------
 def profile_section(rows: list[dict], out_dir: Path, tau_max: float = 4.0
                     ) -> tuple[str, Path | None]:
     """AlgoPerf-style performance profiles over problems from time-to-target (median seconds)."""
@@ -89,13 +196,16 @@ def profile_section(rows: list[dict], out_dir: Path, tau_max: float = 4.0
     taus, rho, score = performance_profile(dict(times), tau_max)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in sorted(score, key=lambda k: -score[k]):
-        ax.step(taus, rho[m], where="post", label=f"{m} ({score[m]:.2f})")
+    every = max(1, len(taus) // 8)
+    for i, m in enumerate(sorted(score, key=lambda k: (-score[k], k))):
+        # markers staggered along tau, so that lines lying on one another stay distinguishable
+        ax.step(taus, rho[m], where="post", label=f"{m} ({score[m]:.2f})", lw=1.4, ms=4,
+                markevery=((i * 5) % every, every), **method_style(m))
     ax.set_xlabel("tau (time to target / fastest method's)")
     ax.set_ylabel("fraction of problems within tau")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend_right(fig)
     path = _save_figure(plt, fig, out_dir / "performance_profiles.png")
     lines = [f"Over {len(times)} problem(s); score = normalised area under the profile for "
              f"tau in [1, {tau_max:g}] (1: fastest to target everywhere, 0: never within "
@@ -104,6 +214,7 @@ def profile_section(rows: list[dict], out_dir: Path, tau_max: float = 4.0
     return "\n".join(lines) + "\n", path
 
 
+# ---- sensitivity ------------------------------------------------------------------------
 def sensitivity_section(store: Store, out_dir: Path, problems: list[str] | None = None
                         ) -> list[Path]:
     """Validation metric vs the first tuned hyperparameter, from the tuning trials."""
@@ -120,27 +231,146 @@ def sensitivity_section(store: Store, out_dir: Path, problems: list[str] | None 
         prob = PROBLEMS.get(prob_name)
         if prob is None:
             continue
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        by_method: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        by_method: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
         for t in ts:
             space = [h for h in search_space(t["method"])] if t["method"] in METHODS else []
             if not space or not isinstance(t["hparams"].get(space[0].name), (int, float)):
                 continue
             x = float(t["hparams"][space[0].name])
             y = t["best_val_metric"] if t["status"] == "finished" else math.nan
-            by_method[f"{t['method']} ({space[0].name})"].append((x, y))
-        for m, pts in sorted(by_method.items()):
+            by_method[(t["method"], space[0].name)].append((x, y))
+        if not by_method:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for (m, hp), pts in sorted(by_method.items()):
             pts.sort()
             xs, ys = zip(*pts)
-            (line,) = ax.plot(xs, ys, "o-", label=m, ms=3)
-            div = [x for x, y in pts if not math.isfinite(y)]
+            ax.plot(xs, ys, label=f"{m} ({hp})", ms=4, lw=1.2, **method_style(m))
+        lo = ax.get_ylim()[0]
+        for (m, _), pts in sorted(by_method.items()):
+            div = [x for x, y in pts if y is None or not math.isfinite(y)]
             if div:
-                ax.plot(div, [ax.get_ylim()[0]] * len(div), "x", color=line.get_color())
+                ax.plot(div, [lo] * len(div), "x", color=method_style(m)["color"], ms=6,
+                        clip_on=False)
         ax.set_xscale("log")
-        ax.set_xlabel("tuned hyperparameter (lr, or L for BPGrad; x: diverged)")
+        ax.set_xlabel("tuned hyperparameter (lr, or L for BPGrad; x on the floor: diverged)")
         ax.set_ylabel(f"best validation {prob.metric}")
         ax.set_title(f"{prob_name}: sensitivity", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        _legend_right(fig)
         paths.append(_save_figure(plt, fig, out_dir / f"sensitivity_{prob_name}.png"))
     return paths
+
+
+# ---- paper vs ours ----------------------------------------------------------------------
+PAPER_VS_OURS_KEYS = ("experiment", "quantity", "paper", "ours", "unit", "verdict")
+_VERDICT_COLOURS = {"supported": "#2ca02c", "reproduced": "#2ca02c",
+                    "not supported": "#d62728", "not reproduced": "#d62728"}
+
+
+def _check_rows(rows: Sequence[dict]) -> None:
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"paper_vs_ours: row {i} is {type(r).__name__}, expected a dict "
+                             f"with keys {', '.join(PAPER_VS_OURS_KEYS)}")
+        missing = [k for k in PAPER_VS_OURS_KEYS if k not in r]
+        if missing:
+            raise ValueError(f"paper_vs_ours: row {i} ({r.get('experiment', '?')}) lacks "
+                             f"{', '.join(missing)}; expected keys {', '.join(PAPER_VS_OURS_KEYS)}")
+        if r["paper"] is not None and not isinstance(r["paper"], (int, float)):
+            raise ValueError(f"paper_vs_ours: row {i}: paper must be a number or None, got "
+                             f"{r['paper']!r}")
+        if isinstance(r["ours"], (str, bytes)) or not hasattr(r["ours"], "__iter__"):
+            raise ValueError(f"paper_vs_ours: row {i}: ours must be a list of per-seed numbers, "
+                             f"got {r['ours']!r}")
+
+
+def _value_range(unit: str, values: list[float]) -> tuple[float, float]:
+    """Where a 95% interval is clipped: at 0 when every value is >= 0 (times, accuracies,
+    losses, ratios), at 1 for an accuracy or fraction unit whose values are <= 1, at 100 for a
+    percentage."""
+    lo = 0.0 if values and min(values) >= 0 else -math.inf
+    u = unit.lower()
+    if values and max(values) <= 1 and ("accuracy" in u or "fraction" in u):
+        return lo, 1.0
+    if values and max(values) <= 100 and "%" in u:
+        return lo, 100.0
+    return lo, math.inf
+
+
+def paper_vs_ours(rows: Sequence[dict], path: str | Path) -> Path | None:
+    """The paper's numbers beside ours: one panel per unit, one line per (experiment,
+    quantity). Ours: every seed as a small dot, the mean as a filled circle with its 95% CI
+    (Student t over the finite seeds, :func:`beyondsgd.bench.metrics.mean_ci`, clipped to the
+    quantity's range, see :func:`_value_range`); the paper's
+    number as a red diamond. The line's label ends with the verdict (coloured: green supported,
+    red not supported, grey otherwise) and counts seeds that were not finite (diverged, or never
+    reached a target). A panel whose positive values span more than 30x is drawn in log scale.
+
+    ``rows``: dicts with keys experiment, quantity, paper (float or None), ours (list of floats,
+    one per seed), unit, verdict. Returns ``path``, or None (nothing written) for no rows.
+    """
+    from .metrics import mean_ci
+
+    _check_rows(rows)
+    if not rows:
+        return None
+    rows = [{**r, "ours": list(r["ours"])} for r in rows]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[str(r["unit"])].append(r)
+    heights = [len(g) + 1.2 for g in groups.values()]
+    plt = _plt()
+    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.9 + 0.42 * sum(heights)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (unit, rs) in zip(axes[:, 0], groups.items()):
+        values = [float(v) for r in rs for v in [*r["ours"], r["paper"]]
+                  if v is not None and math.isfinite(float(v))]
+        lo_clip, hi_clip = _value_range(unit, values)
+        for y, r in enumerate(reversed(rs)):
+            fin = [float(v) for v in r["ours"] if v is not None and math.isfinite(float(v))]
+            if fin:
+                m, _, lo, hi = mean_ci(fin)
+                ax.plot(fin, [y] * len(fin), "o", ms=3, color="#1f77b4", alpha=0.45, lw=0,
+                        label="ours: one seed")
+                if math.isfinite(lo):
+                    lo, hi = max(lo, lo_clip), min(hi, hi_clip)
+                    ax.errorbar([m], [y], xerr=[[m - lo], [hi - m]], fmt="o", ms=7,
+                                color="#1f77b4", capsize=4, lw=1.6,
+                                label="ours: mean, 95% CI")
+                else:
+                    ax.plot([m], [y], "o", ms=7, color="#1f77b4", label="ours: mean, 95% CI")
+            if r["paper"] is not None and math.isfinite(float(r["paper"])):
+                ax.plot([r["paper"]], [y], "D", ms=8, mfc="none", mec="#d62728", mew=2,
+                        label="paper")
+        labels = []
+        for r in reversed(rs):
+            bad = sum(1 for v in r["ours"] if v is None or not math.isfinite(float(v)))
+            extra = f", {bad} of {len(r['ours'])} not finite" if bad else ""
+            extra += ", no paper number" if r["paper"] is None else ""
+            labels.append(f"{r['experiment']}: {r['quantity']} [{r['verdict']}{extra}]")
+        ax.set_yticks(range(len(rs)), labels, fontsize=8)
+        for tick, r in zip(ax.get_yticklabels(), reversed(rs)):
+            tick.set_color(_VERDICT_COLOURS.get(str(r["verdict"]).lower(), "#444444"))
+        ax.set_ylim(-0.7, len(rs) - 0.3)
+        pos = [v for v in values if v > 0]
+        if pos and len(pos) == len(values) and max(pos) / min(pos) > 30:
+            ax.set_xscale("log")
+        ax.set_xlabel(unit, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+        if not values:
+            ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center",
+                    color="gray")
+    handles: dict[str, object] = {}
+    for ax in axes[:, 0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    order = [k for k in ("ours: one seed", "ours: mean, 95% CI", "paper") if k in handles]
+    fig.suptitle("The papers' numbers and ours", fontsize=10)
+    if order:
+        fig.legend([handles[k] for k in order], order, loc="upper center", fontsize=8,
+                   bbox_to_anchor=(0.5, 0.0), ncol=len(order), frameon=False)
+    _save_figure(plt, fig, path)
+    return path
