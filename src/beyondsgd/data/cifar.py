@@ -26,6 +26,7 @@ Example (needs the data; ``--download`` fetches 163 MiB once)::
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
@@ -174,11 +175,11 @@ def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---- safe extraction -------------------------------------------------------------------------
-def _member_name(name: str) -> tuple[str, ...]:
+def _member_name(name: str, archive: Path) -> tuple[str, ...]:
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
-        raise DataFileError(f"refusing archive: member {name!r} would be written outside the "
-                            "target directory (absolute path or '..')")
+        raise DataFileError(f"refusing archive {archive}: member {name!r} would be written "
+                            "outside the target directory (absolute path or '..')")
     return tuple(p for p in parts if p != ".")
 
 
@@ -200,7 +201,7 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
                 members = tar.getmembers()  # reads the whole archive: truncation shows here
                 found = {}
                 for m in members:
-                    key = _member_name(m.name)
+                    key = _member_name(m.name, archive)
                     if key in wanted:
                         if not m.isfile():
                             raise DataFileError(f"refusing archive {archive}: member {m.name!r} "
@@ -217,12 +218,18 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
                     src = tar.extractfile(m)
                     with open(tmp / name, "wb") as out:
                         shutil.copyfileobj(src, out)
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise DataFileError(f"{archive}: corrupt or truncated archive ({exc}); delete it "
                                 "and download again") from None
-        if target.exists():  # an earlier, incomplete or stale extraction in our cache
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if target.exists() and not _missing(target):
+            return target  # another process finished the same extraction meanwhile
+        if target.exists():  # an earlier, incomplete extraction in our cache
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if _missing(target):  # not a concurrent extraction that won the race
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
