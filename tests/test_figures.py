@@ -206,6 +206,10 @@ def test_paper_vs_ours_draws_the_paper_mark_and_our_t_interval(tmp_path, saved_f
         "pht mnist: test accuracy [not supported, 1 of 3 not finite]",
         "gdsolver fmnist: test accuracy [supported]"]
     assert "1 of 4 not finite" in secs.get_yticklabels()[1].get_text()
+    # verdicts coloured: inconclusive grey, not supported red, supported green
+    assert [matplotlib.colors.to_hex(t.get_color()) for t in acc.get_yticklabels()] == [
+        "#444444", "#d62728", "#2ca02c"]
+    assert F._verdict_colour("supported (unstable)") == F._verdict_colour("unstable")
     paper = [(ln.get_xdata()[0], ln.get_ydata()[0]) for ax in (acc, secs)
              for ln in ax.get_lines() if ln.get_marker() == "D"]
     assert paper == [(0.98, 1), (0.89, 2), (3.0, 0), (10.0, 1)]

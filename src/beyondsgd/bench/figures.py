@@ -264,8 +264,19 @@ def sensitivity_section(store: Store, out_dir: Path, problems: list[str] | None 
 
 # ---- paper vs ours ----------------------------------------------------------------------
 PAPER_VS_OURS_KEYS = ("experiment", "quantity", "paper", "ours", "unit", "verdict")
-_VERDICT_COLOURS = {"supported": "#2ca02c", "reproduced": "#2ca02c",
-                    "not supported": "#d62728", "not reproduced": "#d62728"}
+
+
+def _verdict_colour(verdict: str) -> str:
+    """Orange for a verdict marked unstable (it flips across studies), red for "not ...",
+    green for supported/reproduced, grey otherwise (inconclusive, reference only)."""
+    v = str(verdict).lower()
+    if "unstable" in v:
+        return "#d67e00"
+    if v.startswith("not"):
+        return "#d62728"
+    if v.startswith(("supported", "reproduced")):
+        return "#2ca02c"
+    return "#444444"
 
 
 def _check_rows(rows: Sequence[dict]) -> None:
@@ -302,10 +313,10 @@ def paper_vs_ours(rows: Sequence[dict], path: str | Path) -> Path | None:
     """The paper's numbers beside ours: one panel per unit, one line per (experiment,
     quantity). Ours: every seed as a small dot, the mean as a filled circle with its 95% CI
     (Student t over the finite seeds, :func:`beyondsgd.bench.metrics.mean_ci`, clipped to the
-    quantity's range, see :func:`_value_range`); the paper's
-    number as a red diamond. The line's label ends with the verdict (coloured: green supported,
-    red not supported, grey otherwise) and counts seeds that were not finite (diverged, or never
-    reached a target). A panel whose positive values span more than 30x is drawn in log scale.
+    quantity's range, see :func:`_value_range`); the paper's number as a red diamond. The
+    line's label ends with the verdict (coloured: green supported, red not supported, orange
+    unstable, grey otherwise) and counts seeds that were not finite (diverged, or never reached
+    a target). A panel whose positive values span more than 30x is drawn in log scale.
 
     ``rows``: dicts with keys experiment, quantity, paper (float or None), ours (list of floats,
     one per seed), unit, verdict. Returns ``path``, or None (nothing written) for no rows.
@@ -353,7 +364,7 @@ def paper_vs_ours(rows: Sequence[dict], path: str | Path) -> Path | None:
             labels.append(f"{r['experiment']}: {r['quantity']} [{r['verdict']}{extra}]")
         ax.set_yticks(range(len(rs)), labels, fontsize=8)
         for tick, r in zip(ax.get_yticklabels(), reversed(rs)):
-            tick.set_color(_VERDICT_COLOURS.get(str(r["verdict"]).lower(), "#444444"))
+            tick.set_color(_verdict_colour(r["verdict"]))
         ax.set_ylim(-0.7, len(rs) - 0.3)
         pos = [v for v in values if v > 0]
         if pos and len(pos) == len(values) and max(pos) / min(pos) > 30:
