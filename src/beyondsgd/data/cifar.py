@@ -117,9 +117,13 @@ class RestrictedUnpickler(pickle.Unpickler):
     naming the global, before it is imported or called.
 
     >>> import pickle, io
-    >>> RestrictedUnpickler(io.BytesIO(pickle.dumps({b"k": [1, 2]}, protocol=2)),
+    >>> RestrictedUnpickler(io.BytesIO(pickle.dumps({"k": [1, 2.5]}, protocol=2)),
     ...                     encoding="bytes").load()
-    {b'k': [1, 2]}
+    {'k': [1, 2.5]}
+    >>> RestrictedUnpickler(io.BytesIO(b"cos\\nsystem\\n(S'echo hi'\\ntR."),
+    ...                     encoding="bytes").load()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    beyondsgd.data.cifar.UnsafePickleError: refusing to load global 'os.system': ...
     """
 
     def find_class(self, module: str, name: str) -> Any:
