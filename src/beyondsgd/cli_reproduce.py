@@ -184,7 +184,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             ctx.log(f"done in {wall:.0f} s wall: {ctx.trained} trials trained, {ctx.skipped} "
                     "found in the store")
             runs.append(ExperimentRun(e, scale, n, outcomes, wall, ctx.train_seconds,
-                                      ctx.trials_seen))
+                                      ctx.trials_seen, epoch_seconds=ctx.epoch_seconds))
     all_out = [o for r in runs for o in r.outcomes]
     if all_out:
         print(outcome_table(all_out))

@@ -95,6 +95,8 @@ class Context:
     skipped: int = 0               # trials found finished in the store
     trials_seen: int = 0           # trials returned by trial() (trained, resumed or stored)
     train_seconds: float = 0.0     # their training seconds (the runner's clock), summed
+    # "method[tag]" -> training seconds per epoch of each of its trials (measured costs)
+    epoch_seconds: dict[str, list[float]] = field(default_factory=dict)
     log_fn: Callable[[str], None] | None = None
     data_override: dict[str, Any] = field(default_factory=dict)  # problem name -> Dataset (tests)
 
@@ -112,7 +114,7 @@ class Context:
         t = full_tag(self.experiment, self.scale, tag)
         if self.replay:
             return self._count(stored_trial(self.store, problem, method, hparams, seed, epochs,
-                                            t, train_fraction))
+                                            t, train_fraction), tag)
         label = f"{problem.name} {method}" + (f" [{tag}]" if tag and tag != method else "") + \
             f" seed {seed}"
         n_ep = problem.epochs if epochs is None else int(epochs)
@@ -133,12 +135,17 @@ class Context:
         else:
             self.trained += 1
             self.log(f"{label}: {res.status}")
-        return self._count(res)
+        return self._count(res, tag)
 
-    def _count(self, res: TrialResult) -> TrialResult:
+    def _count(self, res: TrialResult, tag: str = "") -> TrialResult:
         self.trials_seen += 1
         if res.evals:
-            self.train_seconds += float(res.evals[-1].get("train_seconds") or 0.0)
+            last = res.evals[-1]
+            sec = float(last.get("train_seconds") or 0.0)
+            self.train_seconds += sec
+            if last.get("epoch"):
+                key = res.method + (f"[{tag}]" if tag and tag != res.method else "")
+                self.epoch_seconds.setdefault(key, []).append(sec / float(last["epoch"]))
         return res
 
 

@@ -14,6 +14,7 @@ replay context (:func:`.core.replay_context`), which reads finished trials and t
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class ExperimentRun:
     train_seconds: float = 0.0             # training seconds summed over its trials (stored)
     trials: int = 0
     missing: str = ""                      # why outcomes are missing (replay of a partial run)
+    epoch_seconds: dict[str, list[float]] = field(default_factory=dict)  # Context.epoch_seconds
 
 
 def fmt_paper(v: float | str | None, source: str = "") -> str:
@@ -91,6 +93,11 @@ def run_markdown(run: ExperimentRun) -> str:
              f"- data: {e.data.get(run.scale, 'n/a')}",
              f"- changed from the paper at this scale: {e.changes.get(run.scale, 'n/a')}",
              f"- cost: {cost} (estimate: {e.cost.get(run.scale, 'n/a')})"]
+    if run.epoch_seconds:
+        per = ", ".join(f"{k} {statistics.median(v):.3g}"
+                        for k, v in sorted(run.epoch_seconds.items()))
+        parts.append(f"- measured training seconds per epoch (median over seeds; trials that "
+                     f"diverged early count their epochs done): {per}")
     if run.missing:
         parts += ["", f"Incomplete: {run.missing}"]
         return "\n".join(parts)
@@ -143,6 +150,7 @@ def replay(store: Store, name: str, scale: str, seeds: int) -> ExperimentRun:
     except NotRecorded as exc:
         run.missing = f"not every trial has finished ({exc})"
     run.train_seconds, run.trials = ctx.train_seconds, ctx.trials_seen
+    run.epoch_seconds = ctx.epoch_seconds
     return run
 
 
