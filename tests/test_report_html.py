@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from beyondsgd.bench.markdown_html import inline, markdown_to_html
 from beyondsgd.bench.report import write_report
 from test_figures import hand_made_store
 
@@ -31,7 +32,7 @@ def _chromium() -> str | None:
 
 
 CHROMIUM = _chromium()
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="headless Chromium not found (install Debian's `chromium` package "
     "or set BEYONDSGD_CHROMIUM); CI installs it")
 
@@ -100,6 +101,7 @@ def rendered(tmp_path_factory):
     return tmp, md_path, json.loads(html.unescape(m.group(1)))
 
 
+@needs_chromium
 def test_report_html_renders_with_every_table_and_image(rendered):
     tmp, md_path, found = rendered
     md = md_path.read_text()
@@ -120,6 +122,7 @@ def test_report_html_renders_with_every_table_and_image(rendered):
     assert "**" not in md_path.parent.joinpath("report.html").read_text()  # bold rendered
 
 
+@needs_chromium
 def test_report_html_screenshot_shows_text_and_figures(rendered):
     """The whole page as one screenshot (``BEYONDSGD_SCREENSHOT``: also copy it there)."""
     tmp, md_path, found = rendered
@@ -138,3 +141,31 @@ def test_report_html_screenshot_shows_text_and_figures(rendered):
     assert 0.005 < dark < 0.5, dark
     coloured = (pixels.max(axis=2) - pixels.min(axis=2) > 0.3).mean()  # the figures' lines
     assert coloured > 0.001, coloured
+
+
+# ---- the converter itself (no browser needed) -------------------------------------------
+def test_converter_escapes_and_renders_inline_markup():
+    assert inline("a <b> & **c** `<d>` *e* [f](g.html)") == (
+        'a &lt;b&gt; &amp; <b>c</b> <code>&lt;d&gt;</code> <i>e</i> <a href="g.html">f</a>')
+    assert inline("2 * 3 * 4, x_1*y") == "2 * 3 * 4, x_1*y"  # no italics from arithmetic
+
+
+def test_converter_blocks(tmp_path):
+    (tmp_path / "f.png").write_bytes(b"\x89PNG\r\n\x1a\nrest")
+    md = "\n".join([
+        "# Title", "", "first line", "second line", "", "- one", "- **two**", "",
+        "| a | b \\| c |", "|---|---|", "| 1 | <2> |", "", "![fig](f.png)", "![gone](no.png)",
+        "", "<details>", "<summary>all *rows*</summary>", "", "text", "</details>", "",
+        "```", "x < y", "```"])
+    body = markdown_to_html(md, tmp_path, standalone=False).splitlines()
+    assert body == [
+        "<h1>Title</h1>", "<p>first line second line</p>", "<ul>", "<li>one</li>",
+        "<li><b>two</b></li>", "</ul>", "<table>", "<tr><th>a</th><th>b | c</th></tr>",
+        "<tr><td>1</td><td>&lt;2&gt;</td></tr>", "</table>",
+        '<p><img alt="fig" src="data:image/png;base64,iVBORw0KGgpyZXN0"></p>',
+        '<p class="missing">[figure no.png is missing]</p>', "<details>",
+        "<summary>all <i>rows</i></summary>", "<p>text</p>", "</details>", "<pre>", "x &lt; y",
+        "</pre>"]
+    page = markdown_to_html(md, tmp_path, title="T <1>")
+    assert page.startswith("<!doctype html>") and "<title>T &lt;1&gt;</title>" in page
+    assert page.rstrip().endswith("</body></html>")

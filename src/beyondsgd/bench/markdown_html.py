@@ -1,5 +1,6 @@
 """A small Markdown-to-HTML converter for what the reports contain: headers, tables, images,
-paragraphs, bullet lists, fenced code, and inline ``code``, **bold**, *italics* and links.
+paragraphs, bullet lists, fenced code, foldable ``<details>``/``<summary>`` lines (as GitHub
+renders them), and inline ``code``, **bold**, *italics* and links.
 Images are embedded as base64 so the HTML file is self-contained; an image file that is missing
 becomes a visible note instead of a broken image.
 
@@ -27,6 +28,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0
          "th{background:#f3f3f3;position:sticky;top:0;}tr:nth-child(even) td{background:#fafafa;}"
          "img{max-width:100%;height:auto;display:block;margin:0.5em 0;}"
          "code,pre{background:#f5f5f5;font-size:12px;}pre{padding:0.6em;overflow-x:auto;}"
+         "summary{cursor:pointer;font-weight:bold;margin:0.5em 0;}"
          "h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em;}"
          ".missing{color:#b00;}")
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg",
@@ -93,7 +95,9 @@ def markdown_to_html(md: str, base: Path, title: str = "beyondsgd report",
             out.append(html.escape(line))
             continue
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            row = line.strip()[1:]
+            row = row[:-1] if row.endswith("|") and not row.endswith("\\|") else row
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row)]
             if all(c and set(c) <= set("-: ") for c in cells):
                 continue
             if not in_table:
@@ -103,6 +107,13 @@ def markdown_to_html(md: str, base: Path, title: str = "beyondsgd report",
             else:
                 tag = "td"
             out.append("<tr>" + "".join(f"<{tag}>{inline(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        fold = re.fullmatch(r"\s*(<details(?: open)?>|</details>|<summary>(.*)</summary>)\s*",
+                            line)
+        if fold:  # a foldable section (as GitHub renders it): the tags pass, the text escaped
+            flush()
+            out.append(fold.group(1) if fold.group(2) is None
+                       else f"<summary>{inline(fold.group(2))}</summary>")
             continue
         m = re.fullmatch(r"\s*!\[(.*?)\]\((.+?)\)\s*", line)
         bullet = re.match(r"\s*[-*] (.*)", line)
