@@ -127,8 +127,19 @@ _register_proxprop_bpgrad()
 # DessiLBI: the official LeNet (DessiLBI2020/DessiLBI, conv3 a convolution), batch 128 and 60
 # epochs (the official LeNet recipe, example/train). GDSolver: the official models
 # (DhananjayAshok/Hybrid-Solver-NN-Training, model.py), batch 32 (its loaders' default train
-# batch) and 20 epochs (its GD baselines). Fashion-MNIST versions: same models on 28x28x1 inputs.
+# batch) and 20 epochs (its GD baselines). Fashion-MNIST versions: same models on 28x28x1 inputs;
+# the *_cpu ones on a fixed subset (train/validation/test sizes in CPU_SUBSETS, chosen from
+# measured per-epoch costs, docs/reproduce_papers.md), training loss on 2500 training images.
+CPU_SUBSETS = {
+    "fmnist_lenet5_official_cpu": (20000, 1000, 5000),
+    "fmnist_gdsolver_cpu": (20000, 1000, 5000),
+    "fmnist_gdsolver_deep_cpu": (8000, 1000, 5000),
+}
+
+
 def _register_dessilbi_gdsolver() -> None:
+    import functools
+
     from .. import data as D
     from .. import models as M
     from .problems import Problem, _cached, register_problem
@@ -143,34 +154,52 @@ def _register_dessilbi_gdsolver() -> None:
     def side(d: D.Dataset) -> int:
         return int(d.input_shape[-1])
 
-    provisional = "provisional (not measured): no run of this problem has set it yet"
+    def subset(name: str):
+        return functools.partial(lambda s, n: fmnist_subset(*CPU_SUBSETS[n], seed=s), n=name)
+
+    def sub(name: str) -> str:
+        return "Fashion-MNIST subset {}/{}/{} (train/val/test)".format(*CPU_SUBSETS[name])
+
+    lenet = lambda d, a, s: M.lenet5_official(1, 10, a, s)  # noqa: E731
+    small = lambda d, a, s: M.gdsolver_mnist(1, 10, a, s, side(d))  # noqa: E731
+    deep1 = lambda d, a, s: M.gdsolver_cifar_deep(1, 10, a, s, side(d))  # noqa: E731
+    fm, fm_load = D.fashion_mnist_status, lambda s: _cached(D.load_fashion_mnist, s)
+    prov = "provisional (not measured): reproduce does not use time-to-target"
+    smoke = functools.partial(lambda s: synthetic_images(*SMOKE_SIZES, seed=s))  # no files
     for name, desc, load, status, build, bs, ep, target, note in (
         ("mnist_lenet5", "MNIST, the official DessiLBI LeNet-5 (conv3 a convolution)",
-         lambda s: _cached(D.load_mnist, s), D.mnist_status,
-         lambda d, a, s: M.lenet5_official(1, 10, a, s), 128, 60, 0.99,
+         lambda s: _cached(D.load_mnist, s), D.mnist_status, lenet, 128, 60, 0.99,
          "provisional (not measured here: no MNIST offline); LeNet-5 on MNIST reaches ~0.99"),
         ("fmnist_lenet5_official", "Fashion-MNIST, the official DessiLBI LeNet-5 (conv3 a conv)",
-         lambda s: _cached(D.load_fashion_mnist, s), D.fashion_mnist_status,
-         lambda d, a, s: M.lenet5_official(1, 10, a, s), 128, 10, 0.88,
+         fm_load, fm, lenet, 128, 10, 0.88,
          "fmnist_lenet5's target: the same function and initial numbers (models.lenet5)"),
+        ("fmnist_lenet5_official_cpu", f"{sub('fmnist_lenet5_official_cpu')}, the official "
+         "DessiLBI LeNet-5", subset("fmnist_lenet5_official_cpu"), fm, lenet, 128, 6, 0.85,
+         prov),
         ("mnist_gdsolver", "MNIST, GDSolver's official model (conv4x4(3), Linear 1875->10)",
-         lambda s: _cached(D.load_mnist, s), D.mnist_status,
-         lambda d, a, s: M.gdsolver_mnist(1, 10, a, s, side(d)), 32, 20, 0.97,
+         lambda s: _cached(D.load_mnist, s), D.mnist_status, small, 32, 20, 0.97,
          "provisional (not measured here); the official log's SGD at 60k: 97.71 %"),
         ("fmnist_gdsolver", "Fashion-MNIST, GDSolver's official MNIST model (Linear 1875->10)",
-         lambda s: _cached(D.load_fashion_mnist, s), D.fashion_mnist_status,
-         lambda d, a, s: M.gdsolver_mnist(1, 10, a, s, side(d)), 32, 20, 0.84, provisional),
+         fm_load, fm, small, 32, 20, 0.84, prov),
+        ("fmnist_gdsolver_cpu", f"{sub('fmnist_gdsolver_cpu')}, GDSolver's MNIST model",
+         subset("fmnist_gdsolver_cpu"), fm, small, 32, 4, 0.80, prov),
         ("cifar10_gdsolver_deep", "CIFAR-10, GDSolver's official 'Deep' model (3 conv, fc500)",
-         cifar10, cifar10_status,
-         lambda d, a, s: M.gdsolver_cifar_deep(3, 10, a, s, side(d)), 32, 20, 0.60,
-         "provisional (not measured here); the official log's SGD at 50k: 67.55 %"),
+         cifar10, cifar10_status, lambda d, a, s: M.gdsolver_cifar_deep(3, 10, a, s, side(d)),
+         32, 20, 0.60, "provisional (not measured here); the official log's SGD at 50k: 67.55 %"),
         ("fmnist_gdsolver_deep", "Fashion-MNIST, GDSolver's 'Deep' model on 28x28x1 (fc 576)",
-         lambda s: _cached(D.load_fashion_mnist, s), D.fashion_mnist_status,
-         lambda d, a, s: M.gdsolver_cifar_deep(1, 10, a, s, side(d)), 32, 20, 0.88,
-         provisional),
+         fm_load, fm, deep1, 32, 20, 0.88, prov),
+        ("fmnist_gdsolver_deep_cpu", f"{sub('fmnist_gdsolver_deep_cpu')}, GDSolver's 'Deep' "
+         "model on 28x28x1 (fc 576)", subset("fmnist_gdsolver_deep_cpu"), fm, deep1, 32, 4,
+         0.80, prov),
+        ("smoke_lenet5_official", "synthetic 1x28x28 images (smoke), official DessiLBI LeNet-5",
+         smoke, lambda: None, lenet, 32, 2, 0.5, prov),
+        ("smoke_gdsolver", "synthetic 1x28x28 images (smoke), GDSolver's MNIST model",
+         smoke, lambda: None, small, 32, 2, 0.5, prov),
     ):
-        register_problem(Problem(name, desc, load, build, "classification", batch_size=bs,
-                                 epochs=ep, target=target, target_note=note, data_check=status))
+        register_problem(Problem(
+            name, desc, load, build, "classification", batch_size=bs, epochs=ep, target=target,
+            target_note=note, data_check=status,
+            train_eval_size=TRAIN_EVAL if name.endswith("_cpu") or "smoke" in name else 10000))
 
 
 _register_dessilbi_gdsolver()
