@@ -113,14 +113,19 @@ def test_mean_ci():
 
 
 def _values(a, b_by_name, quantity="test_metric", problem="digits_mlp", method="slbi"):
-    out = {(problem, method): {quantity: a}}
+    """``collect``'s layout: (problem, method, train fraction) -> quantity -> per-seed values."""
+    out = {(problem, method, 1.0): {quantity: a, "diverged": [0.0] * len(a)}}
     for name, b in b_by_name.items():
-        out[(problem, name)] = {quantity: b}
+        out[(problem, name, 1.0)] = {quantity: b, "diverged": [0.0] * len(b)}
     return out
 
 
+def _claim(method, quantity, kind):
+    return C.Claim("x", "X", "claim", method, ("adam",), quantity, kind, "classification", "here")
+
+
 def test_claims_verdicts_on_synthetic_results():
-    better = C.Claim("X", "beats", "bpgrad", ("adam",), "test_metric", "better")
+    better = _claim("bpgrad", "test_metric", "better")
     clearly_better = _values([0.95, 0.96, 0.955, 0.958], {"adam": [0.90, 0.91, 0.905, 0.90]},
                              method="bpgrad")
     clearly_worse = _values([0.80, 0.81, 0.805, 0.80], {"adam": [0.90, 0.91, 0.905, 0.90]},
@@ -131,12 +136,12 @@ def test_claims_verdicts_on_synthetic_results():
     assert C.evaluate_claims(clearly_worse, (better,))[0].verdict == "not supported"
     assert C.evaluate_claims(overlapping, (better,))[0].verdict == "inconclusive"
     # lower-is-better quantities are oriented: a lower train loss is "better"
-    loss = C.Claim("X", "lower loss", "bpgrad", ("adam",), "train_loss", "better")
+    loss = _claim("bpgrad", "train_loss", "better")
     v = C.evaluate_claims(_values([0.1, 0.11, 0.12], {"adam": [0.5, 0.52, 0.49]}, "train_loss",
                                   method="bpgrad"), (loss,))
     assert v[0].verdict == "supported"
     # non-inferiority with a 1-point margin
-    match = C.Claim("Y", "matches", "slbi", ("adam",), "test_metric", "matches")
+    match = _claim("slbi", "test_metric", "matches")
     same = _values([0.900, 0.902, 0.901, 0.899], {"adam": [0.901, 0.900, 0.902, 0.899]})
     far = _values([0.85, 0.86, 0.855, 0.85], {"adam": [0.90, 0.905, 0.90, 0.91]})
     noisy = _values([0.80, 0.95, 0.70, 0.99], {"adam": [0.90, 0.91, 0.90, 0.905]})
@@ -146,9 +151,20 @@ def test_claims_verdicts_on_synthetic_results():
     # one seed only: no test possible
     assert C.evaluate_claims(_values([0.9], {"adam": [0.8]}, method="bpgrad"),
                              (better,))[0].verdict == "inconclusive"
-    # a diverged seed counts as worst
+    # a seed at the metric's worst (a diverged one without an untrained evaluation) counts
     div = _values([0.95, 0.96, -math.inf], {"adam": [0.90, 0.91, 0.90]}, method="bpgrad")
     assert C.evaluate_claims(div, (better,))[0].verdict != "supported"
+    # seconds to target: never reaching it (inf) is worst; compared by ranks
+    ttt = _claim("bpgrad", "seconds_to_target", "better")
+    never = _values([math.inf] * 4, {"adam": [1.0, 1.1, 1.2, 1.3]}, "seconds_to_target",
+                    method="bpgrad")
+    assert C.evaluate_claims(never, (ttt,))[0].verdict == "not supported"
+    none = _values([math.inf] * 4, {"adam": [math.inf] * 4}, "seconds_to_target",
+                   method="bpgrad")
+    assert C.evaluate_claims(none, (ttt,))[0].verdict == "inconclusive"
+    # a claim is checked only on its kind of problem
+    assert C.evaluate_claims(_values([0.5, 0.6], {"adam": [0.4, 0.5]}, problem="diabetes_mlp",
+                                     method="bpgrad"), (better,)) == []
 
 
 def test_smoke_suite_end_to_end(tmp_path):
@@ -211,7 +227,9 @@ def test_the_smoke_budget_runs_every_method_end_to_end(smoke_store, tmp_path):
     path, res = smoke_store
     assert not res.failed, res.failed
     n_methods = len(METHODS)
-    assert res.jobs == n_methods * 2 * (2 + 2 + 2)
+    # tuning + defaults + finals per method and problem, plus GDSolver's final seeds at 50% of
+    # the data on the classification problem (digits_mlp) for its data-efficiency claim
+    assert res.jobs == n_methods * 2 * (2 + 2 + 2) + 2
     assert len(res.best) == n_methods * 2
     with Store(path) as st:
         text = write_report(st, tmp_path / "rep").read_text()

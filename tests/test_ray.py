@@ -319,3 +319,16 @@ def test_task_options_pass_data_settings_to_the_workers(monkeypatch):
     assert env["BEYONDSGD_DATA"] == "/data/cache" and "UNRELATED_VAR" not in env
     with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
         RX.RayExecutor(threads=0)
+
+
+def test_data_flows_one_way_between_suite_and_ray_executor():
+    """suite -> ray_executor -> jobs, never back: neither executor module imports the suite."""
+    import ast
+    from pathlib import Path
+
+    from beyondsgd.bench import jobs
+
+    for mod in (RX, jobs):
+        tree = ast.parse(Path(mod.__file__).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "suite" not in imported and "beyondsgd.bench.suite" not in imported

@@ -80,14 +80,17 @@ def test_difference_interval_matches_scipy_welch():
 DIGITS = [
     ("digits_mlp", "sgd", {"lr": 0.01}, [0.90, 0.91, 0.92], ""),
     ("digits_mlp", "adam", {"lr": 0.001}, [0.96, 0.97, 0.965], ""),
-    ("digits_mlp", "bpgrad", {}, [0.99, None, 0.995], ""),  # higher mean, one seed diverged
+    # higher mean of the seeds that finished, but one diverged: it counts (here at the metric's
+    # worst, 0, as these trials have no untrained evaluation), so bpgrad ranks third
+    ("digits_mlp", "bpgrad", {}, [0.99, None, 0.995], ""),
     ("digits_mlp", "momentum", {}, [0.5], ""),
 ]
 
 
 def test_rows_best_first_best_marked_and_table_honest():
     rows = R.summarize(FakeStore(_trials(DIGITS)))
-    assert [r["method"] for r in rows] == ["adam", "sgd", "momentum", "bpgrad"]
+    assert [r["method"] for r in rows] == ["adam", "sgd", "bpgrad", "momentum"]
+    assert rows[2]["final_mean"] == pytest.approx((0.99 + 0.0 + 0.995) / 3)
     assert [r["best"] for r in rows] == [True, False, False, False]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
     table = R.markdown_table(rows)

@@ -1,17 +1,44 @@
-"""The claims table: each paper's claim checked against stored results, with a verdict.
+"""The claims table: each paper's claim, as the paper states it, checked against stored results.
 
-Per-seed values come from the suite's ``final`` trials (tuned setting, seeds 1..S). Two tests:
+Every :class:`Claim` names the paper's method, what it is compared with, the quantity, the kind
+of test, the **kind of problem the paper ran** (``task``: a claim is only checked on problems of
+that kind, and the table says so) and **where the paper states it** (``source``). A claim can be
+made across data fractions (``fraction``): GDSolver's "highest accuracy using 50% of the
+training data" compares GDSolver's runs at ``train_fraction`` 0.5 with the baselines' at 1.0
+(the suite runs what :func:`fraction_runs` lists).
 
-- **superiority** (``better``): Welch's two-sample t-test, two-sided, alpha = 0.05, on the
-  per-seed values of method A and of each comparison method B. *supported*: A is significantly
-  better than every B; *not supported*: A is significantly worse than at least one B;
-  *inconclusive*: otherwise (including too few seeds).
+Per-seed values (:func:`collect`) come from the suite's final runs (tuned setting, fresh seeds).
+**A diverged seed counts** (it is never dropped): its test/validation metric and training loss
+are those of its untrained network (the epoch-0 evaluation of the same trial: chance level for
+accuracy, the initial MSE; where that is missing, the metric's worst value: accuracy 0, MSE and
+loss inf), and it never reaches the target. The divergence rate is shown beside every mean.
+
+**Time to target** (AlgoPerf's convention): training seconds until the *validation* metric first
+reaches the problem's target (test beside it in the report), ``inf`` if never. The target is set
+from the tuned baselines (``protocol.BASELINES``) of the same study (:func:`targets`): for each
+baseline, the worst seed's best validation metric (a level every seed of it reached); the target
+is the median over the baselines. With no baseline runs, the problem's fixed target is used.
+
+Two tests, on values oriented so that higher is better (losses, MSE and seconds are negated):
+
+- **superiority** (``better``): Welch's two-sample t-test, two-sided, alpha = 0.05, of method A
+  against each comparison B (Mann-Whitney U when a value is infinite, e.g. a seed that never
+  reached the target). *supported*: A significantly better than every B; *not supported*: A
+  significantly worse than at least one B; *inconclusive*: otherwise (including too few seeds).
 - **non-inferiority** (``matches``): one-sided Welch t-tests with margin delta (1 accuracy point,
-  or 5% of B's mean for losses/MSE). *supported*: A - B > -delta is significant against every B;
-  *not supported*: A - B < -delta is significant against at least one B; *inconclusive*:
-  otherwise.
+  or 5% of B's mean for losses/MSE). *supported*: A - B > -delta significant against every B
+  (so against the best B); *not supported*: A - B < -delta significant against at least one B;
+  *inconclusive*: otherwise.
 
-Values are oriented so that "better" means higher (losses and MSE are negated internally).
+**Studies**: a store holding K independent tuning studies (``protocol.study_tag``) gets one
+verdict per study (:func:`evaluate_store`); the table shows the median verdict (not supported <
+inconclusive < supported; the lower middle for even K) and marks a claim whose verdict differs
+between studies as **unstable**.
+
+>>> [c.id for c in CLAIMS if c.fraction < 1]
+['gdsolver_data']
+>>> median_verdict(["supported", "inconclusive", "supported"])
+('supported', True)
 """
 
 from __future__ import annotations
@@ -22,54 +49,83 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .metrics import time_to_target
+from .metrics import diverged_value, seconds_to_target, set_target
 from .problems import PROBLEMS
-from .protocol import FINAL_TAG
+from .protocol import BASELINES, FINAL_TAG, study_of, study_tag
 from .store import Store
 
 ALPHA = 0.05
+QUANTITIES = ("test_metric", "train_loss", "seconds_to_target")
+KINDS = ("better", "matches")
+VERDICTS = ("not supported", "inconclusive", "supported")  # ordered, for the median
 
 
 @dataclass(frozen=True)
 class Claim:
+    id: str
     paper: str
     text: str
     method: str
     versus: tuple[str, ...]
-    quantity: str  # test_metric | train_loss | train_seconds | seconds_to_target
+    quantity: str  # one of QUANTITIES
     kind: str  # better | matches
-    task: str | None = None  # restrict to classification/regression problems
+    task: str  # the kind of problem the paper ran: classification | regression
+    source: str  # where the paper states the claim
     paper_numbers: str = ""
+    fraction: float = 1.0  # train fraction of ``method``'s runs (the comparisons run at 1.0)
 
+
+_BPGRAD = ("Zhang, Wu, Wang, CVPR 2018 (arXiv 1711.06959): abstract and experiments "
+           "(recognition on CIFAR-10/100 etc.); digest bpgrad.md 'Summary'")
+_GDS = ("Ashok et al., IJCAI 2022 (arXiv 2207.03264), abstract; digest gdsolver.md "
+        "'What a benchmark should check'")
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("BPGrad (CVPR 2018)", "beats Adagrad, Adadelta, RMSProp and Adam in test accuracy at "
-          "equal epochs", "bpgrad", ("adagrad", "adadelta", "rmsprop", "adam"), "test_metric",
-          "better", "classification",
+    Claim("bpgrad_accuracy", "BPGrad (CVPR 2018)", "beats Adagrad, Adadelta, RMSProp and Adam "
+          "in test accuracy at equal epochs", "bpgrad", ("adagrad", "adadelta", "rmsprop", "adam"),
+          "test_metric", "better", "classification", _BPGRAD,
           "DFW paper, CIFAR-10 WRN: BPGrad 88.62 vs Adam 84.86, Adagrad 86.07"),
-    Claim("BPGrad (CVPR 2018)", "reaches a lower training loss than Adagrad, Adadelta, RMSProp "
-          "and Adam at equal epochs", "bpgrad", ("adagrad", "adadelta", "rmsprop", "adam"),
-          "train_loss", "better", None, "paper figures (numbers not confirmed)"),
-    Claim("ProxProp (ICLR 2018)", "lowers the training loss faster per epoch than BackProp "
-          "(both with Adam)", "proxprop", ("adam",), "train_loss", "better", "classification",
-          "CIFAR-10 ConvNet: faster per-epoch decrease; test 70.7% vs 69.6%"),
-    Claim("ProxProp (ICLR 2018)", "generalises at least as well as BackProp (both with Adam)",
-          "proxprop", ("adam",), "test_metric", "matches", "classification",
-          "test 70.7% vs 69.6%; MLP ~56% vs ~54%"),
-    Claim("DessiLBI (ICML 2020)", "test accuracy comparable to SGD and Adam", "slbi",
-          ("momentum", "adam"), "test_metric", "matches", "classification",
+    Claim("bpgrad_loss", "BPGrad (CVPR 2018)", "reaches a lower training loss than Adagrad, "
+          "Adadelta, RMSProp and Adam at equal epochs", "bpgrad",
+          ("adagrad", "adadelta", "rmsprop", "adam"), "train_loss", "better", "classification",
+          _BPGRAD + " (training-loss curves; numbers not confirmed)", "figures only"),
+    Claim("proxprop_loss", "ProxProp (ICLR 2018)", "lowers the training loss faster per epoch "
+          "than BackProp (both with Adam)", "proxprop", ("adam",), "train_loss", "better",
+          "classification", "Frerix et al., ICLR 2018: §5.3 and Fig. 3 (CIFAR-10 ConvNet, Adam "
+          "1e-3); digest proxprop.md", "faster per-epoch decrease (figure)"),
+    Claim("proxprop_test", "ProxProp (ICLR 2018)", "generalises at least as well as BackProp "
+          "(both with Adam)", "proxprop", ("adam",), "test_metric", "matches", "classification",
+          "Frerix et al., ICLR 2018: §5.3 (test accuracy after 50 epochs), §5.1 Fig. 2 caption",
+          "test 70.7% vs 69.6% (§5.3); MLP ~56% vs ~54% (§5.1)"),
+    Claim("slbi_accuracy", "DessiLBI (ICML 2020)", "test accuracy comparable to SGD and Adam",
+          "slbi", ("momentum", "adam"), "test_metric", "matches", "classification",
+          "Fu et al., ICML 2020 (arXiv 2007.02010): abstract ('comparable and even better "
+          "performance than the competitive optimizers'), Table 1",
           "Table 1 (not confirmed): DessiLBI Mom-Wd ~= SGD Mom-Wd"),
-    Claim("GDSolver (IJCAI 2022)", "lower regression test MSE than SGD and Adam", "gdsolver",
-          ("sgd", "adam"), "test_metric", "better", "regression", "31.5% lower MSE"),
-    Claim("GDSolver (IJCAI 2022)", "less training time than SGD and Adam on regression",
-          "gdsolver", ("sgd", "adam"), "train_seconds", "better", "regression",
-          "48% less time"),
-    Claim("PHT alternation (arXiv 2017)", "substantially faster convergence (training loss at "
-          "equal epochs) than SGD", "pht_alt", ("sgd",), "train_loss", "better", None,
+    Claim("gdsolver_mse", "GDSolver (IJCAI 2022)", "lower regression test MSE than SGD and Adam",
+          "gdsolver", ("sgd", "adam"), "test_metric", "better", "regression", _GDS,
+          "31.5% lower MSE"),
+    Claim("gdsolver_time", "GDSolver (IJCAI 2022)", "reaches the target in less time than SGD "
+          "and Adam on regression", "gdsolver", ("sgd", "adam"), "seconds_to_target", "better",
+          "regression", _GDS, "48% less time"),
+    Claim("gdsolver_data", "GDSolver (IJCAI 2022)", "with 50% of the training data, test "
+          "accuracy at least the best of SGD and Adam with all of it", "gdsolver",
+          ("sgd", "adam"), "test_metric", "matches", "classification",
+          _GDS + "; data-efficiency sweep (MNIST, CIFAR-10)",
+          "official logs: MNIST 10k hybrid 96.25 vs SGD 93.11 (20k)", fraction=0.5),
+    Claim("pht_speed", "PHT alternation (arXiv 2017)", "substantially faster convergence than "
+          "SGD: less time to the target than SGD and SGD+momentum", "pht_alt",
+          ("sgd", "momentum"), "seconds_to_target", "better", "classification",
+          "Huang, Kong, Lucey, arXiv 1712.02501: abstract (ImageNet and standard benchmarks)",
           "no numbers published"),
 )
 
 LOWER_IS_BETTER = {"train_loss", "train_seconds", "seconds_to_target"}
+
+
+def fraction_runs(claims: tuple[Claim, ...] = CLAIMS) -> list[tuple[str, float, str]]:
+    """(method, train fraction, task) of the runs below 100% of the data that claims need."""
+    return sorted({(c.method, c.fraction, c.task) for c in claims if c.fraction < 1.0})
 
 
 @dataclass
@@ -81,26 +137,75 @@ class Verdict:
     b_values: dict[str, list[float]]
     p_values: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    a_diverged: int = 0
+    b_diverged: dict[str, int] = field(default_factory=dict)
+    target: float | None = None
+    study: int = 0
 
 
-def collect(store: Store, tag: str = FINAL_TAG) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """Per-seed values of each (problem, method) among ``tag`` trials (train fraction 1)."""
-    out: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+class Values(dict):
+    """``collect``'s result: ``{(problem, method, train_fraction): {quantity: per-seed list}}``
+    with ``targets`` (the time-to-target target per problem) and ``study``."""
+
+    targets: dict[str, float]
+    study: int = 0
+
+
+def targets(store: Store, tag: str = FINAL_TAG) -> dict[str, float]:
+    """Validation target per problem from the tuned baselines' ``tag`` runs (module docstring);
+    problems without baseline runs get their fixed ``Problem.target``."""
+    best: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for t in store.trials(tag=tag):
-        if t["train_fraction"] != 1.0 or t["problem"] not in PROBLEMS:
+        if (t["method"] in BASELINES and t["train_fraction"] == 1.0 and t["problem"] in PROBLEMS
+                and t["status"] in ("finished", "diverged")):
+            best[t["problem"]][t["method"]].append(
+                _best_val(store.evals(t["id"]), PROBLEMS[t["problem"]].higher_is_better))
+    out = {name: p.target for name, p in PROBLEMS.items()}
+    for p, by_method in best.items():
+        out[p] = set_target(list(by_method.values()), PROBLEMS[p].higher_is_better)
+    return out
+
+
+def _best_val(evals: list[dict], higher_is_better: bool) -> float:
+    vals = [e["val_metric"] for e in evals[1:]
+            if e.get("val_metric") is not None and math.isfinite(e["val_metric"])]
+    if not vals:
+        return -math.inf if higher_is_better else math.inf
+    return max(vals) if higher_is_better else min(vals)
+
+
+def collect(store: Store, tag: str = FINAL_TAG) -> Values:
+    """Per-seed values of each (problem, method, train fraction) among ``tag`` trials, diverged
+    seeds counted (module docstring). Quantities: test_metric, val_metric, train_loss,
+    seconds_to_target (validation), test_seconds_to_target, diverged (1.0 or 0.0), seed."""
+    tg = targets(store, tag)
+    out = Values()
+    out.targets, out.study = tg, study_of(tag) or 0
+    for t in store.trials(tag=tag):
+        if t["problem"] not in PROBLEMS or t["status"] not in ("finished", "diverged"):
             continue
         prob = PROBLEMS[t["problem"]]
-        d = out[(t["problem"], t["method"])]
-        if t["status"] == "diverged":
-            d["test_metric"].append(-math.inf if prob.higher_is_better else math.inf)
-            d["train_loss"].append(math.inf)
-        elif t["status"] == "finished":
-            d["test_metric"].append(t["final_test_metric"])
-            d["train_loss"].append(t["final_train_loss"])
+        hib = prob.higher_is_better
+        evals = store.evals(t["id"])
+        d = out.setdefault((t["problem"], t["method"], t["train_fraction"]), defaultdict(list))
+        div = t["status"] == "diverged"
+        worst = prob.metric_range[0] if hib else math.inf
+        if div:
+            d["test_metric"].append(diverged_value(evals, "test_metric", worst))
+            d["val_metric"].append(diverged_value(evals, "val_metric", worst))
+            d["train_loss"].append(diverged_value(evals, "train_loss", math.inf))
+            d["seconds_to_target"].append(math.inf)
+            d["test_seconds_to_target"].append(math.inf)
         else:
-            continue
-        d["train_seconds"].append(t["train_seconds"])
-        d["seconds_to_target"].append(time_to_target(prob, store.evals(t["id"]))[0])
+            d["test_metric"].append(t["final_test_metric"])
+            d["val_metric"].append(t["final_val_metric"])
+            d["train_loss"].append(t["final_train_loss"])
+            d["seconds_to_target"].append(
+                seconds_to_target(evals, tg[prob.name], hib, "val_metric")[0])
+            d["test_seconds_to_target"].append(
+                seconds_to_target(evals, tg[prob.name], hib, "test_metric")[0])
+        d["diverged"].append(1.0 if div else 0.0)
+        d["seed"].append(float(t["seed"]))
     return out
 
 
@@ -115,11 +220,12 @@ def _welch(a: list[float], b: list[float], alternative: str, shift: float = 0.0)
 
     if len(a) < 2 or len(b) < 2:
         return math.nan
-    if any(math.isinf(v) for v in a + b):
-        # a diverged seed: compare by ranks (Mann-Whitney) instead of means
-        return float(stats.mannwhitneyu([v - shift for v in a], b,
-                                        alternative=alternative).pvalue)
     aa = [v - shift for v in a]
+    if len(set(aa + list(b))) == 1:  # every value equal (e.g. no seed reached the target)
+        return 1.0
+    if any(math.isinf(v) for v in aa + list(b)):
+        # a seed that never reached the target (or diverged to inf): compare by ranks
+        return float(stats.mannwhitneyu(aa, b, alternative=alternative).pvalue)
     if statistics.pstdev(aa) == 0 and statistics.pstdev(b) == 0:
         diff = statistics.fmean(aa) - statistics.fmean(b)
         if alternative == "greater":
@@ -135,74 +241,147 @@ def _welch(a: list[float], b: list[float], alternative: str, shift: float = 0.0)
 def judge(a: list[float], bs: dict[str, list[float]], kind: str, margin: float = 0.0
           ) -> tuple[str, dict[str, float]]:
     """Verdict for oriented values (higher is better). Returns (verdict, p-values)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown claim kind {kind!r}; accepted: {', '.join(KINDS)}")
     if len(a) < 2 or not bs or any(len(b) < 2 for b in bs.values()):
         return "inconclusive", {}
-    pv: dict[str, float] = {}
     if kind == "better":
         better = {n: _welch(a, b, "greater") for n, b in bs.items()}
         worse = {n: _welch(a, b, "less") for n, b in bs.items()}
-        pv = better
         if all(p < ALPHA / 2 for p in better.values()):
-            return "supported", pv
+            return "supported", better
         if any(p < ALPHA / 2 for p in worse.values()):
-            return "not supported", {n: worse[n] for n in bs}
-        return "inconclusive", pv
-    if kind == "matches":
-        noninf = {n: _welch(a, b, "greater", shift=-margin) for n, b in bs.items()}
-        inferior = {n: _welch(a, b, "less", shift=-margin) for n, b in bs.items()}
-        if all(p < ALPHA for p in noninf.values()):
-            return "supported", noninf
-        if any(p < ALPHA for p in inferior.values()):
-            return "not supported", inferior
-        return "inconclusive", noninf
-    raise ValueError(f"unknown claim kind {kind!r}; accepted: better, matches")
+            return "not supported", worse
+        return "inconclusive", better
+    noninf = {n: _welch(a, b, "greater", shift=-margin) for n, b in bs.items()}
+    inferior = {n: _welch(a, b, "less", shift=-margin) for n, b in bs.items()}
+    if all(p < ALPHA for p in noninf.values()):
+        return "supported", noninf
+    if any(p < ALPHA for p in inferior.values()):
+        return "not supported", inferior
+    return "inconclusive", noninf
 
 
-def evaluate_claims(values: dict[tuple[str, str], dict[str, list[float]]],
-                    claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
-    """One verdict per (claim, problem) where the method and all comparisons have results."""
-    problems = sorted({p for p, _ in values})
+def _margin(c: Claim, bs: dict[str, list[float]], hib: bool) -> float:
+    if c.kind != "matches":
+        return 0.0
+    if c.quantity == "test_metric" and hib:
+        return 0.01
+    means = [abs(statistics.fmean(v)) for v in bs.values() if all(math.isfinite(x) for x in v)]
+    return 0.05 * (max(means) if means else 1.0)
+
+
+def evaluate_claims(values: dict, claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
+    """One verdict per (claim, problem of the claim's task) where the method (at the claim's
+    fraction) and every comparison (at 1.0) have results."""
+    problems = sorted({k[0] for k in values})
+    tg = getattr(values, "targets", {})
     out = []
     for c in claims:
         for p in problems:
             prob = PROBLEMS[p]
-            if c.task and prob.task != c.task:
-                continue
-            if (p, c.method) not in values or any((p, b) not in values for b in c.versus):
+            a_key, b_keys = (p, c.method, c.fraction), {b: (p, b, 1.0) for b in c.versus}
+            if prob.task != c.task or a_key not in values or any(
+                    k not in values for k in b_keys.values()):
                 continue
             hib = prob.higher_is_better
-            a = _oriented(values[(p, c.method)][c.quantity], c.quantity, hib)
-            bs = {b: _oriented(values[(p, b)][c.quantity], c.quantity, hib) for b in c.versus}
-            margin = 0.0
-            if c.kind == "matches":
-                ref = max(abs(statistics.fmean(v)) for v in bs.values()
-                          if all(math.isfinite(x) for x in v)) if bs else 1.0
-                margin = 0.01 if (c.quantity == "test_metric" and hib) else 0.05 * ref
-            verdict, pv = judge(a, bs, c.kind, margin)
-            out.append(Verdict(c, p, verdict, values[(p, c.method)][c.quantity],
-                               {b: values[(p, b)][c.quantity] for b in c.versus}, pv))
+            a = _oriented(values[a_key][c.quantity], c.quantity, hib)
+            bs = {b: _oriented(values[k][c.quantity], c.quantity, hib) for b, k in b_keys.items()}
+            verdict, pv = judge(a, bs, c.kind, _margin(c, bs, hib))
+            out.append(Verdict(
+                c, p, verdict, list(values[a_key][c.quantity]),
+                {b: list(values[k][c.quantity]) for b, k in b_keys.items()}, pv,
+                a_diverged=int(sum(values[a_key]["diverged"])),
+                b_diverged={b: int(sum(values[k]["diverged"])) for b, k in b_keys.items()},
+                target=tg.get(p) if c.quantity == "seconds_to_target" else None,
+                study=getattr(values, "study", 0)))
     return out
 
 
-def _ms(vals: list[float]) -> str:
-    fin = [v for v in vals if math.isfinite(v)]
-    if not fin:
-        return "diverged"
-    s = statistics.stdev(fin) if len(fin) > 1 else 0.0
-    extra = f" ({len(vals) - len(fin)} div.)" if len(fin) < len(vals) else ""
-    return f"{statistics.fmean(fin):.4g} ± {s:.2g}{extra}"
+def median_verdict(verdicts: list[str]) -> tuple[str, bool]:
+    """(median verdict over studies, whether the studies disagree)."""
+    ranks = sorted(VERDICTS.index(v) for v in verdicts)
+    return VERDICTS[statistics.median_low(ranks)], len(set(verdicts)) > 1
 
 
-def claims_markdown(verdicts: list[Verdict]) -> str:
-    if not verdicts:
+@dataclass
+class StudyVerdicts:
+    """A claim on one problem over the studies of a store."""
+
+    claim: Claim
+    problem: str
+    studies: list[Verdict]
+    verdict: str
+    unstable: bool
+
+
+def studies_in(store: Store) -> list[int]:
+    """The studies whose final runs are in the store (``[0]`` for a classic store)."""
+    found = {study_of(t["tag"]) for t in store.trials()}
+    return sorted(k for k in found if k is not None) or [0]
+
+
+def evaluate_store(store: Store, claims: tuple[Claim, ...] = CLAIMS,
+                   problems: list[str] | None = None) -> list[StudyVerdicts]:
+    """Every claim on every problem, one verdict per study, median and stability."""
+    by: dict[tuple[str, str], list[Verdict]] = defaultdict(list)
+    for k in studies_in(store):
+        values = collect(store, study_tag(k))
+        for v in evaluate_claims(values, claims):
+            if not problems or v.problem in problems:
+                by[(v.claim.id, v.problem)].append(v)
+    out = []
+    for vs in by.values():
+        verdict, unstable = median_verdict([v.verdict for v in vs])
+        out.append(StudyVerdicts(vs[0].claim, vs[0].problem, vs, verdict, unstable))
+    return out
+
+
+def mean_text(vals: list[float], diverged: int, quantity: str = "test_metric") -> str:
+    """Mean ± std over every seed (diverged ones counted), with the divergence rate; times to
+    target: median and how many seeds reached the target."""
+    n = len(vals)
+    rate = f"div {diverged}/{n}"
+    if quantity == "seconds_to_target":
+        reached = sum(math.isfinite(v) for v in vals)
+        med = statistics.median(vals) if vals else math.nan
+        med_s = "never" if math.isinf(med) else f"{med:.3g} s"
+        return f"median {med_s}, reached {reached}/{n}, {rate}"
+    if not vals:
+        return "no seeds"
+    if not all(math.isfinite(v) for v in vals):
+        return f"inf ({rate})"
+    s = statistics.stdev(vals) if n > 1 else 0.0
+    return f"{statistics.fmean(vals):.4g} ± {s:.2g} ({rate})"
+
+
+def claims_markdown(results: list[StudyVerdicts] | list[Verdict]) -> str:
+    """The claims table; ``results`` from :func:`evaluate_store` (or single-study verdicts)."""
+    if not results:
         return "No claim could be checked: the store lacks the needed methods' final runs.\n"
-    lines = ["| paper | claim | problem | quantity | ours: method | ours: comparisons | test, "
-             "p | verdict | paper |", "|---|---|---|---|---|---|---|---|---|"]
-    for v in verdicts:
-        comps = "; ".join(f"{b} {_ms(x)}" for b, x in v.b_values.items())
-        test = "Welch t" if v.claim.kind == "better" else "non-inferiority"
+    if isinstance(results[0], Verdict):
+        results = [StudyVerdicts(v.claim, v.problem, [v], v.verdict, False) for v in results]
+    multi = max(len(r.studies) for r in results) > 1
+    lines = ["| paper (where stated) | claim (problems: the paper's kind) | problem | quantity | "
+             "ours: method | ours: comparisons | test, p | verdict | paper |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        v, c = r.studies[0], r.claim
+        q = c.quantity + (f" (val target {v.target:.4g})" if v.target is not None else "")
+        frac = f" at {c.fraction:.0%} data" if c.fraction < 1 else ""
+        comps = "; ".join(f"{b} {mean_text(x, v.b_diverged.get(b, 0), c.quantity)}"
+                          for b, x in v.b_values.items())
+        test = "Welch t" if c.kind == "better" else "non-inferiority"
         pv = ", ".join(f"{b} {p:.3g}" for b, p in v.p_values.items()) or "n<2"
-        lines.append(f"| {v.claim.paper} | {v.claim.text} | {v.problem} | {v.claim.quantity} | "
-                     f"{v.claim.method} {_ms(v.a_values)} | {comps} | {test}: {pv} | "
-                     f"**{v.verdict}** | {v.claim.paper_numbers} |")
-    return "\n".join(lines) + "\n"
+        verdict = f"**{r.verdict}**"
+        if r.unstable:
+            verdict = f"**unstable** (median {r.verdict})"
+        if multi:
+            verdict += " — studies: " + ", ".join(s.verdict for s in r.studies)
+        lines.append(f"| {c.paper}: {c.source} | {c.text} ({c.task} only) | {r.problem} | {q} | "
+                     f"{c.method}{frac} {mean_text(v.a_values, v.a_diverged, c.quantity)} | "
+                     f"{comps} | {test}: {pv} | {verdict} | {c.paper_numbers} |")
+    note = ("\nValues of study 0; " if multi else "\n") + (
+        "every seed counted: a diverged seed at its untrained network's value (never reaching "
+        "the target); `div k/n`: seeds that diverged.\n")
+    return "\n".join(lines) + "\n" + note

@@ -9,6 +9,21 @@
   fastest on every problem, 0 means never within tau_max of the fastest.
 - ``relative_step_cost``: seconds per step of each method divided by SGD's on the same problem,
   from the same store (so measured in the same run / on the same machine).
+- ``seconds_to_target``: AlgoPerf's time to target on the *validation* split (test beside it):
+  training seconds at the first evaluation whose metric reaches ``target``; ``set_target`` sets
+  that target from baseline runs: for each baseline the worst seed's best validation metric
+  (every seed reached it), then the median over the baselines.
+- ``diverged_value``: what a diverged seed counts as: its untrained network's value (epoch 0).
+- ``seeds_for_power``: seeds per arm for a two-sample test to detect a difference ``margin`` at
+  spread ``sd`` (normal approximation): n = 2 (z_{1-alpha/2} + z_{power})^2 sd^2 / margin^2.
+
+>>> seconds_to_target([{"epoch": 0, "train_seconds": 0.0, "val_metric": 0.1},
+...                    {"epoch": 1, "train_seconds": 2.5, "val_metric": 0.9}], 0.8, True)
+(2.5, 1.0)
+>>> set_target([[0.90, 0.92], [0.80, 0.95], [0.85]], higher_is_better=True)
+0.85
+>>> seeds_for_power(0.005, 0.01)
+4
 """
 
 from __future__ import annotations
@@ -23,13 +38,49 @@ from .problems import Problem
 
 
 def time_to_target(problem: Problem, evals: list[dict]) -> tuple[float, float]:
-    """(training seconds, epochs) at the first evaluation reaching the problem's test target;
-    ``(inf, inf)`` if it is never reached."""
+    """(training seconds, epochs) at the first evaluation reaching the problem's fixed *test*
+    target ``problem.target``; ``(inf, inf)`` if it is never reached."""
+    return seconds_to_target(evals, problem.target, problem.higher_is_better, "test_metric")
+
+
+def seconds_to_target(evals: list[dict], target: float, higher_is_better: bool,
+                      key: str = "val_metric") -> tuple[float, float]:
+    """(training seconds, epochs) at the first evaluation whose ``key`` reaches ``target``
+    (>= for accuracy, <= for MSE); ``(inf, inf)`` if none does."""
     for e in evals:
-        v = e.get("test_metric")
-        if v is not None and math.isfinite(v) and problem.reached(v):
+        v = e.get(key)
+        if v is not None and math.isfinite(v) and (
+                v >= target if higher_is_better else v <= target):
             return float(e["train_seconds"]), float(e["epoch"])
     return math.inf, math.inf
+
+
+def set_target(best_by_baseline: Sequence[Sequence[float]], higher_is_better: bool) -> float:
+    """The time-to-target target from baseline runs: per baseline (a list of per-seed best
+    validation metrics) the worst seed's value, then the median over the baselines."""
+    worst = [(min(v) if higher_is_better else max(v)) for v in best_by_baseline if len(v)]
+    if not worst:
+        raise ValueError("set_target needs at least one baseline run")
+    return float(statistics.median(worst))
+
+
+def diverged_value(evals: list[dict], key: str, fallback: float) -> float:
+    """What a diverged seed counts as for ``key``: the value at its first evaluation (epoch 0,
+    the untrained network: chance-level accuracy, the initial loss); ``fallback`` (the metric's
+    worst) when that is missing or not finite."""
+    v = evals[0].get(key) if evals and evals[0].get("epoch", 0) == 0 else None
+    return float(v) if v is not None and math.isfinite(v) else float(fallback)
+
+
+def seeds_for_power(sd: float, margin: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Seeds per arm for a two-sided two-sample test at level ``alpha`` to detect a difference
+    ``margin`` with probability ``power`` when each seed's spread is ``sd`` (at least 2)."""
+    from scipy import stats
+
+    if margin <= 0 or sd < 0:
+        raise ValueError(f"need margin > 0 and sd >= 0, got margin={margin}, sd={sd}")
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return max(2, math.ceil(2 * (z * sd / margin) ** 2))
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:

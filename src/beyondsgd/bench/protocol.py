@@ -12,9 +12,18 @@ For every (problem, method), baselines included:
    worst.
 3. **Final runs**: the best setting is re-run with seeds ``1..S`` (tag ``final``) and reported on
    the *test* split. The tuning seed is not reused, so the selection does not leak into the
-   reported numbers.
+   reported numbers. A claim made at a smaller share of the data (GDSolver at 50 %) adds runs of
+   its method's tuned setting at that ``train_fraction`` (same tag and seeds).
 4. **Defaults column**: every method at its published/declared defaults, untuned, seeds ``1..S``
    (tag ``defaults``).
+5. **Studies** (AlgoPerf's repeated tuning): steps 2-3 may be repeated as ``K`` independent
+   studies. Study ``k`` draws its settings with Halton seed ``k`` and re-runs its best setting
+   with its own seeds ``k*S+1 .. (k+1)*S`` under tag ``final`` (k = 0) or ``final-sK``; each
+   study gets its own claims verdict, the table shows the median verdict and marks a verdict
+   that differs between studies as unstable (``claims.py``).
+
+>>> study_tag(0), study_tag(2), study_of("final-s2"), list(final_seeds(1, 3))
+('final', 'final-s2', 2, [4, 5, 6])
 """
 
 from __future__ import annotations
@@ -28,6 +37,32 @@ from ..methods import get_method_class
 from ..methods.base import HParam, resolve_hparams
 
 TUNE_TAG, FINAL_TAG, DEFAULTS_TAG = "tune", "final", "defaults"
+
+#: The standard optimizers every paper method is compared with (the ones AlgoPerf and DeepOBS
+#: ship as baselines); claims' time-to-target targets are set over their tuned runs.
+BASELINES = ("sgd", "momentum", "adam", "adamw", "adagrad", "adadelta", "rmsprop")
+
+
+def study_tag(study: int) -> str:
+    """Tag of study ``study``'s final runs: ``final`` for study 0 (so a one-study store is the
+    classic layout), ``final-s<k>`` after."""
+    if study < 0:
+        raise ValueError(f"study must be >= 0, got {study}")
+    return FINAL_TAG if study == 0 else f"{FINAL_TAG}-s{study}"
+
+
+def study_of(tag: str) -> int | None:
+    """The study whose final runs carry ``tag``; None for any other tag."""
+    if tag == FINAL_TAG:
+        return 0
+    head, _, k = tag.rpartition("-s")
+    return int(k) if head == FINAL_TAG and k.isdigit() and int(k) > 0 else None
+
+
+def final_seeds(study: int, n: int) -> range:
+    """Seeds of study ``study``'s ``n`` final runs: ``study*n+1 .. (study+1)*n`` (never 0, the
+    tuning seed; disjoint across studies, so the studies are independent replications)."""
+    return range(study * n + 1, (study + 1) * n + 1)
 
 
 def search_space(method: str) -> list[HParam]:

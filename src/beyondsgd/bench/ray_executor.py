@@ -40,12 +40,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .jobs import Job
 from .store import Store, trial_key
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .suite import Job
 
 INSTALL_HINT = "pip install 'beyondsgd[ray]'"
 DEFAULT_MAX_RETRIES = 3
@@ -90,9 +88,10 @@ def trial_fields(job: Job) -> dict[str, Any]:
     prob = get_problem(job.problem)
     hp = resolve_hparams(get_method_class(job.method), job.hparams or {})
     epochs = prob.epochs if job.epochs is None else int(job.epochs)
+    frac = float(job.train_fraction)
     fields = {"problem": prob.name, "method": job.method, "hparams": hp, "seed": job.seed,
-              "epochs": epochs, "train_fraction": 1.0, "tag": job.tag}
-    fields["key"] = trial_key(prob.name, job.method, hp, job.seed, epochs, 1.0, job.tag)
+              "epochs": epochs, "train_fraction": frac, "tag": job.tag}
+    fields["key"] = trial_key(prob.name, job.method, hp, job.seed, epochs, frac, job.tag)
     return fields
 
 

@@ -1,0 +1,78 @@
+"""One suite job = one trial to run, and the local way to run a list of them.
+
+Both executors import this module and nothing imports them back, so data flows one way:
+``suite -> ray_executor -> jobs -> runner/store`` and ``suite -> jobs``. A :class:`Job` names a
+trial (problem, method, hyperparameters, seed, epochs, tag, train fraction); :func:`run_job`
+runs it into a store file and never raises; :func:`execute_local` runs many, in this process or
+on a process pool.
+
+>>> Job("digits_mlp", "sgd", {"lr": 0.1}, seed=1, epochs=2, tag="final").train_fraction
+1.0
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from .store import Store
+
+BUSY_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One trial of the suite; ``train_fraction`` < 1 trains on that share of the training set
+    (the GDSolver data-efficiency claim runs at 0.5)."""
+
+    problem: str
+    method: str
+    hparams: dict[str, Any]
+    seed: int
+    epochs: int | None
+    tag: str
+    train_fraction: float = 1.0
+
+
+def run_job(store_path: str, job: Job, device: str, threads: int | None) -> tuple[Job, str, str]:
+    """Worker entry point: run one trial into the store; never raises.
+
+    A trial that another live process runs (e.g. a worker of an interrupted suite still
+    finishing it) is waited for, not skipped: the protocol needs every result before it picks
+    the best setting. The wait ends when that process ends the trial, dies, or its lease
+    expires (``lease.py``), and this worker then takes the trial over if it is unfinished."""
+    import torch
+
+    from .runner import run_trial
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with Store(store_path) as st:
+            while True:
+                res = run_trial(job.problem, job.method, job.hparams, seed=job.seed,
+                                epochs=job.epochs, device=device, store=st, tag=job.tag,
+                                train_fraction=job.train_fraction)
+                if not res.busy:
+                    break
+                time.sleep(BUSY_POLL_SECONDS)
+        return job, res.status, ""
+    except Exception as exc:  # recorded as failed in the store by run_trial
+        return job, "failed", f"{type(exc).__name__}: {exc}"
+
+
+def execute_local(jobs: list[Job], store_path: str, pool: ProcessPoolExecutor | None,
+                  threads: int | None, device: str,
+                  on_done: Callable[[Job, str, str], None]) -> None:
+    """Run ``jobs`` in this process (``pool=None``) or on a worker pool; ``on_done(job, status,
+    error)`` once per job, in completion order."""
+    if pool is None:
+        for job in jobs:
+            on_done(*run_job(store_path, job, device, threads))
+        return
+    futures = [pool.submit(run_job, store_path, job, device, threads) for job in jobs]
+    for fut in as_completed(futures):
+        on_done(*fut.result())
