@@ -230,7 +230,7 @@ def test_gdsolver_callback_plateau_schedule_acceptance_and_logging(tmp_path):
     backoff 2 the plateau solves fall on epochs 1 and 3 (patience 1, then 2), as
     GDSolverMethod.end_of_epoch schedules them."""
     train, val = _digits()
-    cb = L.GDSolverCallback(module="net", patience=1, backoff=2.0, time_limit=10.0)
+    cb = L.GDSolverCallback(module="net", patience=1, backoff=2.0, time_limit=10.0, n_points=32)
     model = Digits(lr=0.0)
     logger = pl.loggers.CSVLogger(tmp_path, name="run")
     trainer = pl.Trainer(max_epochs=5, callbacks=[cb], **{**QUIET, "logger": logger})
@@ -271,7 +271,8 @@ def test_gdsolver_callback_exact_checkpoint_resume(tmp_path):
     train, val = _digits()
 
     def run(epochs, ckpt=None, save=False):
-        cb = L.GDSolverCallback(module="net", solve_every=2, patience=50, time_limit=10.0)
+        cb = L.GDSolverCallback(module="net", solve_every=2, patience=50, time_limit=10.0,
+                                n_points=32)
         kw = {**QUIET, "enable_checkpointing": save, "default_root_dir": tmp_path}
         if save:
             kw["callbacks"] = [cb, pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck",
