@@ -169,13 +169,15 @@ def test_no_legend_covers_the_data(tmp_path, saved_figures):
     texts = [t.get_text() for t in leg.get_texts()]
     # every row once, the target line, and the note on the diverged seed of the second method
     assert len(texts) == len(rows) - 1 + 2
-    second = sorted(METHODS)[1]
-    assert f"{second}(lr=0.01) (1/3 div.)" in texts and texts[-1].startswith("after a diverg")
+    # named by method, by full label where a method has two rows (the first method here)
+    first, second = sorted(METHODS)[:2]
+    assert texts[:3] == [f"{first}(lr=0.01)", f"{second} (1/3 div.)", sorted(METHODS)[2]]
+    assert texts[-3:-1] == ["adadelta(lr=1)", "target"] and texts[-1].startswith("after a div")
     # every method drawn in its own style, in every panel
     for ax in curves_fig.axes:
         lines = {ln.get_label().split(" (")[0]: ln for ln in ax.get_lines()}
         for m in METHODS:
-            ln = lines[f"{m}(lr=0.01)"]
+            ln = lines[f"{m}(lr=0.01)" if m == first else m]
             assert matplotlib.colors.same_color(ln.get_color(), F.method_style(m)["color"])
             assert ln.get_marker() == F.method_style(m)["marker"]
 
@@ -240,3 +242,29 @@ def test_paper_vs_ours_refuses_bad_rows_and_writes_nothing_for_none(tmp_path):
     with pytest.raises(ValueError, match="ours must be a list"):
         F.paper_vs_ours([{**_rows()[0], "ours": 0.9}], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_sensitivity_of_an_error_metric_log_scale_and_divergence_at_the_worst_edge(
+        tmp_path, saved_figures):
+    """MSE over decades is drawn in log scale (else one bad setting flattens the rest), and a
+    diverged setting is an x at the *top* (the worst MSE), not at the floor."""
+    prob = PROBLEMS["diabetes_mlp"]
+    assert not prob.higher_is_better
+    with Store(tmp_path / "s.db") as st:
+        for lr, val in ((1e-3, 0.5), (1e-2, 0.6), (1e-1, 1700.0), (1.0, None)):
+            evals = [{"epoch": e, "step": e, "train_seconds": e, "train_loss": v, "val_loss": v,
+                      "val_metric": v, "test_loss": v, "test_metric": v}
+                     for e, v in ((0, 1.0), (1, math.nan if val is None else val))]
+            st.record_trial(trial_key("diabetes_mlp", "sgd", {"lr": lr}, 0, 1, 1.0, TUNE_TAG),
+                            "diabetes_mlp", "sgd", {"lr": lr}, 0, 1, 1.0, TUNE_TAG, {},
+                            "diverged" if val is None else "finished", evals, [],
+                            summary(prob, evals))
+        (path,) = F.sensitivity_section(st, tmp_path)
+    (fig,) = saved_figures
+    (ax,) = fig.axes
+    assert ax.get_yscale() == "log"
+    (curve, cross) = ax.get_lines()
+    assert list(curve.get_xdata()) == [1e-3, 1e-2, 1e-1, 1.0]
+    assert list(curve.get_ydata()[:3]) == [0.5, 0.6, 1700.0]
+    assert cross.get_marker() == "x" and list(cross.get_xdata()) == [1.0]
+    assert cross.get_ydata()[0] == ax.get_ylim()[1] > 1700.0

@@ -111,7 +111,8 @@ def _plt():
 # ---- curves ------------------------------------------------------------------------------
 def plot_curves(store: Store, rows: list[dict], out_dir: Path) -> list[Path]:
     """One PNG per problem: train loss and test metric vs epochs and vs seconds, mean over
-    seeds with a min-max band. Where a seed diverged (a non-finite loss, or fewer epochs than
+    seeds with a min-max band, each row named by its method (its full label where a method has
+    several rows). Where a seed diverged (a non-finite loss, or fewer epochs than
     the others) the line goes on, lighter and without markers, as the mean of the seeds that
     did not, and the legend says how many diverged."""
     import numpy as np
@@ -126,6 +127,7 @@ def plot_curves(store: Store, rows: list[dict], out_dir: Path) -> list[Path]:
         prob = PROBLEMS[prob_name]
         fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
         any_div = False
+        names = _legend_names(rs)
         for r, st in zip(rs, _styles_for(rs)):
             curves = [c for c in (store.evals(i) for i in r["trial_ids"]) if c]
             if not curves:
@@ -134,7 +136,7 @@ def plot_curves(store: Store, rows: list[dict], out_dir: Path) -> list[Path]:
             n_div = sum(1 for c in curves if len(c) < n_max or not all(
                 e["train_loss"] is not None and math.isfinite(e["train_loss"]) for e in c))
             any_div |= n_div > 0
-            label = r["label"] + (f" ({n_div}/{len(curves)} div.)" if n_div else "")
+            label = names[id(r)] + (f" ({n_div}/{len(curves)} div.)" if n_div else "")
             longest = max(curves, key=len)
             ep = np.array([e["epoch"] for e in longest], float)
 
@@ -172,6 +174,15 @@ def plot_curves(store: Store, rows: list[dict], out_dir: Path) -> list[Path]:
         fig.suptitle(f"{prob_name}: {prob.description}", fontsize=10)
         paths.append(_save_figure(plt, fig, out_dir / f"curves_{prob_name}.png"))
     return paths
+
+
+def _legend_names(rows: list[dict]) -> dict[int, str]:
+    """A row's name in a legend: its method where the method has one row in the figure (the
+    hyperparameters are in the report's tables), else its full label."""
+    count: dict[str, int] = defaultdict(int)
+    for r in rows:
+        count[r["method"]] += 1
+    return {id(r): r["method"] if count[r["method"]] == 1 else r["label"] for r in rows}
 
 
 def _seed_matrix(curves: list[list[dict]], key: str, n: int):
@@ -246,14 +257,19 @@ def sensitivity_section(store: Store, out_dir: Path, problems: list[str] | None 
             pts.sort()
             xs, ys = zip(*pts)
             ax.plot(xs, ys, label=f"{m} ({hp})", ms=4, lw=1.2, **method_style(m))
-        lo = ax.get_ylim()[0]
+        ax.set_xscale("log")
+        ys = [y for pts in by_method.values() for _, y in pts if y is not None and math.isfinite(y)]
+        if not prob.higher_is_better and ys and min(ys) > 0 and max(ys) / min(ys) > 30:
+            ax.set_yscale("log")  # an error metric over decades: the good settings stay apart
+        ylim = ax.get_ylim()
+        worst = ylim[0 if prob.higher_is_better else 1]
         for (m, _), pts in sorted(by_method.items()):
             div = [x for x, y in pts if y is None or not math.isfinite(y)]
-            if div:
-                ax.plot(div, [lo] * len(div), "x", color=method_style(m)["color"], ms=6,
+            if div:  # diverged settings: an x at the worst edge of the axes
+                ax.plot(div, [worst] * len(div), "x", color=method_style(m)["color"], ms=6,
                         clip_on=False)
-        ax.set_xscale("log")
-        ax.set_xlabel("tuned hyperparameter (lr, or L for BPGrad; x on the floor: diverged)")
+        ax.set_ylim(ylim)
+        ax.set_xlabel("tuned hyperparameter (lr, or L for BPGrad); x at the worst edge: diverged")
         ax.set_ylabel(f"best validation {prob.metric}")
         ax.set_title(f"{prob_name}: sensitivity", fontsize=10)
         ax.grid(alpha=0.3)
