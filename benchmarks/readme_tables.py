@@ -2,36 +2,41 @@
 store, so the README is regenerated from the data rather than edited by hand.
 
     python benchmarks/readme_tables.py docs/results/small/suite_small.db
+
+The claims rows are :func:`beyondsgd.bench.claims.evaluate_store`'s: each claim on the kind of
+problem the paper ran, every seed counted (``div k/n``: seeds that diverged), time to target on
+the validation split, the median verdict over tuning studies and **unstable** where they differ.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 
-from beyondsgd.bench.claims import collect, evaluate_claims
+from beyondsgd.bench.claims import evaluate_store, mean_text
 from beyondsgd.bench.protocol import FINAL_TAG
 from beyondsgd.bench.report import overview_table, summarize
 from beyondsgd.bench.store import Store
 
 
-def _mean(vals: list[float]) -> str:
-    fin = [v for v in vals if math.isfinite(v)]
-    if not fin:
-        return "diverged"
-    extra = f" ({len(vals) - len(fin)} div.)" if len(fin) < len(vals) else ""
-    return f"{statistics.fmean(fin):.4g}{extra}"
-
-
 def claims_rows(store: Store) -> str:
-    lines = ["| claim (paper) | problem | ours: method vs comparisons (mean of 3 seeds) | "
-             "verdict |", "|---|---|---|---|"]
-    for v in evaluate_claims(collect(store)):
-        paper = v.claim.paper.split(" (")[0]
-        comps = ", ".join(f"{b} {_mean(x)}" for b, x in v.b_values.items())
-        lines.append(f"| {v.claim.text} ({paper}) | {v.problem} | {v.claim.quantity}: "
-                     f"{v.claim.method} {_mean(v.a_values)} vs {comps} | {v.verdict} |")
+    results = evaluate_store(store)
+    multi = any(len(r.studies) > 1 for r in results)
+    lines = ["| claim (paper, where stated) | problem | quantity | ours: method vs comparisons "
+             "(every seed counted) | verdict |", "|---|---|---|---|---|"]
+    for r in results:
+        c, v = r.claim, r.studies[0]
+        paper = c.paper.split(" (")[0]
+        where = c.source.split(": ", 1)[-1].split(";")[0]
+        frac = f" at {c.fraction:.0%} data" if c.fraction < 1 else ""
+        comps = "; ".join(f"{b} {mean_text(x, v.b_diverged.get(b, 0), c.quantity)}"
+                          for b, x in v.b_values.items())
+        quantity = c.quantity + (f" (val target {v.target:.4g})" if v.target is not None else "")
+        verdict = f"**unstable** (median {r.verdict})" if r.unstable else r.verdict
+        if multi:
+            verdict += f"; studies: {', '.join(s.verdict for s in r.studies)}"
+        lines.append(f"| {c.text} ({paper}, {where}; {c.task} only) | {r.problem} | {quantity} | "
+                     f"{c.method}{frac} {mean_text(v.a_values, v.a_diverged, c.quantity)} vs "
+                     f"{comps} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -39,7 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("store")
     args = ap.parse_args()
-    with Store(args.store) as st:
+    with Store(args.store, readonly=True) as st:
         rows = summarize(st)
         print(overview_table(rows, FINAL_TAG))
         print()

@@ -77,7 +77,7 @@ class Claim:
 
 _BPGRAD = ("Zhang, Wu, Wang, CVPR 2018 (arXiv 1711.06959): abstract and experiments "
            "(recognition on CIFAR-10/100 etc.); digest bpgrad.md 'Summary'")
-_GDS = ("Ashok et al., IJCAI 2022 (arXiv 2207.03264), abstract; digest gdsolver.md "
+_GDS = ("Ashok et al., IJCAI 2022 (arXiv 2207.03264): abstract; digest gdsolver.md "
         "'What a benchmark should check'")
 
 CLAIMS: tuple[Claim, ...] = (

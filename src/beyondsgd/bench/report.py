@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,8 +34,9 @@ from typing import Any
 
 from ..methods import METHODS
 from .figures import plot_curves, profile_section, sensitivity_section
+from .intervals import CI_METHOD, _finite, difference_interval, seed_interval
 from .markdown_html import markdown_to_html
-from .metrics import diverged_value, mean_ci, seconds_to_target
+from .metrics import diverged_value, seconds_to_target
 from .problems import PROBLEMS, get_problem
 from .protocol import DEFAULTS_TAG, FINAL_TAG, TUNE_TAG, study_of
 from .store import Store
@@ -44,11 +44,6 @@ from .store import Store
 __all__ = ["CI_METHOD", "difference_interval", "label", "markdown_table", "markdown_to_html",
            "overview_table", "report_summary", "seed_interval", "summarize", "verdict_line",
            "write_report"]
-
-LEVEL = 0.95
-CI_METHOD = ("95% CI of the mean over seeds: Student t, clipped to the metric's range (accuracy "
-             "[0, 1], MSE [0, inf)); differences: paired t over shared seeds, else Welch t; no "
-             "interval for n=1 or identical seeds")
 
 
 def label(method: str, hparams: dict, tag: str = "", train_fraction: float = 1.0) -> str:
@@ -74,62 +69,6 @@ def _mean_std(vals: list[float]) -> tuple[float, float]:
 
 def _median(vals: list[float]) -> float:
     return statistics.median(vals) if vals else math.nan
-
-
-def _finite(values: Sequence[float | None]) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(v)]
-
-
-def seed_interval(values: Sequence[float | None], bounds: tuple[float, float] = (-math.inf,
-                  math.inf), level: float = LEVEL) -> tuple[float, float, float, float]:
-    """(mean, std, lo, hi) over the finite values: Student t interval of the mean clipped to
-    ``bounds``; lo = hi = NaN for n < 2 or when all values are equal (std 0 there; NaN mean and
-    std when there is no finite value)."""
-    vals = _finite(values)
-    m, s, lo, hi = mean_ci(vals, level)
-    if len(vals) < 2 or len(set(vals)) == 1:
-        return m, (0.0 if vals else math.nan), math.nan, math.nan
-    return m, s, max(lo, bounds[0]), min(hi, bounds[1])
-
-
-def difference_interval(a: Sequence[float | None], b: Sequence[float | None],
-                        width: float = math.inf, level: float = LEVEL, paired: bool = False
-                        ) -> tuple[float, float, float]:
-    """(mean(a) - mean(b), lo, hi), clipped to [-width, width] (``width``: the metric's range).
-
-    Unpaired: Welch's t interval over the finite values (Welch-Satterthwaite degrees of freedom);
-    lo = hi = NaN when a side has fewer than 2 values or both are constant. ``paired``: a[i] and
-    b[i] share a seed (same initial weights and batch order), so Student's t interval of the
-    per-seed differences; lo = hi = NaN for fewer than 2 pairs or constant differences.
-    """
-    from scipy import stats
-
-    q = lambda df: float(stats.t.ppf(0.5 + level / 2, df))  # noqa: E731
-    if paired:
-        if len(a) != len(b):
-            raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
-        pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None
-                 and math.isfinite(x) and math.isfinite(y)]
-        if not pairs:
-            return math.nan, math.nan, math.nan
-        diffs = [x - y for x, y in pairs]
-        d = statistics.fmean(diffs)
-        # constant differences up to the round-off of the subtraction (a few ulps of the values)
-        ulps = 4 * sys.float_info.epsilon * max(max(abs(x), abs(y)) for x, y in pairs)
-        if len(diffs) < 2 or max(diffs) - min(diffs) <= ulps:
-            return d, math.nan, math.nan
-        half = q(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-        return d, max(d - half, -width), min(d + half, width)
-    a, b = _finite(a), _finite(b)
-    if not a or not b:
-        return math.nan, math.nan, math.nan
-    d = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2 or len(b) < 2 or (len(set(a)) == 1 and len(set(b)) == 1):
-        return d, math.nan, math.nan
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = q(df) * math.sqrt(va + vb)
-    return d, max(d - half, -width), min(d + half, width)
 
 
 def _paired(r1: dict, r2: dict) -> tuple[list[float], list[float]] | None:
