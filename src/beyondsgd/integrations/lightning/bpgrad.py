@@ -130,7 +130,8 @@ class BPGradMixin:
             raise RuntimeError(
                 f"BPGradMixin recorded {len(pending)} microbatch losses before the step of "
                 f"batch {batch_idx}, expected {expected - 1} (accumulate_grad_batches={k}); an "
-                "on_train_batch_end override must call super().on_train_batch_end(...)")
+                "on_train_batch_end override must call super().on_train_batch_end(...), and a "
+                "training_step that returns None cannot be combined with accumulation here")
         last = optimizer_closure()  # training_step + backward of the last microbatch
         if last is None:  # training_step returned None: Lightning skips backward
             losses = list(pending)
