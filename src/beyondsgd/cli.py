@@ -19,7 +19,7 @@ from typing import Any
 
 from . import cli_reproduce
 from .bench.batch import STORE_ERRORS, TrialSpec, failure_lines, failure_text, run_batch
-from .bench.export import export_store
+from .bench.export import export_deepobs, export_store
 from .bench.problems import PROBLEMS, get_problem
 from .bench.report import label, markdown_table, summarize, write_report
 from .bench.runner import run_trial
@@ -403,8 +403,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Per-trial JSON in a DeepOBS-like layout (problem/method/hparams/seed.json) + one CSV."""
+    """``--format json`` (default): per-trial JSON (problem/method/hparams/seed.json) + one CSV.
+    ``--format deepobs``: DeepOBS 1.1.2's result layout, read by its analyzer."""
     _check_out(args.out)
+    if args.format == "deepobs":
+        out = Path(args.out)
+        if out.is_dir() and any(out.iterdir()):
+            raise CLIError(f"--out {args.out!r} is not empty; accepted for --format deepobs: a "
+                           f"new or empty directory (DeepOBS's analyzer reads every run under "
+                           f"it, so older files would be mixed in)")
+        with _open_store(args.store, readonly=True) as store:
+            res = export_deepobs(store, args.out)
+        skipped = ", ".join(f"{n} {s}" for s, n in sorted(res["skipped"].items()))
+        note = f" (skipped: {skipped}; only finished and diverged trials are runs)" \
+            if skipped else ""
+        print(f"exported {res['written']} runs in DeepOBS's layout to {args.out}{note}")
+        if res["written"] and res["accuracies"] < res["written"]:
+            print(f"  {res['written'] - res['accuracies']} run(s) without accuracies: the store "
+                  f"has no training accuracy for them (DeepOBS then ranks by valid_losses)")
+        return 0
     with _open_store(args.store, readonly=True) as store:
         n_trials, n_files = export_store(store, args.out)
     print(f"exported {n_trials} trials: {n_files} JSON files and evals.csv in {args.out}")
@@ -489,10 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--problem", help="restrict to these problems (comma-separated)")
     r.add_argument("--no-plots", action="store_true")
 
-    e = sub.add_parser("export", help="per-trial JSON files and a CSV of all evaluations "
-                                      "(store opened read-only)")
+    e = sub.add_parser("export", help="per-trial JSON files and a CSV of all evaluations, or "
+                                      "DeepOBS's result layout (store opened read-only)")
     e.add_argument("store")
     e.add_argument("--out", default="export")
+    e.add_argument("--format", choices=("json", "deepobs"), default="json",
+                   help="json: our per-trial records + evals.csv; deepobs: DeepOBS 1.1.2's "
+                        "<problem>/<method>/<setting>/random_seed__S__<time>.json")
     cli_reproduce.add_parser(sub)
     return ap
 
