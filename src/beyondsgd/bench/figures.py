@@ -271,7 +271,7 @@ def sensitivity_section(store: Store, out_dir: Path, problems: list[str] | None 
         ax.set_ylim(ylim)
         ax.set_xlabel("tuned hyperparameter (lr, or L for BPGrad); x at the worst edge: diverged")
         ax.set_ylabel(f"best validation {prob.metric}")
-        ax.set_title(f"{prob_name}: sensitivity", fontsize=10)
+        ax.set_title(f"{prob_name}: sensitivity", fontsize=10, pad=12)
         ax.grid(alpha=0.3)
         _legend_right(fig)
         paths.append(_save_figure(plt, fig, out_dir / f"sensitivity_{prob_name}.png"))
