@@ -76,6 +76,9 @@ def test_gdsolver_time_claim_is_time_to_target_not_seconds_at_equal_epochs(st):
     assert v.target == pytest.approx(0.29)
     assert statistics.median(v.a_values) == pytest.approx(3 * 0.52)
     assert statistics.median(v.b_values["sgd"]) == pytest.approx(1.02)
+    # the test split beside it (here test = validation, so the same seconds)
+    assert v.test_seconds["gdsolver"] == pytest.approx(v.a_values)
+    assert "on the test split, medians: gdsolver 1.56 s" in C.claims_markdown(vs)
 
 
 def test_gdsolver_data_efficiency_claim_across_fractions(st):

@@ -141,6 +141,7 @@ class Verdict:
     b_diverged: dict[str, int] = field(default_factory=dict)
     target: float | None = None
     study: int = 0
+    test_seconds: dict[str, list[float]] = field(default_factory=dict)  # time claims: test split
 
 
 class Values(dict):
@@ -294,7 +295,10 @@ def evaluate_claims(values: dict, claims: tuple[Claim, ...] = CLAIMS) -> list[Ve
                 a_diverged=int(sum(values[a_key]["diverged"])),
                 b_diverged={b: int(sum(values[k]["diverged"])) for b, k in b_keys.items()},
                 target=tg.get(p) if c.quantity == "seconds_to_target" else None,
-                study=getattr(values, "study", 0)))
+                study=getattr(values, "study", 0),
+                test_seconds={m: list(values[k].get("test_seconds_to_target", []))
+                              for m, k in [(c.method, a_key), *b_keys.items()]}
+                if c.quantity == "seconds_to_target" else {}))
     return out
 
 
@@ -355,6 +359,13 @@ def mean_text(vals: list[float], diverged: int, quantity: str = "test_metric") -
     return f"{statistics.fmean(vals):.4g} ± {s:.2g} ({rate})"
 
 
+def _median_s(vals: list[float]) -> str:
+    if not vals:
+        return "–"
+    med = statistics.median(vals)
+    return "never" if math.isinf(med) else f"{med:.3g} s"
+
+
 def claims_markdown(results: list[StudyVerdicts] | list[Verdict]) -> str:
     """The claims table; ``results`` from :func:`evaluate_store` (or single-study verdicts)."""
     if not results:
@@ -371,6 +382,9 @@ def claims_markdown(results: list[StudyVerdicts] | list[Verdict]) -> str:
         frac = f" at {c.fraction:.0%} data" if c.fraction < 1 else ""
         comps = "; ".join(f"{b} {mean_text(x, v.b_diverged.get(b, 0), c.quantity)}"
                           for b, x in v.b_values.items())
+        if v.test_seconds:
+            comps += " (on the test split, medians: " + ", ".join(
+                f"{m} {_median_s(x)}" for m, x in v.test_seconds.items()) + ")"
         test = "Welch t" if c.kind == "better" else "non-inferiority"
         pv = ", ".join(f"{b} {p:.3g}" for b, p in v.p_values.items()) or "n<2"
         verdict = f"**{r.verdict}**"
