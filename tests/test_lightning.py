@@ -134,6 +134,16 @@ def test_bpgrad_without_mixin_sees_last_loss_over_k():
     assert model.optimizers().optimizer.global_state["f_t"] == pytest.approx(l2 / 2, rel=1e-6)
 
 
+def test_bpgrad_mixin_refuses_a_hook_override_without_super():
+    class NoSuper(SmallBP):
+        def on_train_batch_end(self, outputs, batch, batch_idx):  # forgets super()
+            pass
+
+    x, y = _data(64)
+    with pytest.raises(RuntimeError, match=r"super\(\).on_train_batch_end"):
+        _fit(NoSuper(), x, y, 32, accumulate_grad_batches=2)
+
+
 def test_bpgrad_clipping_warns_once_and_changes_nothing():
     x, y = _data(96)
     plain, clipped = SmallBP(), SmallBP()
