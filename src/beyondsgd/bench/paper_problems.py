@@ -133,7 +133,7 @@ _register_proxprop_bpgrad()
 CPU_SUBSETS = {
     "fmnist_lenet5_official_cpu": (20000, 1000, 5000),
     "fmnist_gdsolver_cpu": (20000, 1000, 5000),
-    "fmnist_gdsolver_deep_cpu": (8000, 1000, 5000),
+    "fmnist_gdsolver_deep_cpu": (8000, 500, 2000),
 }
 
 

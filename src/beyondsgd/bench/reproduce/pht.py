@@ -30,7 +30,14 @@ NAME = "pht_convergence"
 PROBLEMS = {"paper": ("cifar10_mlp", "cifar10_convnet"),
             "cpu": ("fmnist_proxprop_mlp", "fmnist_proxprop_convnet"),
             "smoke": ("smoke_proxprop_mlp", "smoke_proxprop_convnet")}
-EPOCHS = {"paper": 50, "cpu": 6, "smoke": 2}   # paper: the ProxProp experiments' 50 epochs
+# scale -> model -> (epochs of SGD, SGD+momentum and the K=1 alternation; epochs of the K=5
+# alternation). The target is SGD's loss at the end of its budget; the K=5 alternation gets
+# fewer epochs where its epochs cost more than SGD's whole budget (measured: ConvNet 58 s vs
+# 4 s per epoch, MLP ~12x), so a run that has not reached the target by then is slower than SGD
+# in seconds however long it had run (per epoch it is censored: the reason says so).
+EPOCHS = {"paper": {"MLP": (50, 50), "ConvNet": (50, 50)},   # the ProxProp experiments' 50
+          "cpu": {"MLP": (3, 1), "ConvNet": (6, 2)},
+          "smoke": {"MLP": (2, 1), "ConvNet": (2, 1)}}
 SGD_LR = 0.1
 # SGD+momentum: ProxProp Table 1's best BackProp rate (0.05, Nesterov 0.95 there) with heavy
 # ball 0.9; plain SGD and the SGD-like alternation at 0.1 (no tuning; stated in the output)
@@ -72,14 +79,15 @@ def final_loss(res) -> float:
 
 def run(ctx: Context) -> list[Outcome]:
     scale = ctx.scale
-    ep = EPOCHS[scale]
     out: list[Outcome] = []
     for kind, pname in zip(("MLP", "ConvNet"), PROBLEMS[scale]):
         prob = get_problem(pname)
+        ep, ep_alt = EPOCHS[scale][kind]
         res: dict[str, list] = {m: [] for m in METHODS}
         for seed in range(ctx.seeds):
             for label, (method, hp) in METHODS.items():
-                res[label].append(ctx.trial(prob, method, hp, seed, ep, tag=label))
+                n = ep_alt if label == "pht_alt" else ep
+                res[label].append(ctx.trial(prob, method, hp, seed, n, tag=label))
         targets = [final_loss(r) for r in res["sgd"]]
         secs = {m: [time_to_target(r.evals, t) if r.status == "finished" else math.inf
                     for r, t in zip(rs, targets)] for m, rs in res.items()}
@@ -87,7 +95,7 @@ def run(ctx: Context) -> list[Outcome]:
                       else math.inf for r, t in zip(rs, targets)] for m, rs in res.items()}
         tgt = mean_or_nan(targets)
         what = f"{kind} ({pname}), target = SGD's training loss after {ep} epochs " \
-               f"(mean {tgt:.4g})"
+               f"(mean {tgt:.4g}); K=5 alternation run for {ep_alt} epochs"
         for m in ("sgd", "sgd_momentum"):
             out.append(Outcome(NAME, f"{kind}: seconds to target, {m}", None, "–", secs[m],
                                "s", scale, "reference only", what))
@@ -101,15 +109,21 @@ def run(ctx: Context) -> list[Outcome]:
                     "abstract" if base == "sgd" else "–", secs[m], "s", scale, v,
                     f"{claim}; faster than {base} (mean {_fmt(secs[base])} s) in training "
                     f"seconds, one-sided Welch p={p:.3g}; {what}"))
+            n = ep_alt if m == "pht_alt" else ep
             v, p = compare(epochs[m], epochs["sgd"], higher_is_better=False)
+            censored = n < ep and not all(math.isfinite(x) for x in epochs[m])
+            if censored:
+                v = "inconclusive"
             out.append(Outcome(
                 NAME, f"{kind}: epochs to target, {label} vs sgd", "substantially faster",
                 "abstract", epochs[m], "epochs", scale, v,
-                f"per epoch: fewer epochs than SGD ({_fmt(epochs['sgd'])}), p={p:.3g}; an "
-                f"alternation epoch costs more than an SGD epoch"))
+                f"per epoch: fewer epochs than SGD ({_fmt(epochs['sgd'])}), p={p:.3g}"
+                + (f"; ran {n} of SGD's {ep} epochs and did not always reach the target"
+                   if censored else "") + "; an alternation epoch costs more than SGD's"))
             out.append(Outcome(NAME, f"{kind}: final training loss, {label}", None, "–",
                                [final_loss(r) for r in res[m]], "loss", scale,
-                               "reference only", f"after {ep} epochs (SGD: {tgt:.4g})"))
+                               "reference only", f"after {n} epochs (SGD after {ep}: "
+                               f"{tgt:.4g})"))
     return out
 
 
