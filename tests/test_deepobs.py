@@ -299,15 +299,22 @@ def _cli(*args: str) -> int:
     return main(list(args))
 
 
-def test_exported_digits_store_is_aggregated_and_ranked_by_the_analyzer(deepobs, tmp_path,
-                                                                          capsys):
-    from deepobs.analyzer import shared_utils as su
-
-    store = str(tmp_path / "s.db")
+@pytest.fixture(scope="module")
+def digits_store(tmp_path_factory) -> Path:
+    """A tiny bench store: sgd at two learning rates (2 seeds each) and a diverging bpgrad."""
+    store = tmp_path_factory.mktemp("digits") / "s.db"
     for method, setting, seeds in (("sgd", "sgd.lr=0.05", "2"), ("sgd", "sgd.lr=0.2", "2"),
                                    ("bpgrad", "bpgrad.lipschitz=1e-6", "1")):
         assert _cli("bench", "--methods", method, "--set", setting, "--seeds", seeds,
-                    "--epochs", "2", "--store", store, "--quiet") == 0
+                    "--epochs", "2", "--store", str(store), "--quiet") == 0
+    return store
+
+
+def test_exported_digits_store_is_aggregated_and_ranked_by_the_analyzer(deepobs, digits_store,
+                                                                          tmp_path, capsys):
+    from deepobs.analyzer import shared_utils as su
+
+    store = str(digits_store)
     out = tmp_path / "dob"
     assert _cli("export", store, "--format", "deepobs", "--out", str(out)) == 0
     assert "exported 5 runs in DeepOBS's layout" in capsys.readouterr().out
@@ -326,6 +333,36 @@ def test_exported_digits_store_is_aggregated_and_ranked_by_the_analyzer(deepobs,
     diverged = su.aggregate_runs(str(next((out / "digits_mlp" / "bpgrad").iterdir())))
     losses = diverged["train_losses"]["mean"]
     assert len(losses) == 3 and losses[1] == losses[0] == losses[2]  # padded as DeepOBS does
+
+
+def test_recorded_training_accuracy_is_exported_and_ranked_by_valid_accuracy(deepobs,
+                                                                           digits_store,
+                                                                           tmp_path):
+    """With ``train_metric`` in every evaluation (written here into a copy of the store, as the
+    runner records it in an evaluation's extras) the three accuracy lists are exported and
+    DeepOBS ranks by ``valid_accuracies`` without falling back."""
+    import shutil
+    import sqlite3
+
+    from deepobs.analyzer import shared_utils as su
+
+    store = tmp_path / "s.db"
+    shutil.copy(digits_store, store)
+    with sqlite3.connect(store) as conn:
+        conn.execute("UPDATE evals SET extras = json_set(coalesce(extras, '{}'), "
+                     "'$.train_metric', val_metric + 0.01)")
+    out = tmp_path / "dob"
+    assert _cli("export", str(store), "--format", "deepobs", "--out", str(out)) == 0
+    I.name_problems(["digits_mlp"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback metric
+        ranked = su.create_setting_analyzer_ranking(str(out / "digits_mlp" / "sgd"), "final",
+                                                    "valid_accuracies")
+    finals = [sa.get_final_value("valid_accuracies") for sa in ranked]
+    assert finals == sorted(finals, reverse=True) and finals[0] > 0.5
+    rec = json.loads(next(Path(ranked[0].path).glob("*.json")).read_text())
+    np.testing.assert_allclose(rec["train_accuracies"], np.add(rec["valid_accuracies"], 0.01),
+                               rtol=0, atol=1e-12)
 
 
 def test_deepobs_record_layout_padding_and_accuracies():
