@@ -5,35 +5,29 @@ and trains with ``zero_grad(); loss, _ = tproblem.get_batch_loss_and_accuracy();
 loss.backward(); opt.step()`` -- the optimizer never sees the loss value, and the only hook into
 the model is the parameter list. What each method needs:
 
-============  ===============================================================================
-method        under DeepOBS
-============  ===============================================================================
-BPGrad        :class:`BeyondSGDRunner` (``make_runner("bpgrad")``): passes the minibatch loss
-              whose gradient ``backward()`` just computed to ``step(loss=...)``, calls
-              ``new_epoch()`` at every epoch start (``loss_estimate="running_mean"``), and
-              turns a refused step (NaN/inf, or a loss below ``loss_lower_bound`` with
-              ``on_below_bound="diverge"``, this spec's default) into DeepOBS's own divergence
-              record: the remaining training losses are NaN, so the runner's end-of-epoch check
-              pads the metrics with the initial values, as for any diverged run.
-SLBI          DeepOBS's own ``StandardRunner(SLBI, HYPERPARAMS["SLBI"])``: the flat parameter
-              list takes ``structure="auto"`` (filters for conv weights, neurons for 2-D
-              weights, no :math:`\Gamma` for 1-D; a warning when nothing gets one).
-ProxProp      ``make_runner("proxprop")`` (SGD) or ``make_runner("proxprop",
-              optimizer_class=torch.optim.Adam, ...)``: a model hook converts the test
-              problem's ``nn.Linear``/``nn.Conv2d`` layers with ``proxprop(net, tau_theta,
-              cg_iters)`` before the optimizer is built; ``tau_theta`` and ``cg_iters`` are
-              hyperparameters (they name the results folder). The results are filed as
-              ``ProxProp<Optimizer>``.
-PHT + SGD/Adam ``make_runner("pht_sgd")`` / ``"pht_adam"``: a model hook swaps every ``nn.ReLU``
-              for positive hard-thresholding with threshold ``tau`` (a hyperparameter).
-PHT alternation  no hook: each weight step needs the minibatch itself (record the supports,
-              then ``K`` steps or layer solves with them frozen, :class:`~beyondsgd.methods.pht.
-              Alternating`), which DeepOBS's loop keeps inside the test problem. Train it with
-              beyondsgd's runner or your own loop.
-GDSolver      no hook: its solver phase is an epoch-level MILP over stored training points and
-              needs the data and a validation split at plateaus; DeepOBS's runner hands the
-              optimizer neither. Use ``beyondsgd bench`` (or its Lightning callback).
-============  ===============================================================================
+* **BPGrad**: :class:`BeyondSGDRunner` (``make_runner("bpgrad")``) passes the minibatch loss
+  whose gradient ``backward()`` just computed to ``step(loss=...)``, calls ``new_epoch()`` at
+  every epoch start (``loss_estimate="running_mean"``), and turns a refused step (NaN/inf, or a
+  loss below ``loss_lower_bound`` with ``on_below_bound="diverge"``, this spec's default) into
+  DeepOBS's own divergence record: the remaining training losses are NaN, so the runner's
+  end-of-epoch check pads the metrics with the initial values, as for any diverged run.
+* **SLBI**: DeepOBS's own ``StandardRunner(SLBI, HYPERPARAMS["SLBI"])``; the flat parameter list
+  takes ``structure="auto"`` (filters for conv weights, neurons for 2-D weights, no
+  :math:`\Gamma` for 1-D; a warning when nothing gets one).
+* **ProxProp**: ``make_runner("proxprop")`` (SGD) or ``make_runner("proxprop",
+  optimizer_class=torch.optim.Adam)``: a model hook converts the test problem's
+  ``nn.Linear``/``nn.Conv2d`` layers with ``proxprop(net, tau_theta, cg_iters)`` before the
+  optimizer is built; ``tau_theta`` and ``cg_iters`` are hyperparameters (they name the results
+  folder); results are filed as ``ProxProp<Optimizer>``.
+* **PHT + SGD/Adam**: ``make_runner("pht_sgd")`` / ``"pht_adam"``: a model hook swaps every
+  ``nn.ReLU`` for positive hard-thresholding with threshold ``tau`` (a hyperparameter).
+* **PHT alternation**: no hook. Each weight step needs the minibatch itself (record the
+  supports, then ``K`` steps or layer solves with them frozen,
+  :class:`~beyondsgd.methods.pht.Alternating`), which DeepOBS's loop keeps inside the test
+  problem. Train it with beyondsgd's runner or your own loop.
+* **GDSolver**: no hook. Its solver phase is an epoch-level MILP over stored training points
+  with a validation split at plateaus; DeepOBS's runner hands the optimizer neither. Use
+  ``beyondsgd bench`` (or the Lightning callback).
 
 ``HYPERPARAMS`` holds each method's hyperparameter spec in DeepOBS's format (``{name: {"type":
 T, "default": v}}``; no default = required); the defaults are the constructors' except
