@@ -365,6 +365,26 @@ def test_recorded_training_accuracy_is_exported_and_ranked_by_valid_accuracy(dee
                                rtol=0, atol=1e-12)
 
 
+def test_trials_that_are_not_runs_are_skipped_and_counted(digits_store, tmp_path, capsys):
+    """A diverged trial without one finite evaluation, and an unfinished one, are no DeepOBS
+    runs: skipped, counted in the CLI's summary (DeepOBS itself is not needed here)."""
+    import shutil
+    import sqlite3
+
+    store = tmp_path / "s.db"
+    shutil.copy(digits_store, store)
+    with sqlite3.connect(store) as conn:
+        conn.execute("UPDATE evals SET train_loss = NULL WHERE trial_id IN "
+                     "(SELECT id FROM trials WHERE method = 'bpgrad')")
+        conn.execute("UPDATE trials SET status = 'running' WHERE id = "
+                     "(SELECT min(id) FROM trials)")
+    assert _cli("export", str(store), "--format", "deepobs", "--out", str(tmp_path / "o")) == 0
+    said = capsys.readouterr().out
+    assert "exported 3 runs" in said
+    assert "skipped: 1 diverged without a finite evaluation, 1 running" in said
+    assert len(list((tmp_path / "o").rglob("*.json"))) == 3
+
+
 def test_deepobs_record_layout_padding_and_accuracies():
     t = {"id": 1, "problem": "digits_mlp", "method": "sgd", "hparams": {"lr": 0.1}, "seed": 3,
          "epochs": 3, "status": "diverged", "train_fraction": 1.0, "tag": ""}

@@ -173,8 +173,9 @@ def export_deepobs(store: Store, out: str | Path) -> dict:
     that problem (all of them are in each file's ``optimizer_hyperparams``; DeepOBS reads them
     from there), so names stay within file-system limits. ``batch_size`` is the trial's
     recorded one (``env["batch_size"]``) or else the problem's. The timestamp is the trial's
-    finish time (UTC). Returns counts: ``written``, ``skipped`` (status -> number), and
-    ``accuracies`` (files with accuracies).
+    finish time (UTC). Returns counts: ``written``, ``skipped`` (reason -> number: trials
+    neither finished nor diverged, and trials without a finite evaluation), and ``accuracies``
+    (files with accuracies).
     """
     out = Path(out)
     trials = store.trials()
@@ -196,7 +197,12 @@ def export_deepobs(store: Store, out: str | Path) -> dict:
         env = t.get("env") or {}
         problem = PROBLEMS.get(t["problem"])
         batch = env.get("batch_size", problem.batch_size if problem else None)
-        rec = deepobs_record(t, store.evals(t["id"]), batch)
+        try:
+            rec = deepobs_record(t, store.evals(t["id"]), batch)
+        except ValueError:  # no finite evaluation (e.g. a NaN initial loss): not a run
+            skipped[f"{t['status']} without a finite evaluation"] = skipped.get(
+                f"{t['status']} without a finite evaluation", 0) + 1
+            continue
         folder = (out / export_name(t["problem"]) / export_name(t["method"]) /
                   deepobs_setting_name(rec, varying[t["problem"], t["method"]]))
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(t.get("finished") or 0))
