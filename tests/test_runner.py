@@ -409,3 +409,23 @@ def test_evaluate_is_chunk_independent_restores_mode_and_needs_a_metric_fn():
     assert ctx.val_loss(model) == whole[0]
     with pytest.raises(RuntimeError, match="no metric_fn"):
         ctx.val_metric(model)
+
+
+def test_train_metric_is_recorded_and_stored_without_changing_the_train_loss(tmp_store):
+    """Every row has ``train_metric`` (accuracy on the fixed training subset), equal to an
+    independent count on the trained model and kept by the store (with the extras); the
+    training loss is the one computed without it (bit for bit)."""
+    from beyondsgd.methods.base import evaluate
+
+    prob = PROBLEMS["digits_mlp"]
+    res = run_trial("digits_mlp", "adam", seed=2, epochs=2, store=tmp_store)
+    data = prob.load(0)
+    n = min(prob.train_eval_size, data.x_train.shape[0])
+    x, y = data.x_train[:n], data.y_train[:n]
+    with torch.no_grad():
+        acc = float((res.model.eval()(x).argmax(1) == y).double().mean())
+    assert res.final["train_metric"] == pytest.approx(acc, abs=1e-12)
+    assert 0 <= res.evals[0]["train_metric"] < res.final["train_metric"] <= 1
+    assert res.final["train_loss"] == evaluate(res.model, x, y, prob.loss_fn)[0]
+    stored = tmp_store.evals(res.trial_id)
+    assert [e["train_metric"] for e in stored] == [e["train_metric"] for e in res.evals]

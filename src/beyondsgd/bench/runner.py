@@ -5,8 +5,10 @@ A *trial* is (problem, method, hyperparameters, seed[, epochs, train fraction, t
 1. loads the problem's data (split seed fixed at 0, so every trial of a problem sees the same
    train/validation/test split; the trial seed drives initialisation and minibatch order),
 2. builds the model from the seed, lets the method ``prepare`` it,
-3. evaluates before training (epoch 0) and after every epoch: training loss on a fixed subset of
-   the training set, validation and test loss and metric, plus the method's ``metrics()``
+3. evaluates before training (epoch 0) and after every epoch: training loss and metric
+   (``train_metric``, stored with the row's extras) on a fixed subset of the training set
+   (the problem's ``train_eval_size`` first rows), validation and test loss and metric, plus
+   the method's ``metrics()``
    (:func:`beyondsgd.methods.base.evaluate`, the same function behind a method's
    ``TrainContext.evaluate``/``val_loss``/``val_metric``, so the numbers agree bit for bit),
 4. counts only training time (steps and end-of-epoch hooks, e.g. GDSolver's MILP) in
@@ -244,14 +246,16 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
 
     def record(epoch: int, events: list[dict] | None = None) -> dict:
         em = method.eval_model(model)
-        tr_loss, _ = evaluate(em, x_tr_eval, y_tr_eval, prob.loss_fn, distributed=dp)
+        tr_loss, tr_metric = evaluate(em, x_tr_eval, y_tr_eval, prob.loss_fn, prob.metric_fn,
+                                      distributed=dp)
         va_loss, va_metric = evaluate(em, data.x_val, data.y_val, prob.loss_fn, prob.metric_fn,
                                       distributed=dp)
         te_loss, te_metric = evaluate(em, data.x_test, data.y_test, prob.loss_fn, prob.metric_fn,
                                       distributed=dp)
         row = {"epoch": epoch, "step": step, "train_seconds": train_seconds,
                "train_loss": tr_loss, "val_loss": va_loss, "val_metric": va_metric,
-               "test_loss": te_loss, "test_metric": te_metric, **method.metrics(model)}
+               "test_loss": te_loss, "test_metric": te_metric, "train_metric": tr_metric,
+               **method.metrics(model)}
         if dp:  # DDP keeps the replicas identical; anything else is a bug worth seeing
             row["replica_max_diff"] = D.replica_difference(model)
         result.evals.append(row)
