@@ -342,10 +342,12 @@ def _slbi_plain_params(u):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        bs.SLBI(_mlp().parameters())
+        # structure="auto" (the default) couples Linear weights; 1-D parameters alone get no
+        # Gamma, so SLBI would be plain momentum SGD: that must warn
+        bs.SLBI([p for p in _mlp().parameters() if p.dim() == 1])
 
 
-api("SLBI-plain-parameters-selects-nothing", _slbi_plain_params, (ValueError, UserWarning),
+api("SLBI-vector-parameters-selects-nothing", _slbi_plain_params, (ValueError, UserWarning),
     ("slbi_param_groups",))
 api("proxprop-tau-theta", lambda u: bs.proxprop(_mlp(), tau_theta=-1.0), ValueError,
     ("tau_theta", "> 0"))
