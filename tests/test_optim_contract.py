@@ -211,8 +211,15 @@ def _moved(traj: list[torch.Tensor], start: torch.Tensor) -> bool:
 # --------------------------------------------------------------------------------------------
 def _package_optimizers() -> set[type]:
     found = set()
-    for info in pkgutil.walk_packages(bs.__path__, "beyondsgd."):
-        mod = importlib.import_module(info.name)
+    for info in pkgutil.walk_packages(bs.__path__, "beyondsgd.", onerror=lambda name: None):
+        try:
+            mod = importlib.import_module(info.name)
+        except ImportError:
+            # integrations need their optional extra (lightning, deepobs); elsewhere a failed
+            # import is a bug
+            if not info.name.startswith("beyondsgd.integrations."):
+                raise
+            continue
         for obj in vars(mod).values():
             if (inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)
                     and obj.__module__.startswith("beyondsgd")):
