@@ -155,11 +155,13 @@ def _train(ctx: Context, prob: Problem, cls, hp: dict, seed: int, epochs: int,
 
     def record(epoch: int) -> dict:
         em = method.eval_model(model)
-        tr, _ = evaluate(em, data.x_train[:n_eval], data.y_train[:n_eval], prob.loss_fn)
+        tr, trm = evaluate(em, data.x_train[:n_eval], data.y_train[:n_eval], prob.loss_fn,
+                           prob.metric_fn)
         vl, vm = evaluate(em, data.x_val, data.y_val, prob.loss_fn, prob.metric_fn)
         tl, tm = evaluate(em, data.x_test, data.y_test, prob.loss_fn, prob.metric_fn)
         row = {"epoch": epoch, "step": step, "train_seconds": seconds, "train_loss": tr,
-               "val_loss": vl, "val_metric": vm, "test_loss": tl, "test_metric": tm,
+               "train_metric": trm, "val_loss": vl, "val_metric": vm, "test_loss": tl,
+               "test_metric": tm,
                **method.metrics(model)}
         evals.append(row)
         if ctx.progress:
