@@ -84,7 +84,8 @@ def test_smoke_run_resumes_and_report_section_recomputes_from_store(capsys, tmp_
         runs = stored_outcomes(s)
         assert [(r.experiment.name, r.scale, r.seeds) for r in runs] == \
             [("proxprop_convnet", "smoke", 2)]
-        cg3 = next(o for o in runs[0].outcomes if o.quantity.startswith("final training loss"))
+        cg3 = next(o for o in runs[0].outcomes
+                   if o.quantity.startswith("final training loss") and "cg3" in o.quantity)
         finals = sorted(t["final_train_loss"] for t in s.trials(method="proxprop"))
         assert sorted(cg3.ours) == pytest.approx(finals, rel=1e-12)
         section = report_section(s, tmp_path / "rep", plots=False)
@@ -153,3 +154,17 @@ def test_paper_models_shapes_and_init():
         n = conv.weight.numel()
         assert abs(conv.weight.std().item() / sigma - 1) < 4 / math.sqrt(2 * n)
         assert torch.count_nonzero(conv.bias) == 0
+
+
+def test_table1_value_counts_blown_up_runs_as_diverged():
+    from beyondsgd.bench.reproduce.proxprop import table1_value
+    from beyondsgd.bench.runner import TrialResult
+
+    def res(status: str, losses: list[float]) -> TrialResult:
+        return TrialResult("p", "m", {}, 0, status,
+                           evals=[{"epoch": i, "train_loss": v} for i, v in enumerate(losses)])
+
+    assert table1_value(res("finished", [2.3, 1.0, 0.5])) == (0.5, "")
+    v, note = table1_value(res("finished", [2.3, 5.0, 1.6e11]))
+    assert math.isnan(v) and note == "seed 0: loss 1.6e+11 > initial 2.3"
+    assert math.isnan(table1_value(res("diverged", [2.3, math.nan]))[0])

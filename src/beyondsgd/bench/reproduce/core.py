@@ -68,7 +68,8 @@ class Outcome:
 
 
 class NotRecorded(LookupError):
-    """Replay: the trial is not (or not finished) in the store."""
+    """The trial is not (or not yet) finished in the store: replay of a partial run, or a trial
+    another process is running."""
 
 
 def full_tag(experiment: str, scale: str, tag: str = "") -> str:
@@ -130,8 +131,9 @@ class Context:
                         dataset=self.data_override.get(problem.name))
         if res.skipped:
             self.skipped += 1
-        elif res.busy:
-            self.log(f"{label}: run by {res.holder or 'another process'}; not waited for")
+        elif res.busy:  # its numbers are not known yet: no outcome can be computed
+            raise NotRecorded(f"{label} is being run by {res.holder or 'another process'}; "
+                              "re-run this command when it has finished")
         else:
             self.trained += 1
             self.log(f"{label}: {res.status}")
