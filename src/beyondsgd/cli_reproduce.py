@@ -146,7 +146,7 @@ def _apply_data_flags(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .bench.reproduce import Context
-    from .bench.reproduce.table import ExperimentRun, outcome_table, write_markdown
+    from .bench.reproduce.table import ExperimentRun, outcome_table, stored_wall, write_markdown
     from .bench.store import Store
 
     if args.list:
@@ -184,7 +184,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             ctx.log(f"done in {wall:.0f} s wall: {ctx.trained} trials trained, {ctx.skipped} "
                     "found in the store")
             runs.append(ExperimentRun(e, scale, n, outcomes, wall, ctx.train_seconds,
-                                      ctx.trials_seen, epoch_seconds=ctx.epoch_seconds))
+                                      ctx.trials_seen, epoch_seconds=ctx.epoch_seconds,
+                                      stored_wall=stored_wall(store, e.name, scale)))
     all_out = [o for r in runs for o in r.outcomes]
     if all_out:
         print(outcome_table(all_out))

@@ -45,7 +45,19 @@ class ExperimentRun:
     train_seconds: float = 0.0             # training seconds summed over its trials (stored)
     trials: int = 0
     missing: str = ""                      # why outcomes are missing (replay of a partial run)
+    stored_wall: float | None = None       # first trial start to last finish, from the store
     epoch_seconds: dict[str, list[float]] = field(default_factory=dict)  # Context.epoch_seconds
+
+
+def stored_wall(store: Store, name: str, scale: str) -> float | None:
+    """Seconds from the first trial's start to the last one's end, of one experiment at one
+    scale (the wall time of the run(s) that trained it; None without finished trials)."""
+    prefix = f"{TAG_PREFIX}:{name}:{scale}"
+    rows = [t for t in store.trials() if (t.get("tag") or "") == prefix
+            or (t.get("tag") or "").startswith(prefix + ":")]
+    starts = [t["started"] for t in rows if t.get("started")]
+    ends = [t["finished"] for t in rows if t.get("finished")]
+    return max(ends) - min(starts) if starts and ends else None
 
 
 def fmt_paper(v: float | str | None, source: str = "") -> str:
@@ -86,8 +98,10 @@ def run_markdown(run: ExperimentRun) -> str:
     """One experiment's section: what it measures, data, what changed at this scale, table."""
     e = run.experiment
     cost = f"{run.train_seconds:.0f} s of training over {run.trials} trials"
+    if run.stored_wall is not None:
+        cost += f", {run.stored_wall:.0f} s wall from its first trial's start to its last's end"
     if run.wall_seconds is not None:
-        cost += f", {run.wall_seconds:.0f} s wall this run"
+        cost += f" ({run.wall_seconds:.0f} s wall this invocation)"
     parts = [f"### {e.name} ({run.scale} scale, {run.seeds} seeds)", "",
              f"*{e.paper}* — {e.measures}.", "",
              f"- data: {e.data.get(run.scale, 'n/a')}",
@@ -151,6 +165,7 @@ def replay(store: Store, name: str, scale: str, seeds: int) -> ExperimentRun:
         run.missing = f"not every trial has finished ({exc})"
     run.train_seconds, run.trials = ctx.train_seconds, ctx.trials_seen
     run.epoch_seconds = ctx.epoch_seconds
+    run.stored_wall = stored_wall(store, name, scale)
     return run
 
 
