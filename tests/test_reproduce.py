@@ -168,3 +168,18 @@ def test_table1_value_counts_blown_up_runs_as_diverged():
     v, note = table1_value(res("finished", [2.3, 5.0, 1.6e11]))
     assert math.isnan(v) and note == "seed 0: loss 1.6e+11 > initial 2.3"
     assert math.isnan(table1_value(res("diverged", [2.3, math.nan]))[0])
+
+
+def test_doctests_of_the_reproduce_modules_and_paper_models():
+    import doctest
+
+    from beyondsgd.bench.reproduce import core, table
+
+    for mod in (core, table):
+        assert doctest.testmod(mod).failed == 0, mod.__name__
+    runner = doctest.DocTestRunner()
+    for fn in (M.proxprop_mlp, M.proxprop_convnet, M.bpgrad_cifar_quick):
+        for t in doctest.DocTestFinder().find(fn, globs={"torch": torch, "nn": torch.nn,
+                                                         fn.__name__: fn}):
+            runner.run(t)
+    assert runner.summarize(verbose=False).failed == 0
