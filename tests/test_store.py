@@ -122,7 +122,7 @@ def test_a_suite_worker_waits_for_a_busy_trial_then_takes_it_over(tmp_path):
     import threading
 
     from beyondsgd.bench.store import trial_key
-    from beyondsgd.bench.suite import Job, _run_job
+    from beyondsgd.bench.jobs import Job, run_job
     from beyondsgd.methods import get_method_class
     from beyondsgd.methods.base import resolve_hparams
 
@@ -134,7 +134,7 @@ def test_a_suite_worker_waits_for_a_busy_trial_then_takes_it_over(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "1 running"
         threading.Timer(1.0, release.touch).start()  # the holder exits, the trial unfinished
-        done = _run_job(str(tmp_path / "s.db"), job, "cpu", 1)
+        done = run_job(str(tmp_path / "s.db"), job, "cpu", 1)
     finally:
         release.touch()
         proc.wait(timeout=60)
