@@ -36,7 +36,7 @@ from torch import nn
 from ...methods import sparsity as S
 from ..problems import get_problem
 from .core import Context, Experiment, Outcome, PaperNumber, compare, final_value, register
-from .trained import analysed_trial, analysis_of, test_metric
+from .trained import analysed_trial, analysis_of, eval_test_metric
 
 PAPER = "DessiLBI (Fu et al., ICML 2020)"
 NAME = "dessilbi_lenet"
@@ -80,7 +80,7 @@ def removed_fraction(model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
 
 
 def _acc(prob, model: nn.Module, data) -> float:
-    return test_metric(prob, model, data)
+    return eval_test_metric(prob, model, data)
 
 
 def analyse_slbi(prob):
@@ -264,8 +264,7 @@ register(Experiment(
           "cpu": "Fashion-MNIST subset: 20000 train / 1000 validation / 5000 test",
           "smoke": "synthetic 1x28x28 images (200/64/64)"},
     cost={"paper": "2 methods x 3 seeds x 60 epochs (GPU; not measured here)",
-          "cpu": "6 trials x 12 epochs; measured 264 s for 6 epochs (load ~6 on 2 cores), so "
-                 "~9 min (docs/reproduce_papers.md)",
+          "cpu": "6 trials x 12 epochs: measured 252 s wall (docs/reproduce_papers.md)",
           "smoke": "seconds"},
     changes={"paper": "MNIST's 60000 training images less a 5000-image validation split (430 "
                       "steps per epoch, not 469); λ = 1 absolute as in the official code; our "

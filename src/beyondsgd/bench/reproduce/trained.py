@@ -42,7 +42,7 @@ from .core import Context, full_tag, stored_trial
 Analyse = Callable[[torch.nn.Module, Any, Any], dict]
 
 
-def test_metric(prob: Problem, model: torch.nn.Module, data) -> float:
+def eval_test_metric(prob: Problem, model: torch.nn.Module, data) -> float:
     """The problem's metric of ``model`` on the test set (as the runner records it)."""
     return evaluate(model, data.x_test, data.y_test, prob.loss_fn, prob.metric_fn)[1]
 
