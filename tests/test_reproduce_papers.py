@@ -143,7 +143,8 @@ def _ctx(store, name, seeds=2) -> Context:
                    experiment=name)
 
 
-@pytest.mark.parametrize("name", ["dessilbi_lenet", "gdsolver_regression"])
+@pytest.mark.parametrize("name", ["dessilbi_lenet", "gdsolver_regression", "gdsolver_mnist_data",
+                                  "pht_convergence"])
 def test_smoke_run_is_stored_and_replayed_identically(tmp_path, name):
     with Store(tmp_path / "s.db") as store:
         ctx = _ctx(store, name)
