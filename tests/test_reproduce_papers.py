@@ -196,3 +196,22 @@ def test_analysed_trial_resumes_from_its_checkpoint(tmp_path):
         assert not list((tmp_path / "b_checkpoints").glob("*.pt"))
     assert [e["test_loss"] for e in resumed.evals] == [e["test_loss"] for e in whole.evals]
     assert analysis_of(resumed.events)["test_l1"] == analysis_of(whole.events)["test_l1"]
+
+
+def test_every_configured_recipe_resolves_at_every_scale():
+    """A misspelt hyperparameter of a paper-scale recipe fails here, not on a GPU hours later."""
+    from beyondsgd.methods import get_method_class
+    from beyondsgd.methods.base import resolve_hparams
+
+    recipes = [("momentum", DL.SGD_HP)]
+    recipes += [("slbi", DL.slbi_hparams(s)) for s in ("paper", "cpu", "smoke")]
+    recipes += list(GD.BASELINES.values())
+    for scale_cfg in GD.DATA.values():
+        for _, ep, _, _, tl, budget in scale_cfg.values():
+            recipes.append(("gdsolver", GD._gd_hp(ep, tl, budget)))
+    recipes += list(PH.METHODS.values())
+    for method, hp in recipes:
+        resolved = resolve_hparams(get_method_class(method), hp)
+        assert all(resolved[k] == v for k, v in hp.items())
+    assert DL.slbi_hparams("paper")["lambda_unit"] == "absolute"   # official λ = 1 as given
+    assert GD._gd_hp(20, 60.0, 600.0)["solve_every"] == 10         # a solve after each half
