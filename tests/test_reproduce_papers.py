@@ -131,7 +131,8 @@ def test_time_to_target_and_gdsolver_helpers():
 
 def test_official_log_points():
     logs = GD.OFFICIAL_LOGS["gdsolver_mnist_data"]
-    assert GD._paper_point(logs, "gdsolver", 10 / 55, "gdsolver_mnist_data")[0] == 96.25
+    assert GD._paper_point(logs, "gdsolver", 10 / 55, "gdsolver_mnist_data")[0] == 94.95
+    assert GD._paper_point(logs, "gdsolver_official", 1.0, "gdsolver_mnist_data")[0] == 97.64
     assert GD._paper_point(logs, "sgd", 1.0, "gdsolver_mnist_data")[0] == 97.71
     assert GD._paper_point(logs, "adam", 1.0, "gdsolver_mnist_data")[0] is None
     assert GD._paper_point(logs, "sgd", 0.5, "gdsolver_mnist_data")[0] is None
