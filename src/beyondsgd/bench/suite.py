@@ -73,7 +73,7 @@ BUDGETS: dict[str, Budget] = {
         final_seeds={"digits_mlp": 4, "friedman_mlp": 5, "toy_polynomial_mlp": 5,
                      "mnist1d_mlp": 5},
         description="the README numbers: six problems, 4 tuning trials, 3-5 seeds "
-                    "(about half an hour on 2 idle cores)"),
+                    "(about 25 min on 2 idle cores)"),
     "full": Budget(
         "full", {"digits_mlp": None, "mnist1d_mlp": None, "mnist1d_cnn": None,
                  "fmnist_mlp": None, "fmnist_2c2d": None, "fmnist_lenet5": None,
