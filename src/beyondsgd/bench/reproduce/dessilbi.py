@@ -23,6 +23,14 @@ Not registered: VGG-16 / ResNet-56 on CIFAR-10. The digest gives their recipes (
 variant) but no paper number (Table 1 and the tickets' sparsity/accuracy are "not confirmed"),
 so there is no paper-vs-ours row to fill, and both need BatchNorm/residual blocks, which
 ``methods.sparsity``'s pruning does not support.
+
+The layers the official demo prunes, and the recipe at each scale::
+
+    >>> from beyondsgd.models import lenet5_official
+    >>> lenet_names(lenet5_official(seed=0))
+    {'conv3': '6.weight', 'fc1': '9.weight'}
+    >>> slbi_hparams("paper")["lambda_unit"], slbi_hparams("cpu")["lambda_unit"]
+    ('absolute', 'entry')
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ left out.
 (3 inputs, 2 outputs, the official 3-2-2 ReLU net): GDSolver = k epochs of SGD then one LP solve
 of the last layer, against SGD for 2k epochs (and for k: the solve's own contribution); test MSE
 and L1 and the training time. Paper: 31.5 % lower MSE in 48 % less time (abstract).
+
+The GDSolver recipe (solves after each half of the run) and a relative change::
+
+    >>> _gd_hp(20, 60.0, 600.0)["solve_every"], _rel(0.5, 1.0)
+    (10, -50.0)
 """
 
 from __future__ import annotations
