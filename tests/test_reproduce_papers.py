@@ -216,3 +216,13 @@ def test_every_configured_recipe_resolves_at_every_scale():
         assert all(resolved[k] == v for k, v in hp.items())
     assert DL.slbi_hparams("paper")["lambda_unit"] == "absolute"   # official λ = 1 as given
     assert GD._gd_hp(20, 60.0, 600.0)["solve_every"] == 10         # a solve after each half
+
+
+def test_doctests_of_the_dessilbi_gdsolver_pht_modules():
+    import doctest
+
+    from beyondsgd.bench.reproduce import trained
+
+    for mod in (DL, GD, PH, trained):
+        res = doctest.testmod(mod)
+        assert res.failed == 0 and res.attempted > 0, mod.__name__
