@@ -64,7 +64,7 @@ def analysed_trial(ctx: Context, problem: Problem, method: str, hparams: dict, s
     t = full_tag(ctx.experiment, ctx.scale, tag)
     if ctx.replay:
         return _counted(ctx, stored_trial(ctx.store, problem, method, hparams, seed, epochs, t,
-                                          train_fraction))
+                                          train_fraction), tag)
     cls = get_method_class(method)
     hp = resolve_hparams(cls, hparams or {})
     n_ep = problem.epochs if epochs is None else int(epochs)
@@ -75,7 +75,7 @@ def analysed_trial(ctx: Context, problem: Problem, method: str, hparams: dict, s
         if row is not None and row["status"] in ("finished", "diverged"):
             ctx.skipped += 1
             return _counted(ctx, stored_trial(store, problem, method, hparams, seed, epochs, t,
-                                              train_fraction))
+                                              train_fraction), tag)
     label = f"{problem.name} {method} {tag} seed {seed}".replace("  ", " ")
     started = time.time()
     evals, events, status = _train(ctx, problem, cls, hp, int(seed), n_ep, train_fraction,
@@ -91,16 +91,15 @@ def analysed_trial(ctx: Context, problem: Problem, method: str, hparams: dict, s
         ckpt = _ckpt_path(ctx, key)
         if ckpt is not None:
             C.remove(ckpt)
-    return _counted(ctx, res)
+    return _counted(ctx, res, tag)
 
 
-def _counted(ctx: Context, res: TrialResult) -> TrialResult:
-    """Count the trial in the context's totals (trials seen, training seconds), as
-    ``Context.trial`` does."""
-    if hasattr(ctx, "trials_seen"):
-        ctx.trials_seen += 1
-        if res.evals:
-            ctx.train_seconds += float(res.evals[-1].get("train_seconds") or 0.0)
+def _counted(ctx: Context, res: TrialResult, tag: str = "") -> TrialResult:
+    """Count the trial in the context's totals (trials seen, training seconds, seconds per
+    epoch) through the context's own bookkeeping, as ``Context.trial`` does."""
+    count = getattr(ctx, "_count", None)
+    if count is not None:
+        return count(res, tag)
     return res
 
 
