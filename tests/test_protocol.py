@@ -234,3 +234,22 @@ def test_the_smoke_budget_runs_every_method_end_to_end(smoke_store, tmp_path):
     with Store(path) as st:
         text = write_report(st, tmp_path / "rep").read_text()
     assert "## Claims" in text and "BPGrad" in text and "## Overview" in text
+
+
+def test_suite_cli_problems_and_studies_refuse_bad_values(capsys, tmp_path):
+    """--problems must name problems of the budget, --studies a positive integer: exit 2, one
+    line naming the value, nothing created."""
+    from beyondsgd.cli import main
+
+    store = tmp_path / "s.db"
+    assert main(["suite", "--budget", "smoke", "--problems", "fmnist_mlp",
+                 "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert "fmnist_mlp not in budget 'smoke'" in err and "digits_mlp, diabetes_mlp" in err
+    assert main(["suite", "--budget", "smoke", "--problems", ",", "--store", str(store)]) == 2
+    assert "names nothing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["suite", "--budget", "smoke", "--studies", "0", "--store", str(store)])
+    assert exc.value.code == 2 and "--studies: expected a positive integer" in \
+        capsys.readouterr().err
+    assert not store.exists()

@@ -10,6 +10,7 @@ traceback). ``report`` and ``export`` open the store read-only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -339,6 +340,14 @@ def cmd_suite(args: argparse.Namespace) -> int:
     _check_out(args.out)
     _apply_flags(args)
     budget = BUDGETS[args.budget]
+    if args.problems is not None:  # a subset of the budget's problems, same epochs
+        names = _csv(args.problems)
+        bad = [n for n in names if n not in budget.problems]
+        if bad or not names:
+            what = f"{', '.join(bad)} not in budget {args.budget!r}" if bad else "names nothing"
+            raise CLIError(f"--problems {args.problems!r}: {what}; accepted: comma-separated "
+                           f"names from {', '.join(budget.problems)}")
+        budget = dataclasses.replace(budget, problems={p: budget.problems[p] for p in names})
     run = methods or list(budget.methods or METHODS)
     preflight(Plan(tuple(budget.problems), tuple((m, {}) for m in run), args.device))
     store = args.store or f"results/suite_{args.budget}.db"
@@ -348,7 +357,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     print(f"suite {args.budget}: {budget.description}; store {store}; {where}",
           file=sys.stderr)
     try:
-        res = run_suite(args.budget, store, methods, workers=args.workers, threads=args.threads,
+        res = run_suite(budget, store, methods, workers=args.workers, threads=args.threads,
                         device=args.device, progress=not args.quiet, executor=args.executor,
                         address=args.address, studies=args.studies)
     except (ValueError, ImportError) as exc:
@@ -494,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "default: start a local cluster")
     su.add_argument("--threads", type=_pos_int, help="torch threads per worker "
                                                      "(default: cores / workers)")
+    su.add_argument("--problems", help="only these of the budget's problems (comma-separated; "
+                    "e.g. a second study on the cheap ones)")
     su.add_argument("--studies", type=_pos_int, help="independent tuning studies (default 1): "
                     "each draws its own settings and seeds; claims get one verdict per study, "
                     "the median is shown and a verdict that differs is marked unstable")
