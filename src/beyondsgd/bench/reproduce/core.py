@@ -266,17 +266,28 @@ def compare(a: list[float], b: list[float], higher_is_better: bool, kind: str = 
 
 
 def ci_text(values: list[float], digits: int = 3, scale: float = 1.0) -> str:
-    """``mean ± half-width of the 95% CI (n=k)``; ``–`` for seeds that diverged."""
+    """``mean ± half-width of the 95% CI (n=k)`` over the finite seeds; a NaN seed is counted as
+    diverged and a +inf seed (a time to target that was never reached) as never reaching it.
+
+    >>> ci_text([1.0, 2.0, float("inf"), float("nan")])
+    '1.5 ± 6.4 (n=2), 1 never reached, 1 diverged'
+    """
     from ..metrics import mean_ci
 
     fin = [v * scale for v in finite(values)]
-    n_bad = len(values) - len(fin)
+    n_never = sum(1 for v in values if v == math.inf)
+    n_bad = len(values) - len(fin) - n_never
     if not fin:
-        return "– (diverged)" if values else "–"
+        if not values:
+            return "–"
+        return "never reached" if n_never == len(values) else \
+            ("– (diverged)" if not n_never else f"– ({n_never} never reached, {n_bad} diverged)")
     m, _, lo, hi = mean_ci(fin)
     txt = f"{m:.{digits}g}" if len(fin) == 1 or math.isnan(lo) else \
         f"{m:.{digits}g} ± {(hi - lo) / 2:.{digits - 1 if digits > 1 else 1}g}"
     txt += f" (n={len(fin)})"
+    if n_never:
+        txt += f", {n_never} never reached"
     if n_bad:
         txt += f", {n_bad} diverged"
     return txt

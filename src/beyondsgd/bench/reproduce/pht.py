@@ -102,7 +102,7 @@ def run(ctx: Context) -> list[Outcome]:
         for m, label in LABELS.items():
             never = sum(1 for x in secs[m] if x == math.inf)
             note = f"; {never} of {len(secs[m])} seeds never reached the target (counted as " \
-                "infinitely slow; the table shows them as diverged)" if never else ""
+                "infinitely slow)" if never else ""
             for base in ("sgd", "sgd_momentum"):
                 v, p = compare(secs[m], secs[base], higher_is_better=False)
                 claim = "the claim" if base == "sgd" else "our addition: the stronger baseline"
