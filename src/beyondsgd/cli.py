@@ -146,7 +146,8 @@ def _apply_flags(args: argparse.Namespace) -> None:
     if getattr(args, "data_dir", None):
         if not Path(args.data_dir).is_dir():
             raise CLIError(f"--data-dir {args.data_dir!r} is not a directory; accepted: a "
-                           "directory holding the four (Fashion-)MNIST IDX files")
+                           "directory holding the four (Fashion-)MNIST IDX files and/or CIFAR-10's "
+                           "cifar-10-batches-py/")
         os.environ["BEYONDSGD_FASHION_MNIST"] = args.data_dir
         os.environ["BEYONDSGD_MNIST"] = args.data_dir
         os.environ["BEYONDSGD_CIFAR10"] = args.data_dir  # DIR/cifar-10-batches-py or DIR
@@ -447,14 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     li = sub.add_parser("list", help="problems (and whether their data is here), methods and "
                                      "their hyperparameters")
-    li.add_argument("--data-dir", help="directory with the (Fashion-)MNIST IDX files")
+    li.add_argument("--data-dir", help="directory with the (Fashion-)MNIST IDX files and/or "
+                                       "CIFAR-10's cifar-10-batches-py/")
     threads_help = (f"torch CPU threads (default {DEFAULT_THREADS}: measured as fast on an idle "
                     "2-core machine and far faster beside other work, for these small models)")
 
     def data_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="cuda" if _cuda() else "cpu",
                        help="cpu, cuda, cuda:N (default: cuda when available)")
-        p.add_argument("--data-dir", help="directory with the (Fashion-)MNIST IDX files")
+        p.add_argument("--data-dir", help="directory with the (Fashion-)MNIST IDX files and/or "
+                                          "CIFAR-10's cifar-10-batches-py/")
         p.add_argument("--download", action="store_true",
                        help="download (Fashion-)MNIST if missing (needs internet)")
 

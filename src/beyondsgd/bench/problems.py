@@ -58,7 +58,8 @@ class Problem:
         """``None`` when this problem's data can be loaded; otherwise one line saying what is
         missing and the command that gets it. Cheap (file existence and installed packages
         only, nothing is loaded), so ``list`` and pre-flight checks can call it for every
-        problem. Reads ``$BEYONDSGD_FASHION_MNIST`` / ``$BEYONDSGD_DOWNLOAD`` as the loaders do.
+        problem. Reads ``$BEYONDSGD_FASHION_MNIST`` / ``$BEYONDSGD_MNIST`` / ``$BEYONDSGD_CIFAR10``
+        / ``$BEYONDSGD_DOWNLOAD`` as the loaders do.
         """
         return self.data_check()
 
