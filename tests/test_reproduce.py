@@ -183,3 +183,22 @@ def test_doctests_of_the_reproduce_modules_and_paper_models():
                                                          fn.__name__: fn}):
             runner.run(t)
     assert runner.summarize(verbose=False).failed == 0
+
+
+def test_stored_wall_sums_the_trials_the_outcomes_use(tmp_path):
+    """An experiment's wall time is the sum of its own trials' start-to-end times: trials of an
+    earlier recipe under the same tag, and the idle time between invocations, do not count."""
+    from beyondsgd.bench.reproduce.table import stored_wall
+
+    tag = "reproduce:exp:cpu"
+    with Store(tmp_path / "w.db") as st:
+        ids = [st.record_trial(f"k{i}", "digits_mlp", "sgd", {"lr": 0.1}, i, 1, 1.0,
+                               tag + (":sgd" if i else ""), {}, "finished", [], [], {},
+                               started=s, finished=f)
+               for i, (s, f) in enumerate([(100.0, 110.0), (500.0, 530.0), (0.0, 1000.0)])]
+        st.record_trial("other", "digits_mlp", "sgd", {"lr": 0.1}, 9, 1, 1.0,
+                        "reproduce:exp2:cpu", {}, "finished", [], [], {}, started=0.0,
+                        finished=50.0)
+        assert stored_wall(st, "exp", "cpu", set(ids[:2])) == pytest.approx(40.0)
+        assert stored_wall(st, "exp", "cpu") == pytest.approx(1040.0)
+        assert stored_wall(st, "exp", "smoke") is None

@@ -96,6 +96,7 @@ class Context:
     skipped: int = 0               # trials found finished in the store
     trials_seen: int = 0           # trials returned by trial() (trained, resumed or stored)
     train_seconds: float = 0.0     # their training seconds (the runner's clock), summed
+    trial_ids: set[int] = field(default_factory=set)  # store ids of the trials returned
     # "method[tag]" -> training seconds per epoch of each of its trials (measured costs)
     epoch_seconds: dict[str, list[float]] = field(default_factory=dict)
     log_fn: Callable[[str], None] | None = None
@@ -141,6 +142,8 @@ class Context:
 
     def _count(self, res: TrialResult, tag: str = "") -> TrialResult:
         self.trials_seen += 1
+        if res.trial_id is not None:
+            self.trial_ids.add(int(res.trial_id))
         if res.evals:
             last = res.evals[-1]
             sec = float(last.get("train_seconds") or 0.0)

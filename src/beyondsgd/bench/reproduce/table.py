@@ -49,15 +49,20 @@ class ExperimentRun:
     epoch_seconds: dict[str, list[float]] = field(default_factory=dict)  # Context.epoch_seconds
 
 
-def stored_wall(store: Store, name: str, scale: str) -> float | None:
-    """Seconds from the first trial's start to the last one's end, of one experiment at one
-    scale (the wall time of the run(s) that trained it; None without finished trials)."""
+def stored_wall(store: Store, name: str, scale: str, ids: set[int] | None = None
+                ) -> float | None:
+    """Wall seconds of one experiment at one scale: the sum over its trials of each trial's
+    start-to-end time (the experiment trains them one after another, so this is its wall time
+    even when it ran in several invocations; None without finished trials). ``ids``: only these
+    trials (those its outcomes come from), so trials of an earlier recipe left in the store do
+    not count."""
     prefix = f"{TAG_PREFIX}:{name}:{scale}"
-    rows = [t for t in store.trials() if (t.get("tag") or "") == prefix
-            or (t.get("tag") or "").startswith(prefix + ":")]
-    starts = [t["started"] for t in rows if t.get("started")]
-    ends = [t["finished"] for t in rows if t.get("finished")]
-    return max(ends) - min(starts) if starts and ends else None
+    rows = [t for t in store.trials() if ((t.get("tag") or "") == prefix
+            or (t.get("tag") or "").startswith(prefix + ":"))
+            and (ids is None or t["id"] in ids)]
+    spans = [t["finished"] - t["started"] for t in rows
+             if t.get("started") is not None and t.get("finished") is not None]
+    return float(sum(spans)) if spans else None
 
 
 def fmt_paper(v: float | str | None, source: str = "") -> str:
@@ -99,7 +104,7 @@ def run_markdown(run: ExperimentRun) -> str:
     e = run.experiment
     cost = f"{run.train_seconds:.0f} s of training over {run.trials} trials"
     if run.stored_wall is not None:
-        cost += f", {run.stored_wall:.0f} s wall from its first trial's start to its last's end"
+        cost += f", {run.stored_wall:.0f} s wall (its trials' start-to-end times, summed)"
     if run.wall_seconds is not None:
         cost += f" ({run.wall_seconds:.0f} s wall this invocation)"
     parts = [f"### {e.name} ({run.scale} scale, {run.seeds} seeds)", "",
@@ -165,7 +170,7 @@ def replay(store: Store, name: str, scale: str, seeds: int) -> ExperimentRun:
         run.missing = f"not every trial has finished ({exc})"
     run.train_seconds, run.trials = ctx.train_seconds, ctx.trials_seen
     run.epoch_seconds = ctx.epoch_seconds
-    run.stored_wall = stored_wall(store, name, scale)
+    run.stored_wall = stored_wall(store, name, scale, ctx.trial_ids or None)
     return run
 
 
