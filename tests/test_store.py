@@ -121,8 +121,8 @@ def test_a_suite_worker_waits_for_a_busy_trial_then_takes_it_over(tmp_path):
     trial (here: until that process dies without ending it), then runs it."""
     import threading
 
-    from beyondsgd.bench.store import trial_key
     from beyondsgd.bench.jobs import Job, run_job
+    from beyondsgd.bench.store import trial_key
     from beyondsgd.methods import get_method_class
     from beyondsgd.methods.base import resolve_hparams
 
