@@ -202,3 +202,25 @@ def test_stored_wall_sums_the_trials_the_outcomes_use(tmp_path):
         assert stored_wall(st, "exp", "cpu", set(ids[:2])) == pytest.approx(40.0)
         assert stored_wall(st, "exp", "cpu") == pytest.approx(1040.0)
         assert stored_wall(st, "exp", "smoke") is None
+
+
+def test_the_committed_cpu_results_replay_from_their_store(tmp_path):
+    """The README's paper-vs-ours table is recomputed from docs/results/reproduce: every cpu
+    experiment must still find all its trials there. Trials are keyed by their resolved
+    hyperparameters, so a new hyperparameter default in a method the experiments use would
+    silently orphan them; this fails first."""
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "docs/results/reproduce/reproduce_cpu.db"
+    if not src.exists():
+        pytest.skip("docs/results/reproduce/reproduce_cpu.db is not in this checkout")
+    db = tmp_path / "copy.db"
+    shutil.copyfile(src, db)
+    with Store(db, readonly=True) as st:
+        runs = stored_outcomes(st)
+    assert {r.experiment.name for r in runs} == set(REGISTRY), "an experiment has no cpu results"
+    for r in runs:
+        assert r.scale == "cpu"
+        assert not r.missing, f"{r.experiment.name}: {r.missing}"
+        assert r.outcomes and all(o.verdict for o in r.outcomes)
