@@ -316,16 +316,23 @@ def markdown_table(rows: list[dict]) -> str:
         for r in rs:
             groups[_group_key(r)].append(r)
         for grs in groups.values():
+            r0 = grs[0]
+            # the tuning trials (one row per setting: 45+ per problem) fold away, as on GitHub
+            fold = len(groups) > 1 and study_of(r0["tag"]) is None and \
+                r0["tag"].split("-")[0] == TUNE_TAG
             if len(groups) > 1:
-                r0 = grs[0]
-                out.append(f"{'Tag ' + repr(r0['tag']) if r0['tag'] else 'No tag'}, "
-                           f"{r0['epochs']} epochs"
-                           + (f", {r0['train_fraction']:.0%} of the training data"
-                              if r0["train_fraction"] < 1 else "") + ":\n")
+                head = (f"{'Tag ' + repr(r0['tag']) if r0['tag'] else 'No tag'}, "
+                        f"{r0['epochs']} epochs"
+                        + (f", {r0['train_fraction']:.0%} of the training data"
+                           if r0["train_fraction"] < 1 else ""))
+                out += (["<details>", f"<summary>{head}: {len(grs)} tuning trials (click to "
+                         "show)</summary>", ""] if fold else [head + ":\n"])
             ref = [r["seconds_per_step"] for r in grs if r["method"] == "sgd"
                    and math.isfinite(r["seconds_per_step"])] or sgd
             out += _table_rows(grs, prob, ref)
             out.append("")
+            if fold:
+                out += ["</details>", ""]
         out.append(f"Verdict: {verdict_line(rs)}\n")
     return "\n".join(out)
 
