@@ -73,6 +73,7 @@ from .gdsolver_points import (
     OBJECTIVES,
     SELECTIONS,
     PlateauDetector,
+    account_solve,
     backoff_patience,
     check_selection,
     default_points,
@@ -225,13 +226,7 @@ class GDSolverMethod(OptimizerMethod):
         # under data parallelism each rank passes its own rows; the solver gathers them
         ev = self.solver.step(ctx.local(ctx.x_train), ctx.local(ctx.y_train),
                               ctx.local(ctx.x_val), ctx.local(ctx.y_val))
-        self.solves += 1
-        self.accepted += int(ev["accepted"])
-        self.seconds_used += ev["solve_seconds"] + ev["build_seconds"]
-        after = ev["val_loss_after"] if ev["accepted"] else val
-        self.plateau.patience = backoff_patience(self.hp["patience"], self.hp["backoff"],
-                                                 self.solves)
-        self.plateau.reset(best=after)  # a new GD phase starts
+        account_solve(self, ev, val, self.hp["patience"], self.hp["backoff"])  # new GD phase
         ev["trigger"] = "plateau" if plateau else "schedule"
         events.append(ev)
         return events

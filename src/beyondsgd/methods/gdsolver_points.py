@@ -180,3 +180,17 @@ def improves(loss0: float, acc0: float | None, loss1: float, acc1: float | None)
     if acc0 is not None and acc1 is not None:
         return acc1 > acc0 or (acc1 == acc0 and loss1 < loss0)
     return loss1 < loss0
+
+
+def account_solve(owner: Any, ev: dict, val_before: float, patience: int, backoff: float
+                  ) -> None:
+    """The bookkeeping after one solve, shared by the benchmark method and the Lightning
+    callback: ``owner`` (with ``solves``, ``accepted``, ``seconds_used`` and a
+    :class:`PlateauDetector` ``plateau``) counts the solve and its time, and a new GD phase
+    starts: the next plateau needs :func:`backoff_patience` epochs, measured from the
+    validation loss the solve left (its own when accepted, else ``val_before``)."""
+    owner.solves += 1
+    owner.accepted += int(ev["accepted"])
+    owner.seconds_used += ev["solve_seconds"] + ev["build_seconds"]
+    owner.plateau.patience = backoff_patience(patience, backoff, owner.solves)
+    owner.plateau.reset(best=ev["val_loss_after"] if ev["accepted"] else val_before)

@@ -50,7 +50,7 @@ from torch import nn
 
 from ...distributed import local_rows
 from ...methods.gdsolver import GDSolverMethod
-from ...methods.gdsolver_points import PlateauDetector, backoff_patience
+from ...methods.gdsolver_points import PlateauDetector, account_solve, backoff_patience
 from ...methods.gdsolver_step import GDSolver
 from ._pl import pl
 from .data import materialize
@@ -206,13 +206,7 @@ class GDSolverCallback(pl.Callback):
             return
         self.solver.time_limit = min(self.hp["time_limit"], left)
         ev = self.solver.step(*self._train, *self._val)
-        self.solves += 1
-        self.accepted += int(ev["accepted"])
-        self.seconds_used += ev["solve_seconds"] + ev["build_seconds"]
-        after = ev["val_loss_after"] if ev["accepted"] else val
-        self.plateau.patience = backoff_patience(self.hp["patience"], self.hp["backoff"],
-                                                 self.solves)
-        self.plateau.reset(best=after)  # a new GD phase starts
+        account_solve(self, ev, val, self.hp["patience"], self.hp["backoff"])  # new GD phase
         ev.update(trigger="plateau" if plateau else "schedule", epoch=epoch)
         self.events.append(ev)
         self._pending = ev
