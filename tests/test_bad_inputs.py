@@ -111,7 +111,9 @@ HPARAMS = [  # method, NAME=VALUE, what the message must say is accepted
     ("slbi", "lr=0", "lr > 0"), ("slbi", "lr=-1", ">= 0"), ("slbi", "momentum=-0.1", ">= 0"),
     ("slbi", "lambda_scaling=foo", "sqrt_size"), ("slbi", "conv=foo", "filter"),
     ("slbi", "coupling=foo", "paper"), ("slbi", "eval=foo", "sparse"),
-    ("slbi", "weight_decay=-1", ">= 0"),
+    ("slbi", "weight_decay=-1", ">= 0"), ("sgd", "step_size=-1", "step_size >= 0"),
+    ("adam", "gamma=0", "gamma > 0"), ("momentum", "gamma=-1", "gamma > 0"),
+    ("pht_alt", "momentum=-1", "[0, 1)"), ("pht_alt", "momentum=1", "[0, 1)"),
 ]
 for _m, _set, _acc in HPARAMS:
     _name, _val = _set.split("=", 1)

@@ -216,6 +216,8 @@ class Method:
 
     def __init__(self, hp: dict[str, Any] | None = None):
         self.hp = resolve_hparams(type(self), hp or {})
+        if "step_size" in self.hp:
+            check_schedule(self.hp)
 
     # ---- the four hooks -------------------------------------------------------------------
     def prepare(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
@@ -269,6 +271,15 @@ SCHEDULE_HPARAMS = (
     HParam("step_size", 0, int, "epochs between LR drops for schedule=step (0: epochs/3)"),
     HParam("gamma", 0.1, float, "LR factor at each drop for schedule=step"),
 )
+
+
+def check_schedule(hp: dict[str, Any]) -> None:
+    """The LR-schedule settings are valid whether or not ``schedule`` uses them (a bad value
+    must not wait for someone to switch the schedule on)."""
+    if int(hp.get("step_size", 0)) < 0:
+        raise ValueError(f"step_size={hp['step_size']}: accepted step_size >= 0 (0: epochs/3)")
+    if not float(hp.get("gamma", 0.1)) > 0:
+        raise ValueError(f"gamma={hp['gamma']}: accepted gamma > 0 (the LR factor at each drop)")
 
 
 def make_scheduler(

@@ -126,6 +126,9 @@ class PHTAlternation(Method):
         _check_tau(self.hp["tau"])
         if self.hp["lr"] <= 0:
             raise ValueError(f"lr must be > 0, got {self.hp['lr']}")
+        if "momentum" in self.hp and not 0 <= self.hp["momentum"] < 1:
+            raise ValueError(f"momentum must be in [0, 1) (used by inner=momentum), got "
+                             f"{self.hp['momentum']}")
         if self.hp["damping"] < 0 or self.hp["max_mask_mb"] < 0 or self.hp["solver_iters"] < 1:
             raise ValueError("damping and max_mask_mb must be >= 0 and solver_iters >= 1, got "
                              f"{self.hp['damping']}, {self.hp['max_mask_mb']}, "
