@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import textwrap
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -350,7 +351,9 @@ def paper_vs_ours(rows: Sequence[dict], path: str | Path) -> Path | None:
         groups[str(r["unit"])].append(r)
     heights = [len(g) + 1.2 for g in groups.values()]
     plt = _plt()
-    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.9 + 0.42 * sum(heights)),
+    # labels are long (experiment: quantity [verdict]): wrapped to two lines beside a wide
+    # figure, so the data area keeps most of the width and tight_layout can place them
+    fig, axes = plt.subplots(len(groups), 1, figsize=(14, 0.9 + 0.5 * sum(heights)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (unit, rs) in zip(axes[:, 0], groups.items()):
         values = [float(v) for r in rs for v in [*r["ours"], r["paper"]]
@@ -377,7 +380,8 @@ def paper_vs_ours(rows: Sequence[dict], path: str | Path) -> Path | None:
             bad = sum(1 for v in r["ours"] if v is None or not math.isfinite(float(v)))
             extra = f", {bad} of {len(r['ours'])} not finite" if bad else ""
             extra += ", no paper number" if r["paper"] is None else ""
-            labels.append(f"{r['experiment']}: {r['quantity']} [{r['verdict']}{extra}]")
+            labels.append(textwrap.fill(f"{r['experiment']}: {r['quantity']} "
+                                        f"[{r['verdict']}{extra}]", 72))
         ax.set_yticks(range(len(rs)), labels, fontsize=8)
         for tick, r in zip(ax.get_yticklabels(), reversed(rs)):
             tick.set_color(_verdict_colour(r["verdict"]))
@@ -395,7 +399,7 @@ def paper_vs_ours(rows: Sequence[dict], path: str | Path) -> Path | None:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     order = [k for k in ("ours: one seed", "ours: mean, 95% CI", "paper") if k in handles]
-    fig.suptitle("The papers' numbers and ours", fontsize=10)
+    axes[0, 0].set_title("The papers' numbers and ours", fontsize=10)  # (a suptitle overlapped)
     if order:
         fig.legend([handles[k] for k in order], order, loc="upper center", fontsize=8,
                    bbox_to_anchor=(0.5, 0.0), ncol=len(order), frameon=False)
