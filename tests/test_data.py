@@ -3,9 +3,7 @@ split determinism and clear errors."""
 
 import gzip
 import hashlib
-import http.server
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from beyondsgd import data as D
 from beyondsgd.data import datasets as DS
 from beyondsgd.data import mnist as M
 from beyondsgd.data.idx import DataFileError, parse_idx, read_idx, write_idx
+from local_http import LocalServer
 
 
 def _idx_bytes(code: int, shape: tuple, payload: bytes) -> bytes:
@@ -91,24 +90,7 @@ def _write_tiny_mnist(root: Path, n_train=20, n_test=10, seed=0) -> dict:
     return arrays
 
 
-class _Server:
-    """A static file server on 127.0.0.1 (never the real internet)."""
-
-    def __init__(self, directory: Path):
-        handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
-            *a, directory=str(directory), **k)
-        handler.log_message = lambda *a: None
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+_Server = LocalServer
 
 
 def _sums(root: Path) -> dict:

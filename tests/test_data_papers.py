@@ -9,13 +9,11 @@ below, so the restricted unpickler sees the same opcodes and globals as with the
 
 import argparse
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import struct
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from beyondsgd.data import cifar as C
 from beyondsgd.data import mnist as M
 from beyondsgd.data.download import fetch
 from beyondsgd.data.idx import DataFileError, write_idx
+from local_http import LocalServer
 
 torch.set_num_threads(1)
 N_PER_BATCH = 3  # images per tiny batch (the real ones have 10000)
@@ -117,35 +116,7 @@ def _trust(monkeypatch, archive: Path | None, batches: Path) -> None:
     monkeypatch.setattr(C, "CIFAR10_MEMBER_MD5", {n: _md5(batches / n) for n in C.MEMBERS})
 
 
-class _Server:
-    """A static file server on 127.0.0.1 that records the paths requested."""
-
-    def __init__(self, directory: Path):
-        self.requests: list[str] = []
-        requests = self.requests
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *a, **k):
-                super().__init__(*a, directory=str(directory), **k)
-
-            def do_GET(self):
-                requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+_Server = LocalServer
 
 
 @pytest.fixture
