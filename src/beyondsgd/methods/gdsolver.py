@@ -61,7 +61,6 @@ Algorithm for Deep Neural Networks.* IJCAI-22, pp. 1766-1773, doi:10.24963/ijcai
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -80,6 +79,7 @@ from .gdsolver_points import (
     find_head,
     improves,
     select_points,
+    solve_budget_left,
 )
 from .gdsolver_step import GDSolver
 from .highs import (
@@ -206,11 +206,7 @@ class GDSolverMethod(OptimizerMethod):
         return model
 
     def _budget_left(self) -> float:
-        if self.hp["max_solves"] and self.solves >= self.hp["max_solves"]:
-            return 0.0
-        if self.hp["solver_seconds"]:
-            return self.hp["solver_seconds"] - self.seconds_used
-        return math.inf
+        return solve_budget_left(self.hp, self.solves, self.seconds_used)
 
     def end_of_epoch(self, model: nn.Module, ctx: TrainContext, epoch: int) -> list[dict]:
         events = super().end_of_epoch(model, ctx, epoch)  # LR schedule

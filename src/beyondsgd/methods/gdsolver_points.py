@@ -194,3 +194,13 @@ def account_solve(owner: Any, ev: dict, val_before: float, patience: int, backof
     owner.seconds_used += ev["solve_seconds"] + ev["build_seconds"]
     owner.plateau.patience = backoff_patience(patience, backoff, owner.solves)
     owner.plateau.reset(best=ev["val_loss_after"] if ev["accepted"] else val_before)
+
+
+def solve_budget_left(hp: dict, solves: int, seconds_used: float) -> float:
+    """Solver seconds still allowed: 0 once ``max_solves`` solves ran, else what is left of
+    ``solver_seconds`` (inf when neither budget is set; 0 means no limit for both)."""
+    if hp["max_solves"] and solves >= hp["max_solves"]:
+        return 0.0
+    if hp["solver_seconds"]:
+        return hp["solver_seconds"] - seconds_used
+    return math.inf

@@ -41,7 +41,6 @@ Example (see ``docs/integrations/lightning/gdsolver_digits.py``)::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +49,12 @@ from torch import nn
 
 from ...distributed import local_rows
 from ...methods.gdsolver import GDSolverMethod
-from ...methods.gdsolver_points import PlateauDetector, account_solve, backoff_patience
+from ...methods.gdsolver_points import (
+    PlateauDetector,
+    account_solve,
+    backoff_patience,
+    solve_budget_left,
+)
 from ...methods.gdsolver_step import GDSolver
 from ._pl import pl
 from .data import materialize
@@ -186,11 +190,7 @@ class GDSolverCallback(pl.Callback):
 
     # ---- what: GDSolverMethod.end_of_epoch without the LR schedule ----------------------------
     def _budget_left(self) -> float:
-        if self.hp["max_solves"] and self.solves >= self.hp["max_solves"]:
-            return 0.0
-        if self.hp["solver_seconds"]:
-            return self.hp["solver_seconds"] - self.seconds_used
-        return math.inf
+        return solve_budget_left(self.hp, self.solves, self.seconds_used)
 
     def _end_of_epoch(self, trainer: Any, pl_module: Any) -> None:
         self._ran = True
