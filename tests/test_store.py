@@ -512,3 +512,89 @@ def test_unreadable_json_in_a_row_is_a_store_error(tmp_path):
     with Store(tmp_path / "s.db", readonly=True) as st:
         with pytest.raises(StoreError, match=r"s.db: is damaged: unreadable hparams of trial 2"):
             st.trials()
+
+
+# ---- reading on read-only media, no side files left ------------------------------------------
+def test_readonly_opens_leave_no_side_files_even_for_refused_stores(tmp_path):
+    """A store is in WAL mode; a plain ``mode=ro`` reader created ``-wal``/``-shm`` beside the
+    user's file and left them there, for stores it read and stores it refused alike."""
+    fill(tmp_path / "s.db", 3)
+    _newer(tmp_path / "newer.db")
+    before = {p.name: sha(p) for p in tmp_path.iterdir()}
+    with Store(tmp_path / "s.db", readonly=True) as st:
+        assert len(st.trials()) == 3
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            st.claim_trial("new", *TRIAL, env={})
+    with pytest.raises(StoreError, match="newer beyondsgd"):
+        Store(tmp_path / "newer.db", readonly=True)
+    assert {p.name: sha(p) for p in tmp_path.iterdir()} == before
+
+
+def test_readonly_shares_the_side_files_of_a_running_writer(tmp_path):
+    """While a writer holds the store (its -wal has rows not yet in the file), a reader sees
+    them, and leaves the writer's side files alone."""
+    with Store(tmp_path / "s.db") as writer:
+        writer.begin_trial("k1", *TRIAL, env={})
+        with Store(tmp_path / "s.db", readonly=True) as reader:
+            assert [t["key"] for t in reader.trials()] == ["k1"]
+        assert (tmp_path / "s.db-wal").exists()
+        writer.begin_trial("k2", *TRIAL, env={})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
+
+
+def test_readonly_mode_without_write_access_is_immutable(tmp_path, monkeypatch):
+    """Where the store cannot be written (read-only media, no permission: ``os.access`` says so
+    even to root on a read-only file system) it is opened immutable, creating nothing."""
+    from beyondsgd.bench import store_file
+
+    fill(tmp_path / "s.db", 2)
+    monkeypatch.setattr(store_file.os, "access", lambda *a, **k: False)
+    assert store_file.readonly_mode(tmp_path / "s.db") == "immutable"
+    with Store(tmp_path / "s.db", readonly=True) as st:
+        assert len(st.trials()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
+    with pytest.raises(StoreError, match="cannot be written: read-only file system"):
+        Store(tmp_path / "s.db")
+    with pytest.raises(StoreError, match="cannot be created: read-only file system"):
+        Store(tmp_path / "new.db")
+
+
+RO_MOUNT = "mount --bind {d} {d} && mount -o remount,ro,bind {d} {d} && "
+
+
+def _read_only_media(folder: Path, command: str) -> subprocess.CompletedProcess:
+    """Run ``command`` (a shell line) with ``folder`` bind-mounted read-only in a private mount
+    namespace (tests run as root, whom chmod does not stop; a read-only mount stops everyone)."""
+    line = RO_MOUNT.format(d=folder) + command
+    return subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", line],
+                          capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_a_store_on_read_only_media_is_read_and_a_writer_refused_in_one_line(tmp_path):
+    media = tmp_path / "ro"
+    media.mkdir()
+    fill(media / "good.db", 2)
+    try:
+        probe = _read_only_media(media, f"! touch {media}/probe")
+    except FileNotFoundError:
+        probe = None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("no read-only bind mount here (unshare --mount --map-root-user)")
+    digest = sha(media / "good.db")
+    read = _read_only_media(media, f"{sys.executable} -c \"from beyondsgd.bench.store import "
+                                   f"Store; print(len(Store('{media}/good.db', readonly=True)"
+                                   ".trials()))\"")
+    assert read.returncode == 0 and read.stdout.strip() == "2", read.stderr
+    out = tmp_path / "rep"
+    cli = f"{sys.executable} -m beyondsgd.cli"
+    report = _read_only_media(media, f"{cli} report {media}/good.db --out {out} --no-plots")
+    assert report.returncode == 0, report.stderr
+    assert "damaged" not in report.stderr and (out / "report.md").exists()
+    bench = _read_only_media(media, f"{cli} bench --methods sgd --epochs 1 --seeds 1 --quiet "
+                                    f"--store {media}/good.db")
+    assert bench.returncode == 2 and "Traceback" not in bench.stderr, bench.stderr
+    (line,) = bench.stderr.strip().splitlines()
+    assert "good.db: cannot be written: read-only file system" in line
+    assert sorted(p.name for p in media.iterdir()) == ["good.db"]
+    assert sha(media / "good.db") == digest

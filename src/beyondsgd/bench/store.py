@@ -115,8 +115,9 @@ def _reading(fn):
 class Store:
     """The results database (SQLite). ``Store(":memory:")`` works for tests.
 
-    ``readonly=True`` opens an existing store without ever writing to it (SQLite ``mode=ro``:
-    no schema, no migration, no journal-mode change). ``lease_seconds``: how long a trial
+    ``readonly=True`` opens an existing store without ever writing to it, also on read-only
+    media, and leaves no SQLite side files beside it (``store_file.readonly_mode``): no schema,
+    no migration, no journal-mode change. ``lease_seconds``: how long a trial
     claimed by a process on another host stays reserved without a heartbeat (``lease.py``).
     Raises :class:`StoreError` for a path that cannot be a store, a foreign, damaged or newer
     file, and (read-only) a missing or empty one; the file is then left as it was.

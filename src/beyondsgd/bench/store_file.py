@@ -10,7 +10,20 @@
 * a damaged file (SQLite's ``quick_check`` fails: truncated or garbled pages);
 * a store of a newer schema version than this code knows.
 
-Read-only connections use SQLite's ``mode=ro``: no schema, no migration, no journal-mode change.
+Read-only connections never write and never leave files beside the store (a store is kept in WAL
+mode, whose ``-wal``/``-shm`` side files a plain ``mode=ro`` reader creates and cannot remove, and
+cannot create at all on read-only media). :func:`readonly_mode` picks how:
+
+* ``shared``: side files already exist (a writer is running, or crashed): ``mode=ro`` with them,
+  as any SQLite reader (they are the writer's, not ours);
+* ``query-only``: the file and its folder are writable: a read-write connection with
+  ``PRAGMA query_only`` (SQLite refuses every change) that takes part in locking like any reader
+  and, being the last connection, removes the side files it needed when it closes;
+* ``immutable``: read-only media or no write permission: ``immutable=1``, nothing created, no
+  locks (nobody can be writing a file that cannot be written).
+
+No schema, no migration, no journal-mode change in any of them.
+
 A writable connection creates the schema in an empty file, migrates a store of an older version
 (version 0: the stores written before versions were recorded, recognised by their exact tables),
 and switches it to WAL, always inside one ``BEGIN IMMEDIATE`` transaction so that processes
@@ -19,6 +32,7 @@ opening one file at the same time agree.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import urllib.parse
 from pathlib import Path
@@ -98,14 +112,40 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
     else:
         p = Path(path)
         check_path(p, readonly)
-        uri = f"file:{urllib.parse.quote(str(p.absolute()))}?mode=" + \
-            ("ro" if readonly else "rwc")
+        how = readonly_mode(p) if readonly else "rwc"
+        query = {"shared": "mode=ro", "query-only": "mode=rw", "immutable": "mode=ro&immutable=1",
+                 "rwc": "mode=rwc"}[how]
+        uri = f"file:{urllib.parse.quote(str(p.absolute()))}?{query}"
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+            if how == "query-only":
+                conn.execute("PRAGMA query_only=ON")
         except sqlite3.Error as exc:
             raise StoreError(p, f"cannot be opened ({exc})") from exc
     conn.row_factory = sqlite3.Row
     return conn
+
+
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def side_files(p: Path) -> list[Path]:
+    """SQLite's files beside the store ``p`` that exist now."""
+    return [q for q in (p.with_name(p.name + s) for s in SIDE_FILES) if q.exists()]
+
+
+def writable(p: Path) -> bool:
+    """Whether this process may write ``p`` and create files beside it (``os.access`` also says
+    no on a read-only file system, even to root)."""
+    return os.access(p, os.W_OK) and os.access(p.absolute().parent, os.W_OK | os.X_OK)
+
+
+def readonly_mode(p: Path) -> str:
+    """How a read-only connection opens the existing store ``p`` (see the module docstring):
+    ``shared``, ``query-only`` or ``immutable``."""
+    if side_files(p):
+        return "shared"
+    return "query-only" if writable(p) else "immutable"
 
 def _prepare(conn: sqlite3.Connection, path: str, readonly: bool) -> None:
     version = inspect(conn, path)
@@ -192,3 +232,10 @@ def check_path(p: Path, readonly: bool) -> None:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(p, f"cannot be created ({exc.strerror or exc})") from exc
+    ok = writable(p) if p.exists() else os.access(p.absolute().parent, os.W_OK | os.X_OK)
+    if not ok:
+        what = "cannot be written" if p.exists() else "cannot be created"
+        raise StoreError(p, f"{what}: read-only file system or no write permission (a store "
+                            f"is written with SQLite files beside it, so its folder must be "
+                            f"writable too); accepted: a writable path, or read it with "
+                            f"`beyondsgd report` / `export`, which never write")
