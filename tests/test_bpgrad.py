@@ -830,3 +830,272 @@ def test_registered_method_hparams_and_epoch_hook():
     meth.end_of_epoch(model, None, 0)
     assert meth.optimizer.global_state["loss_count"] == 0
     assert meth.optimizer.param_groups[0]["lr"] == pytest.approx(1 / 20)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 22/27: keyword-only settings, the official short-batch scaling, maximize, foreach,
+# gradient scalers
+# --------------------------------------------------------------------------------------------
+def test_a_positional_second_argument_is_a_clear_type_error():
+    """BPGrad(params, 1e-3) used to mean L = 0.001 (a step 1000x the loss): refused now."""
+    with pytest.raises(TypeError, match=r"keywords only.*\(0\.001,\).*lipschitz=L"):
+        BPGrad(_tiny().parameters(), 1e-3)
+    with pytest.raises(TypeError, match="lipschitz=L"):
+        BPGrad(_tiny().parameters(), 10.0, 0.1)
+
+
+def _official_reference(w0, batches, nominal, L, rho, mu, wd, epoch_len):
+    """The official MatConvNet BPGrad update (cnn_train_v2_cifar_BPGrad.m, accumulateGradients
+    and processEpoch) written out on a flat vector: the loss layer returns the *sum* over the
+    batch's b samples; the norm is that of sum / nominal N, the direction sum / b + decay,
+    divided by that norm; f_t is the epoch's summed loss over its sample count; heavy ball
+    s = mu s - d, w += eta s."""
+    w, s_buf = w0.clone(), torch.zeros_like(w0)
+    f_hist, loss_sum, count, traj = [], 0.0, 0, []
+    for k, (x, y) in enumerate(batches):
+        if k % epoch_len == 0:
+            loss_sum, count = 0.0, 0
+        b = x.shape[0]
+        wg = w.clone().requires_grad_(True)
+        total = _ref_loss(wg, x, y) * b  # the sum over the batch's samples
+        (dzdw,) = torch.autograd.grad(total, wg)
+        loss_sum, count = loss_sum + float(total.detach()), count + b
+        f_hist.append(loss_sum / count)
+        eta = (f_hist[-1] - rho * min(f_hist)) / L
+        dzdw_norm = torch.linalg.vector_norm(dzdw / nominal)
+        par_der = (dzdw / b + wd * w) / dzdw_norm
+        s_buf = mu * s_buf - par_der
+        w = w + eta * s_buf
+        traj.append(w.clone())
+    return traj
+
+
+def _sized_batches(sizes, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(b, 3, generator=g, dtype=DT), torch.randn(b, 2, generator=g, dtype=DT))
+            for b in sizes]
+
+
+def _run_sized(model, opt, batches, epoch_len, with_batch_size=False):
+    traj = []
+    for k, (x, y) in enumerate(batches):
+        if k and k % epoch_len == 0:
+            opt.new_epoch()
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure, **({"batch_size": x.shape[0]} if with_batch_size else {}))
+        traj.append(_flat(model))
+    return traj
+
+
+def test_nominal_batch_size_matches_the_official_update_on_short_batches():
+    """Parity with the official code (docs/methods/bpgrad.md names this test): epochs of 8, 8
+    and 3 samples, N = 8, weight decay, official momentum and running mean."""
+    sizes, n, epoch_len = [8, 8, 3] * 3, 8, 3
+    batches = _sized_batches(sizes)
+    kw = dict(lipschitz=4.0, rho=0.1, momentum=0.9, weight_decay=1e-2,
+              momentum_form="official", loss_estimate="running_mean")
+    model = _tiny()
+    ref = _official_reference(_flat(model), batches, n, 4.0, 0.1, 0.9, 1e-2, epoch_len)
+    got = _run_sized(model, BPGrad(model.parameters(), nominal_batch_size=n, **kw), batches,
+                     epoch_len, with_batch_size=True)
+    for k, (a, b) in enumerate(zip(got, ref)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=f"step {k}")
+    # without the option (the true mean, minibatches weighted equally) the runs part after the
+    # first short batch (step 3)
+    plain = _tiny()
+    other = _run_sized(plain, BPGrad(plain.parameters(), **kw), batches, epoch_len)
+    torch.testing.assert_close(other[1], ref[1], rtol=0, atol=1e-12)
+    moved = float((ref[-1] - _flat(_tiny())).norm())
+    assert float((other[-1] - ref[-1]).norm()) / moved > 1e-2
+
+
+def test_nominal_batch_size_changes_nothing_on_full_batches():
+    batches = _batches(6)
+    kw = dict(lipschitz=4.0, momentum=0.9, loss_estimate="running_mean")
+    a, b = _tiny(), _tiny()
+    ta = _run_sized(a, BPGrad(a.parameters(), **kw), batches, 3)
+    tb = _run_sized(b, BPGrad(b.parameters(), nominal_batch_size=8, **kw), batches, 3,
+                    with_batch_size=True)
+    for x, y in zip(ta, tb):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-14)
+
+
+def test_nominal_batch_size_bad_input():
+    m = nn.Linear(2, 1)
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(ValueError, match=rf"nominal_batch_size must be None \(off\) or an "
+                                             rf"int >= 1.*got {bad!r}"):
+            BPGrad(m.parameters(), lipschitz=1.0, nominal_batch_size=bad)
+    x, y = torch.randn(4, 2), torch.randn(4, 1)
+
+    def closure(opt):
+        opt.zero_grad()
+        loss = F.mse_loss(m(x), y)
+        loss.backward()
+        return loss
+
+    opt = BPGrad(m.parameters(), lipschitz=1.0, nominal_batch_size=4)
+    with pytest.raises(ValueError, match=r"nominal_batch_size=4 needs step\(\.\.\., batch_size"):
+        opt.step(lambda: closure(opt))
+    for bad in (0, 5, 2.0, True):
+        with pytest.raises(ValueError, match=rf"batch_size must be an int in \[1, "
+                                             rf"nominal_batch_size=4\].*got {bad!r}"):
+            opt.step(lambda: closure(opt), batch_size=bad)
+    assert opt.global_state["step"] == 0
+    plain = BPGrad(m.parameters(), lipschitz=1.0)
+    with pytest.raises(ValueError, match="batch_size=4 is only used with nominal_batch_size"):
+        plain.step(lambda: closure(plain), batch_size=4)
+    with pytest.raises(ValueError, match="must be the same for all param groups"):
+        BPGrad([{"params": [m.weight]}, {"params": [m.bias], "nominal_batch_size": 4}],
+               lipschitz=1.0)
+
+
+@pytest.mark.parametrize("form", ["paper", "official"])
+def test_maximize_equals_minimising_the_negated_objective(form):
+    batches = _batches(6)
+    kw = dict(lipschitz=4.0, rho=0.2, momentum=0.9, weight_decay=1e-3, momentum_form=form,
+              loss_estimate="running_mean", loss_lower_bound=-0.5)
+    a, b = _tiny(), _tiny()
+    oa = BPGrad(a.parameters(), **kw)
+    ob = BPGrad(b.parameters(), maximize=True, **kw)
+    for x, y in batches:
+        def loss_a(x=x, y=y):
+            oa.zero_grad()
+            loss = F.mse_loss(a(x), y)
+            loss.backward()
+            return loss
+
+        def gain_b(x=x, y=y):  # the objective to maximise: -mse, bounded above by 0.5
+            ob.zero_grad()
+            gain = -F.mse_loss(b(x), y)
+            gain.backward()
+            return gain
+
+        assert float(oa.step(loss_a).detach()) == -float(ob.step(gain_b).detach())
+        assert torch.equal(_flat(a), _flat(b))
+    assert oa.global_state == ob.global_state
+    # the bound: with maximize it bounds -f, so an objective above -loss_lower_bound is refused
+    with pytest.raises(LossBelowBoundError, match=r"maximize=True the objective must stay <= "
+                                                  r"-loss_lower_bound = 0.5"):
+        ob.step(loss=torch.tensor(0.7, dtype=DT))
+    with pytest.raises(ValueError, match="maximize must be True or False, got 1"):
+        BPGrad(_tiny().parameters(), lipschitz=1.0, maximize=1)
+
+
+@pytest.mark.parametrize("form", ["paper", "official"])
+@pytest.mark.parametrize("mu,wd,maximize", [(0.9, 1e-2, False), (0.0, 0.0, True)])
+def test_foreach_false_is_the_same_update_one_tensor_at_a_time(form, mu, wd, maximize):
+    batches = _batches(5)
+    runs = []
+    for foreach in (None, True, False):
+        m = _tiny()
+        opt = BPGrad(m.parameters(), lipschitz=4.0, momentum=mu, weight_decay=wd,
+                     momentum_form=form, maximize=maximize, foreach=foreach,
+                     loss_lower_bound=-10.0 if maximize else 0.0)
+        if maximize:
+            traj = []
+            for x, y in batches:
+                def closure(x=x, y=y, opt=opt, m=m):
+                    opt.zero_grad()
+                    f = -F.mse_loss(m(x), y)
+                    f.backward()
+                    return f
+                opt.step(closure)
+                traj.append(_flat(m))
+            runs.append(traj)
+        else:
+            runs.append(_run_opt(m, opt, batches))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="foreach must be None, True or False, got 'yes'"):
+        BPGrad(_tiny().parameters(), lipschitz=1.0, foreach="yes")
+
+
+def test_a_state_dict_saved_before_the_new_settings_loads_and_continues():
+    model = _tiny()
+    opt = BPGrad(model.parameters(), lipschitz=3.0)
+    _run_opt(model, opt, _batches(2))
+    sd = copy.deepcopy(opt.state_dict())
+    for g in sd["param_groups"]:
+        for key in ("maximize", "foreach", "nominal_batch_size"):
+            del g[key]
+    m2 = copy.deepcopy(model)
+    o2 = BPGrad(m2.parameters(), lipschitz=3.0)
+    o2.load_state_dict(sd)
+    assert o2.param_groups[0]["maximize"] is False and o2.param_groups[0]["foreach"] is None
+    for a, b in zip(_run_opt(model, opt, _batches(2, 9)), _run_opt(m2, o2, _batches(2, 9))):
+        assert torch.equal(a, b)
+
+
+def test_gradient_scaler_steps_with_loss_and_refuses_clearly_without():
+    """torch.amp.GradScaler.step(opt) calls opt.step() without a closure: BPGrad names the
+    fix; scaler.step(opt, loss=loss) gives BPGrad's step on the unscaled gradient."""
+    batches = [(x.float(), y.float()) for x, y in _batches(4)]
+    a, b = _tiny().float(), _tiny().float()
+    oa = BPGrad(a.parameters(), lipschitz=4.0)
+    ob = BPGrad(b.parameters(), lipschitz=4.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for x, y in batches:
+        oa.zero_grad()
+        loss = F.mse_loss(a(x), y)
+        loss.backward()
+        oa.step(loss=loss)
+        ob.zero_grad()
+        loss_b = F.mse_loss(b(x), y)
+        scaler.scale(loss_b).backward()
+        scaler.step(ob, loss=loss_b)
+        scaler.update()
+        torch.testing.assert_close(_flat(a), _flat(b), rtol=1e-6, atol=1e-7)
+    ob.zero_grad()
+    scaler.scale(F.mse_loss(b(batches[0][0]), batches[0][1])).backward()
+    with pytest.raises(RuntimeError, match=r"gradient scaler.*scaler\.step\(opt, loss=loss\).*"
+                                           r"BPGradMixin"):
+        scaler.step(ob)
+
+
+def test_with_rho_zero_the_lower_bound_is_the_papers_f_star():
+    """docs/methods/bpgrad.md: a known optimum f* is used as the paper's pruning radius
+    (f_t - f*)/L with rho=0, loss_lower_bound=f*; with rho > 0 the step is measured from
+    f* + rho (min f - f*) instead (not f* itself)."""
+    f_star, L = 0.3, 5.0
+    model = _tiny()
+    x, y = _batches(1)[0]
+    for rho in (0.0, 0.4):
+        m = copy.deepcopy(model)
+        opt = BPGrad(m.parameters(), lipschitz=L, rho=rho, momentum=0.0,
+                     loss_lower_bound=f_star)
+        w0 = _flat(m)
+        f = float(F.mse_loss(m(x), y).detach()) + 1.0  # any loss above f*: shifted by +1
+
+        def closure(m=m, opt=opt):
+            opt.zero_grad()
+            loss = F.mse_loss(m(x), y) + 1.0
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        moved = float((_flat(m) - w0).norm())
+        radius = (f - f_star) / L  # the paper's pruning radius
+        if rho == 0.0:
+            assert moved == pytest.approx(radius, rel=1e-12)
+        else:
+            assert moved == pytest.approx((1 - rho) * radius, rel=1e-12)  # f_min = f_t here
+            assert moved < radius
+
+
+def test_docs_state_the_parity_option_and_the_known_optimum():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/methods/bpgrad.md").read_text()
+    assert "nominal_batch_size" in doc
+    assert "test_nominal_batch_size_matches_the_official_update_on_short_batches" in doc
+    assert "rho=0, loss_lower_bound=f*" in doc
+    assert "test_with_rho_zero_the_lower_bound_is_the_papers_f_star" in doc
+    assert "maximize=True" in doc and "foreach" in doc

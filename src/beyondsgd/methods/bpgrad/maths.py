@@ -12,8 +12,10 @@ import torch
 MOMENTUM_FORMS = ("paper", "official")
 LOSS_ESTIMATES = ("minibatch", "running_mean")
 BELOW_BOUND_ACTIONS = ("raise", "diverge")
-# Settings that concern the loss, which is global: the same value in every param group.
-GLOBAL_SETTINGS = ("loss_estimate", "loss_lower_bound", "on_below_bound")
+# Settings that concern the loss or the global gradient norm, which are global: the same value
+# in every param group.
+GLOBAL_SETTINGS = ("loss_estimate", "loss_lower_bound", "on_below_bound", "maximize",
+                   "nominal_batch_size")
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,6 +82,30 @@ def _check_group(g: dict[str, Any]) -> None:
     if g["on_below_bound"] not in BELOW_BOUND_ACTIONS:
         raise ValueError(f"BPGrad: on_below_bound must be one of {list(BELOW_BOUND_ACTIONS)}, "
                          f"got {g['on_below_bound']!r}")
+    if not isinstance(g.get("maximize", False), bool):
+        raise ValueError(f"BPGrad: maximize must be True or False, got {g['maximize']!r}")
+    if g.get("foreach") not in (None, True, False):
+        raise ValueError(f"BPGrad: foreach must be None, True or False, got {g['foreach']!r}")
+    _check_nominal(g.get("nominal_batch_size"))
+
+
+def _check_nominal(n: Any) -> None:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
+        raise ValueError(f"BPGrad: nominal_batch_size must be None (off) or an int >= 1 (the "
+                         f"batch size every full minibatch has), got {n!r}")
+
+
+def _check_batch_size(b: Any, nominal: int | None) -> int:
+    """``step(batch_size=b)``: an int in [1, nominal_batch_size], only with the parity option."""
+    if nominal is None:
+        raise ValueError(f"BPGrad.step: batch_size={b!r} is only used with "
+                         f"nominal_batch_size=N (the official code's short-batch scaling); "
+                         f"without it the gradient is the true mean and needs no batch size")
+    if isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 1 <= b <= nominal:
+        raise ValueError(f"BPGrad.step: batch_size must be an int in [1, nominal_batch_size="
+                         f"{nominal}] (the number of samples whose mean gradient is in .grad), "
+                         f"got {b!r}")
+    return int(b)
 
 
 def _lipschitz_to_lr(lipschitz: Any) -> float:
@@ -124,6 +150,8 @@ def bpgrad_update(
     momentum: float,
     weight_decay: float,
     momentum_form: str,
+    maximize: bool = False,
+    foreach: bool = True,
 ) -> list[torch.Tensor | None]:
     r"""One BPGrad update of ``params`` in place (multi-tensor; no Python loop over elements).
 
@@ -135,11 +163,21 @@ def bpgrad_update(
 
     ``momentum_buffers`` holds :math:`v` or :math:`s` per parameter (``None``: zero, created
     here). Returns the buffers (all ``None`` when ``momentum == 0``). ``grad_norm == 0`` (a
-    stationary point) leaves params and buffers unchanged.
+    stationary point) leaves params and buffers unchanged. ``maximize``: :math:`g_t` is
+    replaced by :math:`-g_t` (ascent; the caller negates the loss). ``foreach=False`` does the
+    same arithmetic one tensor at a time (no multi-tensor kernels).
     """
+    if momentum_form not in MOMENTUM_FORMS:
+        raise ValueError(f"momentum_form must be one of {list(MOMENTUM_FORMS)}, "
+                         f"got {momentum_form!r}")
     if not params or grad_norm == 0.0:
         return list(momentum_buffers)
     inv = 1.0 / grad_norm
+    if not foreach:
+        return _update_per_tensor(params, grads, momentum_buffers, eta, inv, momentum,
+                                  weight_decay, momentum_form, maximize)
+    if maximize:
+        grads = torch._foreach_neg(grads)
     d = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay != 0 else grads
     if momentum == 0.0:
         torch._foreach_add_(params, d, alpha=-eta * inv)
@@ -149,13 +187,36 @@ def bpgrad_update(
     if momentum_form == "paper":
         torch._foreach_add_(bufs, d, alpha=-eta * inv)
         torch._foreach_add_(params, bufs)
-    elif momentum_form == "official":
+    else:
         torch._foreach_add_(bufs, d, alpha=-inv)
         torch._foreach_add_(params, bufs, alpha=eta)
-    else:
-        raise ValueError(f"momentum_form must be one of {list(MOMENTUM_FORMS)}, "
-                         f"got {momentum_form!r}")
     return bufs
+
+
+def _update_per_tensor(params: list[torch.Tensor], grads: list[torch.Tensor],
+                       momentum_buffers: list[torch.Tensor | None], eta: float, inv: float,
+                       momentum: float, weight_decay: float, momentum_form: str,
+                       maximize: bool) -> list[torch.Tensor | None]:
+    """:func:`bpgrad_update`'s arithmetic one tensor at a time (``foreach=False``)."""
+    out: list[torch.Tensor | None] = []
+    for p, g, b in zip(params, grads, momentum_buffers):
+        if maximize:
+            g = g.neg()
+        d = g.add(p, alpha=weight_decay) if weight_decay != 0 else g
+        if momentum == 0.0:
+            p.add_(d, alpha=-eta * inv)
+            out.append(None)
+            continue
+        b = torch.zeros_like(p) if b is None else b
+        b.mul_(momentum)
+        if momentum_form == "paper":
+            b.add_(d, alpha=-eta * inv)
+            p.add_(b)
+        else:
+            b.add_(d, alpha=-inv)
+            p.add_(b, alpha=eta)
+        out.append(b)
+    return out
 
 
 def _global_grad_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
