@@ -598,3 +598,83 @@ def test_a_store_on_read_only_media_is_read_and_a_writer_refused_in_one_line(tmp
     assert "good.db: cannot be written: read-only file system" in line
     assert sorted(p.name for p in media.iterdir()) == ["good.db"]
     assert sha(media / "good.db") == digest
+
+
+# ---- a killed suite: its pool workers die with it and write nothing after -----------------------
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _rows(path: Path) -> int:
+    """Evaluation rows in the store (0 before it exists)."""
+    try:
+        with Store(path, readonly=True) as st:
+            return st.conn.execute("SELECT COUNT(*) FROM evals").fetchone()[0]
+    except StoreError:
+        return 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
+def test_pool_workers_of_a_killed_suite_exit_and_write_nothing_after(tmp_path):
+    """kill -9 of `beyondsgd suite` (the main process only) once its workers train: before, the
+    2 pool workers outlived it and wrote per-epoch rows into the store after its death. No clock:
+    polls until a worker has written, then until every worker is gone (or a row appears)."""
+    store = tmp_path / "s.db"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "beyondsgd.cli", "suite", "--budget", "smoke", "--methods",
+         "sgd,adam,momentum", "--workers", "2", "--threads", "1", "--store", str(store),
+         "--out", str(tmp_path / "report"), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        while proc.poll() is None and not (_rows(store) and len(_children(proc.pid)) >= 2):
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the suite ended before the test could kill it: " \
+                                    f"{proc.stderr.read()[-2000:]}"
+        workers = {pid: lease.start_token(pid) for pid in _children(proc.pid)}
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    # a commit under way at the kill may still land (one per worker); nothing after it may
+    written, cap = _rows(store), len(workers)
+    alive = list(workers)
+    for _ in range(20_000):  # a hang guard counted in polls, far beyond any worker's exit
+        alive = [pid for pid, token in workers.items() if lease.pid_alive(pid, token)]
+        if not alive or _rows(store) > written + cap:
+            break
+        time.sleep(0.05)
+    after = _rows(store)
+    assert after <= written + cap, f"workers wrote {after - written} rows after the suite died"
+    assert not alive, f"workers {alive} outlived the suite"
+
+
+def test_a_store_write_asks_before_write_first(tmp_store):
+    """The hook a pool worker sets (``jobs.exit_if_orphaned``) runs before every write
+    transaction, so a refusal there leaves the store as it was."""
+    tid = tmp_store.begin_trial("k1", *TRIAL, env={})
+    calls = []
+
+    def refuse():
+        calls.append(1)
+        raise RuntimeError("orphaned")
+
+    tmp_store.before_write = refuse
+    for write in (lambda: tmp_store.add_eval(tid, {"epoch": 0, "step": 0, "train_seconds": 0.0}),
+                  lambda: tmp_store.add_events(tid, 1, 1, [{"kind": "x"}]),
+                  lambda: tmp_store.truncate_after(tid, -1),
+                  lambda: tmp_store.end_trial(tid, "finished", {})):
+        with pytest.raises(RuntimeError, match="orphaned"):
+            write()
+    assert len(calls) == 4 and tmp_store.evals(tid) == [] and tmp_store.events(tid) == []
+    assert tmp_store.trials()[0]["status"] == "running"

@@ -6,12 +6,22 @@ trial (problem, method, hyperparameters, seed, epochs, tag, train fraction); :fu
 runs it into a store file and never raises; :func:`execute_local` runs many, in this process or
 on a process pool.
 
+A pool worker dies with the process that started the pool (:func:`init_worker`): on Linux the
+kernel kills it when its parent exits (``PR_SET_PDEATHSIG``), and everywhere it checks that its
+parent is still there before every store write and every job, exiting at once when it is not. A
+worker of a killed suite therefore writes nothing after the suite's death; its trial keeps a lease
+of a dead process, which the next run on this host takes over at once (``lease.py``).
+
 >>> Job("digits_mlp", "sgd", {"lr": 0.1}, seed=1, epochs=2, tag="final").train_fraction
 1.0
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,6 +31,38 @@ from typing import Any
 from .store import Store
 
 BUSY_POLL_SECONDS = 1.0
+EXIT_ORPHANED = 75  # a pool worker's exit status when its parent has died
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_parent_pid: int | None = None  # set in pool workers by init_worker
+
+
+def init_worker(parent_pid: int) -> None:
+    """Pool-worker initializer: die with the process ``parent_pid`` that started the pool.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (the kernel kills this worker when the thread
+    that started it exits, so the pool must be used by the thread that created it, as
+    ``run_suite`` does). Everywhere: :func:`exit_if_orphaned` before every job and store write.
+    """
+    global _parent_pid
+    _parent_pid = parent_pid
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl: the checks remain
+            pass
+    exit_if_orphaned()  # the parent may have died before prctl took effect
+
+
+def orphaned() -> bool:
+    """Whether this is a pool worker whose parent has died (it was re-parented)."""
+    return _parent_pid is not None and os.getppid() != _parent_pid
+
+
+def exit_if_orphaned() -> None:
+    """End this pool worker at once, writing nothing more, if its parent has died."""
+    if orphaned():
+        os._exit(EXIT_ORPHANED)
 
 
 @dataclass(frozen=True)
@@ -48,10 +90,13 @@ def run_job(store_path: str, job: Job, device: str, threads: int | None) -> tupl
 
     from .runner import run_trial
 
+    exit_if_orphaned()
     if threads:
         torch.set_num_threads(threads)
     try:
         with Store(store_path) as st:
+            if _parent_pid is not None:
+                st.before_write = exit_if_orphaned
             while True:
                 res = run_trial(job.problem, job.method, job.hparams, seed=job.seed,
                                 epochs=job.epochs, device=device, store=st, tag=job.tag,

@@ -236,13 +236,19 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
             model, device_ids=[device] if device.type == "cuda" else None)
     if ck is not None:
         start_epoch, step, train_seconds = ck["epoch"], ck["step"], ck["train_seconds"]
-        if store is not None:
-            store.truncate_after(trial_id, start_epoch)
+    lost = False
+    if store is not None:
+        try:  # a re-run from scratch (-1) replaces any stale rows; a resume drops later ones
+            store.truncate_after(trial_id, -1 if ck is None else start_epoch)
+        except TrialBusy:
+            lost = True
+        if ck is not None and not lost:
             result.evals = store.evals(trial_id)
             result.events = store.events(trial_id)
-
-    if ck is None and store is not None:
-        store.truncate_after(trial_id, -1)  # a re-run from scratch replaces any stale rows
+    if dp:
+        lost = D.broadcast_object(lost)  # every rank stops together
+    if lost:
+        raise _LeaseLost
 
     def record(epoch: int, events: list[dict] | None = None) -> dict:
         em = method.eval_model(model)

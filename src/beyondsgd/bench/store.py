@@ -33,7 +33,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +130,9 @@ class Store:
         self.lease_seconds = lease.lease_seconds(lease_seconds)
         self.conn = open_connection(self.path, self.readonly)
         self.conn.row_factory = sqlite3.Row
+        # called before every write transaction; may raise or end the process (a suite worker
+        # whose suite has died must not write: ``jobs.exit_if_orphaned``)
+        self.before_write: Callable[[], None] | None = None
 
     # ---- opening ------------------------------------------------------------------------
     def close(self) -> None:
@@ -147,6 +150,8 @@ class Store:
         if self.conn.in_transaction:
             yield
             return
+        if self.before_write is not None:
+            self.before_write()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -266,8 +271,9 @@ class Store:
 
     def truncate_after(self, trial_id: int, epoch: int) -> None:
         """Drop evaluations and events after ``epoch`` (used when resuming from a checkpoint;
-        the caller has just claimed the trial)."""
+        the caller has just claimed the trial; raises TrialBusy if it no longer holds it)."""
         with self._tx():
+            self._own(trial_id)
             self.conn.execute("DELETE FROM evals WHERE trial_id=? AND epoch>?", (trial_id, epoch))
             self.conn.execute("DELETE FROM events WHERE trial_id=? AND epoch>?", (trial_id, epoch))
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..methods import METHODS
-from .jobs import BUSY_POLL_SECONDS, Job, execute_local, run_job
+from .jobs import BUSY_POLL_SECONDS, Job, execute_local, init_worker, run_job
 from .problems import get_problem
 from .protocol import (
     DEFAULTS_TAG,
@@ -232,9 +232,11 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
                                    device=device, max_retries=max_retries).start()
     elif workers > 1:
         # one pool for the whole suite (each worker's start-up imports cost seconds); spawn,
-        # not fork: forking a process whose OpenMP threads have run can deadlock
+        # not fork: forking a process whose OpenMP threads have run can deadlock; the workers
+        # die with this process and never write after it (jobs.init_worker)
         pool = ProcessPoolExecutor(max_workers=workers,
-                                   mp_context=multiprocessing.get_context("spawn"))
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=init_worker, initargs=(os.getpid(),))
     try:
         return _run_suite(b, store_path, methods, threads, device, progress, ray_executor,
                           pool)
