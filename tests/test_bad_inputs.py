@@ -114,6 +114,11 @@ HPARAMS = [  # method, NAME=VALUE, what the message must say is accepted
     ("slbi", "weight_decay=-1", ">= 0"), ("sgd", "step_size=-1", "step_size >= 0"),
     ("adam", "gamma=0", "gamma > 0"), ("momentum", "gamma=-1", "gamma > 0"),
     ("pht_alt", "momentum=-1", "[0, 1)"), ("pht_alt", "momentum=1", "[0, 1)"),
+    # issue 27: decay factors >= 1 only "diverged"; a learning rate that is 0 in float32
+    ("momentum", "momentum=1.5", "momentum < 1"), ("momentum", "momentum=1", "momentum < 1"),
+    ("rmsprop", "alpha=1.5", "alpha < 1"), ("rmsprop", "alpha=1", "alpha < 1"),
+    ("rmsprop", "momentum=1.5", "momentum < 1"), ("sgd", "lr=1e-320", "0 in float32"),
+    ("adam", "lr=1e-20", "below the floor 1e-12"), ("slbi", "lr=1e-320", "lr >= 1e-12"),
 ]
 for _m, _set, _acc in HPARAMS:
     _name, _val = _set.split("=", 1)
@@ -136,6 +141,8 @@ cli("train-hp-lr-zero", "train", "--problem", "digits_mlp", "--method", "sgd", "
     needles=("lr=0.0", "lr > 0"))
 cli("train-hp-kappa-zero", "train", "--problem", "digits_mlp", "--method", "slbi", "--set",
     "kappa=0", needles=("kappa", "> 0"))
+cli("train-hp-lr-underflows", "train", "--problem", "digits_mlp", "--method", "sgd", "--set",
+    "lr=1e-320", needles=("lr=1e-320", "0 in float32", "lr >= 1e-12"))
 cli("train-hp-unknown-name", "train", "--problem", "digits_mlp", "--method", "sgd", "--set",
     "nosuch=1", needles=("nosuch", "accepted"))
 
@@ -237,6 +244,7 @@ DATA = {  # directory -> what must be named
     "data_counts": ("counts differ", "--download"),
     "data_badgzip": (IMG, "gzip"),
     "data_header": (IMG, "header"),
+    "data_labels": (LBL, "labels must be integers in 0..9", "e.g. 200"),
 }
 for _dir, _needles in DATA.items():
     for _cmd in (("bench", "--methods", "sgd", "--store", "{u}/good.db", "--epochs", "1"),
@@ -288,6 +296,7 @@ RT = dict(problem="digits_mlp", method="sgd", epochs=1)
 for _kw, _needles in [
     ({"seed": -1}, ("seed", "-1")), ({"seed": 1.5}, ("seed", "1.5")),
     ({"seed": "a"}, ("seed", "'a'")), ({"epochs": -1}, ("epochs", "-1")),
+    ({"epochs": 0}, ("epochs", "integer >= 1", "got 0")),
     ({"train_fraction": 0.0}, ("train_fraction", "(0, 1]")),
     ({"train_fraction": 1.5}, ("train_fraction", "(0, 1]")),
     ({"train_fraction": math.nan}, ("train_fraction", "(0, 1]")),
@@ -472,16 +481,16 @@ def user(tmp_path_factory) -> Path:
     _rewrite(img("data_badtype"), lambda raw: raw[:2] + b"\x07" + raw[3:])
     _rewrite(img("data_header"), lambda raw: raw[:6])
     write_idx(u / "data_counts" / f"{LBL}.gz", np.zeros(7, dtype=np.uint8))
+    write_idx(u / "data_labels" / f"{LBL}.gz", np.array([3, 200] * 10, dtype=np.uint8))
     img("data_badgzip").write_bytes(img("data_badgzip").read_bytes()[:40])
     return u
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    """Every user file's hash. SQLite's own -wal/-shm side files (which a read-only reader of a
-    WAL database creates) are not user files."""
+    """Every file's hash under the user's directory, SQLite's -wal/-shm side files included: a
+    refusal (or a read-only open) must not leave any beside the user's stores."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _fill(arg: str, u: Path, o: Path) -> str:

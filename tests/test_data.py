@@ -274,3 +274,24 @@ def test_problem_data_status(tmp_path, monkeypatch):
     check = P._needs_module("no_such_module_xyz", "no-such-package", "the XYZ data")
     assert check() == ("the XYZ data needs no-such-package, which is not installed; get it: "
                        "pip install 'beyondsgd[bench]'")
+
+
+@pytest.mark.parametrize("loader", ["load_fashion_mnist", "load_mnist"])
+@pytest.mark.parametrize("name,array,needle", [
+    ("train-labels-idx1-ubyte.gz", np.array([0, 1, 200] + [3] * 17, dtype=np.uint8),
+     "labels must be integers in 0..9, got 1 outside (e.g. 200"),
+    ("t10k-labels-idx1-ubyte.gz", np.full(10, -1, dtype=np.int8), "e.g. -1"),
+    ("t10k-labels-idx1-ubyte.gz", np.zeros(10, dtype=np.float32), "labels must be N integers"),
+    ("train-labels-idx1-ubyte.gz", np.zeros((20, 2), dtype=np.uint8), "of shape (20, 2)"),
+    ("train-images-idx3-ubyte.gz", np.zeros((20, 784), dtype=np.uint8), "images must be uint8"),
+])
+def test_idx_labels_and_images_are_checked(tmp_path, loader, name, array, needle):
+    """A label byte of 200 was read as class 200 of a 10-class problem (the CIFAR-10 reader
+    checks its labels; the IDX loaders did not)."""
+    root = tmp_path / "data"
+    _write_tiny_mnist(root)
+    write_idx(root / name, array)
+    with pytest.raises(DataFileError) as err:
+        getattr(D, loader)(root=root, val_size=5)
+    msg = str(err.value)
+    assert needle in msg and name in msg and "\n" not in msg, msg

@@ -36,8 +36,9 @@ def check_arguments(problem, method, hparams, seed, epochs, device, store, progr
         raise _bad("hparams", hparams, "a dict of hyperparameters or None")
     if not (_is_int(seed) and 0 <= seed <= MAX_SEED):
         raise _bad("seed", seed, f"an integer in [0, {MAX_SEED}]")
-    if epochs is not None and not (_is_int(epochs) and epochs >= 0):
-        raise _bad("epochs", epochs, "an integer >= 0 (or None: the problem's budget)")
+    if epochs is not None and not (_is_int(epochs) and epochs >= 1):
+        raise _bad("epochs", epochs, "an integer >= 1 (or None: the problem's budget); 0 "
+                   "trains nothing and would report the untrained network")
     if not (isinstance(train_fraction, numbers.Real) and not isinstance(train_fraction, bool)
             and 0.0 < train_fraction <= 1.0):
         raise _bad("train_fraction", train_fraction, "a number in (0, 1]")

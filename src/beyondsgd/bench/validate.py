@@ -5,8 +5,9 @@ directory or missing optional package gives one message (and exit code 2) instea
 trial per seed. Hyperparameters are checked by each method's *own* validation, not by bounds
 repeated here: :func:`check_method` constructs the method (its ``__init__`` checks) and calls its
 ``prepare`` on the problem's freshly built model (which runs the optimizer constructors' argument
-checks), without training. Two rules are ours and generic: ``lr=0`` and zero epochs train
-nothing, so they are refused instead of reporting an untrained network as a result.
+checks), without training. Two rules are ours and generic: ``lr=0`` (or a learning rate below
+:data:`MIN_LR`, e.g. 1e-320, which is 0 in float32) and zero epochs train nothing, so they are
+refused instead of reporting an untrained network as a result.
 
 Nothing here imports the CLI; the data flows cli -> bench.validate -> bench.runner/problems ->
 methods.
@@ -20,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data import DataFileError
@@ -28,6 +30,9 @@ from ..methods.base import resolve_hparams
 from .problems import Problem, get_problem
 
 BENCH_EXTRA = "pip install 'beyondsgd[bench]'"
+# the smallest learning rate accepted: an update of lr * gradient is below float32's resolution of
+# any weight of order 1e-5 or more well before this (float32 has a relative precision of 6e-8)
+MIN_LR = 1e-12
 # import name -> distribution name of the packages of the ``bench`` extra
 BENCH_MODULES = {"sklearn": "scikit-learn", "mnist1d": "mnist1d", "matplotlib": "matplotlib",
                  "tqdm": "tqdm", "scipy": "scipy"}
@@ -175,6 +180,20 @@ def _explain(exc: Exception) -> str:
     return text
 
 
+def check_lr(lr: Any) -> str | None:
+    """What is wrong with a learning rate that trains nothing (None if it can train): zero, or
+    a positive one below :data:`MIN_LR`; the message says whether it is even 0 in float32 (the
+    parameters' precision). Negative ones are each method's own refusal."""
+    if isinstance(lr, bool) or not isinstance(lr, float) or lr < 0 or lr >= MIN_LR:
+        return None
+    untrained = "trains nothing (the results would be the untrained network)"
+    if lr == 0.0:
+        return f"lr=0.0 {untrained}; accepted: lr > 0"
+    why = ("it is 0 in float32, the parameters' precision" if float(np.float32(lr)) == 0.0
+           else f"below the floor {MIN_LR:g}, too small to change float32 weights")
+    return f"lr={lr!r} {untrained}: {why}; accepted: lr > 0 and lr >= {MIN_LR:g}"
+
+
 def describe(method: str, hparams: dict[str, Any] | None) -> str:
     """``method (name=value, ...)`` for messages."""
     shown = ", ".join(f"{k}={v!r}" for k, v in sorted((hparams or {}).items()))
@@ -190,9 +209,9 @@ def check_method(prob: Problem, data, method: str, hparams: dict[str, Any] | Non
         hp = resolve_hparams(cls, dict(hparams or {}))
     except ValueError as exc:
         return str(exc)
-    if "lr" in hp and isinstance(hp["lr"], float) and hp["lr"] == 0.0:
-        return "lr=0.0 trains nothing (the results would be the untrained network); " \
-               "accepted: lr > 0"
+    lr_error = check_lr(hp.get("lr"))
+    if lr_error:
+        return lr_error
     epochs = prob.epochs if epochs is None else epochs
     try:
         if train_fraction < 1.0:

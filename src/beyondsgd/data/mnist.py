@@ -126,6 +126,27 @@ def mnist_status(root: str | Path | None = None, download: bool | None = None) -
     return _idx_status("MNIST", places, bool(explicit), "BEYONDSGD_MNIST", MNIST_HOW)
 
 
+NUM_CLASSES = 10  # MNIST digits 0..9, Fashion-MNIST's ten classes 0..9
+
+
+def check_images_labels(key: str, a: np.ndarray, path: Path) -> None:
+    """``DataFileError`` unless ``a`` is what an (Fashion-)MNIST IDX file holds: images uint8
+    (N, H, W), labels N integers in 0..9 (as the CIFAR-10 reader checks its labels)."""
+    if key.endswith("images"):
+        if a.dtype != np.uint8 or a.ndim != 3:
+            raise DataFileError(f"{path}: images must be uint8 of shape (N, 28, 28), got "
+                                f"{a.dtype} {a.shape}")
+        return
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        raise DataFileError(f"{path}: labels must be N integers in 0..{NUM_CLASSES - 1}, got "
+                            f"{a.dtype} of shape {a.shape}")
+    if a.size and (int(a.min()) < 0 or int(a.max()) >= NUM_CLASSES):
+        bad = a[(a < 0) | (a >= NUM_CLASSES)]
+        raise DataFileError(f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}, got "
+                            f"{len(bad)} outside (e.g. {int(bad[0])}; range "
+                            f"{int(a.min())}..{int(a.max())})")
+
+
 def _load_idx_dir(root: Path, how_to_get: str) -> dict[str, np.ndarray]:
     out = {}
     for key, stem in IDX_FILES.items():
@@ -135,6 +156,7 @@ def _load_idx_dir(root: Path, how_to_get: str) -> dict[str, np.ndarray]:
                                 f"{stem}). {how_to_get}")
         try:
             out[key] = read_idx(path)
+            check_images_labels(key, out[key], path)
         except DataFileError as exc:
             raise DataFileError(f"{exc}. {how_to_get}") from None
     n_tr, n_te = len(out["train_images"]), len(out["test_images"])

@@ -2,9 +2,16 @@
 
 Every baseline takes ``lr`` and ``weight_decay`` plus its own knobs and an optional per-epoch LR
 schedule (constant, step, cosine). Defaults are PyTorch's (Adadelta's lr=1.0 is Zeiler's).
+
+``torch.optim`` checks its arguments' signs only; the decay factors that must also stay below 1
+are checked here, when the method is built: a momentum of 1 or more makes the velocity grow
+without bound, and RMSProp's ``alpha`` of 1 or more leaves its squared-gradient average at zero or
+makes it negative, so those trials would only report "diverged".
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +24,15 @@ def _lr(default: float, low: float = 1e-5, high: float = 1.0) -> HParam:
 
 
 _WD = HParam("weight_decay", 0.0, float, "L2 weight decay")
+
+
+def check_unit_interval(hp: dict[str, Any], *names: str) -> None:
+    """``ValueError`` unless each of ``names`` is in [0, 1) (a decay factor or momentum)."""
+    for name in names:
+        v = hp[name]
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"{name}={v!r} is out of range; accepted: {name} >= 0 and "
+                             f"{name} < 1, i.e. [0, 1) ({name} >= 1 diverges)")
 
 
 @register
@@ -43,6 +59,10 @@ class Momentum(OptimizerMethod):
         _WD,
         *SCHEDULE_HPARAMS,
     )
+
+    def __init__(self, hp: dict[str, Any] | None = None):
+        super().__init__(hp)
+        check_unit_interval(self.hp, "momentum")
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=self.hp["lr"], momentum=self.hp["momentum"],
@@ -124,6 +144,10 @@ class RMSprop(OptimizerMethod):
         _WD,
         *SCHEDULE_HPARAMS,
     )
+
+    def __init__(self, hp: dict[str, Any] | None = None):
+        super().__init__(hp)
+        check_unit_interval(self.hp, "alpha", "momentum")
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(model.parameters(), lr=self.hp["lr"], alpha=self.hp["alpha"],
