@@ -42,7 +42,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     # table was measured with it, and K=1 then equals pht_sgd
     **{f"alt_K{k}{'_exact' if ex else ''}": ("pht_alt", {"inner_steps": k, "inner": "sgd",
                                                            "lr": 0.1,
-                                                           "exact": "last" if ex else "none"})
+                                                           "layer_solve": "last" if ex else "none"})
        for k in (1, 5, 20) for ex in (False, True)},
     # the ReLU baselines for 5x the epochs: about the seconds alt_K5 takes (equal-time check)
     "relu_sgd_long": ("sgd", {}),

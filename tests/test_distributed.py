@@ -56,8 +56,8 @@ PLAN.update({
     "proxprop_exact": ("proxprop", {"solver": "exact"}),
     "proxprop_mean": ("proxprop", {"gram": "mean", "cg_block": "layer"}),
     "bpgrad_running_mean": ("bpgrad", {"loss_estimate": "running_mean"}),
-    "pht_alt_step": ("pht_alt", {"exact_on": "step", "damping": 1e-2}),
-    "pht_alt_epoch_refresh": ("pht_alt", {"refresh": "epoch", "exact": "none"}),
+    "pht_alt_step": ("pht_alt", {"layer_solve_on": "step", "damping": 1e-2}),
+    "pht_alt_epoch_refresh": ("pht_alt", {"refresh": "epoch", "layer_solve": "none"}),
 })
 
 # The round-off floor. One-ulp input perturbations of the one-process run, measured on digits_mlp

@@ -11,6 +11,7 @@ import csv
 import doctest
 import importlib
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -155,6 +156,60 @@ def test_bpgrad_clipping_warns_once_and_changes_nothing():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def _fp16_scaler_plugin():
+    """Lightning's fp16 AMP with a gradient scaler, on CPU (``precision="16-mixed"`` on CPU
+    becomes bf16 without a scaler; on a GPU it is this plugin): the scaler calls
+    ``optimizer.step()`` without the closure."""
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+
+
+def test_bpgrad_plain_module_under_fp16_scaler_refuses_with_the_fix():
+    x, y = _data(64)
+    with pytest.raises(RuntimeError, match=r"gradient scaler.*BPGradMixin"):
+        _fit(Small(), x, y, 32, plugins=[_fp16_scaler_plugin()])
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_bpgrad_mixin_under_fp16_scaler_equals_plain_torch_amp(k):
+    """The mixin passes f_t as step(loss=...), which Lightning's scaler forwards to BPGrad;
+    the reference is plain torch AMP (fp16 autocast, GradScaler, scaler.step(opt, loss=loss))
+    on the concatenated microbatches."""
+    x, y = _data(96)
+    model = SmallBP()
+    ref = Small().net
+    micro = 32 // k  # k microbatches of 32 // k rows: 32 rows per optimizer step
+    _fit(model, x, y, micro, accumulate_grad_batches=k, plugins=[_fp16_scaler_plugin()])
+    opt = bs.BPGrad(ref.parameters(), lipschitz=5.0)
+    scaler = torch.amp.GradScaler("cpu")
+    for i in range(0, 96, 32):
+        opt.zero_grad()
+        parts = [(x[j:j + micro], y[j:j + micro]) for j in range(i, i + 32, micro)]
+        losses = []
+        for xb, yb in parts:
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.cross_entropy(ref(xb), yb)
+            scaler.scale(loss / k).backward()
+            losses.append(loss.detach().float())
+        scaler.step(opt, loss=torch.stack(losses).mean())
+        scaler.update()
+    assert model.optimizers().optimizer.global_state["step"] == 3
+    assert model.optimizers().optimizer.global_state["f_t"] == pytest.approx(
+        opt.global_state["f_t"], rel=1e-5)
+    for p, q in zip(model.net.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_bpgrad_plain_module_runs_unchanged_under_bf16_mixed():
+    """No scaler under bf16-mixed: Lightning passes the closure and BPGrad gets the loss."""
+    x, y = _data(96)
+    model = Small()
+    _fit(model, x, y, 32, precision="bf16-mixed")
+    st = model.optimizers().optimizer.global_state
+    assert st["step"] == 3 and math.isfinite(st["f_t"]) and st["f_t"] > 0
+
+
 # ---- PHT alternation ---------------------------------------------------------------------------
 class PHTNet(L.PHTAlternationMixin, pl.LightningModule):
     def __init__(self, k):
@@ -200,6 +255,16 @@ def test_pht_needs_manual_optimization():
     x, y = _data(32)
     with pytest.raises(RuntimeError, match="automatic_optimization = False"):
         pl.Trainer(max_epochs=1, **QUIET).fit(Auto(), DataLoader(TensorDataset(x, y), 32))
+
+
+def test_pht_mixin_refuses_data_parallelism(monkeypatch):
+    """The docs say DDP is unsupported: a trainer with world_size > 1 is refused clearly
+    (simulated: world_size patched to 2 on a one-process CPU trainer)."""
+    monkeypatch.setattr(pl.Trainer, "world_size", property(lambda self: 2))
+    x, y = _data(32)
+    with pytest.raises(ValueError, match=r"does not support data parallelism \(trainer\."
+                                         r"world_size=2\).*pht_alt under torchrun"):
+        pl.Trainer(max_epochs=1, **QUIET).fit(PHTNet(1), DataLoader(TensorDataset(x, y), 32))
 
 
 # ---- GDSolver callback ------------------------------------------------------------------------

@@ -25,11 +25,18 @@ from .bench.problems import PROBLEMS, get_problem
 from .bench.report import label, markdown_table, summarize, write_report
 from .bench.runner import run_trial
 from .bench.store import Store
-from .bench.validate import Plan, PreflightError, extra_hint, preflight, require_bench_extra
+from .bench.validate import (
+    Plan,
+    PreflightError,
+    check_out_dir,
+    extra_hint,
+    preflight,
+    require_bench_extra,
+)
 from .data import DataFileError
 from .distributed import restored_environ
 from .methods import METHODS, get_method_class
-from .methods.base import resolve_hparams
+from .methods.base import canonical_hparams, resolve_hparams
 
 QUICK_PROBLEM = "digits_mlp"
 QUICK_EPOCHS = 10
@@ -132,9 +139,10 @@ def parse_overrides(items: list[str], methods: list[str], single: str | None = N
     for method, hp in out.items():
         try:
             out[method] = resolve_hparams(get_method_class(method), hp)
+            given = canonical_hparams(get_method_class(method), hp)  # renamed: the new names
         except ValueError as exc:
             raise CLIError(f"--set: {exc}") from None
-        out[method] = {k: v for k, v in out[method].items() if k in hp}
+        out[method] = {k: v for k, v in out[method].items() if k in given}
     return out
 
 
@@ -156,16 +164,14 @@ def _apply_flags(args: argparse.Namespace) -> None:
 
 
 def _check_out(path: str | None, flag: str = "--out") -> None:
-    """Refuse an output directory that cannot be created, before any work."""
+    """Refuse an output directory that cannot be created or written, before any work
+    (:func:`beyondsgd.bench.validate.check_out_dir`: a probe file is created and removed)."""
     if path is None:
         return
-    p = Path(path)
-    for q in (p, *p.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise CLIError(f"{flag} {path!r}: {q} is a file, not a directory; accepted: a "
-                               "directory (created if missing)")
-            return
+    try:
+        check_out_dir(path, flag)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _open_store(path: str, readonly: bool = False) -> Store:
@@ -338,7 +344,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         raise CLIError(f"--address {args.address!r} needs --executor ray")
     methods = resolve_methods(args.methods) if args.methods is not None else None
     require_bench_extra("suite")
-    _check_out(args.out)
+    _check_out(args.out or f"results/report_{args.budget}")
     _apply_flags(args)
     budget = BUDGETS[args.budget]
     if args.problems is not None:  # a subset of the budget's problems, same epochs

@@ -15,7 +15,8 @@ method gets it:
 * **GDSolver** gathers its solver points on rank 0, solves the MILP there and broadcasts the
   result; validation losses are summed over the ranks.
 * **PHT** masks are per sample and stay on their rank; the frozen-support steps are ordinary
-  DDP steps.
+  DDP steps (the registered ``pht_alt``, which runs them through the DDP wrapper). Lightning's
+  ``PHTAlternationMixin`` refuses more than one process: its inner steps bypass the wrapper.
 
 Every collective here is a no-op when ``torch.distributed`` is not initialised or has one
 process, so the same code runs on one process unchanged.

@@ -94,8 +94,19 @@ def dumps(obj: Any) -> str:
     return json.dumps(_clean(obj), sort_keys=True, default=str)
 
 
+def _method_class(method: str) -> Any:
+    from ..methods import METHODS  # lazy: the store itself needs no method
+
+    return METHODS.get(method)
+
+
 def trial_key(problem: str, method: str, hparams: dict, seed: int, epochs: int,
               train_fraction: float = 1.0, tag: str = "") -> str:
+    """The trial's identity. A renamed hyperparameter (``Method.renamed_hparams``) is hashed
+    under its old name, so trials stored before the rename keep their keys."""
+    from ..methods.base import key_hparams
+
+    hparams = key_hparams(_method_class(method), hparams)
     payload = dumps({"problem": problem, "method": method, "hparams": hparams, "seed": seed,
                      "epochs": epochs, "train_fraction": train_fraction, "tag": tag})
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
@@ -408,6 +419,10 @@ class Store:
             for c in LEASE_COLUMNS:
                 r.pop(c, None)
             r["hparams"] = self._loads(r["hparams"], f"hparams of trial {r['id']}")
+            if isinstance(r["hparams"], dict):  # renamed hyperparameters: the new names
+                from ..methods.base import canonical_hparams
+
+                r["hparams"] = canonical_hparams(_method_class(r["method"]), r["hparams"])
             r["env"] = self._loads(r.get("env"), f"env of trial {r['id']}")
         return rows
 

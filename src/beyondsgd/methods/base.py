@@ -17,8 +17,9 @@ a method may need (device, loss function, task, the training and validation tens
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -213,6 +214,10 @@ class Method:
     # Published defaults differ from our per-problem defaults for some methods; the tuning
     # protocol's "defaults" column uses these when given.
     published_defaults: ClassVar[dict[str, Any]] = {}
+    # Renamed hyperparameters, old name -> new name: the old name is still accepted (with a
+    # DeprecationWarning), stored rows that use it read as the new one, and trial keys hash the
+    # old name, so trials stored before the rename keep their keys (``key_hparams``).
+    renamed_hparams: ClassVar[dict[str, str]] = {}
 
     def __init__(self, hp: dict[str, Any] | None = None):
         self.hp = resolve_hparams(type(self), hp or {})
@@ -247,8 +252,46 @@ class Method:
         return model
 
 
+def canonical_hparams(cls: type[Method] | None, given: dict[str, Any],
+                      warn: bool = False) -> dict[str, Any]:
+    """``given`` with renamed hyperparameters under their new names (``Method.renamed_hparams``;
+    ``warn``: a ``DeprecationWarning`` per old name). An old and a new name together are a
+    ``ValueError``."""
+    renamed = getattr(cls, "renamed_hparams", None) or {}
+    if not renamed or not any(k in renamed for k in given):
+        return dict(given)
+    out = {}
+    for k, v in given.items():
+        new = renamed.get(k)
+        if new is None:
+            out[k] = v
+            continue
+        if new in given:
+            raise ValueError(f"method {cls.name!r}: {k!r} is the old name of {new!r}; give "
+                             f"one of them, got both ({k}={v!r}, {new}={given[new]!r})")
+        if warn:
+            warnings.warn(f"method {cls.name!r}: hyperparameter {k!r} is deprecated, use "
+                          f"{new!r}", DeprecationWarning, stacklevel=3)
+        out[new] = v
+    return out
+
+
+def key_hparams(cls: type[Method] | None, hp: dict[str, Any]) -> dict[str, Any]:
+    """``hp`` as trial keys hash it: renamed hyperparameters under their old names, so that a
+    rename leaves the keys of stored trials unchanged."""
+    renamed = getattr(cls, "renamed_hparams", None) or {}
+    if not renamed:
+        return hp
+    old = {new: o for o, new in renamed.items()}
+    return {old.get(k, k): v for k, v in hp.items()}
+
+
 def resolve_hparams(cls: type[Method], given: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in, every value parsed and validated; unknown names raise ``ValueError``."""
+    """Defaults filled in, every value parsed and validated; unknown names raise ``ValueError``;
+    old names of renamed hyperparameters are accepted with a ``DeprecationWarning``."""
+    renamed = getattr(cls, "renamed_hparams", None) or {}
+    old_name = {renamed[k]: k for k in given if k in renamed}  # new -> the old name given
+    given = canonical_hparams(cls, given, warn=True)
     known = {h.name: h for h in cls.hparams}
     unknown = sorted(set(given) - set(known))
     if unknown:
@@ -258,6 +301,8 @@ def resolve_hparams(cls: type[Method], given: dict[str, Any]) -> dict[str, Any]:
         )
     out = {}
     for name, h in known.items():
+        if name in old_name:  # errors name what the caller wrote
+            h = replace(h, name=f"{old_name[name]} (renamed {name})")
         out[name] = h.parse(given[name]) if name in given else h.default
     return out
 

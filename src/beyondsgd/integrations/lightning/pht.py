@@ -17,8 +17,11 @@ step's frozen-support gradient, which Lightning's ``step`` applies. The updates 
 
 Limits: with ``K > 1`` the ``K - 1`` inner steps bypass Lightning's optimizer hooks (they are the
 raw optimizer's), so 16-bit mixed precision with a gradient scaler (``precision="16-mixed"``)
-is refused; ``bf16-mixed`` and 32-bit work. Under DDP each inner step is one more backward in
-the same forward call, which DDP does not allow: untested, use one process. In manual
+is refused; ``bf16-mixed`` and 32-bit work. Data parallelism (DDP, any strategy with more than
+one process) is refused with a ``ValueError``: each inner step is one more backward through the
+raw network in the same DDP forward call, which DDP's gradient reducer does not follow, so the
+replicas would drift apart silently; for data-parallel training use the registered ``pht_alt``
+under ``torchrun`` (``beyondsgd train``), which runs the K steps through the DDP wrapper. In manual
 optimization Lightning does not step LR schedulers: call ``self.lr_schedulers().step()`` (e.g.
 in ``on_train_epoch_end``).
 
@@ -65,6 +68,15 @@ class PHTAlternationMixin:
     pht_density: float | None = None
 
     def _alternating(self, net: nn.Module, loss: str | LossFn, inner_steps: int) -> Alternating:
+        world = int(getattr(self.trainer, "world_size", 1) or 1)  # type: ignore[attr-defined]
+        if world > 1:
+            raise ValueError(
+                f"PHTAlternationMixin does not support data parallelism (trainer.world_size="
+                f"{world}): its support step and K={inner_steps} weight steps per batch run "
+                f"forward and backward passes through the raw network inside one training "
+                f"step, which DDP does not synchronise (untested, refused); train on "
+                f"one process (devices=1), or use the registered pht_alt under torchrun "
+                f"(beyondsgd train --method pht_alt), which supports DDP")
         if getattr(self, "automatic_optimization", True):
             raise RuntimeError("the PHT alternation takes K optimizer steps per batch: set "
                                "self.automatic_optimization = False in __init__")
@@ -126,7 +138,8 @@ class PHTAlternationMixin:
     def alternation_solve(self, net: nn.Module, layers: str | Sequence[int] = "last",
                           solver: str = "auto", iters: int = 20, damping: float = 1e-3,
                           log: bool = True) -> list[dict[str, Any]]:
-        """The registered ``pht_alt``'s per-epoch exact solve (``exact``, ``exact_on="epoch"``):
+        """The registered ``pht_alt``'s per-epoch layer solve (``layer_solve``,
+        ``layer_solve_on="epoch"``):
         :meth:`Alternating.solve` of ``layers`` on the whole training set (read once from the
         trainer's train dataloader, in dataset order), each layer kept only if the real
         network's training loss does not rise. Call it from ``on_train_epoch_end``; logs

@@ -20,7 +20,8 @@ The abstract's three ingredients, and what this package builds for each:
 
 What is exact, and what is not: for MSE on a ``Linear`` layer the layer solve is the exact
 least-squares minimiser (``torch.linalg.lstsq``); for cross-entropy (and conv layers) it is
-``iters`` (default 20) L-BFGS iterations of the damped convex problem, not a certified optimum.
+``iters`` (default 20) L-BFGS iterations of the damped convex problem, not a certified optimum
+(hence the registered hyperparameter's name ``layer_solve``, formerly ``exact``).
 Either way only *one* layer is solved at a time under frozen supports: the joint problem across
 layers is never solved, and solving a hidden layer moves the supports of the layers above it, so
 the real network's loss can rise although the frozen-support loss fell. :meth:`Alternating.solve`
@@ -32,7 +33,7 @@ Registered methods (``method.py``): ``pht_alt`` (the alternation), ``pht_sgd`` a
 alternation). The runner builds models with ReLU; each method's ``prepare`` swaps in PHT.
 
 Supported layers: PHT works in any model (any activation shape). The linear-under-frozen-support
-structure, and hence the exact layer solves, needs an ``nn.Sequential`` whose modules after the
+structure, and hence the layer solves, needs an ``nn.Sequential`` whose modules after the
 solved layer are all linear once the supports are frozen (``Linear``, ``Conv1d/2d/3d``, PHT,
 ``Flatten``, ``Unflatten``, ``Identity``, average pooling); max-pooling after the solved layer is
 refused (its switches are a second, unfrozen, support). Solved layers: ``nn.Linear`` (lstsq or
@@ -41,8 +42,9 @@ L-BFGS) and ``nn.Conv1d/2d/3d`` (L-BFGS).
 Data parallelism: masks are per sample, so each rank records and freezes the supports of its own
 samples; ``Alternating.step(..., model=ddp_model)`` runs the K frozen-support steps through a
 ``DistributedDataParallel`` wrapper, whose averaged gradients keep the replicas identical. The
-registered ``pht_alt`` gathers the global minibatch and its masks for per-step exact solves
-(``exact_on="step"``) and runs per-epoch solves on the whole training set on every rank.
+registered ``pht_alt`` gathers the global minibatch and its masks for per-step layer solves
+(``layer_solve_on="step"``) and runs per-epoch solves on the whole training set on every rank.
+Under PyTorch Lightning, ``PHTAlternationMixin`` refuses DDP (K backward passes per forward call).
 """
 
 from __future__ import annotations

@@ -75,6 +75,15 @@ class Alternating:
         mods = pht_modules(model)
         if not mods:
             raise ValueError("model has no PositiveHardThreshold module; call pht(model) first")
+        own = {id(p) for p in model.parameters()}
+        held = [p for g in optimizer.param_groups for p in g["params"]]
+        if own and not any(id(p) in own for p in held):
+            raise ValueError(
+                f"the optimizer ({type(optimizer).__name__}, {len(held)} parameter tensors) "
+                f"holds none of the model's {len(own)} parameter tensors, so the weight step "
+                f"would train nothing: build it from this model, e.g. "
+                f"torch.optim.Adam(model.parameters(), lr=1e-3) (after pht(model), which swaps "
+                f"activations in place and keeps the parameters)")
         if any(m.learnable for m in mods):
             raise ValueError("Alternating holds tau fixed (the support step is defined by tau); "
                              "got learnable=True PHT modules: learn tau with pht_sgd/pht_adam")
@@ -84,6 +93,20 @@ class Alternating:
         self.masks: list[torch.Tensor] | None = None  # cached supports of the training set
         self.density: torch.Tensor | None = None  # fraction of active units, last support step
         self.last_masks: list[torch.Tensor] | None = None  # supports of the last step's batch
+
+    def __repr__(self) -> str:
+        mods = pht_modules(self.model)
+        taus = sorted({float(m.tau) for m in mods})
+        tau = taus[0] if len(taus) == 1 else taus
+        loss = self.loss if isinstance(self.loss, str) else getattr(
+            self.loss, "__name__", type(self.loss).__name__)
+        groups = self.optimizer.param_groups
+        lr = groups[0].get("lr") if groups else None
+        masks = ("none" if self.masks is None
+                 else f"{self.masks[0].shape[0]} rows, {sum(m.numel() for m in self.masks)} B")
+        return (f"Alternating(model={type(self.model).__name__} with {len(mods)} PHT "
+                f"(tau={tau}), optimizer={type(self.optimizer).__name__}(lr={lr}), "
+                f"loss={loss!r}, inner_steps={self.inner_steps}, cached_masks={masks})")
 
     # ---- support step ----------------------------------------------------------------------
     def refresh(self, x_all: torch.Tensor) -> dict[str, Any]:
@@ -142,7 +165,7 @@ class Alternating:
         self.last_masks = masks
         return first.detach()
 
-    # ---- exact solves ----------------------------------------------------------------------
+    # ---- layer solves ----------------------------------------------------------------------
     @torch.no_grad()
     def true_loss(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> float:
         """The real network's loss on ``(x, y)``: a plain forward pass, so every support is
@@ -170,6 +193,11 @@ class Alternating:
         a plain forward pass on ``(x, y)`` (:meth:`true_loss`, supports recomputed); the layer is
         restored exactly when its true loss rose (or is not finite). The joint problem across
         layers is never solved.
+
+        How close each solve gets: MSE on a ``Linear`` layer is solved exactly (least
+        squares); cross-entropy and conv layers run ``iters`` L-BFGS iterations from the current
+        weights, which stop short of the convex optimum (measured on mnist1d_mlp: 20 iterations
+        end 10-13 % above the objective 500 reach; docs/methods/pht.md).
 
         Args:
             layers: ``"last"``, ``"all"`` (every solvable layer, from the top down) or indices

@@ -1,10 +1,11 @@
-"""Exact block-coordinate layer solves under frozen support (our reconstruction).
+"""Block-coordinate layer solves under frozen support (our reconstruction).
 
 With every support frozen, the network output is affine in one layer's parameters, so the loss is
 convex in that layer: :func:`solve_layer` minimises it for one ``Linear``/``Conv`` layer, by
 ``torch.linalg.lstsq`` (MSE on a ``Linear`` layer: the exact minimiser) or by a fixed number of
-L-BFGS iterations (cross-entropy, conv layers: *not* a certified optimum). Only one layer is
-solved at a time; the joint problem over several layers is never solved.
+L-BFGS iterations (cross-entropy, conv layers: *not* a certified optimum; 20 iterations end 10-13 %
+above the optimum on mnist1d_mlp). Only one layer is solved at a time; the joint problem over
+several layers is never solved.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def solvable_layers(model: nn.Module) -> list[int]:
     frozen support: a ``Linear``/``Conv`` followed only by modules linear under frozen support."""
     if not isinstance(model, nn.Sequential):
         raise ValueError(
-            f"exact layer solves need an nn.Sequential model, got {type(model).__name__}"
+            f"layer solves need an nn.Sequential model, got {type(model).__name__}"
         )
     out = []
     for i, layer in enumerate(model):
@@ -59,7 +60,7 @@ def _lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Refuses non-finite inputs (diverged weights) with a ``ValueError`` instead of handing them
     to LAPACK, which prints an error and returns garbage."""
     if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
-        raise ValueError("exact layer solve: the design matrix or the targets hold NaN/inf "
+        raise ValueError("lstsq layer solve: the design matrix or the targets hold NaN/inf "
                          "(diverged weights or inputs)")
     if a.device.type == "cpu":
         return torch.linalg.lstsq(a, b, driver="gelsd").solution
