@@ -229,6 +229,24 @@ cli("report-problem-comma", *R, "--problem", ",", needles=("names nothing", "acc
 cli("report-out-under-file", "report", "{u}/good.db", "--out", "{u}/afile/rep", "--no-plots",
     needles=("afile",))
 cli("export-no-store", "export", "{u}/none.db", needles=("none.db", "accepted"))
+# issue 27: an --out that cannot be written is refused before the work, not after it
+for _cmd in (("bench", "--store", "{u}/good.db", "--methods", "sgd", "--epochs", "1", "--seeds",
+              "1", "--quiet"),
+             ("suite", "--store", "{u}/good.db", "--methods", "sgd", "--quiet"),
+             ("report", "{u}/good.db", "--no-plots"), ("export", "{u}/good.db"),
+             ("reproduce", "proxprop_convnet", "--scale", "smoke", "--store", "{o}/r.db",
+              "--quiet")):
+    cli(f"{_cmd[0]}-out-proc", *_cmd, "--out", "/proc/x",
+        needles=("--out '/proc/x' cannot be written", "writable directory"))
+RP = ("reproduce", "--store", "{o}/r.db", "--out", "{o}/rep", "--quiet")
+cli("reproduce-list-scale-unknown", "reproduce", "--list", "--scale", "huge",
+    needles=("--scale 'huge'", "paper, cpu, smoke"))
+cli("reproduce-smoke-data-dir", *RP, "proxprop_convnet", "--scale", "smoke", "--data-dir",
+    "{u}/data_badgzip", needles=("data_badgzip", "unused at the smoke scale", "--scale cpu"))
+cli("reproduce-paper-cifar-garbled-batches", *RP, "bpgrad_cifar", "--scale", "paper",
+    "--data-dir", "{u}/cifar_garbled", needles=("data_batch_1", "not a readable CIFAR-10 batch"))
+cli("reproduce-paper-cifar-bad-archive", *RP, "bpgrad_cifar", "--scale", "paper",
+    "--data-dir", "{u}/cifar_archive", needles=("cifar-10-python.tar.gz", "md5"))
 cli("export-out-under-file", "export", "{u}/good.db", "--out", "{u}/afile/exp",
     needles=("afile",))
 
@@ -439,6 +457,18 @@ def _fmnist_like(root: Path, n: int = 20) -> None:
                   rng.integers(0, 10, m, dtype=np.uint8))
 
 
+def _cifar_like(u: Path) -> None:
+    """CIFAR-10 folders that exist but are broken: garbled batches, an archive that is not the
+    published one."""
+    folder = u / "cifar_garbled" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for b in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / b).write_bytes(bytes(rng.integers(0, 256, 4000, dtype=np.uint8)))
+    (u / "cifar_archive").mkdir()
+    (u / "cifar_archive" / "cifar-10-python.tar.gz").write_bytes(gzip.compress(b"not a tar"))
+
+
 def _rewrite(path: Path, fn: Callable[[bytes], bytes]) -> None:
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(fn(raw), mtime=0))
@@ -475,6 +505,7 @@ def user(tmp_path_factory) -> Path:
     for name in DATA:
         if name != "data_empty":
             _fmnist_like(u / name)
+    _cifar_like(u)
     img = lambda d: u / d / f"{IMG}.gz"  # noqa: E731
     _rewrite(img("data_truncated"), lambda raw: raw[:-100])
     _rewrite(img("data_badmagic"), lambda raw: b"\x01\x02" + raw[2:])

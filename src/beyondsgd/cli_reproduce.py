@@ -3,10 +3,12 @@
 ``beyondsgd reproduce --list`` shows every experiment (paper, what it measures, the paper's
 numbers, data and estimated cost per scale); ``beyondsgd reproduce NAME[,NAME...]|all
 [--scale paper|cpu|smoke] [--device cuda] [--seeds N] [--store PATH] [--out DIR]
-[--data-dir DIR]`` runs them. Bad names, scales, devices, seeds, outputs and missing data are
-refused with one line (exit 2) before any work. Trials go to the store (resumable: a re-run
-skips finished trials); progress goes to stderr; the paper-vs-ours table is printed at the end and
-written with the recipe changes to ``DIR/reproduce_<scale>.md``.
+[--data-dir DIR]`` runs them. Bad names, scales (``--list`` too), devices, seeds, outputs
+(created and written with a probe file first), ``--data-dir`` at the smoke scale (which reads no
+files), and missing or unreadable data (every problem's data is loaded once before the first
+trial) are refused with one line (exit 2) before any work. Trials go to the store (resumable: a
+re-run skips finished trials); progress goes to stderr; the paper-vs-ours table is printed at the
+end and written with the recipe changes to ``DIR/reproduce_<scale>.md``.
 """
 
 from __future__ import annotations
@@ -87,10 +89,9 @@ def resolve(args: argparse.Namespace) -> tuple[list, str, str]:
     """(experiments, scale, device) after checking names, scale, device and data; raises
     CLIError with one line naming the bad value and what is accepted."""
     from .bench.problems import get_problem
-    from .bench.reproduce import REGISTRY, SCALES
+    from .bench.reproduce import REGISTRY
 
-    if args.scale not in SCALES:
-        raise _error(f"--scale {args.scale!r}; accepted: {', '.join(SCALES)}")
+    check_scale(args.scale)
     if not args.names:
         raise _error("name an experiment (or 'all'); accepted: " + ", ".join(REGISTRY) +
                      " (see --list)")
@@ -128,10 +129,38 @@ def resolve(args: argparse.Namespace) -> tuple[list, str, str]:
     return exps, args.scale, device
 
 
+def check_scale(scale: str) -> None:
+    """CLIError unless ``scale`` is one of the scales (also for ``--list``)."""
+    from .bench.reproduce import SCALES
+
+    if scale not in SCALES:
+        raise _error(f"--scale {scale!r}; accepted: {', '.join(SCALES)}")
+
+
+def check_data(exps: list, scale: str) -> None:
+    """Load every problem's data of ``exps`` at ``scale`` once, before any work: files that
+    exist but are unreadable (a garbled CIFAR-10 batch or archive, a bad IDX file) are refused
+    here in one line, not by a failed experiment later. The loaders cache what they read, so the
+    experiments do not read it again."""
+    from .bench.validate import PreflightError, load_data
+
+    for name in dict.fromkeys(p for e in exps for p in e.problems.get(scale, ())):
+        try:
+            load_data(name)
+        except PreflightError as exc:
+            raise _error(exc.errors[0]) from None
+        except ValueError as exc:
+            raise _error(str(exc)) from None
+
+
 def _apply_data_flags(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(_int(args.threads, "--threads") or 1)
+    if args.data_dir and args.scale == "smoke":
+        raise _error(f"--data-dir {args.data_dir!r} is unused at the smoke scale (its problems "
+                     "are synthetic images, no files are read); accepted: omit --data-dir, or "
+                     "--scale cpu (Fashion-MNIST) or paper (MNIST, CIFAR-10)")
     if args.data_dir:
         if not Path(args.data_dir).is_dir():
             raise _error(f"--data-dir {args.data_dir!r} is not a directory; accepted: a "
@@ -155,7 +184,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         write_markdown,
     )
     from .bench.store import Store
+    from .bench.validate import check_out_dir
 
+    check_scale(args.scale)
     if args.list:
         print(list_text())
         return 0
@@ -163,11 +194,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     exps, scale, device = resolve(args)
     seeds = _int(args.seeds, "--seeds")
     out_dir = Path(args.out or "results/reproduce")
-    for q in (out_dir, *out_dir.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise _error(f"--out {str(out_dir)!r}: {q} is a file; accepted: a directory")
-            break
+    try:
+        check_out_dir(out_dir)
+    except ValueError as exc:
+        raise _error(str(exc)) from None
+    check_data(exps, scale)
     store_path = args.store or f"results/reproduce_{scale}.db"
     runs: list[ExperimentRun] = []
     failed = []

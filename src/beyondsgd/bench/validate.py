@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,6 +149,41 @@ def check_epochs(epochs: int | None) -> int | None:
                          f"network); accepted: an integer >= 1, or omit it for the problem's "
                          f"budget")
     return epochs
+
+
+def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """``ValueError`` (one line) unless ``path`` is, or can be created as, a directory this
+    process can write: checked before any work by creating (and removing) a probe file, so a
+    report that cannot be written (``/proc/x``, read-only media, no permission) is refused up
+    front instead of after the whole run. Leaves nothing behind: folders it created for the
+    probe are removed again (the command creates them when it writes)."""
+    p = Path(path)
+    accepted = "accepted: a writable directory (created if missing)"
+    for q in (p, *p.parents):
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                raise ValueError(f"{flag} {str(path)!r}: {q} is a file, not a directory; "
+                                 f"{accepted}")
+            break
+    created: list[Path] = []
+    try:
+        for q in reversed((p, *p.parents)):
+            if not q.exists():
+                q.mkdir()
+                created.append(q)
+        fd, probe = tempfile.mkstemp(prefix=".beyondsgd-probe-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        raise ValueError(f"{flag} {str(path)!r} cannot be written ({exc.strerror or exc}"
+                         f"{where}); {accepted}") from None
+    finally:
+        for q in reversed(created):
+            try:
+                q.rmdir()
+            except OSError:  # pragma: no cover - someone put a file there meanwhile
+                pass
 
 
 # ------------------------------------------------------------------------------------------
