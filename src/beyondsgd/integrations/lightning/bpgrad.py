@@ -16,6 +16,13 @@ microbatch itself, then calls ``optimizer.step(closure, loss=mean)`` (``BPGrad.s
 hooks). The gradient needs no fix: BPGrad normalises it, so the sum / ``k`` that Lightning
 accumulates gives the same direction as the mean gradient of the concatenated batch.
 
+fp16 with a gradient scaler (``precision="16-mixed"`` on a GPU): Lightning's precision plugin
+runs the closure itself and then calls ``scaler.step(optimizer, **kwargs)``, i.e.
+``optimizer.step()`` without the closure, so a plain module's BPGrad gets no loss and raises (its
+message names the fix). The mixin's ``optimizer.step(closure, loss=f_t)`` reaches BPGrad through
+the scaler's ``**kwargs``, so with the mixin fp16 works (k = 1 too); 32-bit and ``bf16-mixed``
+(no scaler) pass the closure and need no mixin without accumulation.
+
 Gradient clipping: BPGrad divides the gradient by its norm, so ``gradient_clip_val`` with the
 ``"norm"`` algorithm does not change the step of the data loss (with ``weight_decay > 0`` it
 enlarges the decay term by the clipping factor), and ``"value"`` clipping changes the
