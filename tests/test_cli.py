@@ -196,3 +196,24 @@ def test_train_failure_at_run_time_is_one_line(capsys, monkeypatch):
     assert err.strip().splitlines()[-1] == (
         "beyondsgd train: error: the trial failed at run time: ValueError: boom at run time "
         "(run with BEYONDSGD_DEBUG=1 for the traceback)")
+
+
+def test_out_on_read_only_media_is_refused_before_any_work(tmp_path):
+    """`bench --out DIR` on read-only media ran the whole bench, then failed writing the report
+    (exit 2 after the work); now a probe file is tried first: nothing trained, no store made."""
+    import sys
+
+    import read_only_media
+
+    media = tmp_path / "ro"
+    media.mkdir()
+    if not read_only_media.available(media):
+        pytest.skip("no read-only bind mount here (unshare --mount --map-root-user)")
+    store = tmp_path / "s.db"
+    res = read_only_media.run(media, f"{sys.executable} -m beyondsgd.cli bench --methods sgd "
+                                     f"--epochs 1 --seeds 1 --quiet --store {store} "
+                                     f"--out {media}/report")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert f"--out '{media}/report' cannot be written (Read-only file system" in line, line
+    assert not store.exists() and list(media.iterdir()) == []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import read_only_media
 from beyondsgd.bench import lease
 from beyondsgd.bench.store import (
     APPLICATION_ID,
@@ -559,39 +560,23 @@ def test_readonly_mode_without_write_access_is_immutable(tmp_path, monkeypatch):
         Store(tmp_path / "new.db")
 
 
-RO_MOUNT = "mount --bind {d} {d} && mount -o remount,ro,bind {d} {d} && "
-
-
-def _read_only_media(folder: Path, command: str) -> subprocess.CompletedProcess:
-    """Run ``command`` (a shell line) with ``folder`` bind-mounted read-only in a private mount
-    namespace (tests run as root, whom chmod does not stop; a read-only mount stops everyone)."""
-    line = RO_MOUNT.format(d=folder) + command
-    return subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", line],
-                          capture_output=True, text=True,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
-
-
 def test_a_store_on_read_only_media_is_read_and_a_writer_refused_in_one_line(tmp_path):
     media = tmp_path / "ro"
     media.mkdir()
     fill(media / "good.db", 2)
-    try:
-        probe = _read_only_media(media, f"! touch {media}/probe")
-    except FileNotFoundError:
-        probe = None
-    if probe is None or probe.returncode != 0:
+    if not read_only_media.available(media):
         pytest.skip("no read-only bind mount here (unshare --mount --map-root-user)")
     digest = sha(media / "good.db")
-    read = _read_only_media(media, f"{sys.executable} -c \"from beyondsgd.bench.store import "
+    read = read_only_media.run(media, f"{sys.executable} -c \"from beyondsgd.bench.store import "
                                    f"Store; print(len(Store('{media}/good.db', readonly=True)"
                                    ".trials()))\"")
     assert read.returncode == 0 and read.stdout.strip() == "2", read.stderr
     out = tmp_path / "rep"
     cli = f"{sys.executable} -m beyondsgd.cli"
-    report = _read_only_media(media, f"{cli} report {media}/good.db --out {out} --no-plots")
+    report = read_only_media.run(media, f"{cli} report {media}/good.db --out {out} --no-plots")
     assert report.returncode == 0, report.stderr
     assert "damaged" not in report.stderr and (out / "report.md").exists()
-    bench = _read_only_media(media, f"{cli} bench --methods sgd --epochs 1 --seeds 1 --quiet "
+    bench = read_only_media.run(media, f"{cli} bench --methods sgd --epochs 1 --seeds 1 --quiet "
                                     f"--store {media}/good.db")
     assert bench.returncode == 2 and "Traceback" not in bench.stderr, bench.stderr
     (line,) = bench.stderr.strip().splitlines()
