@@ -31,13 +31,15 @@ Solvers (``solver=``):
 * ``"cg"``: ``cg_iters`` conjugate-gradient iterations on Eq. 14, warm-started at
   :math:`\\theta^k` (i.e. :math:`d_0 = 0`, so the initial residual is :math:`\\nabla_\\theta J`
   and N iterations cost N Gram applications). Any number of iterations gives a descent
-  direction (Prop. 5). One CG per output unit/channel (``cg_block="unit"``, default) or one CG
-  over the whole layer (``cg_block="layer"``, what the official code does for Conv2d). For a
+  direction (Prop. 5). One CG per output unit/channel (``cg_block="unit"``; what the default
+  ``"auto"`` gives) or one CG over the whole layer (``cg_block="layer"``). For a
   Linear layer the iterates are carried on the cheapest of three equivalent paths by flop
   count (:func:`linear_cg_path`): the explicit K x K Gram, primal batch products, or
   batch-space ("dual") CG with the B x B Gram :math:`\\tilde A \\tilde A^\\top`
   (:func:`~beyondsgd.methods.cg.batch_space_cg`). ``cg_variant="official"`` reproduces the
-  official code's aliased iteration (not CG; the paper's cgN numbers came from it).
+  official code's iteration (not CG; the paper's cgN numbers came from it): aliased
+  directions, absolute eps and its blocking (per output unit for Linear, one CG over the
+  whole layer for Conv2d), so it takes no ``cg_block``.
 * ``"exact"``: a dense solve. Linear: Woodbury, :math:`d^\\top = \\tilde A^\\top (\\beta I + s
   \\tilde A \\tilde A^\\top)^{-1} g` with a BxB Cholesky, when the batch B is smaller than the
   fan-in + 1; otherwise a Cholesky of the (fan-in+1)^2 matrix. Conv2d: the unfolded-input Gram

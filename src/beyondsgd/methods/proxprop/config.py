@@ -9,7 +9,7 @@ import torch
 
 SOLVERS = ("cg", "exact", "gradient")
 GRAMS = ("sum", "mean")
-CG_BLOCKS = ("unit", "layer")
+CG_BLOCKS = ("auto", "unit", "layer")
 CG_VARIANTS = ("textbook", "official")
 CG_PATHS = ("auto", "gram", "primal", "dual")
 
@@ -20,19 +20,23 @@ class ProxConfig:
 
     ``tau_theta``: prox step (M = I/tau_theta + A^T A); ``solver``: "cg" | "exact" | "gradient";
     ``cg_iters``: CG iterations (>= 1); ``cg_tol``: relative stopping tolerance of the official
-    code (0: always ``cg_iters``); ``cg_eps``: added to the CG denominators, relative to each
-    CG block's current squared residual (scale-free; 0: textbook CG; with
-    ``cg_variant="official"`` absolute, as the official code's 1e-6); ``gram``: "sum" (paper)
-    | "mean" (divided by the batch rows); ``cg_block``: "unit" (one CG per output
-    unit/channel) | "layer" (one CG for the layer); ``cg_variant``: "textbook" (CG, Prop. 5)
-    | "official" (reproduces the official code's aliased iteration, which is not CG: see
-    :mod:`beyondsgd.methods.cg`); ``cg_path``: how a Linear layer's CG is computed, "auto"
-    (the cheapest by flop count, :func:`linear_cg_path`) | "gram" | "primal" | "dual" (same
-    iterates up to round-off);
-    ``distributed``: sum the Gram and gradient over the ranks of the initialised
-    ``torch.distributed`` group (``None``: when it has more than one process). For a
-    Conv2d, ``cg_path="gram"`` forces the explicit unfolded Gram, "primal"/"dual" the
-    matrix-free path, "auto" the cheaper by :func:`conv2d_cg_flops`.
+    code (0: always ``cg_iters``); ``cg_eps``: added to the CG denominators. It exists for the
+    official code's absolute eps (1e-6), which ``cg_variant="official"`` reproduces; in
+    textbook CG it is relative to each CG block's current squared residual, so scale-free,
+    and changes each step size by a relative amount of at most cg_eps * tau_theta; it is not
+    needed for stability (p^T M p >= |p|^2 / tau_theta > 0); 0: exact textbook CG.
+    ``gram``: "sum" (paper) | "mean" (divided by the batch rows); ``cg_block``: "auto" (the
+    variant's blocking) | "unit" (one CG per output unit/channel) | "layer" (one CG for the
+    layer); ``cg_variant``: "textbook" (CG, Prop. 5; "auto" blocking = "unit") | "official"
+    (the official code's iteration, which is not CG, see :mod:`beyondsgd.methods.cg`:
+    aliased directions, absolute eps, and its blocking, one CG per output unit for Linear and
+    one CG over all weights and the bias of a Conv2d; it fixes the blocking, so an explicit
+    ``cg_block`` is refused); ``cg_path``: how a Linear layer's CG is computed, "auto" (the
+    cheapest by flop count, :func:`linear_cg_path`) | "gram" | "primal" | "dual" (same
+    iterates up to round-off); ``distributed``: sum the Gram and gradient over the ranks of
+    the initialised ``torch.distributed`` group (``None``: when it has more than one
+    process). For a Conv2d, ``cg_path="gram"`` forces the explicit unfolded Gram,
+    "primal"/"dual" the matrix-free path, "auto" the cheaper by :func:`conv2d_cg_flops`.
     """
 
     tau_theta: float = 1.0
@@ -41,7 +45,7 @@ class ProxConfig:
     cg_tol: float = 1e-2
     cg_eps: float = 1e-6
     gram: str = "sum"
-    cg_block: str = "unit"
+    cg_block: str = "auto"
     distributed: bool | None = None
     cg_variant: str = "textbook"
     cg_path: str = "auto"
@@ -70,6 +74,11 @@ class ProxConfig:
             raise ValueError(f"cg_block {self.cg_block!r} is not one of {list(CG_BLOCKS)}")
         if self.cg_variant not in CG_VARIANTS:
             raise ValueError(f"cg_variant {self.cg_variant!r} is not one of {list(CG_VARIANTS)}")
+        if self.cg_variant == "official" and self.cg_block != "auto":
+            raise ValueError(
+                f"cg_block {self.cg_block!r} conflicts with cg_variant='official', which fixes "
+                "the official code's blocking (one CG per output unit for Linear, one CG over "
+                "the whole layer for Conv2d); accepted with it: cg_block='auto' (the default)")
         if self.cg_path not in CG_PATHS:
             raise ValueError(f"cg_path {self.cg_path!r} is not one of {list(CG_PATHS)}")
         if self.distributed is not None and not isinstance(self.distributed, bool):
@@ -77,11 +86,14 @@ class ProxConfig:
                              f"{self.distributed!r}")
 
 
-def _cg_kwargs(cfg: ProxConfig) -> dict[str, Any]:
-    """The CG settings of ``cfg`` as keyword arguments of the solvers in ``cg.py``."""
+def _cg_kwargs(cfg: ProxConfig, conv: bool) -> dict[str, Any]:
+    """The CG settings of ``cfg`` for a Conv2d (``conv``) or Linear layer as keyword arguments
+    of the solvers in ``cg.py``. ``cg_block="auto"``: one CG per output unit, except for a
+    Conv2d under ``cg_variant="official"`` (the official code runs one CG over the layer)."""
     official = cfg.cg_variant == "official"
-    return dict(tol=cfg.cg_tol, eps=cfg.cg_eps, joint=cfg.cg_block == "layer",
-                relative_eps=not official, aliased=official)
+    joint = cfg.cg_block == "layer" or (cfg.cg_block == "auto" and official and conv)
+    return dict(tol=cfg.cg_tol, eps=cfg.cg_eps, joint=joint, relative_eps=not official,
+                aliased=official)
 
 
 def _work_dtype(t: torch.Tensor) -> torch.dtype:

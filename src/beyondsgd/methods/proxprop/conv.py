@@ -91,9 +91,10 @@ def conv2d_prox_direction(
     beta = 1.0 / cfg.tau_theta
     if D.resolve(cfg.distributed):
         a = conv2d_unfolded(xw, w_shape, has_bias, geo)  # (G, R, K)
-        gram, g, rows = _global_gram(a.transpose(1, 2) @ a, g, x.shape[0])
-        s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
-        return _solve_gram(gram, g, s, beta, cfg).to(grad_theta.dtype)
+        gram, g, batch = _global_gram(a.transpose(1, 2) @ a, g, x.shape[0])
+        s = 1.0 if cfg.gram == "sum" else 1.0 / max(batch, 1)
+        rows = a.shape[1] * batch // max(x.shape[0], 1)  # global output positions
+        return _solve_gram(gram, g, s, beta, cfg, rows, conv=True).to(grad_theta.dtype)
     s = 1.0 if cfg.gram == "sum" else 1.0 / max(x.shape[0], 1)
     if cfg.solver == "exact":
         a = conv2d_unfolded(xw, w_shape, has_bias, geo)  # (G, R, K)
@@ -106,7 +107,8 @@ def conv2d_prox_direction(
     if cfg.cg_path == "gram" or cfg.cg_path == "auto" and _conv_gram_is_cheaper(
             x, w_shape, has_bias, geo, cfg.cg_iters):
         a = conv2d_unfolded(xw, w_shape, has_bias, geo)  # (G, R, K)
-        return _solve_gram(a.transpose(1, 2) @ a, g, s, beta, cfg).to(grad_theta.dtype)
+        return _solve_gram(a.transpose(1, 2) @ a, g, s, beta, cfg, a.shape[1], conv=True
+                           ).to(grad_theta.dtype)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:  # (beta I + s A^T A) applied to rows of v
         return conv2d_gram_apply(xw, v, w_shape, has_bias, geo).mul_(s).add_(v, alpha=beta)
@@ -115,7 +117,7 @@ def conv2d_prox_direction(
         u = _conv_forward(xw, v, w_shape, has_bias, geo)
         return (v * v).sum(1).mul_(beta).add_(u.square().sum((0, 2, 3)), alpha=s)
 
-    d, _ = batched_cg(matvec, g, cfg.cg_iters, quad=quad, **_cg_kwargs(cfg))
+    d, _ = batched_cg(matvec, g, cfg.cg_iters, quad=quad, **_cg_kwargs(cfg, conv=True))
     return d.to(grad_theta.dtype)
 
 

@@ -4,6 +4,7 @@ keeps its explicit step, Eq. 12), and the registered runner methods ``proxprop``
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -24,16 +25,13 @@ _PROX_TYPES = (ProxLinear, ProxConv2d)
 _LINEAR_LIKE = (nn.Linear, nn.modules.conv._ConvNd)
 
 
-def _output_layer(model: nn.Module, example_input: Any) -> str | None:
+def _output_layer(model: nn.Module, example_input: Any) -> str:
     """Name of the linear layer that produces the model's output (kept explicit, Eq. 12): the
     last ``nn.Linear``/convolution *called* in a forward pass on ``example_input`` (a tensor,
-    or a tuple of positional arguments), else the last one in registration order."""
-    names = [n for n, m in model.named_modules() if n and isinstance(m, _LINEAR_LIKE)]
-    if example_input is None:
-        return names[-1] if names else None
+    or a tuple of positional arguments), run in eval mode under ``no_grad``."""
     called: list[str] = []
-    handles = [m.register_forward_hook(lambda *_, n=n: called.append(n))
-               for n, m in model.named_modules() if n in names]
+    handles = [m.register_forward_hook(functools.partial(_record_call, called, n))
+               for n, m in model.named_modules() if n and isinstance(m, _LINEAR_LIKE)]
     was_training = model.training
     try:
         model.eval()
@@ -50,6 +48,92 @@ def _output_layer(model: nn.Module, example_input: Any) -> str | None:
     return called[-1]
 
 
+def _record_call(called: list[str], name: str, *_: Any) -> None:
+    called.append(name)
+
+
+class _OutputSearch:
+    """The deferred search for the output layer, kept on the converted model (so that
+    ``copy.deepcopy`` and pickling carry it): the candidates (converted layers that may be the
+    output layer), the model's two hooks, and the probes of its current forward call."""
+
+    def __init__(self, names: list[str], hooks: list[Any]):
+        self.names = tuple(names)
+        self.hooks = hooks
+        self.called: list[str] = []
+        self.probes: list[Any] = []
+
+    def drop_probes(self) -> None:
+        for h in self.probes:
+            h.remove()
+        self.probes = []
+
+
+_SEARCH = "_proxprop_output_search"
+
+
+def _search_start(model: nn.Module, args: Any) -> None:
+    """Forward pre-hook: record the order in which linear layers are called."""
+    st = model.__dict__.get(_SEARCH)
+    if st is None:
+        return
+    st.drop_probes()  # left over by a forward that raised
+    st.called = []
+    st.probes = [m.register_forward_hook(functools.partial(_record_call, st.called, n))
+                 for n, m in model.named_modules() if n and isinstance(m, _LINEAR_LIKE)]
+
+
+def _search_end(model: nn.Module, args: Any, output: Any) -> None:
+    """Forward hook: the last linear layer called is the output layer. If it is one of the
+    candidates, it becomes a plain layer again (sharing its parameters); the graph of this
+    forward, whose backward comes later, gives it the plain gradient."""
+    st = model.__dict__.get(_SEARCH)
+    if st is None:
+        return
+    st.drop_probes()
+    if not st.called:
+        return  # no linear layer called: decide at a later forward
+    last = st.called[-1]
+    modules = dict(model.named_modules())
+    for n in st.names:
+        if isinstance(modules.get(n), _PROX_TYPES):
+            modules[n]._output_pending = False
+    out = modules.get(last)
+    if last in st.names and isinstance(out, _PROX_TYPES):
+        out.prox = ProxConfig(solver="gradient")  # what this forward's backward will use
+        parent, _, child = last.rpartition(".")
+        setattr(model.get_submodule(parent), child, out.to_plain())
+        if not any(isinstance(m, _PROX_TYPES) for m in model.modules()):
+            warnings.warn(f"proxprop: no layer converted; the only supported layer, {last!r}, "
+                          "is the output layer and keeps its explicit step (Eq. 12); name it "
+                          "in layers= to make it proximal", stacklevel=2)
+    _end_search(model)
+
+
+def _end_search(model: nn.Module) -> None:
+    st = model.__dict__.pop(_SEARCH, None)
+    if st is None:
+        return
+    st.drop_probes()
+    for h in st.hooks:
+        h.remove()
+    for m in model.modules():
+        if isinstance(m, _PROX_TYPES):
+            m._output_pending = False
+
+
+def _defer_output_layer(model: nn.Module, names: list[str]) -> None:
+    """Find the output layer at the end of the model's first forward call that calls a linear
+    layer (before any backward of it can run), among the converted ``names``."""
+    _end_search(model)
+    modules = dict(model.named_modules())
+    for n in names:
+        modules[n]._output_pending = True
+    hooks = [model.register_forward_pre_hook(_search_start),
+             model.register_forward_hook(_search_end)]
+    setattr(model, _SEARCH, _OutputSearch(names, hooks))
+
+
 def proxprop(
     model: nn.Module,
     tau_theta: float = 1.0,
@@ -58,7 +142,7 @@ def proxprop(
     cg_tol: float = 1e-2,
     cg_eps: float = 1e-6,
     gram: str = "sum",
-    cg_block: str = "unit",
+    cg_block: str = "auto",
     layers: str | list[str] | tuple[str, ...] | None = None,
     distributed: bool | None = None,
     cg_variant: str = "textbook",
@@ -72,7 +156,12 @@ def proxprop(
     layer that produces the output, which keeps its explicit step as in the paper (Eq. 12):
     ``output_layer`` (its name), else the last linear layer called in a forward pass on
     ``example_input`` (a tensor or a tuple of arguments; run under ``no_grad`` in eval mode),
-    else the last ``nn.Linear``/convolution in registration order. ``layers`` may
+    else the model's only ``nn.Linear``/convolution, else the last one called in the model's
+    first forward call (that calls one): until then every candidate is converted, and when
+    that call returns (before its backward can run) the output layer becomes a plain layer
+    again, sharing its parameters, and gets the plain gradient in that call's backward. A
+    prox layer whose backward runs before the decision (its forward did not go through the
+    model's own call) raises ``RuntimeError``; registration order is never used. ``layers`` may
     name modules (``dict(model.named_modules())`` keys) to convert exactly those; a named module
     of another type raises ``ValueError``. Already converted layers get the new settings.
     Parameters are shared, not copied, so optimizers built before the conversion still work
@@ -86,6 +175,7 @@ def proxprop(
                      cg_eps=cg_eps, gram=gram, cg_block=cg_block, distributed=distributed,
                      cg_variant=cg_variant, cg_path=cg_path)
     modules = dict(model.named_modules())
+    last: str | None = None
     if layers is None:
         if not any(type(m) in _SUPPORTED or isinstance(m, _PROX_TYPES)
                    for m in modules.values()):
@@ -95,14 +185,17 @@ def proxprop(
                 f"proxprop: {type(model).__name__} has no nn.Linear or nn.Conv2d layer to "
                 f"convert (its layers: {', '.join(kinds)}); supported: nn.Linear, nn.Conv2d "
                 "(exact types)")
+        linear_like = [n for n, m in modules.items() if n and isinstance(m, _LINEAR_LIKE)]
         if output_layer is not None:
             if output_layer not in modules or output_layer == "":
-                known = [n for n, m in modules.items() if n and isinstance(m, _LINEAR_LIKE)]
                 raise ValueError(f"proxprop: output_layer {output_layer!r} is not a submodule; "
-                                 f"linear layers: {known}")
+                                 f"linear layers: {linear_like}")
             last = output_layer
-        else:
+        elif example_input is not None:
             last = _output_layer(model, example_input)
+        elif len(linear_like) == 1:
+            last = linear_like[0]  # the only linear layer: the output layer if it is called
+        # else: found by the model's first forward call (_defer_output_layer)
         targets = [n for n, m in modules.items()
                    if (type(m) in _SUPPORTED or isinstance(m, _PROX_TYPES)) and n != last and n]
         skipped = [f"{n} ({type(m).__name__})" for n, m in modules.items()
@@ -110,7 +203,7 @@ def proxprop(
                    and type(m) not in _SUPPORTED and not isinstance(m, _PROX_TYPES)]
         if skipped:
             warnings.warn("proxprop: these layers stay plain (only nn.Linear and nn.Conv2d are "
-                          f"supported): {', '.join(skipped)}", stacklevel=2)
+                          "supported): " + ", ".join(skipped), stacklevel=2)
         if not targets:
             warnings.warn(f"proxprop: no layer converted; the only supported layer, {last!r}, "
                           "is the output layer and keeps its explicit step (Eq. 12); name it "
@@ -135,6 +228,10 @@ def proxprop(
         new = _SUPPORTED[type(m)].from_module(m, cfg)
         parent_name, _, child = n.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
+    if layers is None and last is None and targets:
+        _defer_output_layer(model, targets)
+    elif layers is None:
+        _end_search(model)  # an earlier conversion's search is superseded
     return model
 
 
@@ -156,10 +253,12 @@ def _prox_hparams(tau_theta: float, cg_iters: int) -> tuple[HParam, ...]:
                "squared residual (absolute with cg_variant=official; 0: textbook)"),
         HParam("gram", "sum", str, "Gram scaling: sum (paper) or mean over the batch",
                choices=GRAMS),
-        HParam("cg_block", "unit", str, "one CG per output unit, or one per layer",
+        HParam("cg_block", "auto", str, "one CG per output unit (unit), or one per layer "
+               "(layer); auto: unit, or the official blocking with cg_variant=official",
                choices=CG_BLOCKS),
-        HParam("cg_variant", "textbook", str, "textbook CG, or the official code's aliased "
-               "iteration (reproduces the paper's cgN numbers; not CG)", choices=CG_VARIANTS),
+        HParam("cg_variant", "textbook", str, "textbook CG, or the official code's iteration "
+               "(aliased, absolute eps, its blocking; reproduces the paper's cgN numbers; not "
+               "CG)", choices=CG_VARIANTS),
     )
 
 

@@ -19,13 +19,31 @@ from .solvers import bias_prox_direction, linear_prox_parts
 # --------------------------------------------------------------------------------------------
 # Autograd functions: forward as usual, backward writes the ProxProp direction
 # --------------------------------------------------------------------------------------------
+def _backward_config(ctx) -> ProxConfig:
+    """The settings the backward uses: those of the forward, or, for a layer that was still
+    a candidate for the output layer at its forward (``proxprop`` without ``output_layer``
+    or ``example_input``), the layer's settings now: the model's first forward has decided
+    by then, and the output layer got ``solver="gradient"`` (its explicit step, Eq. 12)."""
+    layer = ctx.layer
+    if layer is None:
+        return ctx.cfg
+    if layer._output_pending:
+        raise RuntimeError(
+            f"proxprop: {type(layer).__name__} ran backward before the model's output layer "
+            "(kept explicit, Eq. 12) was known. It is found when a forward call of the "
+            "converted model itself returns; this backward comes from a forward that did "
+            "not go through that call (a submodule called directly?). Call the model once, "
+            "or pass output_layer= or example_input= to proxprop()")
+    return layer.prox
+
+
 class ProxLinearFunction(torch.autograd.Function):
     """y = x W^T + b; backward: ordinary dJ/dx (old W), ProxProp direction for (W, b)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, cfg):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, cfg, layer=None):  # type: ignore[override]
         ctx.save_for_backward(x, weight)
-        ctx.cfg = cfg
+        ctx.cfg, ctx.layer = cfg, layer
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
@@ -33,7 +51,7 @@ class ProxLinearFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        cfg: ProxConfig = ctx.cfg
+        cfg = _backward_config(ctx)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         n, m = weight.shape[1], weight.shape[0]
         g2 = grad_out.reshape(-1, m).to(weight.dtype)  # autocast: grad_out may be half
@@ -51,16 +69,16 @@ class ProxLinearFunction(torch.autograd.Function):
                 grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
         elif need_b:  # frozen weight: the bias alone is the prox variable
             grad_b = bias_prox_direction(g2.sum(0), g2.shape[0], g2.shape[0], cfg)
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class ProxConv2dFunction(torch.autograd.Function):
     """Conv2d forward; backward: ordinary dJ/dx (old W), ProxProp direction for (W, b)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, geo, cfg):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, geo, cfg, layer=None):  # type: ignore[override]
         ctx.save_for_backward(x, weight)
-        ctx.geo, ctx.cfg = geo, cfg
+        ctx.geo, ctx.cfg, ctx.layer = geo, cfg, layer
         ctx.has_bias = bias is not None
         return F.conv2d(x, weight, bias, geo.stride, geo.padding, geo.dilation, geo.groups)
 
@@ -69,7 +87,7 @@ class ProxConv2dFunction(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight = ctx.saved_tensors
         geo: ConvGeometry = ctx.geo
-        cfg: ProxConfig = ctx.cfg
+        cfg = _backward_config(ctx)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
         x_dtype = x.dtype
@@ -87,9 +105,9 @@ class ProxConv2dFunction(torch.autograd.Function):
                 gb = d[:, kw].contiguous()
         elif need_b:  # frozen weight: the bias alone is the prox variable
             gb = bias_prox_direction(gb, grad_out.numel() // grad_out.shape[1], x.shape[0],
-                                     cfg)
+                                     cfg, conv=True)
         return (grad_x.to(x_dtype) if need_x else None, gw if need_w else None,
-                gb if need_b else None, None, None)
+                gb if need_b else None, None, None, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,10 +123,12 @@ class ProxLinear(nn.Linear):
     """``nn.Linear`` whose backward writes the ProxProp direction into ``.grad``.
 
     ``ProxLinear(in_features, out_features, bias=True, *, tau_theta=1.0, solver="cg",
-    cg_iters=3, cg_tol=1e-2, cg_eps=1e-6, gram="sum", cg_block="unit")``. Same parameters,
+    cg_iters=3, cg_tol=1e-2, cg_eps=1e-6, gram="sum", cg_block="auto", ...)``. Same parameters,
     state_dict keys and forward as ``nn.Linear``; without grad (``torch.no_grad``) it is a plain
     ``F.linear``. Inputs of any shape (..., in_features); the batch rows are all leading dims.
     """
+
+    _output_pending = False  # a candidate for the output layer until the model's 1st forward
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  device: Any = None, dtype: Any = None, *, config: ProxConfig | None = None,
@@ -126,10 +146,18 @@ class ProxLinear(nn.Linear):
         new.train(layer.training)
         return new
 
+    def to_plain(self) -> nn.Linear:
+        """The plain ``nn.Linear`` sharing this layer's Parameter objects."""
+        new = nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                        device="meta")
+        new.weight, new.bias = self.weight, self.bias
+        return new.train(self.training)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return F.linear(x, self.weight, self.bias)
-        return ProxLinearFunction.apply(x, self.weight, self.bias, self.prox)
+        return ProxLinearFunction.apply(x, self.weight, self.bias, self.prox,
+                                        self if self._output_pending else None)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.prox}"
@@ -161,6 +189,8 @@ class ProxConv2d(nn.Conv2d):
     (symmetric) and every ``padding_mode``.
     """
 
+    _output_pending = False  # a candidate for the output layer until the model's 1st forward
+
     def __init__(self, *args: Any, config: ProxConfig | None = None, **kwargs: Any):
         prox = {k: kwargs.pop(k) for k in list(kwargs) if k in ProxConfig.__dataclass_fields__}
         super().__init__(*args, **kwargs)
@@ -178,6 +208,14 @@ class ProxConv2d(nn.Conv2d):
         new.train(layer.training)
         return new
 
+    def to_plain(self) -> nn.Conv2d:
+        """The plain ``nn.Conv2d`` sharing this layer's Parameter objects."""
+        new = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                        self.padding, self.dilation, self.groups, self.bias is not None,
+                        self.padding_mode, device="meta")
+        new.weight, new.bias = self.weight, self.bias
+        return new.train(self.training)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -185,7 +223,8 @@ class ProxConv2d(nn.Conv2d):
         if not torch.is_grad_enabled():
             return F.conv2d(x, self.weight, self.bias, geo.stride, geo.padding, geo.dilation,
                             geo.groups)
-        return ProxConv2dFunction.apply(x, self.weight, self.bias, geo, self.prox)
+        return ProxConv2dFunction.apply(x, self.weight, self.bias, geo, self.prox,
+                                        self if self._output_pending else None)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.prox}"

@@ -33,12 +33,26 @@ def _global_gram(gram: torch.Tensor, g: torch.Tensor, rows: int
             int(round(float(flat[-1]))))
 
 
-def _solve_gram(gram: torch.Tensor, g: torch.Tensor, s: float, beta: float, cfg: ProxConfig
-                ) -> torch.Tensor:
+GRAM_CG_F64_RATIO = 64  # float64 Gram CG when iterations x rows(g) <= rows(A) / this
+
+
+def _solve_gram(gram: torch.Tensor, g: torch.Tensor, s: float, beta: float, cfg: ProxConfig,
+                rows: int, conv: bool) -> torch.Tensor:
     """Rows of ``g`` (C_out, K) through ``(beta I + s gram)^{-1}``; ``gram`` is (K, K), or
-    (G, K, K) with the rows of ``g`` split into G consecutive groups. Cholesky for
-    ``solver="exact"``, else CG with the explicit matrix."""
+    (G, K, K) with the rows of ``g`` split into G consecutive groups, formed from ``rows``
+    rows of A; ``conv``: the layer is a Conv2d (for the official blocking). Cholesky for
+    ``solver="exact"``, else CG with the explicit matrix.
+
+    CG in float32 on an ill-conditioned Gram loses accuracy in its recurrences, not in the
+    Gram: for a float32 layer the CG runs in float64 on the float32 Gram whenever that is
+    cheap, i.e. its products (2 N C_out K^2 flops) are at most 1/``GRAM_CG_F64_RATIO`` of
+    forming the Gram (2 rows K^2): even at 1/64 of the float32 rate they cost no more than
+    the Gram. The result is returned in ``g``'s dtype."""
     k = gram.shape[-1]
+    out_dtype = g.dtype
+    if (cfg.solver == "cg" and gram.dtype == torch.float32
+            and cfg.cg_iters * g.shape[0] * GRAM_CG_F64_RATIO <= rows):
+        gram, g = gram.double(), g.double()
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
     m = gram.mul(s).add_(eye * beta)
     groups = m.shape[0] if m.dim() == 3 else 1
@@ -52,8 +66,8 @@ def _solve_gram(gram: torch.Tensor, g: torch.Tensor, s: float, beta: float, cfg:
     def matvec(v: torch.Tensor) -> torch.Tensor:  # m is symmetric: rows @ m
         return (by_group(v) @ m).reshape(v.shape)
 
-    d, _ = batched_cg(matvec, g, cfg.cg_iters, **_cg_kwargs(cfg))
-    return d
+    d, _ = batched_cg(matvec, g, cfg.cg_iters, **_cg_kwargs(cfg, conv))
+    return d.to(out_dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +143,7 @@ def linear_prox_parts(
         a = augmented()
         gram, g, rows = _global_gram(a.T @ a, gradient(), rows)
         s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
-        return split(_solve_gram(gram, g, s, beta, cfg))
+        return split(_solve_gram(gram, g, s, beta, cfg, rows, conv=False))
     s = 1.0 if cfg.gram == "sum" else 1.0 / max(rows, 1)
     path = "exact" if cfg.solver == "exact" else cfg.cg_path
     if path == "auto":
@@ -144,32 +158,30 @@ def linear_prox_parts(
             kk = gram.mul(s).add_(torch.eye(rows, dtype=wd, device=xw.device), alpha=beta)
             q = _spd_solve_rows(kk, go.T)
         else:
-            q, _ = batch_space_cg(gram, go.T, beta, s, cfg.cg_iters, **_cg_kwargs(cfg))
+            q, _ = batch_space_cg(gram, go.T, beta, s, cfg.cg_iters,
+                                  **_cg_kwargs(cfg, conv=False))
         return q @ xw, (q.sum(1) if has_bias else None)
     a = augmented()
     if path == "exact":
         mm = torch.addmm(torch.eye(k, dtype=wd, device=a.device), a.T, a, beta=beta, alpha=s)
         return split(_spd_solve_rows(mm, gradient()))
     if path == "gram":
-        gram = torch.addmm(torch.eye(k, dtype=wd, device=a.device), a.T, a, beta=beta, alpha=s)
+        return split(_solve_gram(a.T @ a, gradient(), s, beta, cfg, rows, conv=False))
 
-        def matvec(v: torch.Tensor) -> torch.Tensor:
-            return v @ gram
-    else:
-        def matvec(v: torch.Tensor) -> torch.Tensor:  # (beta I + s Ã^T Ã) applied to rows
-            return torch.addmm(v, v @ a.T, a, beta=beta, alpha=s)
+    def matvec(v: torch.Tensor) -> torch.Tensor:  # (beta I + s Ã^T Ã) applied to rows
+        return torch.addmm(v, v @ a.T, a, beta=beta, alpha=s)
 
     def quad(v: torch.Tensor) -> torch.Tensor:  # v^T M v per row: beta |v|^2 + s |v Ã^T|^2
         u = v @ a.T
         return (v * v).sum(1).mul_(beta).add_((u * u).sum(1), alpha=s)
 
-    d, _ = batched_cg(matvec, gradient(), cfg.cg_iters, quad=None if path == "gram" else quad,
-                      **_cg_kwargs(cfg))
+    d, _ = batched_cg(matvec, gradient(), cfg.cg_iters, quad=quad,
+                      **_cg_kwargs(cfg, conv=False))
     return split(d)
 
 
-def bias_prox_direction(grad_b: torch.Tensor, outputs: int, batch: int, cfg: ProxConfig
-                        ) -> torch.Tensor:
+def bias_prox_direction(grad_b: torch.Tensor, outputs: int, batch: int, cfg: ProxConfig,
+                        conv: bool = False) -> torch.Tensor:
     """ProxProp direction of a bias whose weight is frozen: the prox variable is the bias
     alone, so ``A`` maps b to b 1^T (a column of ones per output unit, ``outputs`` = B rows
     for Linear, B * H_out * W_out for Conv2d), ``A^T A = outputs`` and
@@ -184,4 +196,5 @@ def bias_prox_direction(grad_b: torch.Tensor, outputs: int, batch: int, cfg: Pro
     if D.resolve(cfg.distributed):
         gram, g, batch = _global_gram(gram, g, batch)
     s = 1.0 if cfg.gram == "sum" else 1.0 / max(batch, 1)
-    return _solve_gram(gram, g, s, 1.0 / cfg.tau_theta, cfg)[:, 0].to(grad_b.dtype)
+    return _solve_gram(gram, g, s, 1.0 / cfg.tau_theta, cfg, outputs, conv)[:, 0].to(
+        grad_b.dtype)
