@@ -577,10 +577,47 @@ def test_bad_input(case: Case, user: Path, tmp_path: Path, capsys, clean_env):
 # End to end: real processes (exit status, no traceback), the extra, internal errors
 # ------------------------------------------------------------------------------------------
 def _run(*code_or_args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A real process, with no time limit: its work is bounded (pre-flight refusals), and a
+    bare `beyondsgd` took 102-155 s to start on a loaded 2-core machine, so a 300 s limit failed
+    this test for being slow, not wrong (issue 27)."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     e.pop("BEYONDSGD_DEBUG", None)
-    return subprocess.run([sys.executable, *code_or_args], capture_output=True, text=True,
-                          env=e, timeout=300)
+    return subprocess.run([sys.executable, *code_or_args], capture_output=True, text=True, env=e)
+
+
+# the test files that start processes or wait for them; a slow machine must not fail them
+CLOCK_FREE_TESTS = ("test_bad_inputs.py", "test_store.py", "test_cli.py", "test_data.py",
+                    "test_data_papers.py", "test_runner.py", "test_protocol.py",
+                    "test_deepobs.py", "test_reproduce.py", "read_only_media.py")
+
+
+def test_no_process_in_these_tests_runs_against_the_clock():
+    """A test must not fail because the machine is slow: budget the work, not the clock. No
+    subprocess call or wait in these files carries a ``timeout`` (issue 27: this file's own
+    300 s limit failed a fresh-clone CI run on a heavily loaded machine)."""
+    import ast
+
+    calls = ("run", "call", "check_call", "check_output", "Popen", "wait", "communicate")
+    found = []
+    for name in CLOCK_FREE_TESTS:
+        path = Path(__file__).with_name(name)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and any(k.arg == "timeout" for k in node.keywords):
+                func = ast.unparse(node.func)
+                if func.split(".")[-1] in calls:
+                    found.append(f"{name}:{node.lineno}: {func}(timeout=...)")
+    assert not found, found
+
+
+def test_the_cli_imports_no_optional_heavy_package_at_start():
+    """`beyondsgd` starts with torch and numpy only: Ray, Lightning, matplotlib, HiGHS, SciPy,
+    scikit-learn, MNIST-1D and DeepOBS are imported where they are used."""
+    heavy = ("ray", "lightning", "pytorch_lightning", "matplotlib", "highspy", "scipy",
+             "sklearn", "mnist1d", "deepobs", "tensorflow", "pandas")
+    res = _run("-c", "import sys, beyondsgd.cli; "
+                     f"print([m for m in {heavy!r} if m in sys.modules])")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]", res.stdout
 
 
 def test_subprocess_bad_inputs_exit_2_without_traceback(user, tmp_path):

@@ -86,7 +86,7 @@ def test_concurrent_claims_give_the_trial_to_exactly_one_process(tmp_path):
     finally:
         release.touch()
         for p in procs:
-            p.wait(timeout=60)
+            p.wait()
     assert answers == ["0 running", "0 running", "0 running", "1 running"]
     assert all(p.returncode == 0 for p in procs)
     with Store(tmp_path / "s.db") as st:
@@ -106,7 +106,7 @@ def test_a_crashed_holder_on_this_host_is_taken_over_at_once(tmp_path):
             with pytest.raises(TrialBusy, match="in another process"):
                 st.begin_trial("k1", *TRIAL, env={})
             os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
+            proc.wait()
             c2 = claim(st)
             assert c2.claimed and c2.trial_id == c.trial_id
             info = st.lease_info(c.trial_id)
@@ -138,7 +138,7 @@ def test_a_suite_worker_waits_for_a_busy_trial_then_takes_it_over(tmp_path):
         done = run_job(str(tmp_path / "s.db"), job, "cpu", 1)
     finally:
         release.touch()
-        proc.wait(timeout=60)
+        proc.wait()
     assert done == (job, "finished", "")
     with Store(tmp_path / "s.db") as st:
         (t,) = st.trials()
@@ -261,7 +261,7 @@ def _bench(store: Path, n: int) -> list[subprocess.CompletedProcess]:
                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(n)]
     out = []
     for p in procs:
-        stdout, stderr = p.communicate(timeout=600)
+        stdout, stderr = p.communicate()
         out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
     return out
 
