@@ -28,33 +28,42 @@ variants; torch.optim.SGD's buffer convention, ``nesterov`` and ``dampening`` as
 
 * ``coupling="code"`` (default; the official code, DessiLBI2020/DessiLBI, which produced the
   paper's numbers): b ← τb + ∇L̂(W) + ωW, then W ← W - κα(b + (W - Γ)/ν): the coupling bypasses
-  the momentum buffer. Our implementation equals the official optimizer to 4e-10 (float64).
+  the momentum buffer.
 * ``coupling="paper"``: b ← τb + ∇L̂(W) + ωW + (W - Γ)/ν, W ← W - καb. A literal reading of
   "SGD with momentum on L̄" that the paper does **not** confirm; the buffer amplifies the pull
   towards Γ by 1/(1-τ) = 10 (with ν = 20 the network collapses to Γ = 0).
 
 Weight decay ω applies to parameters with two or more dimensions only (the official code exempts
 biases and other 1-D parameters); ``weight_decay_1d=True`` decays them too (torch.optim.SGD).
-Parameters without a Γ (biases, the output layer by default) take W ← W - καb on ∇L̂ (+ ωW).
+Parameters without a Γ (biases, norm scales) take W ← W - καb on ∇L̂ (+ ωW).
 
-**Defaults = the official LeNet recipe**: α = 0.1, κ = 1, ν = 20, λ = 1, τ = 0.9, code coupling.
+**Defaults = the official code** (``code/slbi_opt.py`` and the LeNet demo ``example/train``):
+α = 0.1, κ = 1, ν = 20, λ = 1, τ = 0.9, code coupling, and its coupling structure: conv weights
+grouped by output filter, **every Linear weight element-wise, the classifier included**, biases
+uncoupled. ``SLBI(model.parameters())`` (``structure="auto"``), ``SLBI(slbi_param_groups(model))``
+and the benchmark method ``slbi`` all default to it, and each equals an independent
+re-implementation of the official optimizer on the official LeNet to round-off, supports included
+(``tests/test_slbi.py::test_defaults_equal_the_official_optimizer_on_the_official_lenet``).
+
 **Entry time.** V^g grows by about (α/ν)‖W^g‖ per step while Γ^g = 0, so a group enters after
 roughly λν/(α‖W^g‖) steps (≈ 330 for a freshly initialised LeNet filter; growing weights make it
 sooner). λ, ν and α set the time scale together: to keep the path while changing α or ν, scale λ
 by α/ν accordingly; for an epoch of n steps instead of the recipe's 469, scale λ by n/469.
 
-**Other options reproducing variants of the official code**: ``kappa_uncoupled=False`` (uncoupled
-parameters step with α, not κα; identical for κ = 1); ``lambda_scaling="sqrt_size"`` (threshold
-λ·√(group size), as the official "lottery" variant); ``structure="element"`` for Linear weights
-(the base official optimizer shrinks FC weights element-wise, the classifier included).
+**Options beyond the official defaults**: ``structure="auto_neuron"`` /
+``slbi_param_groups(model, linear="neuron", output=...)`` group Linear weights by neuron (row) for
+structured pruning of Linear layers; ``kappa_uncoupled=False`` (uncoupled parameters step with α,
+not κα; identical for κ = 1); ``lambda_scaling="sqrt_size"`` (threshold λ·√(group size), as the
+official "lottery" variant); ``maximize`` (ascend on the loss, as torch.optim.SGD).
 
 Parameter groups carry the structure: ``{"params": [...], "structure": "filter" | "neuron" |
-"element" | "auto" | None, "lambda": float}``. ``"filter"``: groups are output filters W[c_out]
-of a Conv1d/2d/3d weight; ``"neuron"``: rows of a Linear weight (a neuron's incoming weights);
-``"element"``: single weights (lasso); ``None``: no Γ; ``"auto"`` (the default for groups that
-name none, so for a flat ``model.parameters()``): by shape (:func:`auto_structure`: filters for
-3-5-D weights, neurons for 2-D, no Γ for 1-D). ``slbi_param_groups(model)`` builds groups from
-the layers instead (and keeps the classifier dense, as the benchmark does).
+"element" | "auto" | "auto_neuron" | None, "lambda": float}``. ``"filter"``: groups are output
+filters W[c_out] of a Conv1d/2d/3d weight; ``"neuron"``: rows of a Linear weight (a neuron's
+incoming weights); ``"element"``: single weights (lasso); ``None``: no Γ; ``"auto"`` (the default
+for groups that name none): by shape (:func:`auto_structure`: filters for 3-5-D weights,
+element-wise for 2-D, no Γ for 1-D); ``"auto_neuron"``: the same with neurons for 2-D. The groups
+stay the user's groups ("auto" is resolved per parameter, never by splitting a group), so LR
+schedulers with one value per group and checkpoints see the groups they were given.
 
 Example::
 
@@ -66,7 +75,9 @@ Example::
     >>> x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     >>> loss = torch.nn.functional.cross_entropy(net(x), y); loss.backward(); _ = opt.step()
     >>> sorted(opt.support_sizes(net))[:2]
-    ['0.weight', '3.weight']
+    ['0.weight', '11.weight']
+    >>> len(SLBI(net.parameters()).param_groups)   # a flat list stays one group
+    1
 """
 
 from __future__ import annotations
@@ -82,9 +93,15 @@ from torch.optim import Optimizer
 
 from . import sparsity
 from .base import SCHEDULE_HPARAMS, HParam, OptimizerMethod, TrainContext, register
-from .slbi_groups import AUTO, auto_structure, check_structure, slbi_param_groups, split_auto_group
-
-__all__ = ["OFFICIAL", "SLBI", "SLBIMethod", "auto_structure", "entry_lambda", "slbi_param_groups"]
+from .slbi_groups import (
+    AUTO,
+    AUTO_NEURON,
+    AUTOS,
+    auto_structure,
+    check_structure,
+    resolve_structure,
+    slbi_param_groups,
+)
 from .slbi_update import (
     COUPLINGS,
     LAMBDA_SCALINGS,
@@ -102,12 +119,59 @@ OFFICIAL = {"lr": 0.1, "kappa": 1.0, "nu": 20.0, "lambda": 1.0, "momentum": 0.9,
             "steps_per_epoch": 469}
 
 
-def _check_scalar(name: str, value: Any, low: float, strict: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_scalar(name: str, value: Any, low: float, strict: bool = False, where: str = ""
+                  ) -> None:
+    ok = _number(value) and math.isfinite(value)
     ok = ok and (value > low if strict else value >= low)
     if not ok:
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, "
-                         f"got {value!r}")
+        raise ValueError(f"{where}{name} must be a finite number {'>' if strict else '>='} "
+                         f"{low}, got {value!r}")
+
+
+def check_hparams(hp: dict[str, Any], where: str = "") -> None:
+    """One clear ``ValueError`` (``TypeError`` for a non-bool flag) for the first bad
+    hyperparameter of ``hp`` (the constructor's arguments, or a parameter group); ``where``
+    prefixes the message (e.g. ``"param group 1: "``)."""
+    lr = hp["lr"]
+    if isinstance(lr, torch.Tensor):                 # a tensor lr, as torch.optim.SGD
+        if lr.numel() != 1:
+            raise ValueError(f"{where}lr must be a number or a one-element tensor, got a tensor "
+                             f"of shape {tuple(lr.shape)}")
+        lr = float(lr)
+    _check_scalar("lr", lr, low=0.0, where=where)
+    _check_scalar("kappa", hp["kappa"], low=0.0, strict=True, where=where)
+    nu = hp["nu"]
+    if not (_number(nu) and nu > 0 and not math.isnan(nu)):
+        raise ValueError(f"{where}nu must be a number > 0 (math.inf: no coupling), got {nu!r}")
+    _check_scalar("lambda" if where else "lam", hp["lambda"], low=0.0, where=where)
+    mom = hp["momentum"]
+    if not (_number(mom) and 0.0 <= mom < 1.0):
+        raise ValueError(f"{where}momentum must be a number in [0, 1), got {mom!r}")
+    damp = hp["dampening"]
+    if not (_number(damp) and 0.0 <= damp <= 1.0):
+        raise ValueError(f"{where}dampening must be a number in [0, 1], got {damp!r}")
+    _check_scalar("weight_decay", hp["weight_decay"], low=0.0, where=where)
+    for flag in ("nesterov", "weight_decay_1d", "kappa_uncoupled", "maximize"):
+        if not isinstance(hp[flag], bool):
+            raise TypeError(f"{where}{flag} must be True or False, got {hp[flag]!r}")
+    if hp["foreach"] is not None and not isinstance(hp["foreach"], bool):
+        raise TypeError(f"{where}foreach must be None, True or False, got {hp['foreach']!r}")
+    if hp["nesterov"] and (mom <= 0 or damp != 0):
+        raise ValueError(f"{where}Nesterov momentum requires momentum > 0 and dampening = 0, "
+                         f"got momentum={mom}, dampening={damp}")
+    if hp["coupling"] not in COUPLINGS:
+        raise ValueError(f"{where}coupling must be one of {COUPLINGS}, got {hp['coupling']!r}")
+    if hp["lambda_scaling"] not in LAMBDA_SCALINGS:
+        raise ValueError(f"{where}lambda_scaling must be one of {LAMBDA_SCALINGS}, "
+                         f"got {hp['lambda_scaling']!r}")
+    s = hp["structure"]
+    if s is not None and not (isinstance(s, str) and s in (*STRUCTURES, *AUTOS)):
+        raise ValueError(f"{where}structure {s!r} is not one of {(*STRUCTURES, *AUTOS)} "
+                         f"or None")
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,17 +181,19 @@ class SLBI(Optimizer):
     r"""DessiLBI / Split LBI with momentum (see the module docstring for the update rule).
 
     Args:
-        params: parameters or parameter groups. A group's ``structure`` (``"filter"``,
-            ``"neuron"``, ``"element"`` or ``None``) says whether its parameters carry a sparse Γ
-            and how it is grouped; ``lambda`` is its threshold λ. ``slbi_param_groups(model)``
-            builds them from the layers; a flat ``model.parameters()`` takes ``structure``.
+        params: parameters, named parameters (``model.named_parameters()``, as torch.optim
+            accepts) or parameter groups. A group's ``structure`` (``"filter"``, ``"neuron"``,
+            ``"element"``, ``"auto"``, ``"auto_neuron"`` or ``None``) says whether its
+            parameters carry a sparse Γ and how it is grouped; ``lambda`` is its threshold λ.
+            ``slbi_param_groups(model)`` builds them from the layers.
         lr: step size α (official recipe: 0.1).
         kappa: damping κ > 0 (Γ = κ·Prox(V); every W step is scaled by κ). Official: 1.
         nu: coupling ν > 0 (``math.inf`` switches the coupling off: W follows SGD exactly).
             Official LeNet recipe: 20.
         lam: default threshold λ ≥ 0 for groups that do not set ``lambda`` (official: 1). A group
             enters supp(Γ) after roughly λν/(α‖W^g‖) steps.
-        momentum, dampening, nesterov: as in ``torch.optim.SGD``.
+        momentum: heavy-ball momentum τ in [0, 1); ``dampening`` in [0, 1] and ``nesterov`` as
+            in ``torch.optim.SGD``.
         weight_decay: L2 weight decay ω (inside the momentum buffer, as torch.optim.SGD).
         weight_decay_1d: also decay 1-D parameters (biases, norm scales). Default False: the
             official code decays weights only.
@@ -135,17 +201,28 @@ class SLBI(Optimizer):
             ``"paper"`` (inside; a reading of the paper that could not be confirmed).
         kappa_uncoupled: scale the steps of uncoupled parameters by κ too (paper and code).
         lambda_scaling: ``"none"`` (λ per group) or ``"sqrt_size"`` (λ·√group size).
-        structure: the structure of groups that do not set one. ``"auto"`` (default) picks it
-            per parameter by shape (:func:`auto_structure`): ``"filter"`` for conv weights (3-5
-            dims), ``"neuron"`` for 2-D weights (the classifier included), ``None`` for 1-D;
-            an ``"auto"`` group is split into one group per structure when it is added, so
-            ``param_groups`` holds only resolved structures. ``None`` gives unnamed groups no Γ
-            (the default before issue 18). A ``UserWarning`` names the fix when no parameter
-            gets a Γ (SLBI would then be SGD with momentum).
+        structure: the structure of groups that do not set one. ``"auto"`` (default) resolves
+            it per parameter by shape (:func:`auto_structure`): ``"filter"`` for conv weights
+            (3-5 dims), ``"element"`` for 2-D weights (the classifier included), ``None`` for
+            1-D: the official code's coupling. ``"auto_neuron"``: the same with ``"neuron"``
+            (rows) for 2-D weights. The group itself is kept as given (``param_groups`` are the
+            user's groups); :meth:`structure` answers per parameter. ``None`` gives unnamed
+            groups no Γ. A ``UserWarning`` names the fix when no parameter gets a Γ (SLBI would
+            then be SGD with momentum).
+        maximize: ascend on the loss: the loss gradient is negated before the step, as in
+            ``torch.optim.SGD`` (weight decay and the coupling term are not).
+        foreach: accepted for ``torch.optim`` compatibility and stored in the groups; a no-op:
+            the step always uses the multi-tensor (``torch._foreach_*``) kernels, which fall
+            back to per-tensor loops on devices without fused ones.
+
+    Every parameter group is checked (the constructor's, and any added later with
+    :meth:`add_param_group`): a bad value raises one ``ValueError`` naming the group, the value
+    and what is accepted.
 
     State per parameter: ``momentum_buffer``; coupled ones also ``V`` and ``Gamma``. The step
     allocates no parameter-sized temporaries in the usual case (momentum without Nesterov, after
-    the first step): buffers are updated in place and the prox is written straight into Γ.
+    the first step, ``maximize=False``): buffers are updated in place and the prox is written
+    straight into Γ.
 
     Reference: Fu et al., ICML 2020, Sec. 3 (DessiLBI and its momentum variant).
     """
@@ -156,51 +233,17 @@ class SLBI(Optimizer):
                  dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  weight_decay_1d: bool = False, coupling: str = "code",
                  kappa_uncoupled: bool = True, lambda_scaling: str = "none",
-                 structure: str | None = AUTO):
-        if isinstance(lr, torch.Tensor):                 # a tensor lr, as torch.optim.SGD
-            if lr.numel() != 1:
-                raise ValueError(f"lr must be a number or a one-element tensor, got a tensor of "
-                                 f"shape {tuple(lr.shape)}")
-            _check_scalar("lr", float(lr), low=0.0)
-        else:
-            _check_scalar("lr", lr, low=0.0)
-        _check_scalar("kappa", kappa, low=0.0, strict=True)
-        if not (isinstance(nu, int | float) and not isinstance(nu, bool) and nu > 0
-                and not math.isnan(nu)):
-            raise ValueError(f"nu must be a number > 0 (math.inf: no coupling), got {nu!r}")
-        _check_scalar("lam", lam, low=0.0)
-        _check_scalar("momentum", momentum, low=0.0)
-        _check_scalar("dampening", dampening, low=0.0)
-        _check_scalar("weight_decay", weight_decay, low=0.0)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0, got "
-                             f"momentum={momentum}, dampening={dampening}")
-        if coupling not in COUPLINGS:
-            raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
-        if lambda_scaling not in LAMBDA_SCALINGS:
-            raise ValueError(f"lambda_scaling must be one of {LAMBDA_SCALINGS}, "
-                             f"got {lambda_scaling!r}")
-        if structure is not None and structure not in (*STRUCTURES, AUTO):
-            raise ValueError(f"structure {structure!r} is not one of {(*STRUCTURES, AUTO)} "
-                             f"or None")
+                 structure: str | None = AUTO, maximize: bool = False,
+                 foreach: bool | None = None):
         defaults = dict(lr=lr, kappa=kappa, nu=nu, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay,
                         weight_decay_1d=weight_decay_1d, coupling=coupling,
                         kappa_uncoupled=kappa_uncoupled, lambda_scaling=lambda_scaling,
-                        structure=structure)
+                        structure=structure, maximize=maximize, foreach=foreach)
         defaults["lambda"] = lam
+        check_hparams(defaults)
         super().__init__(params, defaults)
-        for gi, group in enumerate(self.param_groups):
-            _check_scalar("lambda", group["lambda"], low=0.0)
-            if group["lambda_scaling"] not in LAMBDA_SCALINGS:
-                raise ValueError(f"param group {gi}: lambda_scaling must be one of "
-                                 f"{LAMBDA_SCALINGS}, got {group['lambda_scaling']!r}")
-            if group["coupling"] not in COUPLINGS:
-                raise ValueError(f"param group {gi}: coupling must be one of {COUPLINGS}, "
-                                 f"got {group['coupling']!r}")
-            for p in group["params"]:
-                check_structure(p, group["structure"], f"param group {gi}")
-        if all(g["structure"] is None for g in self.param_groups):
+        if all(self.structure(p) is None for g in self.param_groups for p in g["params"]):
             shapes = sorted({tuple(p.shape) for g in self.param_groups for p in g["params"]})
             warnings.warn(
                 "SLBI: no parameter has a structure ('filter', 'neuron' or 'element'), so none "
@@ -211,35 +254,44 @@ class SLBI(Optimizer):
                 "structure='element' for a flat list of such parameters.",
                 UserWarning, stacklevel=2)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for g in self.param_groups:     # groups of checkpoints and pickles from older versions
+            g.setdefault("maximize", False)
+            g.setdefault("foreach", None)
+            g.setdefault("structure", None)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As torch's, plus: a group whose structure is ``"auto"`` (its own, or the default) is
-        added as one group per resolved structure (:func:`auto_structure`); every parameter's
-        structure is checked against its shape."""
-        structure = param_group.get("structure", self.defaults.get("structure"))
-        pieces = split_auto_group(param_group) if structure == AUTO else [param_group]
-        for piece in pieces:
-            super().add_param_group(piece)
-            g = self.param_groups[-1]
+        """As torch's (named parameters included), plus: the group's hyperparameters and every
+        parameter's structure are checked; a bad group raises and is not added."""
+        super().add_param_group(param_group)
+        where = f"param group {len(self.param_groups) - 1}: "
+        g = self.param_groups[-1]
+        try:
+            check_hparams(g, where)
             for p in g["params"]:
-                check_structure(p, g.get("structure"),
-                                f"param group {len(self.param_groups) - 1}")
+                check_structure(p, g["structure"], where.rstrip(": "))
+        except (ValueError, TypeError):
+            self.param_groups.pop()
+            raise
 
     # ---- queries ------------------------------------------------------------------------------
     def structure(self, p: torch.Tensor) -> str | None:
-        """The structure of parameter ``p`` (None: no Γ). Raises for unknown parameters.
+        """The structure of parameter ``p`` (None: no Γ), its group's ``"auto"`` resolved by
+        shape. Raises for unknown parameters.
 
         Read from ``param_groups`` (no cached map), so copies, pickles and ``load_state_dict``
         always answer for the parameters they hold."""
         for g in self.param_groups:
             for q in g["params"]:
                 if q is p:
-                    return g["structure"]
+                    return resolve_structure(g["structure"], p)
         raise ValueError("parameter is not managed by this optimizer")
 
     def gamma(self, p: torch.Tensor) -> torch.Tensor:
         """Γ of a coupled parameter (zeros before its first step)."""
         if self.structure(p) is None:
-            raise ValueError("parameter has no Γ (its group's structure is None)")
+            raise ValueError("parameter has no Γ (its structure is None)")
         st = self.state.get(p, {})
         return st["Gamma"] if "Gamma" in st else torch.zeros_like(p)
 
@@ -255,7 +307,10 @@ class SLBI(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            slbi_group_step(group, self.state)
+            s = group["structure"]
+            structures = ([resolve_structure(s, p) for p in group["params"]] if s in AUTOS
+                          else None)
+            slbi_group_step(group, self.state, structures)
         return loss
 
 
@@ -278,13 +333,15 @@ class SLBIMethod(OptimizerMethod):
     support size per layer with every evaluation (``metrics``) and the regularisation path
     (units entering/leaving supp(Γ)) at the end of every epoch (``end_of_epoch`` events).
 
-    Defaults are the official LeNet recipe (code coupling, α 0.1, κ 1, ν 20, λ 1, momentum 0.9).
+    Defaults are the official code (code coupling, α 0.1, κ 1, ν 20, λ 1, momentum 0.9; conv
+    weights by filter, every Linear weight element-wise, the classifier included; ``linear=
+    "neuron"`` groups hidden Linear weights by neuron instead).
     With ``lambda_unit="entry"`` (default) λ is in entry-time units (``entry_lambda``): the
     selection path keeps its place within an epoch whatever the problem's epoch length and
     whatever α and ν the tuner picks, so tuning α and ν does not also move the path."""
 
     name = "slbi"
-    summary = "DessiLBI: Split LBI with momentum; structural sparsity path (filters/neurons)"
+    summary = "DessiLBI: Split LBI with momentum; structural sparsity path (filters/weights)"
     paper = "Fu, Liu, Li, Sun, Zeng & Yao, ICML 2020 (arXiv 2007.02010)"
     hparams = (
         HParam("lr", OFFICIAL["lr"], float, "step size alpha (official recipe: 0.1)", low=0.01,
@@ -308,9 +365,11 @@ class SLBIMethod(OptimizerMethod):
                "(the official code does not)"),
         HParam("conv", "filter", str, "structure of conv weights", choices=("filter", "element",
                                                                               "none")),
-        HParam("linear", "neuron", str, "structure of hidden Linear weights",
+        HParam("linear", "element", str, "structure of hidden Linear weights ('element': "
+               "the official code; 'neuron': rows, for structured pruning)",
                choices=("neuron", "element", "none")),
-        HParam("output", "none", str, "structure of the last Linear layer",
+        HParam("output", "element", str, "structure of the last Linear layer ('element': "
+               "the official code, which couples the classifier too)",
                choices=("neuron", "element", "none")),
         HParam("coupling", "code", str, "'code': coupling outside momentum (official code); "
                "'paper': inside (unconfirmed reading of the paper)", choices=COUPLINGS),
@@ -402,5 +461,6 @@ class SLBIMethod(OptimizerMethod):
         self.path.load_state_dict(state["path"])
 
 
-__all__ = ["OFFICIAL", "SLBI", "SLBIMethod", "entry_lambda", "group_thresholds",
-           "prox_group_lasso", "prox_group_lasso_", "slbi_param_groups"]
+__all__ = ["AUTO", "AUTO_NEURON", "OFFICIAL", "SLBI", "SLBIMethod", "auto_structure",
+           "check_hparams", "entry_lambda", "group_thresholds", "prox_group_lasso",
+           "prox_group_lasso_", "resolve_structure", "slbi_param_groups"]

@@ -1,13 +1,22 @@
 """Which parameters of an ``SLBI`` optimizer carry a sparse copy Γ, and how Γ is grouped.
 
-* :func:`slbi_param_groups` reads the layers of a model (conv weights: filters, hidden Linear
-  weights: neurons, the classifier dense);
-* :func:`auto_structure` reads one tensor's shape, for a flat parameter list where the layers are
-  unknown (``SLBI(params, structure="auto")``, the default; DeepOBS's runner and Lightning's
+* :func:`slbi_param_groups` reads the layers of a model; its defaults are the official code's
+  coupling (DessiLBI2020/DessiLBI, ``code/slbi_opt.py`` with the LeNet demo's layer list): conv
+  weights by output filter, every Linear weight element-wise, the classifier included.
+* :func:`auto_structure` / :func:`resolve_structure` read one tensor's shape, for a flat
+  parameter list where the layers are unknown (``SLBI(params)``, whose default
+  ``structure="auto"`` is the same official coupling; DeepOBS's runner and Lightning's
   ``configure_optimizers`` hand the optimizer ``model.parameters()``).
+  ``structure="auto_neuron"`` groups 2-D weights by neuron (row) instead, for structured pruning
+  of Linear layers.
 
 The groups follow DessiLBI's structural sparsity (Fu et al., ICML 2020, Sec. 3): the group lasso
-Ω₁(Γ) = Σ_g ‖Γ^g‖₂ over conv filters W[c_out] or over a Linear layer's neurons (rows).
+Ω₁(Γ) = Σ_g ‖Γ^g‖₂ over conv filters W[c_out] or over a Linear layer's neurons (rows), or the
+lasso Ω₁(Γ) = ‖Γ‖₁ over single weights ("element").
+
+A group's ``structure`` stays as the user gave it ("auto" included): the structure of each of its
+parameters is resolved from the parameter's shape whenever it is needed
+(:func:`resolve_structure`), so the optimizer's ``param_groups`` are exactly the user's groups.
 """
 
 from __future__ import annotations
@@ -21,52 +30,55 @@ from .slbi_update import STRUCTURES
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 AUTO = "auto"
+AUTO_NEURON = "auto_neuron"
+AUTOS = (AUTO, AUTO_NEURON)
+ACCEPTED = (*STRUCTURES, *AUTOS, None)
 
 
-def auto_structure(p: torch.Tensor) -> str | None:
+def auto_structure(p: torch.Tensor, linear: str = "element") -> str | None:
     """The structure ``structure="auto"`` gives one parameter, from its shape alone:
 
     * 3 to 5 dims (a Conv1d/2d/3d weight, out × in × kernel…): ``"filter"`` (groups W[c_out]);
-    * 2 dims (a Linear weight, out × in): ``"neuron"`` (groups are rows, a neuron's incoming
-      weights) -- the classifier's rows too, since a tensor does not say which layer is last
-      (the official base optimizer also couples the classifier; ``slbi_param_groups(model)``
-      keeps it dense);
-    * anything else (biases, norm scales, 0-D): ``None`` (no Γ).
+      the official code group-shrinks 4-D weights (Conv2d), the only conv it has;
+    * 2 dims (a Linear weight, out × in): ``linear``: ``"element"`` (default, the official
+      code: element-wise lasso on every 2-D weight, the classifier included) or ``"neuron"``
+      (``structure="auto_neuron"``: rows, a neuron's incoming weights);
+    * anything else (biases, norm scales, 0-D): ``None`` (no Γ; the official code couples
+      only 2-D and 4-D parameters).
 
     Shapes can mislead: a ConvTranspose weight is in × out × kernel (its dim 0 is the *input*
     channel), an Embedding is 2-D (rows are tokens). Use ``slbi_param_groups`` or explicit groups
     for such models.
 
     >>> [auto_structure(t) for t in (torch.zeros(6, 1, 5, 5), torch.zeros(10, 84), torch.zeros(6))]
-    ['filter', 'neuron', None]
+    ['filter', 'element', None]
+    >>> auto_structure(torch.zeros(10, 84), linear="neuron")
+    'neuron'
     """
     if 3 <= p.dim() <= 5:
         return "filter"
     if p.dim() == 2:
-        return "neuron"
+        return linear
     return None
 
 
-def split_auto_group(group: dict[str, Any]) -> list[dict[str, Any]]:
-    """An ``"auto"`` parameter group as one group per resolved structure (``"filter"``,
-    ``"neuron"``, ``None``; empty ones dropped, order of first appearance kept), every other key
-    copied. A group with no parameters stays one group (structure None)."""
-    params = group["params"]
-    params = [params] if isinstance(params, torch.Tensor) else list(params)
-    by: dict[str | None, list[torch.Tensor]] = {}
-    for p in params:
-        by.setdefault(auto_structure(p), []).append(p)
-    if not by:
-        return [{**group, "params": params, "structure": None}]
-    return [{**group, "params": ps, "structure": s} for s, ps in by.items()]
+def resolve_structure(structure: str | None, p: torch.Tensor) -> str | None:
+    """The structure parameter ``p`` gets in a group whose ``structure`` is ``structure``:
+    ``"auto"`` / ``"auto_neuron"`` by shape (:func:`auto_structure`), anything else as given."""
+    if structure == AUTO:
+        return auto_structure(p, "element")
+    if structure == AUTO_NEURON:
+        return auto_structure(p, "neuron")
+    return structure
 
 
 def check_structure(p: torch.Tensor, structure: Any, where: str) -> None:
-    if structure is None:
+    """A ``ValueError`` naming ``where`` unless ``structure`` is accepted for ``p``'s shape."""
+    if structure is None or (isinstance(structure, str) and structure in AUTOS):
         return
-    if structure not in STRUCTURES:
+    if not isinstance(structure, str) or structure not in STRUCTURES:
         raise ValueError(f"{where}: structure {structure!r} is not one of "
-                         f"{', '.join(map(repr, STRUCTURES))} or None")
+                         f"{', '.join(map(repr, (*STRUCTURES, *AUTOS)))} or None")
     if structure == "filter" and p.dim() < 3:
         raise ValueError(f"{where}: structure 'filter' needs a conv weight (3 to 5 dims: "
                          f"out, in, kernel...), got a tensor of shape {tuple(p.shape)}")
@@ -76,17 +88,29 @@ def check_structure(p: torch.Tensor, structure: Any, where: str) -> None:
 
 
 def slbi_param_groups(model: nn.Module, conv: str | None = "filter",
-                      linear: str | None = "neuron", output: str | None = None,
+                      linear: str | None = "element", output: str | None = "element",
                       lam: float | None = None, conv_lambda: float | None = None,
                       linear_lambda: float | None = None) -> list[dict[str, Any]]:
     """Parameter groups for ``SLBI`` built from the layers of ``model``.
 
-    Conv1d/2d/3d weights get structure ``conv`` ('filter', 'element' or None), Linear weights
-    ``linear`` ('neuron', 'element' or None), except the *last* Linear layer (the classifier,
-    whose rows are classes), which gets ``output`` (default None: dense, as removing a class is
-    rarely wanted). Everything else (biases, norm layers, other modules) is uncoupled. Optional
-    thresholds per kind override the optimizer's ``lam``. Nothing depends on parameter order:
-    groups hold the parameter objects, and ``SLBI.structure(p)`` maps them back.
+    What each argument couples:
+
+    * ``conv``: every Conv1d/2d/3d weight. ``"filter"`` (default): one group per output filter
+      W[c_out] (group lasso); ``"element"``: single weights; ``None``: no Γ.
+    * ``linear``: every Linear weight but the last. ``"element"`` (default): single weights
+      (lasso); ``"neuron"``: one group per row (a neuron's incoming weights: structured pruning
+      of Linear layers); ``None``: no Γ.
+    * ``output``: the *last* Linear layer (the classifier, whose rows are classes), same choices.
+      Default ``"element"``.
+
+    The defaults are the official code's coupling: its LeNet demo couples every 2-D and 4-D
+    parameter, group-shrinks 4-D (conv) weights by filter and shrinks 2-D (Linear) weights
+    element-wise, the classifier included (``tests/test_slbi.py::
+    test_defaults_equal_the_official_optimizer_on_the_official_lenet``). Everything else
+    (biases, norm layers, other modules) is uncoupled. Optional thresholds per kind override
+    the optimizer's ``lam`` (``linear_lambda`` applies to ``output`` too). Nothing depends on
+    parameter order: groups hold the parameter objects, and ``SLBI.structure(p)`` maps them
+    back.
     """
     for name, val, allowed in (("conv", conv, ("filter", "element", None)),
                                ("linear", linear, ("neuron", "element", None)),

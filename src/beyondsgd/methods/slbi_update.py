@@ -104,19 +104,36 @@ def _direction(params: list[torch.Tensor], grads: list[torch.Tensor],
     return torch._foreach_add(us, bufs, alpha=mom) if group["nesterov"] else bufs
 
 
-def slbi_group_step(group: dict[str, Any], state: dict) -> None:
-    """One DessiLBI step for every parameter of ``group`` (multi-tensor, in place)."""
-    params: list[torch.Tensor] = []
-    grads: list[torch.Tensor] = []
-    for p in group["params"]:
+def slbi_group_step(group: dict[str, Any], state: dict,
+                    structures: list[str | None] | None = None) -> None:
+    """One DessiLBI step for every parameter of ``group`` (multi-tensor, in place).
+
+    ``structures``: the resolved structure of each parameter of ``group["params"]`` (same
+    order; ``None``: no Γ); without it every parameter takes ``group["structure"]``. The
+    parameters of one structure are stepped together; the group's hyperparameters are shared.
+    ``group["maximize"]`` ascends on the loss: the loss gradient is negated (as in
+    ``torch.optim.SGD``); weight decay and the coupling are not."""
+    if structures is None:
+        structures = [group["structure"]] * len(group["params"])
+    by: dict[str | None, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for p, s in zip(group["params"], structures):
         if p.grad is not None:
             if p.grad.is_sparse:
                 raise RuntimeError("SLBI does not support sparse gradients")
-            params.append(p)
-            grads.append(p.grad)
-    if not params:
-        return
-    lr, kappa, nu, structure = group["lr"], group["kappa"], group["nu"], group["structure"]
+            ps, gs = by.setdefault(s, ([], []))
+            ps.append(p)
+            gs.append(p.grad)
+    for s, (ps, gs) in by.items():
+        if group.get("maximize", False):
+            gs = torch._foreach_neg(gs)
+        _step_tensors(ps, gs, s, group, state)
+
+
+def _step_tensors(params: list[torch.Tensor], grads: list[torch.Tensor], structure: str | None,
+                  group: dict[str, Any], state: dict) -> None:
+    """One DessiLBI step for ``params`` (all of one ``structure``) with the hyperparameters of
+    ``group`` (Fu et al., ICML 2020, Sec. 3; see ``beyondsgd.methods.slbi``)."""
+    lr, kappa, nu = group["lr"], group["kappa"], group["nu"]
     lr = float(lr) if isinstance(lr, torch.Tensor) else lr
     coupled = structure is not None and nu != math.inf
     inv_nu = 1.0 / nu if coupled else 0.0
