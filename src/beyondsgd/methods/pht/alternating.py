@@ -197,7 +197,7 @@ class Alternating:
         How close each solve gets: MSE on a ``Linear`` layer is solved exactly (least
         squares); cross-entropy and conv layers run ``iters`` L-BFGS iterations from the current
         weights, which stop short of the convex optimum (measured on mnist1d_mlp: 20 iterations
-        end 10-13 % above the objective 500 reach; docs/methods/pht.md).
+        end 9-16 % above the objective 500 reach; docs/methods/pht.md).
 
         Args:
             layers: ``"last"``, ``"all"`` (every solvable layer, from the top down) or indices

@@ -92,7 +92,7 @@ class PHTAlternation(Method):
     """PHT alternation (reconstruction): support step, then K frozen-support optimizer steps
     (Adam by default); optional single-layer solves under frozen support (``layer_solve``:
     the exact least-squares minimiser for MSE on a Linear layer, ``solver_iters`` = 20 damped
-    L-BFGS iterations otherwise, which stop short of the optimum: measured 10-13 % above it on
+    L-BFGS iterations otherwise, which stop short of the optimum: measured 9-16 % above it on
     mnist1d_mlp) per epoch or per step, each kept only when the real network's loss on the
     solve's data does not rise. Each per-epoch ``layer_solve`` event also carries
     ``loss_previous_solve``, the training loss right after the previous epoch's solves: the K

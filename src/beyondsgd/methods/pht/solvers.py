@@ -3,7 +3,7 @@
 With every support frozen, the network output is affine in one layer's parameters, so the loss is
 convex in that layer: :func:`solve_layer` minimises it for one ``Linear``/``Conv`` layer, by
 ``torch.linalg.lstsq`` (MSE on a ``Linear`` layer: the exact minimiser) or by a fixed number of
-L-BFGS iterations (cross-entropy, conv layers: *not* a certified optimum; 20 iterations end 10-13 %
+L-BFGS iterations (cross-entropy, conv layers: *not* a certified optimum; 20 iterations end 9-16 %
 above the optimum on mnist1d_mlp). Only one layer is solved at a time; the joint problem over
 several layers is never solved.
 """
