@@ -4,6 +4,7 @@ model, fewer parameters), fixed-mask retraining (winning tickets) and bad input.
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -40,15 +41,18 @@ def test_export_mlp_same_outputs_fewer_params(act):
     masks = _unit_masks(net, ["1.weight", "3.weight"], seed=1)
     small = S.export_pruned(net, masks)             # fold act(bias) of removed units
     x = torch.randn(50, 12)
-    torch.testing.assert_close(small(x), S.masked_model(net, masks)(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(small(x), S.masked_model(net, masks, zero_bias=False)(x),
+                               atol=1e-5, rtol=1e-5)
     k1, k2 = int(masks["1.weight"].sum()), int(masks["3.weight"].sum())
     assert (small[1].out_features, small[3].in_features, small[3].out_features,
             small[5].in_features) == (k1, k1, k2, k2)
     assert S.count_parameters(small) == 12 * k1 + k1 + k1 * k2 + k2 + k2 * 5 + 5
-    # removed_bias="zero" matches the masked model with removed biases zeroed
+    # removed_bias="zero" matches the masked model with removed biases zeroed (the default
+    # for unit masks, the official prune)
     small0 = S.export_pruned(net, masks, removed_bias="zero")
-    torch.testing.assert_close(small0(x), S.masked_model(net, masks, zero_bias=True)(x),
-                               atol=1e-5, rtol=1e-5)
+    for zb in (True, "units"):
+        torch.testing.assert_close(small0(x), S.masked_model(net, masks, zero_bias=zb)(x),
+                                   atol=1e-5, rtol=1e-5)
     # and the folding mattered: with tanh/sigmoid the two variants differ
     if act != "relu":
         assert not torch.allclose(small0(x), small(x), atol=1e-3)
@@ -59,7 +63,8 @@ def test_export_lenet5_filters_and_neurons():
     masks = _unit_masks(net, ["0.weight", "3.weight", "7.weight", "9.weight"], seed=2)
     small = S.export_pruned(net, masks)
     x = torch.randn(6, 1, 28, 28)
-    torch.testing.assert_close(small(x), S.masked_model(net, masks)(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(small(x), S.masked_model(net, masks, zero_bias=False)(x),
+                               atol=1e-5, rtol=1e-5)
     k = {n: int(m.sum()) for n, m in masks.items()}
     assert small[0].out_channels == k["0.weight"] == small[3].in_channels
     assert small[3].out_channels == k["3.weight"]
@@ -83,7 +88,8 @@ def test_export_padded_conv_needs_zero_bias():
     with torch.no_grad():
         net[0].bias[~masks["0.weight"]] = -1.0
     small_f = S.export_pruned(net, masks)
-    torch.testing.assert_close(small_f(x), S.masked_model(net, masks)(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(small_f(x), S.masked_model(net, masks, zero_bias=False)(x),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_export_element_masks_and_sparse_slbi_model():
@@ -98,7 +104,7 @@ def test_export_element_masks_and_sparse_slbi_model():
         opt.step()
     assert all(bool(torch.isfinite(p).all()) for p in net.parameters())
     gm = S.gamma_masks(net, opt)
-    assert set(gm) == {"0.weight", "3.weight", "7.weight", "9.weight"}
+    assert set(gm) == {"0.weight", "3.weight", "7.weight", "9.weight", "11.weight"}
     sm = S.sparse_model(net, opt)
     params, sparams = dict(net.named_parameters()), dict(sm.named_parameters())
     for n, p in params.items():          # W * 1[Gamma != 0] for coupled, W elsewhere
@@ -111,7 +117,8 @@ def test_export_element_masks_and_sparse_slbi_model():
     assert sizes == opt.support_sizes(net)
     # element masks of Linear layers: a row survives if any weight does; outputs still equal
     small = S.export_pruned(net, units, removed_bias="fold")
-    torch.testing.assert_close(small(x), S.masked_model(net, units)(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(small(x), S.masked_model(net, units, zero_bias=False)(x),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_official_lenet_prune_conv3_by_path_order():
@@ -136,12 +143,18 @@ def test_official_lenet_prune_conv3_by_path_order():
     masks = S.path_order_masks(net, path, ratio=0.8, names=["6.weight"])
     keep = masks["6.weight"]
     assert int(keep.sum()) == 24
-    # the kept filters are the earliest selected ones
+    # the kept filters are the earliest selected ones (filter norms < 1 here, so the official
+    # score norm - epoch never lets a later filter overtake an earlier one)
     assert float(entry[keep].max()) <= float(entry[~keep].min())
-    small = S.export_pruned(net, masks)              # conv3 unpadded: folding is exact
+    pruned = S.masked_model(net, masks)       # the official prune: removed filters' biases too
+    assert bool((pruned[6].bias[~keep] == 0).all()) and bool((pruned[6].bias[keep] != 0).all())
+    small = S.export_pruned(net, masks, removed_bias="zero")
     assert small[6].out_channels == 24 and small[9].in_features == 24
     xt = torch.randn(5, 1, 28, 28)
-    torch.testing.assert_close(small(xt), S.masked_model(net, masks)(xt), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(small(xt), pruned(xt), atol=1e-5, rtol=1e-5)
+    folded = S.export_pruned(net, masks)              # conv3 unpadded: folding is exact
+    torch.testing.assert_close(folded(xt), S.masked_model(net, masks, zero_bias=False)(xt),
+                               atol=1e-5, rtol=1e-5)
     assert S.count_parameters(small) == S.count_parameters(net) - 96 * (16 * 25 + 1 + 84)
     # the sparse model W * 1[Gamma != 0] keeps conv3's unselected filters at zero
     sm = S.sparse_model(net, opt)
@@ -239,3 +252,73 @@ def test_fixed_mask_retraining_keeps_zeros(opt_name):
     opt.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
     assert bool((model[1].weight.grad[off] != 0).any())          # hooks are gone
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning defaults follow the official code (issue 22)
+# --------------------------------------------------------------------------------------------
+def _official_keep(scores, percent, unit):
+    """The official prune (prune_layer_by_order_*), written from its description: threshold =
+    numpy percentile (linear) of the scores; conv filters below it are pruned, FC weights above
+    it are kept."""
+    thr = np.percentile(scores.numpy(), percent)
+    return torch.from_numpy(scores.numpy() >= thr if unit else scores.numpy() > thr)
+
+
+def test_path_order_default_is_the_official_score():
+    """On a constructed path where entry epochs and norms disagree, the default order keeps
+    exactly the units the official score norm - epoch keeps (epoch 2000 for never selected);
+    the lexicographic order (entry, then norm) is an option and keeps other filters."""
+    g = torch.Generator().manual_seed(0)
+    net = lenet5_official(seed=0)
+    w3, w4 = net[6].weight, net[9].weight                       # conv3 (120 filters), fc1
+    norms = 0.5 + 4.5 * torch.rand(120, generator=g, dtype=torch.float64)
+    entry3 = torch.randint(1, 8, (120,), generator=g).double()
+    entry3[torch.rand(120, generator=g) < 0.2] = float("inf")   # never selected
+    entry4 = torch.randint(1, 4, tuple(w4.shape), generator=g).double()
+    entry4[torch.rand(tuple(w4.shape), generator=g) < 0.5] = float("inf")
+    with torch.no_grad():
+        w3.mul_((norms / w3.flatten(1).norm(dim=1).double()).float().view(-1, 1, 1, 1))
+        w4.mul_(1.0 + 3.0 * torch.rand(tuple(w4.shape), generator=g))
+    path = S.SelectionPath()
+    path.entry = {"6.weight": entry3, "9.weight": entry4}
+    got = S.path_order_masks(net, path, 0.8, names=["6.weight", "9.weight"])
+    never = lambda e: torch.where(torch.isinf(e), torch.full_like(e, 2000.0), e)  # noqa: E731
+    score3 = w3.detach().flatten(1).norm(dim=1).double() - never(entry3)
+    score4 = w4.detach().abs().double() - never(entry4)
+    assert torch.equal(got["6.weight"], _official_keep(score3, 80, unit=True))
+    assert torch.equal(got["9.weight"], _official_keep(score4, 80, unit=False))
+    assert int(got["6.weight"].sum()) == 24 and int(got["9.weight"].sum()) == 2016
+    # the option: earliest entry first, larger norm breaking ties (an independent sort)
+    lex = S.path_order_masks(net, path, 0.8, names=["6.weight"], order="entry_then_norm")
+    n3 = w3.detach().flatten(1).norm(dim=1).tolist()
+    ranked = sorted(range(120), key=lambda i: (entry3[i].item(), -n3[i]))
+    expect = torch.zeros(120, dtype=torch.bool)
+    expect[ranked[:24]] = True
+    assert torch.equal(lex["6.weight"], expect)
+    assert int((lex["6.weight"] != got["6.weight"]).sum()) == 10     # 5 filters swap places
+    with pytest.raises(ValueError, match="order must be one of .*'entry_then_norm'.*got 'norm'"):
+        S.path_order_masks(net, path, 0.8, names=["6.weight"], order="norm")
+
+
+def test_masked_model_zeroes_removed_units_biases_by_default_as_the_official_prune():
+    """The official prune (prune_bias=True in the LeNet demo) zeroes the biases of the filters
+    it prunes and leaves FC biases alone: the default zero_bias='units'. True also zeroes rows an
+    element mask empties; False touches no bias (the sparse model W * 1[Gamma != 0])."""
+    net = _rand_bias(lenet5_official(seed=0))
+    keep = torch.arange(120) % 5 == 0
+    fc = torch.ones(84, 120, dtype=torch.bool)
+    fc[3] = False                                               # row 3 emptied element-wise
+    masks = {"6.weight": keep, "9.weight": fc}
+    b3, b4 = net[6].bias.detach().clone(), net[9].bias.detach().clone()
+    default = S.masked_model(net, masks)
+    assert torch.equal(default[6].bias, b3 * keep) and torch.equal(default[9].bias, b4)
+    every = S.masked_model(net, masks, zero_bias=True)
+    assert torch.equal(every[6].bias, b3 * keep) and every[9].bias[3] == 0
+    assert torch.equal(every[9].bias[fc.any(1)], b4[fc.any(1)])
+    none = S.masked_model(net, masks, zero_bias=False)
+    assert torch.equal(none[6].bias, b3) and torch.equal(none[9].bias, b4)
+    for m in (default, every, none):
+        assert bool((m[6].weight[~keep] == 0).all()) and bool((m[9].weight[3] == 0).all())
+    with pytest.raises(ValueError, match="zero_bias must be 'units', True or False, got 'all'"):
+        S.masked_model(net, masks, zero_bias="all")

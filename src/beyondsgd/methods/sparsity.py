@@ -10,13 +10,17 @@ magnitude pruning (``magnitude_masks``) or at random (``random_masks``).
   (Fu et al., ICML 2020, Sec. 3; the official code's ``w_star``).
 * ``support_sizes(masks)``: selected units per layer and in total.
 * ``SelectionPath``: the epoch at which each unit first entered supp(Γ) (the regularisation path,
-  "simple to complex"); ``path_order_masks`` prunes by that order (earliest-selected kept first,
-  weight norm as tie-break), like the official pruning utilities' score ``norm - epoch`` but
-  lexicographic.
+  "simple to complex"); ``path_order_masks`` prunes by the official pruning utilities' score
+  ‖W_unit‖ − entry epoch (default, ``order="norm_minus_epoch"``) or lexicographically, earliest
+  entry first and weight norm breaking ties (``order="entry_then_norm"``).
+* ``masked_model(model, masks)`` zeroes the masked weights and, by default, the biases of the
+  units a unit mask removes (the official prune's ``prune_bias=True`` for filters); element masks
+  leave biases alone (the official prune of FC weights).
 * ``export_pruned(model, masks)``: a physically smaller ``nn.Sequential`` (removed filters/neurons
   and the matching input channels/columns of the next layer) that computes the same function as
-  ``masked_model(model, masks)``; constant outputs of removed units (their bias through the
-  activation) are folded into the next layer's bias where that is exact.
+  ``masked_model(model, masks, zero_bias=False)``; constant outputs of removed units (their bias
+  through the activation) are folded into the next layer's bias where that is exact
+  (``removed_bias="zero"``: the function of ``masked_model(model, masks, zero_bias=True)``).
 * ``fix_masks(model, masks)``: zero masked weights and keep them zero during training (gradient
   hooks): the retraining step of the winning-ticket procedure (reset to the initial weights,
   keep the support of an early epoch, retrain).
@@ -38,7 +42,10 @@ Example::
     >>> small[1].out_features, small[3].in_features
     (8, 8)
     >>> x = torch.randn(4, 8)
-    >>> torch.allclose(small(x), masked_model(net, masks)(x), atol=1e-6)
+    >>> torch.allclose(small(x), masked_model(net, masks, zero_bias=False)(x), atol=1e-6)
+    True
+    >>> zero = export_pruned(net, masks, removed_bias="zero")   # removed units' biases zeroed:
+    >>> torch.allclose(zero(x), masked_model(net, masks)(x), atol=1e-6)   # the default here
     True
 """
 
@@ -117,21 +124,41 @@ def unit_masks_from_gamma(model: nn.Module, optimizer: Any) -> Masks:
     return out
 
 
+ZERO_BIAS = ("units", True, False)
+
+
+def zeroes_bias(mask: torch.Tensor, shape: torch.Size | tuple[int, ...],
+                zero_bias: bool | str) -> bool:
+    """Whether ``masked_model(..., zero_bias)`` zeroes the biases of the units ``mask`` removes:
+    ``"units"`` for a unit mask (one flag per row: whole filters/neurons pruned), ``True`` for
+    any mask (also rows an element mask empties), ``False`` never."""
+    if zero_bias == "units":
+        return len(shape) > 1 and mask.dim() == 1 and mask.shape[0] == shape[0]
+    return bool(zero_bias)
+
+
 @torch.no_grad()
 def masked_model(model: nn.Module, masks: Mapping[str, torch.Tensor],
-                 zero_bias: bool = False) -> nn.Module:
-    """A deep copy of ``model`` with every masked weight set to zero: W ⊙ mask.
+                 zero_bias: bool | str = "units") -> nn.Module:
+    """A deep copy of ``model`` with every masked weight set to zero: W ⊙ mask, and removed
+    units' biases zeroed as ``zero_bias`` says:
 
-    With ``zero_bias=True`` the bias of every removed unit (a row with no kept weight) is zeroed
-    too, so the unit is removed entirely rather than left emitting act(bias).
+    * ``"units"`` (default; the official ``prune_layer_by_order_*(..., prune_bias=True)`` of
+      the LeNet demo): a unit mask (one flag per filter/neuron) zeroes the biases of the units
+      it removes, so they are removed entirely rather than left emitting act(bias); an element
+      mask leaves every bias (the official prune of FC weights does not touch them);
+    * ``True``: also the bias of a row that an element mask empties;
+    * ``False``: no bias is touched (the sparse model W ⊙ 1[Γ ≠ 0], the official ``w_star``).
     """
+    if not (isinstance(zero_bias, bool) or zero_bias == "units"):
+        raise ValueError(f"zero_bias must be 'units', True or False, got {zero_bias!r}")
     params = _check_names(model, masks)
     out = copy.deepcopy(model)
     new = _params(out)
     for name, m in masks.items():
         w = new[name]
         w.mul_(expand_mask(m.to(w.device), w.shape).to(w.dtype))
-        if zero_bias:
+        if zeroes_bias(m, params[name].shape, zero_bias):
             bname = name.rsplit(".", 1)[0] + ".bias" if "." in name else "bias"
             if bname in new and new[bname] is not None:
                 keep = row_mask(m.to(w.device), params[name].shape)
@@ -141,8 +168,8 @@ def masked_model(model: nn.Module, masks: Mapping[str, torch.Tensor],
 
 def sparse_model(model: nn.Module, optimizer: Any) -> nn.Module:
     """The sparse model W ⊙ 1[Γ ≠ 0] (a copy; ``model`` is untouched). Uncoupled parameters
-    (biases, the output layer unless coupled) are kept dense, as in the paper and the code."""
-    return masked_model(model, gamma_masks(model, optimizer))
+    (biases, and any weight without a Γ) are kept dense, as in the paper and the code."""
+    return masked_model(model, gamma_masks(model, optimizer), zero_bias=False)
 
 
 def support_sizes(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
@@ -237,11 +264,47 @@ def _topk_mask(scores_order: torch.Tensor, n: int, k: int) -> torch.Tensor:
     return mask
 
 
+ORDERS = ("norm_minus_epoch", "entry_then_norm")
+NEVER_EPOCH = 2000.0   # the official code's entry epoch of a unit never selected
+
+
+def path_scores(entry: torch.Tensor, norms: torch.Tensor, order: str = "norm_minus_epoch"
+                ) -> torch.Tensor:
+    """Pruning scores of units (higher: kept first) from their entry epochs and weight norms.
+
+    ``"norm_minus_epoch"``: the official pruning utilities' score ‖W_unit‖₂ − (entry epoch)
+    (per filter, or |W_ij| − epoch per weight), a unit never selected counting as entering at
+    epoch 2000 as in the official code (``inf`` in :class:`SelectionPath`). Early entry
+    dominates, but a filter one epoch later with a norm larger by more than 1 ranks higher.
+    ``"entry_then_norm"``: earliest entry first, larger norm breaking ties (lexicographic; a
+    rank, not a score: ``-rank`` is returned).
+    """
+    entry, norms = entry.flatten().double(), norms.flatten().double()
+    if order == "norm_minus_epoch":
+        return norms - torch.where(torch.isinf(entry), torch.full_like(entry, NEVER_EPOCH),
+                                   entry)
+    if order == "entry_then_norm":
+        idx = torch.sort(-norms, stable=True).indices             # larger norm first
+        idx = idx[torch.sort(entry[idx], stable=True).indices]    # then earlier entry
+        score = torch.empty_like(norms)
+        score[idx] = -torch.arange(len(idx), dtype=torch.float64)
+        return score
+    raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+
+
 def path_order_masks(model: nn.Module, path: SelectionPath, ratio: float | Mapping[str, float],
-                     names: Iterable[str] | None = None) -> Masks:
-    """Prune ``ratio`` of the units of each layer by path order: units are ranked by the epoch they
-    entered supp(Γ) (earliest first), ties broken by larger weight norm; the top
-    ``(1 - ratio)`` fraction is kept. ``ratio`` may be one number or one per parameter name."""
+                     names: Iterable[str] | None = None,
+                     order: str = "norm_minus_epoch") -> Masks:
+    """Prune ``ratio`` of the units of each layer by the selection path: the units are ranked by
+    :func:`path_scores` (default ``order="norm_minus_epoch"``, the official score ‖W_unit‖ −
+    entry epoch; ``"entry_then_norm"``: earliest entry first, larger norm breaking ties) and
+    the top ``n - round(ratio·n)`` are kept (ties: the earlier unit). ``ratio`` may be one
+    number or one per parameter name. The official code keeps the units above the ratio's
+    percentile of the scores (``np.percentile``, linear): the same units whenever the scores
+    are distinct and ``floor((n-1)·ratio) + 1 = round(n·ratio)``, as for its demo (120 conv3
+    filters, 10080 fc1 weights at 80 %)."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     params = _params(model)
     names = list(names) if names is not None else list(path.entry)
     out: Masks = {}
@@ -251,9 +314,8 @@ def path_order_masks(model: nn.Module, path: SelectionPath, ratio: float | Mappi
         r = ratio[name] if isinstance(ratio, Mapping) else ratio
         entry = path.entry[name].flatten()
         norms = _unit_norms(params[name], path.entry[name].shape).flatten().cpu().double()
-        order = torch.sort(-norms, stable=True).indices            # larger norm first
-        order = order[torch.sort(entry[order], stable=True).indices]  # then earlier entry
-        out[name] = _topk_mask(order, entry.numel(), _keep_count(entry.numel(), r)).view(
+        ranked = torch.sort(-path_scores(entry, norms, order), stable=True).indices
+        out[name] = _topk_mask(ranked, entry.numel(), _keep_count(entry.numel(), r)).view(
             path.entry[name].shape)
     return out
 
@@ -355,12 +417,14 @@ def export_pruned(model: nn.Sequential, masks: Mapping[str, torch.Tensor],
     (Linear, through ``Flatten`` as blocks of spatial positions) of the next weight layer.
     Element masks also zero the single weights they drop.
 
-    A removed unit still emits the constant act(bias) in ``masked_model(model, masks)``;
+    A removed unit still emits the constant act(bias) in ``masked_model(model, masks,
+    zero_bias=False)``;
     ``removed_bias="fold"`` adds that constant's contribution to the next layer's bias, which is
     exact for Linear layers and unpadded convolutions (a padded convolution of a non-zero constant
     is not constant at the borders: then a ``ValueError`` asks for ``removed_bias="zero"``).
     ``removed_bias="zero"`` treats removed units' biases as zero, matching
-    ``masked_model(model, masks, zero_bias=True)``. The last weight layer's outputs cannot be
+    ``masked_model(model, masks, zero_bias=True)`` (and the default ``zero_bias="units"`` when
+    every mask is a unit mask). The last weight layer's outputs cannot be
     removed. The result computes the same function as the masked model (``tests/test_sparsity``).
     """
     if not isinstance(model, nn.Sequential):
