@@ -404,3 +404,61 @@ def test_deepobs_record_layout_padding_and_accuracies():
         deepobs_record(t, ev, 64)
     assert [deepobs_value(v) for v in (0.1, 1e-6, 30.0, 3, "paper", True)] == \
         ["1.e-01", "1.e-06", "3.e+01", "3", "paper", "True"]
+
+
+# --------------------------------------------------------------------------------------------
+# Installing the extra: what DeepOBS needs at import, said exactly (issue 27)
+# --------------------------------------------------------------------------------------------
+def _fresh(code: str, stand_ins: tuple[str, ...], tmp_path: Path):
+    """``code`` in a new interpreter with import-only stand-ins for ``stand_ins`` on its path."""
+    import os
+    import subprocess
+
+    for pkg in stand_ins:
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text(_STAND_IN)
+        if pkg == "torchvision":
+            for sub in ("datasets", "transforms"):
+                (tmp_path / pkg / f"{sub}.py").write_text(_STAND_IN)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None,
+                    reason="torchvision is installed")
+def test_without_torchvision_the_error_names_it_and_the_command_that_installs_it(tmp_path):
+    """Before: `make_runner` said to install the 'deepobs' extra, the very thing just installed
+    (DeepOBS imports TensorFlow and torchvision at import time)."""
+    res = _fresh("import sys\nfrom beyondsgd.integrations import deepobs as I\n"
+                 "try:\n    I.make_runner('bpgrad')\nexcept ImportError as e:\n"
+                 "    print(e.name, '|', e)\n"
+                 "print(sorted(m for m in sys.modules if m.split('.')[0] == 'deepobs'))\n",
+                 (), tmp_path)
+    assert res.returncode == 0, res.stderr
+    said, left = res.stdout.strip().splitlines()
+    name, _, msg = said.partition(" | ")
+    assert name == "torchvision" and "beyondsgd[deepobs]" not in msg, said
+    assert I.torchvision_install_command() in msg and "TensorFlow is not needed" in msg
+    assert left == "[]"  # no half-imported DeepOBS left behind
+
+
+def test_tensorflow_is_not_needed_for_the_pytorch_runner(tmp_path):
+    """DeepOBS's __init__ imports its TensorFlow half; the PyTorch runner is imported without
+    it, so torchvision (here an import-only stand-in where it is not installed) is all it
+    takes."""
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("TensorFlow is installed")
+    stand_ins = () if importlib.util.find_spec("torchvision") else ("torchvision",)
+    res = _fresh("import sys\nfrom beyondsgd.integrations import deepobs as I\n"
+                 "r = I.make_runner('bpgrad')\nimport deepobs.config\n"
+                 "print(type(r).__mro__[1].__name__, 'tensorflow' in sys.modules)\n",
+                 stand_ins, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["StandardRunner", "False"]
+
+
+def test_the_torchvision_command_matches_the_torch_build():
+    assert I.torchvision_install_command("2.13.0+cpu", None) == \
+        "pip install 'torchvision==0.28.*' --index-url https://download.pytorch.org/whl/cpu"
+    assert I.torchvision_install_command("2.1.2", "12.1") == "pip install 'torchvision==0.16.*'"

@@ -40,7 +40,12 @@ DeepOBS reads ``sys.argv`` for every run argument left ``None`` (``weight_decay`
 ``data_dir``, ...): inside another program give them all, or clear ``sys.argv``.
 
 Importing this module does not import DeepOBS; :class:`BeyondSGDRunner` and
-:func:`make_runner` do (DeepOBS 1.1.2 imports TensorFlow and torchvision when it is imported).
+:func:`make_runner` do (:func:`import_standard_runner`). DeepOBS 1.1.2's ``__init__`` imports its
+TensorFlow half even for PyTorch runs: without TensorFlow installed, DeepOBS is imported without
+it. Its PyTorch half needs torchvision, the build that matches your torch (PyPI's wheels are
+CUDA builds; a CPU torch needs the CPU one): the ImportError gives the exact command, e.g.
+``pip install 'torchvision==0.28.*' --index-url https://download.pytorch.org/whl/cpu`` for torch
+2.13 CPU.
 
 Example (needs DeepOBS)::
 
@@ -52,8 +57,10 @@ Example (needs DeepOBS)::
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import math
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -190,6 +197,76 @@ def _fed_class(cls: type[torch.optim.Optimizer], feed: _Feed) -> type[torch.opti
 
 
 # --------------------------------------------------------------------------------------------
+# Importing DeepOBS's PyTorch half (without its TensorFlow half)
+# --------------------------------------------------------------------------------------------
+def torchvision_install_command(torch_version: str | None = None,
+                                cuda: str | None | bool = False) -> str:
+    """The pip command that installs the torchvision release built for this torch (torch 2.N
+    pairs with torchvision 0.(N+15)), from PyTorch's CPU index for a CPU-only torch: PyPI's
+    torchvision wheels are CUDA builds, which a CPU torch refuses ("operator torchvision::nms
+    does not exist").
+
+    >>> torchvision_install_command("2.13.0+cpu", None)
+    "pip install 'torchvision==0.28.*' --index-url https://download.pytorch.org/whl/cpu"
+    >>> torchvision_install_command("2.13.0", "12.8")
+    "pip install 'torchvision==0.28.*'"
+    """
+    version = torch.__version__ if torch_version is None else torch_version
+    if cuda is False:
+        cuda = torch.version.cuda or getattr(torch.version, "hip", None)
+    major, minor = (int(x) for x in version.split("+")[0].split(".")[:2])
+    spec = f"torchvision==0.{minor + 15}.*" if major == 2 else "torchvision"
+    cmd = f"pip install '{spec}'"
+    return cmd if cuda else cmd + " --index-url https://download.pytorch.org/whl/cpu"
+
+
+def _import_without_tensorflow() -> None:
+    """Put the ``deepobs`` package into ``sys.modules`` without running its ``__init__``, which
+    imports DeepOBS's TensorFlow half (and its analyzer); the PyTorch half and ``deepobs.config``
+    import from it as usual (submodules still load on demand: ``import deepobs.analyzer``)."""
+    spec = importlib.util.find_spec("deepobs")
+    package = importlib.util.module_from_spec(spec)  # not executed
+    sys.modules["deepobs"] = package
+
+
+def import_standard_runner() -> type:
+    """DeepOBS 1.1.2's ``StandardRunner``, or ImportError saying exactly what is missing.
+
+    DeepOBS's ``__init__`` imports its TensorFlow half even for PyTorch runs; when TensorFlow is
+    not installed the package is imported without it (:func:`_import_without_tensorflow`), so
+    only its PyTorch half's own need remains: torchvision (its data sets import it), which must
+    be the build that matches this torch (:func:`torchvision_install_command`).
+    """
+    before = set(sys.modules)
+    if "deepobs" not in sys.modules:
+        if importlib.util.find_spec("deepobs") is None:
+            raise ImportError("DeepOBS is not installed: pip install 'beyondsgd[deepobs]' "
+                              "(DeepOBS 1.1.2)", name="deepobs")
+        if importlib.util.find_spec("tensorflow") is None:
+            _import_without_tensorflow()
+    try:
+        from deepobs.pytorch.runners import StandardRunner
+    except (ImportError, RuntimeError) as exc:
+        for name in set(sys.modules) - before:  # no half-imported DeepOBS stays behind
+            if name.split(".")[0] in ("deepobs", "torchvision"):
+                del sys.modules[name]
+        missing = getattr(exc, "name", None) or ""
+        if missing.split(".")[0] == "torchvision" or "torchvision" in str(exc):
+            have = importlib.util.find_spec("torchvision") is not None
+            what = ("does not work with this torch " if have else "is not installed ") + \
+                f"({type(exc).__name__}: {exc})"
+            raise ImportError(
+                f"DeepOBS 1.1.2's PyTorch runner imports torchvision (its data sets), which "
+                f"{what}; install the build for torch {torch.__version__}: "
+                f"{torchvision_install_command()} (TensorFlow is not needed)",
+                name="torchvision") from exc
+        raise ImportError(f"importing DeepOBS 1.1.2's PyTorch runner failed: "
+                          f"{type(exc).__name__}: {exc} (module {missing or '?'})",
+                          name=missing or None) from exc
+    return StandardRunner
+
+
+# --------------------------------------------------------------------------------------------
 # The runner (built on first use: DeepOBS is imported only then)
 # --------------------------------------------------------------------------------------------
 _RUNNER: type | None = None
@@ -199,13 +276,7 @@ def _runner_class() -> type:
     global _RUNNER
     if _RUNNER is not None:
         return _RUNNER
-    try:
-        from deepobs.pytorch.runners import StandardRunner
-    except ImportError as exc:
-        raise ImportError(
-            f"beyondsgd.integrations.deepobs needs DeepOBS 1.1.2 (pip install "
-            f"'beyondsgd[deepobs]'); importing it failed: {exc}. DeepOBS 1.1.2 imports "
-            f"TensorFlow and torchvision when it is imported, even for PyTorch runs") from exc
+    StandardRunner = import_standard_runner()
 
     class BeyondSGDRunner(StandardRunner):
         """DeepOBS's ``StandardRunner`` (its training loop unchanged) plus, for the run:
