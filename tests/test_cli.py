@@ -217,3 +217,22 @@ def test_out_on_read_only_media_is_refused_before_any_work(tmp_path):
     (line,) = res.stderr.strip().splitlines()
     assert f"--out '{media}/report' cannot be written (Read-only file system" in line, line
     assert not store.exists() and list(media.iterdir()) == []
+
+
+def test_ci_run_says_it_installs_system_packages_and_prints_a_line_before_each():
+    """A newcomer running .ci/run learns at its top, and from a printed line, that it installs
+    system packages with apt-get (it did so silently, output sent to /dev/null)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    header = text.split("set -euo pipefail")[0]
+    assert "SYSTEM packages" in header
+    assert "dataset-fashion-mnist" in header and "chromium" in header
+    lines = text.splitlines()
+    installs = [(i, m.group(1)) for i, line in enumerate(lines)
+                if not line.lstrip().startswith("#")
+                for m in [re.search(r"apt-get install -y ([\w-]+)", line)] if m]
+    assert [pkg for _, pkg in installs] == ["dataset-fashion-mnist", "chromium"]
+    for i, pkg in installs:
+        said = [x for x in lines[max(0, i - 2):i] if x.strip().startswith("echo")]
+        assert any(f"installing the system package {pkg}" in x for x in said), (pkg, said)
