@@ -302,7 +302,6 @@ def _slbi_bad(params: Callable[[nn.Module], Any]) -> tuple[BadInput, ...]:
             opt.add_param_group({"params": [m[0].bias, m[2].weight, m[2].bias], **kv})
         return build
 
-    val = "pending: SLBI validates every param group"
     return (
         BadInput("lr<0", lambda m: L(params(m), lr=-1.0), ValueError, "lr"),
         BadInput("kappa=0", lambda m: L(params(m), kappa=0.0), ValueError, "kappa"),
@@ -324,18 +323,17 @@ def _slbi_bad(params: Callable[[nn.Module], Any]) -> tuple[BadInput, ...]:
         BadInput("tensor-lr-2-values", lambda m: L(params(m), lr=torch.tensor([0.1, 0.2])),
                  ValueError, "lr"),
         BadInput("group-lambda<0", group_with(**{"lambda": -1.0}), ValueError, "lambda"),
-        BadInput("group-lr<0", group_with(lr=-1.0), ValueError, "lr", pending=val),
-        BadInput("group-nu=0", group_with(nu=0.0), ValueError, "nu", pending=val),
-        BadInput("group-kappa=0", group_with(kappa=0.0), ValueError, "kappa", pending=val),
-        BadInput("group-momentum<0", group_with(momentum=-0.5), ValueError, "momentum",
-                 pending=val),
+        BadInput("group-lr<0", group_with(lr=-1.0), ValueError, "lr"),
+        BadInput("group-nu=0", group_with(nu=0.0), ValueError, "nu"),
+        BadInput("group-kappa=0", group_with(kappa=0.0), ValueError, "kappa"),
+        BadInput("group-momentum<0", group_with(momentum=-0.5), ValueError, "momentum"),
         BadInput("group-nesterov-no-momentum", group_with(momentum=0.0, nesterov=True),
-                 ValueError, "nesterov", pending=val),
-        BadInput("added-group-lr<0", added(lr=-1.0), ValueError, "lr", pending=val),
+                 ValueError, "nesterov"),
+        BadInput("added-group-lr<0", added(lr=-1.0), ValueError, "lr"),
         BadInput("maximize-not-bool", lambda m: L(params(m), maximize="yes"),
-                 (ValueError, TypeError), "maximize", pending="pending: SLBI maximize"),
+                 (ValueError, TypeError), "maximize"),
         BadInput("foreach-not-bool", lambda m: L(params(m), foreach="yes"),
-                 (ValueError, TypeError), "foreach", pending="pending: SLBI foreach"),
+                 (ValueError, TypeError), "foreach"),
         *_torch_bad(L),
     )
 
@@ -343,17 +341,10 @@ def _slbi_bad(params: Callable[[nn.Module], Any]) -> tuple[BadInput, ...]:
 # BPGrad: the global state (step, f_min, ...) lives under the first parameter; "diverged" was
 # added to it later (state saved before it has no such key).
 _BP_LATER = {"maximize": False, "foreach": None, "nominal_batch_size": None}
-_BP_PENDING: dict[str, str] = {}  # BPGrad's keyword-only / maximize / foreach change landed
 _BP_BUGS = {
     "test_complex_matches_real_view": "open bug: the global gradient norm of complex128 "
     "gradients is computed in float32 (maths._global_grad_norm picks float64 only when a "
     "gradient's dtype is float64), so complex runs differ from their real view by ~1e-9",
-}
-_SLBI_PENDING = {
-    "test_maximize": "pending: SLBI maximize",
-    "test_foreach_matches_forloop": "pending: SLBI foreach",
-    "test_foreach_matches_forloop_cuda": "pending: SLBI foreach",
-    "test_named_parameters": "pending: SLBI accepts model.named_parameters() (param_names)",
 }
 _SLBI_BUGS = {
     "test_complex_lasso_refused_or_works": "open bug: structure 'element' on a complex "
@@ -372,7 +363,7 @@ INFOS = [
             Input("weight-decay", {"lr": 0.05, "weight_decay": 1e-2}),
             Input("running-mean", {"lr": 0.05, "rho": 0.5, "loss_estimate": "running_mean"}),
         ),
-        bad=_bp_bad({}), later_keys=_BP_LATER, pending=_BP_PENDING, bugs=_BP_BUGS,
+        bad=_bp_bad({}), later_keys=_BP_LATER, bugs=_BP_BUGS,
     ),
     Info(
         "bpgrad-no-momentum", bs.BPGrad, _params, _weights_and_rest,
@@ -381,14 +372,14 @@ INFOS = [
             Input("lipschitz-rho0", {"lipschitz": 5.0, "rho": 0.0, "momentum": 0.0}),
             Input("weight-decay", {"lr": 0.2, "momentum": 0.0, "weight_decay": 1e-2}),
         ),
-        bad=_bp_bad({"momentum": 0.0}), later_keys=_BP_LATER, pending=_BP_PENDING,
-        bugs=_BP_BUGS,
+        bad=_bp_bad({"momentum": 0.0}), later_keys=_BP_LATER, bugs=_BP_BUGS,
     ),
     Info(
         "slbi-auto", bs.SLBI, _params, _weights_and_rest,
         inputs=(
             Input("official", {}),
             Input("small-lambda", {"lr": 0.05, "nu": 5.0, "lam": 0.002}),
+            Input("auto-neuron", {"structure": "auto_neuron", "lam": 0.002, "nu": 5.0}),
             Input("nesterov-decay", {"nesterov": True, "weight_decay": 1e-3,
                                      "weight_decay_1d": True, "lam": 0.002}),
             Input("paper-coupling", {"coupling": "paper", "kappa": 2.0, "lr": 0.02,
@@ -399,11 +390,7 @@ INFOS = [
                                      "lam": 0.002, "kappa_uncoupled": False, "kappa": 2.0,
                                      "lr": 0.05}),
         ),
-        bad=_slbi_bad(_params), later_keys=_SLBI_LATER, per_param=True,
-        pending={**_SLBI_PENDING,
-                 "test_groups_kept_as_given": "pending: SLBI keeps the user's param groups as "
-                 "given (no split of a flat list into one group per structure)"},
-        bugs=_SLBI_BUGS,
+        bad=_slbi_bad(_params), later_keys=_SLBI_LATER, per_param=True, bugs=_SLBI_BUGS,
     ),
     Info(
         "slbi-layer-groups", bs.SLBI, _slbi_groups, _slbi_groups,
@@ -415,7 +402,6 @@ INFOS = [
             Input("uncoupled-nu-inf", {"nu": math.inf, "momentum": 0.0}),
         ),
         bad=_slbi_bad(_slbi_groups), later_keys=_SLBI_LATER, per_param=True,
-        pending=_SLBI_PENDING,
         bugs=_SLBI_BUGS,
     ),
 ]
