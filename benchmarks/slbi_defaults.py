@@ -1,8 +1,11 @@
 """SLBI's new defaults (the official recipe) against the old ones on a real problem.
 
 New: ``coupling="code"``, lr 0.1, kappa 1, nu 20, lambda 1 in entry-time units (the optimizer's
-lambda is 1 * (steps per epoch / 469)), weight decay 0. Old (before issue 14): paper coupling
-(inside the momentum buffer), lr 0.1, nu 100, lambda 1 absolute. Both through the runner
+lambda is 1 * (steps per epoch / 469)), weight decay 0, and (since issue 22) the official
+grouping: conv filters, every Linear weight element-wise, the classifier included (the recorded
+results predate it: Linear weights by neuron, the classifier dense; ``--grouping neuron``
+reruns them so). Old (before issue 14): paper coupling (inside the momentum buffer), lr 0.1,
+nu 100, lambda 1 absolute. Both through the runner
 (``run_trial``), same seeds and epochs, one thread; every epoch records the dense test accuracy,
 the sparse model's validation accuracy and the selected units per layer.
 
@@ -33,12 +36,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="benchmarks/results/slbi_defaults.json")
+    ap.add_argument("--grouping", choices=("official", "neuron"), default="official",
+                    help="Linear weights element-wise (the defaults since issue 22) or by neuron "
+                         "with the classifier dense (the defaults before; the recorded results)")
     args = ap.parse_args()
+    grouping = {} if args.grouping == "official" else {"linear": "neuron", "output": "none"}
     torch.set_num_threads(1)
     rows = []
     for seed in args.seeds:
         for name, hp in CONFIGS.items():
             t0 = time.perf_counter()
+            hp = {**grouping, **hp}
             res = run_trial(args.problem, "slbi", hp, seed=seed, epochs=args.epochs)
             per_epoch = [{"epoch": e["epoch"], "test_acc": e.get("test_metric"),
                           "sparse_val_acc": e.get("sparse_val_metric"),

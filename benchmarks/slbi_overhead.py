@@ -8,7 +8,9 @@ problem, the ratio of the median block times (whole step), of the optimizer step
 1 + (extra optimizer time)/(SGD's whole step), the overhead the optimizer itself causes.
 
 SLBI runs with its defaults (code coupling, kappa 1, nu 20, lambda 1, momentum 0.9, groups from
-``slbi_param_groups``) except lr = 0.01, the SGD baseline's lr (the cost does not depend on it).
+``slbi_param_groups``: since issue 22 conv filters and every Linear weight element-wise; the
+recorded results predate it: Linear weights by neuron, the classifier dense) except lr = 0.01,
+the SGD baseline's lr (the cost does not depend on it).
 
     flock /tmp/beyondsgd-bench.lock python benchmarks/slbi_overhead.py \\
         [--problems fmnist_2c2d fmnist_lenet5] [--rounds 9]

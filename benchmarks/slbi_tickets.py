@@ -110,8 +110,10 @@ def main() -> None:
                       "test_acc": test_acc(prob, m, data), "seconds": time.perf_counter() - t0})
             # ---- SLBI ------------------------------------------------------------------
             m = copy.deepcopy(init)
-            # the recorded results used the pre-issue-14 default coupling ("paper")
-            opt = SLBI(slbi_param_groups(m), lr=cfg["lr"], kappa=1.0, nu=cfg["nu"],
+            # the recorded results used the pre-issue-14 default coupling ("paper") and the
+            # pre-issue-22 grouping (hidden Linear weights by neuron, the classifier dense)
+            opt = SLBI(slbi_param_groups(m, linear="neuron", output=None), lr=cfg["lr"],
+                       kappa=1.0, nu=cfg["nu"],
                        lam=cfg["lam"], momentum=0.9, coupling="paper")
             per_epoch, masks_at = [], {}
             t0 = time.perf_counter()

@@ -150,10 +150,10 @@ def check_hparams(hp: dict[str, Any], where: str = "") -> None:
     _check_scalar("lambda" if where else "lam", hp["lambda"], low=0.0, where=where)
     mom = hp["momentum"]
     if not (_number(mom) and 0.0 <= mom < 1.0):
-        raise ValueError(f"{where}momentum must be a number in [0, 1), got {mom!r}")
+        raise ValueError(f"{where}momentum must be a number >= 0 and < 1, got {mom!r}")
     damp = hp["dampening"]
     if not (_number(damp) and 0.0 <= damp <= 1.0):
-        raise ValueError(f"{where}dampening must be a number in [0, 1], got {damp!r}")
+        raise ValueError(f"{where}dampening must be a number >= 0 and <= 1, got {damp!r}")
     _check_scalar("weight_decay", hp["weight_decay"], low=0.0, where=where)
     for flag in ("nesterov", "weight_decay_1d", "kappa_uncoupled", "maximize"):
         if not isinstance(hp[flag], bool):
