@@ -237,14 +237,18 @@ def test_slbi_auto_couples_the_mlp_weights_under_the_standard_runner(deepobs, tm
     class Spy(SLBI):
         def __init__(self, params, **hp):
             super().__init__(params, **hp)
-            seen["structures"] = [g["structure"] for g in self.param_groups]
+            seen["structures"] = [self.structure(p) for g in self.param_groups
+                                  for p in g["params"]]
+            seen["groups"] = len(self.param_groups)
 
     Spy.__name__ = "SLBI"
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         out = _run(StandardRunner(Spy, I.hyperparameter_spec("SLBI")), {"lr": 0.1}, tmp_path,
                    problem="tiny_mlp", batch_size=32)
-    assert seen["structures"] == ["neuron", None]  # both Linear weights: neurons; biases: none
+    # one group (the runner's list); Linear weights element-wise (the official coupling),
+    # biases none
+    assert seen["groups"] == 1 and set(seen["structures"]) == {"element", None}
     assert out["train_losses"][-1] < out["train_losses"][0]
 
 

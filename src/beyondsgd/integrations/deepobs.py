@@ -12,7 +12,7 @@ the model is the parameter list. What each method needs:
   DeepOBS's own divergence record: the remaining training losses are NaN, so the runner's
   end-of-epoch check pads the metrics with the initial values, as for any diverged run.
 * **SLBI**: DeepOBS's own ``StandardRunner(SLBI, HYPERPARAMS["SLBI"])``; the flat parameter list
-  takes ``structure="auto"`` (filters for conv weights, neurons for 2-D weights, no
+  takes ``structure="auto"`` (filters for conv weights, 2-D weights element-wise, no
   :math:`\Gamma` for 1-D; a warning when nothing gets one).
 * **ProxProp**: ``make_runner("proxprop")`` (SGD) or ``make_runner("proxprop",
   optimizer_class=torch.optim.Adam)``: a model hook converts the test problem's
