@@ -8,6 +8,8 @@ Methods (one module each under ``beyondsgd.methods``):
 - ``GDSolver`` and the ``gdsolver`` MILP functions (Ashok et al., IJCAI 2022);
 - ``PositiveHardThreshold`` / ``pht`` / ``Alternating`` (after Huang, Kong & Lucey 2017).
 
+``create_optimizer(name, model, **hp)`` builds what any of them needs by name.
+
 Baselines SGD, momentum, Adam, AdamW, Adagrad, Adadelta, RMSProp run through the same runner
 (``beyondsgd.bench.runner.run_trial``). See README.md for the API tour.
 """
@@ -16,6 +18,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 
 from . import data, models
+from .factory import create_optimizer
 from .methods import METHODS, HParam, Method, TrainContext, gdsolver, make_method, sparsity
 from .methods.bpgrad import BPGrad, estimate_lipschitz
 from .methods.gdsolver import GDSolver
@@ -56,6 +59,7 @@ __all__ = [
     "ProxLinear",
     "TrainContext",
     "__version__",
+    "create_optimizer",
     "data",
     "estimate_lipschitz",
     "frozen_support",
