@@ -341,11 +341,7 @@ def _slbi_bad(params: Callable[[nn.Module], Any]) -> tuple[BadInput, ...]:
 # BPGrad: the global state (step, f_min, ...) lives under the first parameter; "diverged" was
 # added to it later (state saved before it has no such key).
 _BP_LATER = {"maximize": False, "foreach": None, "nominal_batch_size": None}
-_BP_BUGS = {
-    "test_complex_matches_real_view": "open bug: the global gradient norm of complex128 "
-    "gradients is computed in float32 (maths._global_grad_norm picks float64 only when a "
-    "gradient's dtype is float64), so complex runs differ from their real view by ~1e-9",
-}
+_BP_BUGS: dict[str, str] = {}
 _SLBI_BUGS = {
     "test_complex_lasso_refused_or_works": "open bug: structure 'element' on a complex "
     "parameter fails inside the step (torch.clamp: NotImplementedError) instead of being "

@@ -224,5 +224,7 @@ def _global_grad_norm(grads: list[torch.Tensor], device: torch.device) -> torch.
     if not grads:
         return torch.zeros((), device=device)
     norms = torch._foreach_norm(grads)
-    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    # the widest real dtype among the gradients (a complex128 gradient's norm is float64)
+    wide = (torch.float64, torch.complex128)
+    dtype = torch.float64 if any(g.dtype in wide for g in grads) else torch.float32
     return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
