@@ -214,6 +214,11 @@ class Method:
     # Published defaults differ from our per-problem defaults for some methods; the tuning
     # protocol's "defaults" column uses these when given.
     published_defaults: ClassVar[dict[str, Any]] = {}
+    # Named sets of hyperparameter values (e.g. "published": a paper's recipe) chosen by a
+    # hyperparameter named ``preset``: a value not given explicitly comes from the chosen set,
+    # else from the declared default (``resolve_hparams``), so stored trials record the values
+    # actually used.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     # Renamed hyperparameters, old name -> new name: the old name is still accepted (with a
     # DeprecationWarning), stored rows that use it read as the new one, and trial keys hash the
     # old name, so trials stored before the rename keep their keys (``key_hparams``).
@@ -288,7 +293,9 @@ def key_hparams(cls: type[Method] | None, hp: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_hparams(cls: type[Method], given: dict[str, Any]) -> dict[str, Any]:
     """Defaults filled in, every value parsed and validated; unknown names raise ``ValueError``;
-    old names of renamed hyperparameters are accepted with a ``DeprecationWarning``."""
+    old names of renamed hyperparameters are accepted with a ``DeprecationWarning``. A
+    ``preset`` given names one of ``cls.presets``, whose values replace the declared defaults of
+    the hyperparameters not given."""
     renamed = getattr(cls, "renamed_hparams", None) or {}
     old_name = {renamed[k]: k for k in given if k in renamed}  # new -> the old name given
     given = canonical_hparams(cls, given, warn=True)
@@ -299,11 +306,16 @@ def resolve_hparams(cls: type[Method], given: dict[str, Any]) -> dict[str, Any]:
             f"method {cls.name!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
             f"accepted: {', '.join(sorted(known)) or '(none)'}"
         )
+    preset: dict[str, Any] = {}
+    if "preset" in known and "preset" in given:  # Method.presets: values not given explicitly
+        preset = (getattr(cls, "presets", None) or {}).get(known["preset"].parse(given["preset"]),
+                                                            {})
     out = {}
     for name, h in known.items():
         if name in old_name:  # errors name what the caller wrote
             h = replace(h, name=f"{old_name[name]} (renamed {name})")
-        out[name] = h.parse(given[name]) if name in given else h.default
+        out[name] = h.parse(given[name]) if name in given else \
+            h.parse(preset[name]) if name in preset else h.default
     return out
 
 
