@@ -20,6 +20,10 @@ Rows (relative differences ``||d - d_ref|| / ||d_ref||``, per layer):
   but for the 0/0 of a dead unit);
 * ``official variant vs official``: ``cg_variant="official"`` with the default ``cg_block``
   against the (aliased) official loop, eps 1e-6;
+* ``(cold)``: the same comparisons against the official loop run on ``M d = grad J`` from
+  ``d = 0`` (no warm start): the warm start's initial residual ``A^T z~ + beta theta - M
+  theta`` and ``theta - X`` cancel large terms, which is the official form's own float64
+  round-off (``official warm vs cold``), amplified by later CG iterations;
 * ``... vs exact``: distance of each from the exact proximal direction (dense solve).
 
 Networks: the paper's ConvNet (``proxprop_convnet``, one input channel, 28x28) and
@@ -71,9 +75,12 @@ def capture(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
 
 
 def official_cg(m: nn.Module, a: torch.Tensor, z: torch.Tensor, gz: torch.Tensor, iters: int,
-                eps: float, aliased: bool, tol: float = 1e-2, beta: float = 1.0
-                ) -> torch.Tensor:
-    """The official loop (module docstring); returns theta - X as rows [W.flatten(1), b]."""
+                eps: float, aliased: bool, tol: float = 1e-2, beta: float = 1.0,
+                warm: bool = True) -> torch.Tensor:
+    """The official loop (module docstring); returns theta - X as rows [W.flatten(1), b].
+    ``warm=False``: the same loop on M d = grad J from d = 0 (no warm start, so no
+    cancellation in the initial residual and in theta - X; not what the official code does),
+    to tell the official form's own float64 round-off from a difference of iteration."""
     conv = isinstance(m, nn.Conv2d)
     w_shape = m.weight.shape
 
@@ -95,6 +102,8 @@ def official_cg(m: nn.Module, a: torch.Tensor, z: torch.Tensor, gz: torch.Tensor
         return (u * v).sum().reshape(1, 1) if conv else (u * v).sum(1, keepdim=True)
 
     theta = torch.cat([m.weight.detach().flatten(1), m.bias.detach()[:, None]], 1)
+    if not warm:  # theta = 0, z = 0: R = -A^T gz exactly, and theta - X = -X
+        theta, z = torch.zeros_like(theta), torch.zeros_like(z)
     x = theta.clone()
     r = adjoint(z - gz) + beta * theta - gram(x)
     p = r if aliased else r.clone()
@@ -154,25 +163,36 @@ def main() -> None:
                     textbook0 = ours(m, a, gz, cg_iters=n, cg_eps=0.0, cg_tol=0.0,
                                      cg_block=block)
                     variant = ours(m, a, gz, cg_iters=n, cg_variant="official")
+                    cold = official_cg(m, a, z, gz, n, 1e-6, aliased=True, warm=False)
+                    cold0 = official_cg(m, a, z, gz, n, 1e-300, aliased=False, tol=0.0,
+                                        warm=False)
                     r = dict(net=net_name, batch=batch, layer=name,
                              kind="conv" if isinstance(m, nn.Conv2d) else "linear", iters=n,
                              textbook_vs_fixed=rel(textbook, fixed),
                              textbook_eps0_vs_fixed_eps0=rel(textbook0, fixed0),
                              variant_vs_official=rel(variant, official),
+                             textbook_eps0_vs_fixed_eps0_cold=rel(textbook0, cold0),
+                             variant_vs_official_cold=rel(variant, cold),
+                             official_warm_vs_cold=rel(official, cold),
                              textbook_vs_exact=rel(textbook, exact),
                              fixed_vs_exact=rel(fixed, exact),
                              official_vs_exact=rel(official, exact))
                     rows.append(r)
                     print(f"{net_name:7s} B={batch:<3d} {name:2s} N={n:<2d} textbook vs fixed "
                           f"{r['textbook_vs_fixed']:.1e}  eps0 "
-                          f"{r['textbook_eps0_vs_fixed_eps0']:.1e}"
-                          f"  variant vs official {r['variant_vs_official']:.1e}  vs exact: "
+                          f"{r['textbook_eps0_vs_fixed_eps0']:.1e} (cold "
+                          f"{r['textbook_eps0_vs_fixed_eps0_cold']:.1e})  variant vs official "
+                          f"{r['variant_vs_official']:.1e} (cold "
+                          f"{r['variant_vs_official_cold']:.1e}, official warm vs cold "
+                          f"{r['official_warm_vs_cold']:.1e})  vs exact: "
                           f"ours {r['textbook_vs_exact']:.3f} fixed {r['fixed_vs_exact']:.3f} "
                           f"official {r['official_vs_exact']:.3f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1) + "\n")
-    for key in ("textbook_vs_fixed", "textbook_eps0_vs_fixed_eps0", "variant_vs_official"):
+    for key in ("textbook_vs_fixed", "textbook_eps0_vs_fixed_eps0",
+                "textbook_eps0_vs_fixed_eps0_cold", "variant_vs_official",
+                "variant_vs_official_cold", "official_warm_vs_cold"):
         for kind in ("conv", "linear"):
             for batch in map(int, args.batches.split(",")):
                 v = [r[key] for r in rows if r["kind"] == kind and r["batch"] == batch]
