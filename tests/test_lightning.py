@@ -305,7 +305,8 @@ def test_gdsolver_callback_plateau_schedule_acceptance_and_logging(tmp_path):
     backoff 2 the plateau solves fall on epochs 1 and 3 (patience 1, then 2), as
     GDSolverMethod.end_of_epoch schedules them."""
     train, val = _digits()
-    cb = L.GDSolverCallback(module="net", patience=1, backoff=2.0, time_limit=10.0, n_points=32)
+    cb = L.GDSolverCallback(module="net", patience=1, backoff=2.0, time_limit=10.0, n_points=32,
+                            solves_per_run=0)
     model = Digits(lr=0.0)
     logger = pl.loggers.CSVLogger(tmp_path, name="run")
     trainer = pl.Trainer(max_epochs=5, callbacks=[cb], **{**QUIET, "logger": logger})
@@ -347,7 +348,7 @@ def test_gdsolver_callback_exact_checkpoint_resume(tmp_path):
 
     def run(epochs, ckpt=None, save=False):
         cb = L.GDSolverCallback(module="net", solve_every=2, patience=50, time_limit=10.0,
-                                n_points=32)
+                                n_points=32, solves_per_run=0)
         kw = {**QUIET, "enable_checkpointing": save, "default_root_dir": tmp_path}
         if save:
             kw["callbacks"] = [cb, pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck",
@@ -365,6 +366,11 @@ def test_gdsolver_callback_exact_checkpoint_resume(tmp_path):
     assert [ev["epoch"] for ev in cb_full.events] == [1, 3]
     assert [ev["epoch"] for ev in cb_res.events] == [3]
     assert cb_res.solves == 2 and cb_res.accepted == cb_full.accepted
+    # bounded by work, not seconds (issue 27: a resume used to differ by the radius when one
+    # run's solve hit its time limit): the same solve, and nothing hit a time limit
+    assert cb_res.events[0]["objective"] == cb_full.events[1]["objective"]
+    assert all(ev["deterministic"] for ev in cb_full.events + cb_res.events)
+    assert cb_full.time_limited == cb_res.time_limited == 0
     for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)
 

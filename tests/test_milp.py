@@ -439,3 +439,65 @@ def test_node_limit_is_deterministic_and_validated():
     assert np.array_equal(runs[0].weight, runs[1].weight)
     with pytest.raises(ValueError, match="node_limit"):
         solve_classification_milp(h, y, w, b, 0.05, node_limit=-1)
+
+
+# ---- deterministic by work (issue 27) ----------------------------------------------------------
+def _branching_instance():
+    """60 points of a noisy linear rule, 12 ReLU features, 4 classes, box 0.05: HiGHS needs
+    branching, and the default work limits stop it (after ~200 limit checks, 0.1 s here) before
+    it proves optimality."""
+    rng = np.random.default_rng(4)
+    h = np.maximum(rng.normal(size=(60, 12)), 0)
+    w = rng.normal(size=(4, 12)) * 0.3
+    y = (h @ w.T + rng.normal(size=(60, 4)) * 0.8).argmax(1)
+    return h, y, w, np.zeros(4)
+
+
+def test_default_work_limits_give_identical_solves():
+    """Two solves of the same instance with the default limits: stopped by work (limit checks),
+    not by seconds, so the same solution, objective and bound; the reported objective is the
+    number of points the returned weights classify with margin (checked independently)."""
+    from beyondsgd.methods.highs import CHECK_LIMIT
+
+    h, y, w, b = _branching_instance()
+    runs = [solve_classification_milp(h, y, w, b, 0.05) for _ in range(2)]
+    for r in runs:
+        assert (r.status, r.limit, r.deterministic) == ("feasible", "checks", True)
+        assert r.info["checks"] >= CHECK_LIMIT and r.bound > r.objective  # stopped early
+    assert np.array_equal(runs[0].weight, runs[1].weight)
+    assert np.array_equal(runs[0].bias, runs[1].bias)
+    assert (runs[0].objective, runs[0].bound) == (runs[1].objective, runs[1].bound)
+    m = classification_margins(h, y, runs[0].weight, runs[0].bias)
+    assert runs[0].objective == np.all(m >= DELTA - 1e-7, axis=1).sum()
+    assert runs[0].objective > runs[0].start_objective
+
+
+def test_a_tighter_work_limit_stops_earlier_and_is_reported():
+    h, y, w, b = _branching_instance()
+    few = solve_classification_milp(h, y, w, b, 0.05, check_limit=3, node_limit=None)
+    assert (few.limit, few.deterministic) == ("checks", True) and few.info["checks"] <= 6
+    nodes = solve_classification_milp(h, y, w, b, 0.05, node_limit=2, check_limit=None)
+    assert nodes.limit == "nodes" and nodes.info["nodes"] <= 3
+    lp = solve_hinge_lp(h, y, w, b, 0.05, iteration_limit=2)
+    assert (lp.status, lp.limit, lp.deterministic) == ("no_solution", "iterations", True)
+    assert lp.weight is None
+    full = solve_hinge_lp(h, y, w, b, 0.05)
+    assert full.status == "optimal" and full.limit == "" and full.info["iterations"] > 2
+
+
+def test_hitting_the_time_limit_marks_the_result_machine_dependent():
+    h, y, w, b = _branching_instance()
+    res = solve_classification_milp(h, y, w, b, 0.05, time_limit=1e-6, node_limit=None,
+                                    check_limit=None)
+    assert res.limit == "time" and not res.deterministic
+    assert res.summary()["deterministic"] is False
+
+
+@pytest.mark.parametrize("kw", [{"node_limit": 0}, {"check_limit": -1}, {"check_limit": 2.5},
+                                {"check_limit": True}])
+def test_work_limits_are_validated(kw):
+    h, y, w, b = _branching_instance()
+    with pytest.raises(ValueError, match=f"{next(iter(kw))} must be an int >= 1 or None"):
+        solve_classification_milp(h, y, w, b, 0.05, **kw)
+    with pytest.raises(ValueError, match="iteration_limit must be an int >= 1 or None"):
+        solve_regression_lp(h, np.ones((60, 1)), w[:1], b[:1], 0.05, iteration_limit=0)

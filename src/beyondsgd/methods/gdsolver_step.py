@@ -19,19 +19,28 @@ from torch import nn
 
 from .. import distributed as D
 from .gdsolver_points import (
+    BOXES,
+    CHECK_LIMIT,
+    ITERATION_LIMIT,
     NODE_LIMIT,
     OBJECTIVES,
     SELECTIONS,
     TASKS,
+    check_n_points,
     check_selection,
     default_points,
+    effective_selection,
     find_head,
+    fit_radius,
+    flip_radius,
     improves,
     select_points,
+    unwrap_model,
 )
 from .highs import (
     MILPResult,
     check_solver_args,
+    check_work_limits,
     solve_classification_milp,
     solve_hinge_lp,
     solve_regression_lp,
@@ -39,10 +48,6 @@ from .highs import (
 from .milp import classification_margins
 
 __all__ = ["GDSolver"]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 class GDSolver:
@@ -98,7 +103,7 @@ class GDSolver:
         threads: int = 1,
         node_limit: int | None = NODE_LIMIT,
         n_points: int = -1,
-        selection: str = "random",
+        selection: str = "margin",
         margin: float = 1e-4,
         norm: str = "l1",
         min_gain: float = 0.0,
@@ -107,6 +112,9 @@ class GDSolver:
         seed: int = 0,
         verbose: bool = False,
         distributed: bool | None = None,
+        box: str = "fit",
+        check_limit: int | None = CHECK_LIMIT,
+        iteration_limit: int | None = ITERATION_LIMIT,
     ):
         if task is not None and task not in TASKS:
             raise ValueError(f"task must be one of {list(TASKS)} or None, got {task!r}")
@@ -115,16 +123,14 @@ class GDSolver:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
         check_solver_args(time_limit, mip_gap, threads)
-        if node_limit is not None and not (_is_int(node_limit) and node_limit >= 1):
-            raise ValueError(f"node_limit must be an int >= 1 or None (unlimited), got "
-                             f"{node_limit!r}")
-        if not (_is_int(n_points) and n_points >= -1):
-            raise ValueError(f"n_points must be an int >= -1 (-1: auto, 0: all), got "
-                             f"{n_points!r}")
+        check_work_limits(node_limit, check_limit, iteration_limit)
+        check_n_points(n_points)
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
         if task is not None:
             check_selection(task, selection)
+        if box not in BOXES:
+            raise ValueError(f"box must be one of {list(BOXES)}, got {box!r}")
         if norm not in ("l1", "linf"):
             raise ValueError(f"norm must be 'l1' or 'linf', got {norm!r}")
         if not (0 <= min_gain <= 1):
@@ -134,17 +140,31 @@ class GDSolver:
         if distributed is not None and not isinstance(distributed, bool):
             raise ValueError(f"distributed must be None (auto), True or False, got "
                              f"{distributed!r}")
-        self.model = model
-        self.head = find_head(model, head)
+        self.model = unwrap_model(model)
+        self.head = find_head(self.model, head)
         self.task, self.objective = task, objective
         self.radius, self.time_limit, self.mip_gap = float(radius), float(time_limit), mip_gap
         self.threads = int(threads)
         self.node_limit = None if node_limit is None else int(node_limit)
+        self.check_limit = None if check_limit is None else int(check_limit)
+        self.iteration_limit = None if iteration_limit is None else int(iteration_limit)
         self.n_points, self.selection = int(n_points), selection
         self.margin, self.norm, self.min_gain = float(margin), norm, float(min_gain)
         self.keep_worse, self.loss_fn, self.seed = bool(keep_worse), loss_fn, int(seed)
         self.verbose, self.distributed = bool(verbose), distributed
+        self.box = box
         self.n_solves = 0  # seeds the random selection of each solve
+
+    def __repr__(self) -> str:
+        name = next((n for n, m in self.model.named_modules() if m is self.head), "")
+        points = "auto" if self.n_points < 0 else str(self.n_points)
+        return (f"GDSolver(head={name!r} Linear({self.head.in_features} -> "
+                f"{self.head.out_features}), objective={self.objective!r}, "
+                f"radius={self.radius:g} ({self.box}), selection={self.selection!r}, "
+                f"n_points={points}, margin={self.margin:g}, keep_worse={self.keep_worse}, "
+                f"limits: nodes={self.node_limit}, checks={self.check_limit}, "
+                f"iterations={self.iteration_limit}, mip_gap={self.mip_gap:g}, "
+                f"threads={self.threads}, time_limit={self.time_limit:g} s (safety net))")
 
     # ---- pieces ---------------------------------------------------------------------------
     def _task(self, y: torch.Tensor) -> str:
@@ -180,9 +200,7 @@ class GDSolver:
         return F.cross_entropy if task == "classification" else F.mse_loss
 
     def points_per_solve(self, task: str, n: int) -> int:
-        """How many of ``n`` training points go to the solver."""
-        if self.n_points == 0:
-            return n
+        """How many of ``n`` training points go to the solver (before ``selection="all"``)."""
         if self.n_points < 0:
             return default_points(task, self.objective, n, self.head.in_features,
                                   self.head.out_features)
@@ -237,68 +255,101 @@ class GDSolver:
         if D.resolve(self.distributed):
             return self._solve_distributed(task, h, out, y, g)
         k = self.points_per_solve(task, h.shape[0])
-        idx = select_points(task, out, y, k, self.selection, g)
-        return self._solve_points(task, h[idx], y[idx]), idx
+        idx = select_points(task, out, y, k, self.selection, g, h, self.margin)
+        radius = self.radius
+        if self._fits(task):
+            rest = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
+            rest[idx] = False
+            t = flip_radius(out[rest], y[rest], h[rest], self.margin)
+            radius = fit_radius(t.min() if t.numel() else math.inf, self.radius)
+        return self._solve_points(task, h[idx], y[idx], radius), idx
+
+    def _fits(self, task: str) -> bool:
+        """Is the radius fitted to the points (``box="fit"``: the classification MILP)?"""
+        return self.box == "fit" and task == "classification" and self.objective == "paper"
 
     def _solve_distributed(self, task: str, h: torch.Tensor, out: torch.Tensor, y: torch.Tensor,
                            g: torch.Generator) -> tuple[MILPResult, torch.Tensor]:
         """Candidates of every rank -> rank 0 selects and solves -> result broadcast.
 
-        Each rank's candidates are its first ``k`` rows in the selection order (any point
-        a single process would select is among them: the global order restricted to a rank's
-        rows is that rank's order), sent in row order; rank 0 re-runs the selection on their
-        union, which is in global row order, so it picks exactly the single-process points."""
+        Each rank's candidates are its first ``k`` rows in the selection order (any point a
+        single process would select is among them: the global order restricted to a rank's rows
+        is that rank's order), sent in row order with the smallest :func:`flip_radius` of its
+        other rows (``box="fit"``); rank 0 re-runs the selection on their union, which is in
+        global row order, so it picks exactly the single-process points, and the smallest flip
+        radius of the points left out -- its unpicked candidates and every rank's other rows --
+        gives the single-process radius."""
         sizes = D.all_gather_rows(torch.tensor([h.shape[0]])).tolist()
         offsets = np.cumsum([0, *sizes]).tolist()
         start, n_all = offsets[D.rank()], offsets[-1]
         n = h.shape[0]
         k = self.points_per_solve(task, n_all)
-        if self.selection == "random":
+        sel, fits = effective_selection(task, self.selection), self._fits(task)
+        if sel == "random":
             chosen = torch.randperm(n_all, generator=g)[:k].sort().values  # same on every rank
             local = chosen[(chosen >= start) & (chosen < start + n)] - start
-        elif self.selection == "first":
+        elif sel == "first":
             local = torch.arange(max(0, min(n, k - start)))
         else:
-            local = select_points(task, out, y, k, self.selection).sort().values
+            local = select_points(task, out, y, k, sel, None, h, self.margin).sort().values
         local = local.to(h.device)
+        t_rest = math.inf
+        if fits:
+            rest = torch.ones(n, dtype=torch.bool, device=h.device)
+            rest[local] = False
+            if bool(rest.any()):
+                t_rest = float(flip_radius(out[rest], y[rest], h[rest], self.margin).min())
         payload = ((local.cpu() + start).numpy(), h[local].detach().cpu(),
-                   out[local].detach().cpu(), y[local].detach().cpu())
+                   out[local].detach().cpu(), y[local].detach().cpu(), t_rest)
         parts = D.gather_objects(payload)
         box: tuple[MILPResult, torch.Tensor] | None = None
         if parts is not None:  # rank 0
             gidx = torch.as_tensor(np.concatenate([p[0] for p in parts]))
             hc, oc, yc = (torch.cat([p[i] for p in parts]) for i in (1, 2, 3))
-            if self.selection in ("random", "first"):
+            if sel in ("random", "first"):
                 pick = torch.arange(len(gidx))
             else:
-                pick = select_points(task, oc, yc, k, self.selection)
-            box = (self._solve_points(task, hc[pick], yc[pick]), gidx[pick])
+                pick = select_points(task, oc, yc, k, sel, None, hc, self.margin)
+            radius = self.radius
+            if fits:
+                left = torch.ones(len(gidx), dtype=torch.bool)
+                left[pick] = False
+                t = [p[4] for p in parts]
+                if bool(left.any()):
+                    t.append(float(flip_radius(oc[left], yc[left], hc[left],
+                                               self.margin).min()))
+                radius = fit_radius(min(t), self.radius)
+            box = (self._solve_points(task, hc[pick], yc[pick], radius), gidx[pick])
         res, idx = D.broadcast_object(box)
         return res, idx
 
-    def _solve_points(self, task: str, h: torch.Tensor, y: torch.Tensor) -> MILPResult:
-        """Build and solve the MILP/LP on the selected points' features ``h`` and targets."""
+    def _solve_points(self, task: str, h: torch.Tensor, y: torch.Tensor, radius: float
+                      ) -> MILPResult:
+        """Build and solve the MILP/LP on the selected points' features ``h`` and targets,
+        in the box of half-width ``radius``."""
         hs = h.detach().cpu().double().numpy()
         w = self.head.weight.detach().cpu().double().numpy()
         b = self.head.bias.detach().cpu().double().numpy()
         if task == "classification":
             ys = y.detach().cpu().numpy()
             if self.objective == "loss":
-                return solve_hinge_lp(hs, ys, w, b, self.radius, 1.0, self.time_limit,
-                                      self.threads, seed=self.seed, verbose=self.verbose)
+                return solve_hinge_lp(hs, ys, w, b, radius, 1.0, self.time_limit,
+                                      self.threads, seed=self.seed, verbose=self.verbose,
+                                      iteration_limit=self.iteration_limit)
             min_correct = None
             if self.min_gain > 0:
                 start = int(np.all(classification_margins(hs, ys, w, b) >= self.margin,
                                    axis=1).sum())
                 min_correct = min(len(ys), int(start + self.min_gain * len(ys)))
             return solve_classification_milp(
-                hs, ys, w, b, self.radius, self.margin, min_correct, self.time_limit,
+                hs, ys, w, b, radius, self.margin, min_correct, self.time_limit,
                 self.mip_gap, self.threads, seed=self.seed, node_limit=self.node_limit,
-                verbose=self.verbose)
+                check_limit=self.check_limit, verbose=self.verbose)
         ys = y.detach().cpu().double().numpy().reshape(len(hs), -1)
         norm = "l1" if self.objective == "loss" else self.norm
-        return solve_regression_lp(hs, ys, w, b, self.radius, norm, self.time_limit,
-                                   self.threads, seed=self.seed, verbose=self.verbose)
+        return solve_regression_lp(hs, ys, w, b, radius, norm, self.time_limit,
+                                   self.threads, seed=self.seed, verbose=self.verbose,
+                                   iteration_limit=self.iteration_limit)
 
     @torch.no_grad()
     def validate(self, x: torch.Tensor, y: torch.Tensor, task: str | None = None,

@@ -5,11 +5,21 @@ as a :class:`MILPResult`. ``solve_classification_milp``, ``solve_hinge_lp`` and
 ``solve_regression_lp`` build (:mod:`beyondsgd.methods.milp`, where the maths is) and solve.
 
 Defaults chosen from measurements (``benchmarks/gdsolver_milp_scaling.py``): one thread; for the
-MILP no presolve and no feasibility-jump heuristic (the warm start is feasible and the root LP is
-usually optimal, so they only cost time, 2-5x the solve on digits/mnist1d features); an optional
-node limit, which with one thread makes the outcome independent of the machine's speed, unlike
-a binding time limit. HiGHS prints a banner from C++ when a process creates its first solver,
-before any option can be set: unless ``verbose``, that creation runs with stdout silenced.
+MILP no presolve and no primal heuristics (the warm start is feasible, so they only cost time:
+presolve and feasibility jump 2-5x the solve on digits/mnist1d features, the sub-MIP heuristics
+up to 9 s between two of HiGHS's limit checks without a better solution).
+
+**Deterministic by work, not by seconds.** With one thread HiGHS follows the same path for the
+same inputs on any machine; only a limit in seconds makes the outcome depend on the machine's
+speed and load. So every solve is bounded by work: the MILP by ``node_limit`` branch-and-bound
+nodes *and* ``check_limit`` of HiGHS's limit checks (it checks its limits, through the MIP
+interrupt callback, once per root cut-separation round and per node: a node limit alone does
+not bound the root, whose cut rounds ran past 30 s on a 200-point instance), an LP by
+``iteration_limit`` simplex/IPM iterations. ``time_limit`` stays as an outer safety net; a
+result that hit it has ``limit == "time"`` and ``deterministic`` False.
+
+HiGHS prints a banner from C++ when a process creates its first solver, before any option can be
+set: unless ``verbose``, that creation runs with stdout silenced.
 
 Example::
 
@@ -35,9 +45,13 @@ import numpy as np
 from .milp import LinearProgram, build_classification_milp, build_hinge_lp, build_regression_lp
 
 __all__ = [
+    "CHECK_LIMIT",
+    "ITERATION_LIMIT",
     "MIP_OPTIONS",
+    "NODE_LIMIT",
     "MILPResult",
     "check_solver_args",
+    "check_work_limits",
     "solve_classification_milp",
     "solve_hinge_lp",
     "solve_program",
@@ -49,13 +63,15 @@ __all__ = [
 class MILPResult:
     """Outcome of one solver call.
 
-    ``status``: ``"optimal"`` (proved within ``mip_gap``), ``"feasible"`` (stopped at the time
-    limit with a solution), ``"infeasible"``, ``"no_solution"`` (stopped without a solution) or
-    ``"error"``. ``weight``/``bias`` are set only when ``has_solution`` (clipped into the box).
-    ``objective`` is the number of points correct with margin (classification MILP), the mean
-    hinge loss (hinge LP) or the mean absolute / max error (regression); ``start_objective`` is
-    the same at the warm start; ``bound`` is the solver's dual bound and ``gap`` the relative
-    gap.
+    ``status``: ``"optimal"`` (proved within ``mip_gap``), ``"feasible"`` (stopped at a limit
+    with a solution), ``"infeasible"``, ``"no_solution"`` (stopped at a limit without a solution)
+    or ``"error"``. ``limit``: the limit that stopped the solver (``"nodes"``, ``"checks"``,
+    ``"iterations"`` or ``"time"``; ``""`` when none did); ``deterministic`` is False only when
+    it was the time limit (the outcome then depends on the machine's speed). ``weight``/``bias``
+    are set only when ``has_solution`` (clipped into the box). ``objective`` is the number of
+    points correct with margin (classification MILP), the mean hinge loss (hinge LP) or the
+    mean absolute / max error (regression); ``start_objective`` is the same at the warm start;
+    ``bound`` is the solver's dual bound and ``gap`` the relative gap.
     """
 
     status: str
@@ -72,6 +88,8 @@ class MILPResult:
     nnz: int
     n_binaries: int
     highs_status: str = ""
+    limit: str = ""
+    deterministic: bool = True
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -99,10 +117,31 @@ def check_solver_args(time_limit: float, mip_gap: float, threads: int) -> None:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
 
 
+def check_work_limits(node_limit: Any, check_limit: Any, iteration_limit: Any) -> None:
+    """A clear ``ValueError`` for a work limit that is not ``None`` (unlimited) or an int >= 1."""
+    for name, v in (("node_limit", node_limit), ("check_limit", check_limit),
+                    ("iteration_limit", iteration_limit)):
+        if v is not None and not (isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                  and v >= 1):
+            raise ValueError(f"{name} must be an int >= 1 or None (unlimited), got {v!r}")
+
+
 # HiGHS options for the MILP (measured in benchmarks/gdsolver_milp_scaling.py): the warm start is
-# feasible and the root LP usually optimal, so presolve and the feasibility-jump heuristic only
-# cost time (2-5x the solve on digits/mnist1d features).
-MIP_OPTIONS: dict[str, Any] = {"presolve": "off", "mip_heuristic_run_feasibility_jump": False}
+# feasible, so presolve and the primal heuristics only cost time (presolve and feasibility jump
+# 2-5x the solve on digits/mnist1d features; the sub-MIP heuristics RINS/RENS took up to 9 s
+# between two limit checks and found no better solution on digits_mlp's MILPs).
+MIP_OPTIONS: dict[str, Any] = {"presolve": "off", "mip_heuristic_run_feasibility_jump": False,
+                               "mip_heuristic_effort": 0.0, "mip_heuristic_run_rins": False,
+                               "mip_heuristic_run_rens": False,
+                               "mip_heuristic_run_root_reduced_cost": False}
+# Work limits (deterministic, unlike seconds; measured in docs/methods/gdsolver.md): the default
+# MILPs of digits_mlp / fmnist_mlp end (optimal) within 2-120 limit checks and 0-45 nodes, their
+# best solution found by check 110; the LPs within a few thousand iterations.
+NODE_LIMIT = 100
+CHECK_LIMIT = 200
+ITERATION_LIMIT = 20_000
+_LIMITS = {"kTimeLimit": "time", "kIterationLimit": "iterations", "kSolutionLimit": "nodes",
+           "kInterrupt": "checks"}
 _SCHEDULER_THREADS: int | None = None
 _BANNER_DONE = False
 
@@ -152,23 +191,28 @@ def solve_program(
     warm_start: bool = True,
     seed: int = 0,
     build_seconds: float = 0.0,
-    node_limit: int | None = None,
+    node_limit: int | None = NODE_LIMIT,
     verbose: bool = False,
     options: dict[str, Any] | None = None,
+    check_limit: int | None = CHECK_LIMIT,
+    iteration_limit: int | None = ITERATION_LIMIT,
 ) -> MILPResult:
-    """Pass ``lp`` to HiGHS once (CSR arrays), warm-start it, solve within ``time_limit``.
+    """Pass ``lp`` to HiGHS once (CSR arrays), warm-start it, solve within the work limits.
 
-    ``node_limit`` caps the branch-and-bound nodes (HiGHS ``mip_max_nodes``): with one thread
-    the outcome then does not depend on the machine's speed, unlike a binding time limit.
-    ``verbose`` shows HiGHS's banner and log on stdout (default: silent).
+    MILP: at most ``node_limit`` branch-and-bound nodes (HiGHS ``mip_max_nodes``) and
+    ``check_limit`` of HiGHS's limit checks (counted in its MIP interrupt callback: one per root
+    cut round and per node); LP: at most ``iteration_limit`` simplex and IPM iterations. With
+    one thread these make the outcome independent of the machine's speed; ``time_limit``
+    (seconds) is a safety net, reported as ``limit == "time"``, ``deterministic`` False.
+    ``None``: no such limit. ``verbose`` shows HiGHS's banner and log on stdout (default:
+    silent).
     The returned weights are clipped into the column box (HiGHS' feasibility tolerance may leave
     them ~1e-7 outside). Nothing is returned when there is no feasible solution.
     """
     import highspy
 
     check_solver_args(time_limit, mip_gap, threads)
-    if node_limit is not None and int(node_limit) < 0:
-        raise ValueError(f"node_limit must be >= 0 or None, got {node_limit!r}")
+    check_work_limits(node_limit, check_limit, iteration_limit)
     global _SCHEDULER_THREADS
     if _SCHEDULER_THREADS not in (None, int(threads)):
         # HiGHS keeps one global task scheduler; a new thread count needs a reset.
@@ -181,9 +225,21 @@ def solve_program(
     h.setOptionValue("mip_rel_gap", float(mip_gap))
     h.setOptionValue("threads", int(threads))
     h.setOptionValue("random_seed", int(seed))
+    mip = bool(lp.integer.any())
     if node_limit is not None:
         h.setOptionValue("mip_max_nodes", int(node_limit))
-    defaults = MIP_OPTIONS if lp.integer.any() else {}
+    if iteration_limit is not None:
+        h.setOptionValue("simplex_iteration_limit", int(iteration_limit))
+        h.setOptionValue("ipm_iteration_limit", int(iteration_limit))
+    checks = [0]
+    if mip and check_limit is not None:
+        def count_checks(event: Any) -> None:
+            checks[0] += 1
+            if checks[0] >= check_limit:
+                event.interrupt()
+
+        h.cbMipInterrupt.subscribe(count_checks)
+    defaults = MIP_OPTIONS if mip else {}
     for key, val in {**defaults, **(options or {})}.items():
         if h.setOptionValue(key, val) != highspy.HighsStatus.kOk:
             raise ValueError(f"HiGHS rejected option {key}={val!r}")
@@ -200,7 +256,7 @@ def solve_program(
     model.a_matrix_.start_ = lp.start.astype(np.int32)
     model.a_matrix_.index_ = lp.index
     model.a_matrix_.value_ = lp.value
-    if lp.integer.any():
+    if mip:
         model.integrality_ = np.where(lp.integer, highspy.HighsVarType.kInteger,
                                       highspy.HighsVarType.kContinuous).tolist()
     status = h.passModel(model)
@@ -237,18 +293,26 @@ def solve_program(
         weight = x[: lp.n_weight]
         bias = x[lp.n_weight: lp.n_weight + lp.n_bias]
         objective = float(lp.cost @ x) * lp.objective_scale
-        if lp.integer.any():
+        if mip:
             bound = float(info.mip_dual_bound) * lp.objective_scale
             gap = float(info.mip_gap)
         else:
             bound, gap = objective, 0.0
+    if mip:  # the work done, in the units of the limits
+        work = {"nodes": int(info.mip_node_count), "checks": checks[0]}
+    else:
+        work = {"iterations": int(info.simplex_iteration_count)
+                + max(0, int(info.ipm_iteration_count))}
+    limit = "" if status_s in ("optimal", "infeasible") else \
+        _LIMITS.get(str(ms).rsplit(".", 1)[-1], "")
     return MILPResult(
         status=status_s, has_solution=has_sol, objective=objective, bound=bound, gap=gap,
         start_objective=float(lp.cost @ lp.start_solution) * lp.objective_scale,
         solve_seconds=solve_seconds, build_seconds=build_seconds,
         n_points=int(lp.info.get("n_points", 0)), num_col=lp.num_col, num_row=lp.num_row,
         nnz=lp.nnz, n_binaries=int(lp.integer.sum()), highs_status=h.modelStatusToString(ms),
-        weight=weight, bias=bias, info=dict(lp.info),
+        limit=limit, deterministic=limit != "time", weight=weight, bias=bias,
+        info={**lp.info, **work},
     )
 
 
@@ -265,19 +329,22 @@ def solve_classification_milp(
     threads: int = 1,
     warm_start: bool = True,
     seed: int = 0,
-    node_limit: int | None = None,
+    node_limit: int | None = NODE_LIMIT,
     verbose: bool = False,
+    check_limit: int | None = CHECK_LIMIT,
 ) -> MILPResult:
-    """Build (``build_classification_milp``) and solve the classification MILP.
+    """Build (``build_classification_milp``) and solve the classification MILP within the work
+    limits ``node_limit`` and ``check_limit`` (see :func:`solve_program`).
 
     ``result.weight`` is ``C x d`` and ``result.bias`` is ``C`` when a solution was found;
     ``result.objective`` is the number of points with every margin >= ``margin``.
     """
     check_solver_args(time_limit, mip_gap, threads)
+    check_work_limits(node_limit, check_limit, None)
     t0 = time.perf_counter()
     lp = build_classification_milp(features, labels, weight, bias, radius, margin, min_correct)
     return _solve_head(lp, t0, "n_classes", time_limit, mip_gap, threads, warm_start, seed,
-                       node_limit=node_limit, verbose=verbose)
+                       node_limit=node_limit, check_limit=check_limit, verbose=verbose)
 
 
 def _solve_head(lp: LinearProgram, t0: float, rows_key: str, time_limit: float, mip_gap: float,
@@ -303,17 +370,20 @@ def solve_regression_lp(
     warm_start: bool = True,
     seed: int = 0,
     verbose: bool = False,
+    iteration_limit: int | None = ITERATION_LIMIT,
 ) -> MILPResult:
-    """Build (``build_regression_lp``) and solve the regression LP.
+    """Build (``build_regression_lp``) and solve the regression LP within ``iteration_limit``
+    simplex/IPM iterations (see :func:`solve_program`).
 
     ``result.objective`` is the mean absolute error (``l1``) or the max error (``linf``) on the
     given points at the solution; ``result.start_objective`` the same at the current weights.
     """
     check_solver_args(time_limit, 0.0, threads)
+    check_work_limits(None, None, iteration_limit)
     t0 = time.perf_counter()
     lp = build_regression_lp(features, targets, weight, bias, radius, norm)
     return _solve_head(lp, t0, "n_outputs", time_limit, 0.0, threads, warm_start, seed,
-                       verbose=verbose)
+                       verbose=verbose, iteration_limit=iteration_limit)
 
 
 def solve_hinge_lp(
@@ -328,12 +398,15 @@ def solve_hinge_lp(
     warm_start: bool = True,
     seed: int = 0,
     verbose: bool = False,
+    iteration_limit: int | None = ITERATION_LIMIT,
 ) -> MILPResult:
-    """Build (``build_hinge_lp``) and solve the multi-class hinge LP (our extension).
+    """Build (``build_hinge_lp``) and solve the multi-class hinge LP (our extension) within
+    ``iteration_limit`` simplex/IPM iterations.
 
     ``result.objective`` is the mean hinge loss on the given points at the solution."""
     check_solver_args(time_limit, 0.0, threads)
+    check_work_limits(None, None, iteration_limit)
     t0 = time.perf_counter()
     lp = build_hinge_lp(features, labels, weight, bias, radius, hinge)
     return _solve_head(lp, t0, "n_classes", time_limit, 0.0, threads, warm_start, seed,
-                       verbose=verbose)
+                       verbose=verbose, iteration_limit=iteration_limit)

@@ -48,13 +48,8 @@ import torch
 from torch import nn
 
 from ...distributed import local_rows
-from ...methods.gdsolver import GDSolverMethod
-from ...methods.gdsolver_points import (
-    PlateauDetector,
-    account_solve,
-    backoff_patience,
-    solve_budget_left,
-)
+from ...methods.gdsolver import GDSolverMethod, make_solver, run_solve
+from ...methods.gdsolver_points import PlateauDetector, backoff_patience, scheduled
 from ...methods.gdsolver_step import GDSolver
 from ._pl import pl
 from .data import materialize
@@ -63,9 +58,10 @@ __all__ = ["GDSolverCallback"]
 
 # the hyperparameters the callback shares with the registered method (same names, defaults and
 # checks); lr / optimizer / momentum / schedule belong to configure_optimizers
-_SHARED = ("radius", "patience", "min_delta", "objective", "n_points", "selection", "time_limit",
-           "node_limit", "mip_gap", "threads", "margin", "norm", "min_gain", "keep_worse",
-           "max_solves", "solver_seconds", "solve_every", "backoff")
+_SHARED = ("preset", "radius", "box", "patience", "min_delta", "objective", "n_points",
+           "selection", "time_limit", "node_limit", "check_limit", "iteration_limit", "mip_gap",
+           "threads", "margin", "norm", "min_gain", "keep_worse", "max_solves", "solver_seconds",
+           "solves_per_run", "solve_every", "backoff")
 
 
 class GDSolverCallback(pl.Callback):
@@ -79,11 +75,15 @@ class GDSolverCallback(pl.Callback):
             (``loss_fn``: the validation loss; default cross-entropy / MSE by task).
         batch_to_xy: ``fn(batch) -> (x, y)`` for batches that are not ``(x, y, ...)`` tuples.
         **hparams: the registered method's solver settings, same names and defaults
-            (``beyondsgd list``): ``radius`` 0.05, ``patience`` 2, ``min_delta`` 0,
-            ``objective`` "paper", ``n_points`` -1 (auto), ``selection`` "random",
-            ``time_limit`` 30, ``node_limit`` 100, ``mip_gap`` 1e-4, ``threads`` 1, ``margin``
-            1e-4, ``norm`` "l1", ``min_gain`` 0, ``keep_worse`` False, ``max_solves`` 0,
-            ``solver_seconds`` 600, ``solve_every`` 0, ``backoff`` 2.
+            (``beyondsgd list``): ``preset`` "ours" ("published": the official recipe,
+            ``GDSolverMethod.published_defaults``; its SGD lr 0.05 is configure_optimizers'
+            business), ``radius`` 0.05, ``box`` "fit", ``patience`` 2, ``min_delta`` 0,
+            ``objective`` "paper", ``n_points`` -1 (auto), ``selection`` "margin",
+            ``time_limit`` 30 (a safety net), ``node_limit`` 100, ``check_limit`` 200,
+            ``iteration_limit`` 100000, ``mip_gap`` 1e-4, ``threads`` 1, ``margin`` 1e-4,
+            ``norm`` "l1", ``min_gain`` 0, ``keep_worse`` False, ``max_solves`` 0,
+            ``solver_seconds`` 600, ``solves_per_run`` 4 (needs ``Trainer(max_epochs=...)``),
+            ``solve_every`` 0, ``backoff`` 2.
     """
 
     def __init__(self, module: str | None = None, head: nn.Linear | str | None = None,
@@ -100,7 +100,7 @@ class GDSolverCallback(pl.Callback):
         self.loss_fn, self.seed, self.batch_to_xy = loss_fn, seed, batch_to_xy
         self.solver: GDSolver | None = None
         self.plateau = PlateauDetector(self.hp["patience"], self.hp["min_delta"])
-        self.solves = self.accepted = 0
+        self.solves = self.accepted = self.time_limited = 0
         self.seconds_used = 0.0
         self.events: list[dict[str, Any]] = []
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -121,13 +121,9 @@ class GDSolverCallback(pl.Callback):
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         hp = self.hp
-        self.solver = GDSolver(
-            self._network(pl_module), head=self.head, task=self.task, radius=hp["radius"],
-            objective=hp["objective"], time_limit=hp["time_limit"], mip_gap=hp["mip_gap"],
-            threads=hp["threads"], node_limit=hp["node_limit"] or None,
-            n_points=hp["n_points"], selection=hp["selection"], margin=hp["margin"],
-            norm=hp["norm"], min_gain=hp["min_gain"], keep_worse=hp["keep_worse"],
-            loss_fn=self.loss_fn, seed=self.seed, distributed=trainer.world_size > 1)
+        self.solver = make_solver(self._network(pl_module), hp, head=self.head, task=self.task,
+                                  loss_fn=self.loss_fn, seed=self.seed,
+                                  distributed=trainer.world_size > 1)
         self.solver.n_solves = self._solver_calls
         self.plateau.patience = backoff_patience(hp["patience"], hp["backoff"], self.solves)
 
@@ -178,7 +174,8 @@ class GDSolverCallback(pl.Callback):
         if not self._ran:
             self._end_of_epoch(trainer, pl_module)
         ev = self._pending
-        logs = {"gdsolver/solves": float(self.solves), "gdsolver/accepted": float(self.accepted)}
+        logs = {"gdsolver/solves": float(self.solves), "gdsolver/accepted": float(self.accepted),
+                "gdsolver/time_limited": float(self.time_limited)}
         if ev is not None:
             logs["gdsolver/solved"] = 1.0
             logs["gdsolver/accepted_now"] = float(ev["accepted"])
@@ -189,24 +186,18 @@ class GDSolverCallback(pl.Callback):
         pl_module.log_dict(logs, on_step=False, on_epoch=True)
 
     # ---- what: GDSolverMethod.end_of_epoch without the LR schedule ----------------------------
-    def _budget_left(self) -> float:
-        return solve_budget_left(self.hp, self.solves, self.seconds_used)
-
     def _end_of_epoch(self, trainer: Any, pl_module: Any) -> None:
         self._ran = True
         self._rows(trainer, pl_module)
         epoch = trainer.current_epoch
         val, _ = self.solver.validate(*self._val)
         plateau = self.plateau.update(val)
-        every = self.hp["solve_every"]
-        if not (plateau or (every and (epoch + 1) % every == 0)):
+        epochs = trainer.max_epochs if (trainer.max_epochs or 0) > 0 else None
+        if not (plateau or scheduled(self.hp, epoch, epochs)):
             return
-        left = self._budget_left()
-        if left <= 0:
+        ev = run_solve(self, val, *self._train, *self._val)
+        if ev is None:
             return
-        self.solver.time_limit = min(self.hp["time_limit"], left)
-        ev = self.solver.step(*self._train, *self._val)
-        account_solve(self, ev, val, self.hp["patience"], self.hp["backoff"])  # new GD phase
         ev.update(trigger="plateau" if plateau else "schedule", epoch=epoch)
         self.events.append(ev)
         self._pending = ev
@@ -215,11 +206,13 @@ class GDSolverCallback(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"plateau": self.plateau.state_dict(), "solves": self.solves,
                 "accepted": self.accepted, "seconds_used": self.seconds_used,
+                "time_limited": self.time_limited,
                 "solver_calls": self.solver.n_solves if self.solver else self._solver_calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plateau.load_state_dict(state["plateau"])
         self.solves, self.accepted = int(state["solves"]), int(state["accepted"])
+        self.time_limited = int(state.get("time_limited", 0))
         self.seconds_used = float(state["seconds_used"])
         self._solver_calls = int(state["solver_calls"])
         self.plateau.patience = backoff_patience(self.hp["patience"], self.hp["backoff"],
