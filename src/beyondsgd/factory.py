@@ -159,7 +159,7 @@ def accepted_kwargs(name: str, inner: str | None = None) -> tuple[str, ...]:
     those of the ``inner`` torch optimizer included; default Adam), sorted.
 
     >>> accepted_kwargs("gdsolver")[:3]
-    ('box', 'distributed', 'head')
+    ('box', 'check_limit', 'distributed')
     """
     name = _check_name(name)
     return tuple(sorted({k for ks in _own_keywords(name, inner).values() for k in ks}))
