@@ -17,6 +17,11 @@
 3. ``--part defaults``: GDSolver at its defaults (``--hp`` overrides, per problem or for all)
    at each problem's epochs next to its inner optimizer alone: solves / accepted, test metric,
    solver share of the training time (``--label`` names the rows, e.g. before / after).
+4. ``--part equal_time`` (issue 22): GDSolver at its defaults and with ``preset="published"``
+   next to SGD at *SGD's* defaults, each problem at its epoch budget; then SGD again for as many
+   epochs as fit in GDSolver's mean training time (equal wall time, from the same run's
+   ``train_seconds``; rough on a shared machine); and a second run of GDSolver's seed 0, which
+   must repeat every recorded number but the seconds (the solves are bounded by work).
 
 Every finished trial is appended to a JSON-lines file; a rerun skips what is already there.
 
@@ -24,6 +29,8 @@ Every finished trial is appended to a JSON-lines file; a rerun skips what is alr
         [--part regression|classification|diagnose|defaults|all] [--seeds 3] \
         [--fmnist-epochs 3] [--friedman-epochs 20] [--problems P1,P2] [--version 1|2] \
         [--label L] [--hp JSON] [--out results/gdsolver_claims.jsonl]
+    python benchmarks/gdsolver_claims.py --part equal_time --problems digits_mlp,fmnist_mlp \
+        --out benchmarks/results/gdsolver_defaults.jsonl
 """
 
 from __future__ import annotations
@@ -104,7 +111,7 @@ def regression(log: Log, seeds: int, friedman_epochs: int, problems: list[str],
     kept in the log as history); 2: the current defaults (n_points {auto, all}). Baseline rows
     are shared."""
     sfx = "" if version == 1 else f"-v{version}"
-    grid_points = (32, 0) if version == 1 else (-1, 0)
+    grid_points = (32, 0) if version == 1 else (-1, 0)  # 0: every point (selection="all")
     summary = []
     for prob in problems:
         ep = friedman_epochs if prob == "friedman_mlp" else None
@@ -117,7 +124,7 @@ def regression(log: Log, seeds: int, friedman_epochs: int, problems: list[str],
         for opt in ("sgd", "adam"):
             for radius, n_points in itertools.product((0.05, 0.5), grid_points):
                 hp = {"optimizer": opt, "lr": best[opt][1]["lr"], "radius": radius,
-                      "n_points": n_points}
+                      **({"selection": "all"} if n_points == 0 else {"n_points": n_points})}
                 cands.append((log.run("reg-tune" + sfx, prob, "gdsolver", "gdsolver", hp, 0,
                                       ep)["val_metric"], hp))
         best["gdsolver"] = min(cands, key=lambda t: t[0])
@@ -238,10 +245,42 @@ def defaults(log: Log, seeds: int, problems: list[str], label: str, hp: dict | N
               f"{statistics.mean(r['train_seconds'] for r in gds):.2f}s", flush=True)
 
 
+def equal_time(log: Log, seeds: int, problems: list[str], label: str = "issue22") -> None:
+    """Issue 22: GDSolver's defaults (and the published preset) vs SGD's defaults at each
+    problem's budget, SGD at GDSolver's wall time, and a repeated GDSolver trial (determinism:
+    every recorded number but the seconds must match)."""
+    print(f"\nGDSolver defaults vs SGD defaults ({label}), {seeds} seeds, each problem's epochs")
+    for prob in problems:
+        epochs = get_problem(prob).epochs
+        sgd = [log.run(label, prob, "sgd", "sgd", {}, s, None) for s in range(seeds)]
+        gds = [log.run(label, prob, "gdsolver", "gdsolver", {}, s, None) for s in range(seeds)]
+        pub = [log.run(label, prob, "published", "gdsolver", {"preset": "published"}, s, None)
+               for s in range(seeds)]
+        ratio = statistics.mean(r["train_seconds"] for r in gds) / \
+            statistics.mean(r["train_seconds"] for r in sgd)
+        eq = max(epochs, round(epochs * ratio))
+        sgd_eq = [log.run(label, prob, f"sgd@{eq}ep", "sgd", {}, s, eq) for s in range(seeds)]
+        again = Log.__new__(Log)  # a second, unlogged run of seed 0
+        again.path, again.rows = os.devnull, {}
+        rerun = again.run(label, prob, "gdsolver", "gdsolver", {}, 0, None)
+        same = all(rerun[k] == gds[0][k] for k in ("test_metric", "val_metric", "test_loss",
+                                                    "solves", "accepted", "milp"))
+        for name, rows in (("sgd", sgd), ("gdsolver", gds), ("published", pub),
+                           (f"sgd {eq} ep", sgd_eq)):
+            share = [r["solver_seconds"] / r["train_seconds"] for r in rows]
+            print(f"  {prob:11s} {name:11s} test {_ms([r['test_metric'] for r in rows])} "
+                  f"solves {[r['solves'] for r in rows]} accepted {[r['accepted'] for r in rows]}"
+                  f" solver share {100 * statistics.mean(share):.1f}% train "
+                  f"{statistics.mean(r['train_seconds'] for r in rows):.2f}s", flush=True)
+        print(f"  {prob:11s} time ratio gdsolver/sgd {ratio:.2f} -> SGD for {eq} epochs; "
+              f"seed 0 re-run identical (all but seconds): {same}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", default="all",
-                    choices=("regression", "classification", "diagnose", "defaults", "all"))
+                    choices=("regression", "classification", "diagnose", "defaults",
+                             "equal_time", "all"))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fmnist-epochs", type=int, default=3)
     ap.add_argument("--friedman-epochs", type=int, default=20)
@@ -264,6 +303,8 @@ def main() -> None:
         diagnose(log, args.cls_problem, args.version)
     if args.part == "defaults":
         defaults(log, args.seeds, args.problems.split(","), args.label, json.loads(args.hp))
+    if args.part == "equal_time":
+        equal_time(log, args.seeds, args.problems.split(","), args.label)
 
 
 if __name__ == "__main__":

@@ -215,7 +215,8 @@ def test_every_configured_recipe_resolves_at_every_scale():
         resolved = resolve_hparams(get_method_class(method), hp)
         assert all(resolved[k] == v for k, v in hp.items())
     assert DL.slbi_hparams("paper")["lambda_unit"] == "absolute"   # official λ = 1 as given
-    assert GD._gd_hp(20, 60.0, 600.0)["solve_every"] == 10         # a solve after each half
+    gd = resolve_hparams(get_method_class("gdsolver"), GD._gd_hp(20, 60.0, 600.0))
+    assert gd["preset"] == "published" and gd["solves_per_run"] == 2  # a solve after each half
 
 
 def test_doctests_of_the_dessilbi_gdsolver_pht_modules():

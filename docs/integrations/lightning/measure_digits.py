@@ -22,8 +22,7 @@ RUNS = [("Adam lr 1e-3", "baselines_digits", {"optimizer": "adam"}),
         ("BPGrad L 10, accumulate_grad_batches=2", "bpgrad_digits", {"accumulate": 2}),
         ("SLBI (official defaults)", "slbi_digits", {}),
         ("ProxProp + Adam", "proxprop_digits", {}),
-        ("GDSolver (SGD 0.05)", "gdsolver_digits", {}),
-        ("GDSolver, solve_every=5", "gdsolver_digits", {"solve_every": 5}),
+        ("GDSolver (SGD 0.1, defaults)", "gdsolver_digits", {}),
         ("PHT alternation (K 5, Adam)", "pht_digits", {})]
 
 

@@ -19,15 +19,18 @@ Ashok, Nagisetty, Srinivasa & Ganesh (IJCAI-22, Sec. 3, Algorithm 1) alternate t
    stop when the solver finds no better point; the official code keeps any solution, available
    as ``keep_worse=True``). Then GD resumes.
 
-Our choices, measured in ``docs/methods/gdsolver.md``: the points are a random sample, correct
-and misclassified alike, sized so the solver stays near a nonzero budget
-(:func:`~beyondsgd.methods.gdsolver_points.default_points`; the official first 32 misclassified
-points lowered validation accuracy in every probe and are ``selection="misclassified",
-n_points=32``); after k solves the next plateau solve waits ``patience * backoff**k`` epochs
-(geometric GD phases); ``objective="loss"`` (our extension, not in the paper) minimises a
-piecewise-linear surrogate of the training loss instead (a hinge LP, or the L1 LP over all
-points). The solver's size depends on the last layer's width and the number of points, not on
-the depth.
+Our choices, measured in ``docs/methods/gdsolver.md`` (``preset="published"`` is the official
+recipe instead, :data:`PUBLISHED`): SGD at its default lr 0.1, and solves after a quarter, half,
+three quarters and all of the run as well as at plateaus (at SGD's lr the validation loss of
+digits_mlp / fmnist_mlp does not plateau within their budgets); the points nearest to changing
+class (``selection="margin"``: the misclassified points a small box can fix and the correct
+ones closest to the boundary) and a box fitted to them (``box="fit"``: the largest radius at
+which no point left out can change class, so the MILP is exact over the training set); after k
+plateau solves the next waits ``patience * backoff**k`` epochs (geometric GD phases);
+``objective="loss"`` (our extension, not in the paper) minimises a piecewise-linear surrogate of
+the training loss instead (a hinge LP, or the L1 LP over all points). Every solve is bounded by
+work (nodes, HiGHS limit checks, LP iterations), not seconds, so a trial repeats on any machine.
+The solver's size depends on the last layer's width and the number of points, not on the depth.
 
 Use it in your own loop::
 

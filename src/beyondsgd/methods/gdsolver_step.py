@@ -59,24 +59,33 @@ class GDSolver:
         task: ``"classification"`` or ``"regression"``; default: from the labels' dtype
             (integer labels: classification).
         radius: half-width of the box around the current weights and biases (the official code's
-            ``w_range / 2``; 0.05 for its MNIST/CIFAR models).
+            ``w_range / 2``; 0.05 for its MNIST/CIFAR models); with ``box="fit"`` its upper bound.
+        box: ``"fit"`` (default; the classification MILP): the radius is the largest, at most
+            ``radius``, at which no training point left out of the MILP can change class
+            (:func:`~beyondsgd.methods.gdsolver_points.fit_radius`), so the MILP maximises the
+            number of correct training points in that box over the whole training set;
+            ``"fixed"``: ``radius`` (official). The LPs always use ``radius``.
         objective: ``"paper"``: the paper's solver problem (classification: the MILP maximising
             the number of points correct with margin; regression: the L1/L-inf fit LP);
             ``"loss"`` (**our extension**, not in the paper): minimise a piecewise-linear
             surrogate of the training loss inside the box, an LP (classification: the
             multi-class hinge loss on ``LP_POINTS`` random points; regression: the L1 error
             over all training points up to ``LOSS_REGRESSION_NONZEROS``).
-        time_limit, mip_gap, threads: HiGHS options (seconds, relative gap, threads).
-        node_limit: branch-and-bound nodes per MILP (``None``: unlimited). With one thread the
-            MILP's outcome then does not depend on the machine's speed; ``time_limit`` is only a
-            safety net.
+        node_limit, check_limit, iteration_limit: the work limits (``None``: unlimited): the
+            MILP's branch-and-bound nodes and HiGHS limit checks (one per root cut round and per
+            node), the LPs' simplex/IPM iterations. With one thread the outcome then does not
+            depend on the machine's speed.
+        time_limit, mip_gap, threads: HiGHS options (seconds, relative gap, threads); the time
+            limit is a safety net whose hitting is reported (``limit="time"``,
+            ``deterministic=False`` in the event).
         n_points, selection: how many training points go to the solver and which (see
-            :func:`select_points`); ``n_points=-1`` (default) is :func:`default_points`: for
-            the MILP as many random points as keep it near 75k nonzeros (65 for a 128-wide
-            10-class head), 256 for the hinge LP, for the regression LP all points up to about
-            32k nonzeros (512 points of a 64-wide head), else a random sample; ``0``: all.
-            ``selection="misclassified"`` with ``n_points=32`` is the official classification
-            rule, ``"first"`` the official regression rule.
+            :func:`select_points`). ``n_points``: -1 (default, auto: :func:`default_points`,
+            for the MILP as many points as keep it near 75k nonzeros -- 65 for a 128-wide
+            10-class head --, 256 for the hinge LP, for the regression LP all points up to
+            about 32k nonzeros) or a positive count; 0 is refused (every point:
+            ``selection="all"``). ``selection="margin"`` (default): the points nearest to
+            changing class (regression: random); ``"misclassified"`` with ``n_points=32`` is the
+            official classification rule, ``"first"`` the official regression rule.
         margin: classification margin ``delta`` (1e-4 in the official code).
         norm: regression objective, ``"l1"`` or ``"linf"`` (``objective="loss"``: always L1).
         min_gain: if > 0, require ``#correct >= start + min_gain * n_points`` in the MILP (the
@@ -89,6 +98,9 @@ class GDSolver:
         verbose: show HiGHS's banner and log on stdout (default: silent).
         distributed: ``None`` (auto), ``True`` or ``False``: gather the points on rank 0 and
             broadcast the solution (see the module docstring).
+
+    ``model`` may be wrapped: ``torch.compile``'s module and ``DistributedDataParallel`` /
+    ``DataParallel`` are unwrapped (:func:`~beyondsgd.methods.gdsolver_points.unwrap_model`).
     """
 
     def __init__(

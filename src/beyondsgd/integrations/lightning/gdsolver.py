@@ -1,16 +1,17 @@
-r"""GDSolver as a Lightning callback: GD by your optimizer, a MILP on the last layer at plateaus.
+r"""GDSolver as a Lightning callback: GD by your optimizer, a MILP on the last layer between epochs.
 
 GDSolver (Ashok, Nagisetty, Srinivasa & Ganesh, IJCAI-22, Sec. 3, Algorithm 1) alternates a GD
 phase with a solver phase. Lightning runs the GD phase with whatever optimizer
-``configure_optimizers`` returns (the paper's: SGD, lr 0.05, no momentum); this callback adds the
-solver phase exactly as the registered method ``gdsolver`` does it
-(``GDSolverMethod.end_of_epoch``):
+``configure_optimizers`` returns (our defaults assume SGD at lr 0.1, SGD's default; the paper's
+is SGD, lr 0.05, no momentum); this callback adds the solver phase exactly as the registered
+method ``gdsolver`` does it (``GDSolverMethod.end_of_epoch``):
 
 1. once per training epoch, after its last batch, the validation loss
    :math:`v_e` of the model on the **validation dataloader** feeds the plateau counter
    (:class:`~beyondsgd.methods.gdsolver_points.PlateauDetector`: ``patience`` epochs with
    :math:`v_e \ge \text{best} - \text{min\_delta}`, the official early stopping);
-2. at a plateau (or every ``solve_every`` epochs) one
+2. at a plateau, after epochs ``floor(max_epochs * i / solves_per_run)`` (default 4 solves per
+   run) or every ``solve_every`` epochs, one
    :meth:`GDSolver.step <beyondsgd.methods.gdsolver_step.GDSolver.step>`: the MILP/LP over the
    last ``nn.Linear`` on training points, the new head **kept only if it raises the validation
    accuracy** (ties: lower validation loss; regression: lower validation error), else restored;
