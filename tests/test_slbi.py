@@ -950,3 +950,18 @@ def test_defaults_select_within_the_first_epoch(problem, steps):
     assert sizes[0] == 0 and sizes[-1] > 0
     assert all(b >= a for a, b in zip(sizes, sizes[1:]))
     assert sizes[-1] > sizes[-2] > 0                      # still growing
+
+
+def test_element_prox_of_a_complex_entry_shrinks_its_modulus():
+    """Element-wise lasso on complex V: the prox of λ|z| is max(0, 1 - λ/|z|)·z (checked
+    against polar form: the modulus is soft-thresholded, the phase kept)."""
+    from beyondsgd.methods.slbi_update import prox_group_lasso
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(5, 4, generator=g, dtype=torch.complex128)
+    lam = 0.8
+    out = prox_group_lasso(v, lam, "element")
+    r, phase = v.abs(), torch.angle(v)
+    want = torch.polar((r - lam).clamp_min(0), phase)
+    assert torch.allclose(out, want, rtol=0, atol=1e-15)
+    assert (out == 0).any() and (out != 0).any()

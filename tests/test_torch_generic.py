@@ -342,11 +342,7 @@ def _slbi_bad(params: Callable[[nn.Module], Any]) -> tuple[BadInput, ...]:
 # added to it later (state saved before it has no such key).
 _BP_LATER = {"maximize": False, "foreach": None, "nominal_batch_size": None}
 _BP_BUGS: dict[str, str] = {}
-_SLBI_BUGS = {
-    "test_complex_lasso_refused_or_works": "open bug: structure 'element' on a complex "
-    "parameter fails inside the step (torch.clamp: NotImplementedError) instead of being "
-    "refused with a clear error when the group is added (or thresholding |z|)",
-}
+_SLBI_BUGS: dict[str, str] = {}
 _SLBI_LATER = {"maximize": False, "foreach": None, "weight_decay_1d": False}
 
 INFOS = [

@@ -36,12 +36,18 @@ def prox_group_lasso_(out: torch.Tensor, v: torch.Tensor, lam: float, structure:
     """``out ← scale · Prox_{λΩ₁}(V)`` in place, without parameter-sized temporaries (Fu et al.
     2020, Sec. 3): group soft-thresholding max(0, 1 - λ_g/‖V^g‖₂)·V^g of the rows of
     ``v.reshape(rows, -1)`` ('filter'/'neuron'), or element-wise sign(V)·max(|V| - λ, 0)
-    ('element', computed as V - clamp(V, -λ, λ), the same numbers). Returns ``out``."""
+    ('element', computed as V - clamp(V, -λ, λ), the same numbers; a complex entry z is shrunk
+    by its modulus, max(0, 1 - λ/|z|)·z, the prox of λ|z|). Returns ``out``."""
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
     if not (v.is_contiguous() and out.is_contiguous()):     # e.g. channels_last: via copies
         return out.copy_(prox_group_lasso_(torch.empty(v.shape, dtype=v.dtype, device=v.device),
                                            v.contiguous(), lam, structure, lambda_scaling, scale))
+    if structure == "element" and v.is_complex():           # prox of λ|z|: shrink the modulus
+        mod = v.abs().clamp_min_(torch.finfo(mod_dtype(v)).tiny)
+        factor = (1 - lam / mod).clamp_min_(0)
+        torch.mul(v, factor.mul_(scale) if scale != 1.0 else factor, out=out)
+        return out
     if structure == "element":
         torch.clamp(v, -lam, lam, out=out)
         torch.sub(v, out, out=out)
@@ -49,11 +55,16 @@ def prox_group_lasso_(out: torch.Tensor, v: torch.Tensor, lam: float, structure:
     lam_g = group_thresholds(v, lam, structure, lambda_scaling)
     rows = v.view(v.shape[0], -1)
     norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-    factor = (1 - lam_g / norms.clamp_min_(torch.finfo(v.dtype).tiny)).clamp_min_(0)
+    factor = (1 - lam_g / norms.clamp_min_(torch.finfo(mod_dtype(v)).tiny)).clamp_min_(0)
     if scale != 1.0:
         factor.mul_(scale)
     torch.mul(rows, factor, out=out.view_as(rows))
     return out
+
+
+def mod_dtype(v: torch.Tensor) -> torch.dtype:
+    """The real dtype of a (possibly complex) tensor's modulus."""
+    return v.abs().dtype if v.is_complex() else v.dtype
 
 
 def prox_group_lasso(v: torch.Tensor, lam: float, structure: str,
