@@ -245,7 +245,7 @@ def defaults(log: Log, seeds: int, problems: list[str], label: str, hp: dict | N
               f"{statistics.mean(r['train_seconds'] for r in gds):.2f}s", flush=True)
 
 
-def equal_time(log: Log, seeds: int, problems: list[str], label: str = "issue22") -> None:
+def equal_time(log: Log, seeds: int, problems: list[str], label: str = "equal_time") -> None:
     """Issue 22: GDSolver's defaults (and the published preset) vs SGD's defaults at each
     problem's budget, SGD at GDSolver's wall time, and a repeated GDSolver trial (determinism:
     every recorded number but the seconds must match)."""
@@ -304,7 +304,7 @@ def main() -> None:
     if args.part == "defaults":
         defaults(log, args.seeds, args.problems.split(","), args.label, json.loads(args.hp))
     if args.part == "equal_time":
-        equal_time(log, args.seeds, args.problems.split(","), args.label)
+        equal_time(log, args.seeds, args.problems.split(","))
 
 
 if __name__ == "__main__":
