@@ -24,7 +24,11 @@ import torch
 
 from beyondsgd.bench.problems import get_problem
 from beyondsgd.methods.gdsolver import NODE_LIMIT, GDSolver, default_points
-from beyondsgd.methods.highs import solve_classification_milp, solve_hinge_lp, solve_regression_lp
+from beyondsgd.methods.gdsolver.highs import (
+    solve_classification_milp,
+    solve_hinge_lp,
+    solve_regression_lp,
+)
 
 PROBLEMS = {"digits_mlp": 5, "mnist1d_mlp": 10}  # problem -> SGD epochs before the solves
 

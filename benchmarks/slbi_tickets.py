@@ -28,8 +28,8 @@ import torch
 
 from beyondsgd.bench.problems import get_problem
 from beyondsgd.bench.runner import DATA_SPLIT_SEED, epoch_batches, evaluate
-from beyondsgd.methods import sparsity as S
 from beyondsgd.methods.slbi import SLBI, slbi_param_groups
+from beyondsgd.methods.slbi import sparsity as S
 
 # problem: train subset, epochs, lr, SLBI nu and lambda; tickets are taken at the first three
 # epochs at which every coupled layer has at least one selected unit (an empty layer would

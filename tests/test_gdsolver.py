@@ -11,10 +11,10 @@ from torch import nn
 
 from beyondsgd.methods import TrainContext, make_method
 from beyondsgd.methods import gdsolver as G
-from beyondsgd.methods import gdsolver_points as P
-from beyondsgd.methods import gdsolver_step as S
 from beyondsgd.methods.gdsolver import GDSolver, PlateauDetector, find_head, select_points
-from beyondsgd.methods.highs import MILPResult
+from beyondsgd.methods.gdsolver import points as P
+from beyondsgd.methods.gdsolver import solver as S
+from beyondsgd.methods.gdsolver.highs import MILPResult
 
 
 def _mlp(seed=0, d_in=4, width=8, c=3):

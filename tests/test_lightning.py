@@ -25,7 +25,7 @@ pl = pytest.importorskip("pytorch_lightning")
 
 import beyondsgd as bs  # noqa: E402
 from beyondsgd.integrations import lightning as L  # noqa: E402
-from beyondsgd.methods.gdsolver_points import improves  # noqa: E402
+from beyondsgd.methods.gdsolver.points import improves  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "integrations" / "lightning"
 QUIET = dict(enable_progress_bar=False, logger=False, enable_checkpointing=False,

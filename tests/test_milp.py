@@ -1,4 +1,4 @@
-"""The GDSolver MILP/LPs (beyondsgd.methods.milp, solved by .highs) against independent
+"""The GDSolver MILP/LPs (beyondsgd.methods.gdsolver.milp, solved by .highs) against independent
 computations: brute-force enumeration, dense LPs written out by hand and solved by scipy, and
 sampling."""
 
@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-from beyondsgd.methods.highs import solve_classification_milp, solve_hinge_lp, solve_regression_lp
-from beyondsgd.methods.milp import (
+from beyondsgd.methods.gdsolver.highs import (
+    solve_classification_milp,
+    solve_hinge_lp,
+    solve_regression_lp,
+)
+from beyondsgd.methods.gdsolver.milp import (
     build_classification_milp,
     build_hinge_lp,
     build_regression_lp,
@@ -403,7 +407,8 @@ def test_hinge_lp_drops_only_rows_that_always_hold():
 
 
 # ---- HiGHS output ----------------------------------------------------------------------------
-_SOLVE = ("import numpy as np; from beyondsgd.methods.highs import solve_classification_milp as s; "
+_SOLVE = ("import numpy as np; "
+          "from beyondsgd.methods.gdsolver.highs import solve_classification_milp as s; "
           "r = s(np.eye(2), np.array([0, 1]), np.zeros((2, 2)), np.zeros(2), 0.1, verbose={}); "
           "import sys; sys.stderr.write(r.status)")
 
@@ -457,7 +462,7 @@ def test_default_work_limits_give_identical_solves():
     """Two solves of the same instance with the default limits: stopped by work (limit checks),
     not by seconds, so the same solution, objective and bound; the reported objective is the
     number of points the returned weights classify with margin (checked independently)."""
-    from beyondsgd.methods.highs import CHECK_LIMIT
+    from beyondsgd.methods.gdsolver.highs import CHECK_LIMIT
 
     h, y, w, b = _branching_instance()
     runs = [solve_classification_milp(h, y, w, b, 0.05) for _ in range(2)]

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from beyondsgd.methods import METHODS, make_method
-from beyondsgd.methods.cg import batched_cg
 from beyondsgd.methods.proxprop import (
     ConvGeometry,
     ProxConfig,
@@ -23,6 +22,7 @@ from beyondsgd.methods.proxprop import (
     linear_prox_direction,
     proxprop,
 )
+from beyondsgd.methods.proxprop.cg import batched_cg
 
 DT = torch.float64
 
@@ -753,7 +753,7 @@ def test_conv_cg_path_choice_by_flop_count():
 def test_cuda_style_masked_stopping_equals_the_cpu_break(monkeypatch):
     """On CUDA the stopping rule masks the step instead of breaking (no host sync); forced on
     CPU here, every CG path gives the same direction as the breaking loop."""
-    from beyondsgd.methods import cg
+    from beyondsgd.methods.proxprop import cg
 
     lin = _linear(12, 4)
     x = torch.randn(30, 12, dtype=DT)

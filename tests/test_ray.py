@@ -28,8 +28,10 @@ N_TRIALS = len(METHODS) * len(BUDGET.problems) * (BUDGET.n_tune + 2 * BUDGET.see
 
 def snapshot(path, methods=None) -> dict[str, dict]:
     """Every trial of the store as ``Store.trial_record`` gives it, keyed by trial key, minus
-    what legitimately differs between runs: timestamps, measured training seconds, and the git
-    commit (a checkout may get a commit between two runs)."""
+    what legitimately differs between runs: timestamps, measured training seconds, measured
+    seconds in method events (a GDSolver solve's ``build_seconds``/``solve_seconds``: its result
+    is bounded by work, its duration is not), and the git commit (a checkout may get a commit
+    between two runs)."""
     out = {}
     with Store(path) as st:
         for t in st.trials():
@@ -40,6 +42,9 @@ def snapshot(path, methods=None) -> dict[str, dict]:
             rec["env"].pop("git_commit", None)
             for e in rec["evals"]:
                 del e["train_seconds"]
+            for e in rec["events"]:
+                for k in [k for k in e.get("data", {}) if k.endswith("seconds")]:
+                    del e["data"][k]
             out[t["key"]] = rec
     return out
 

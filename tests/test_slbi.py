@@ -508,7 +508,7 @@ def _copy(obj, how):
 
 @pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
 def test_copies_keep_structure_and_step_identically(how):
-    from beyondsgd.methods import sparsity as S
+    from beyondsgd.methods.slbi import sparsity as S
     torch.manual_seed(0)
     m1 = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5),
                        nn.ReLU(), nn.Linear(5, 2))
@@ -955,7 +955,7 @@ def test_defaults_select_within_the_first_epoch(problem, steps):
 def test_element_prox_of_a_complex_entry_shrinks_its_modulus():
     """Element-wise lasso on complex V: the prox of λ|z| is max(0, 1 - λ/|z|)·z (checked
     against polar form: the modulus is soft-thresholded, the phase kept)."""
-    from beyondsgd.methods.slbi_update import prox_group_lasso
+    from beyondsgd.methods.slbi.update import prox_group_lasso
 
     g = torch.Generator().manual_seed(0)
     v = torch.randn(5, 4, generator=g, dtype=torch.complex128)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from beyondsgd.methods import sparsity as S
 from beyondsgd.methods.slbi import SLBI, slbi_param_groups
+from beyondsgd.methods.slbi import export as E
+from beyondsgd.methods.slbi import sparsity as S
 from beyondsgd.models import cnn_2c2d, lenet5, lenet5_official, mlp
 
 
@@ -39,17 +40,17 @@ def _unit_masks(model, names, seed=0, frac=0.5):
 def test_export_mlp_same_outputs_fewer_params(act):
     net = _rand_bias(mlp(12, [20, 16], 5, activation=act, seed=0))
     masks = _unit_masks(net, ["1.weight", "3.weight"], seed=1)
-    small = S.export_pruned(net, masks)             # fold act(bias) of removed units
+    small = E.export_pruned(net, masks)             # fold act(bias) of removed units
     x = torch.randn(50, 12)
     torch.testing.assert_close(small(x), S.masked_model(net, masks, zero_bias=False)(x),
                                atol=1e-5, rtol=1e-5)
     k1, k2 = int(masks["1.weight"].sum()), int(masks["3.weight"].sum())
     assert (small[1].out_features, small[3].in_features, small[3].out_features,
             small[5].in_features) == (k1, k1, k2, k2)
-    assert S.count_parameters(small) == 12 * k1 + k1 + k1 * k2 + k2 + k2 * 5 + 5
+    assert E.count_parameters(small) == 12 * k1 + k1 + k1 * k2 + k2 + k2 * 5 + 5
     # removed_bias="zero" matches the masked model with removed biases zeroed (the default
     # for unit masks, the official prune)
-    small0 = S.export_pruned(net, masks, removed_bias="zero")
+    small0 = E.export_pruned(net, masks, removed_bias="zero")
     for zb in (True, "units"):
         torch.testing.assert_close(small0(x), S.masked_model(net, masks, zero_bias=zb)(x),
                                    atol=1e-5, rtol=1e-5)
@@ -61,7 +62,7 @@ def test_export_mlp_same_outputs_fewer_params(act):
 def test_export_lenet5_filters_and_neurons():
     net = _rand_bias(lenet5(seed=0))      # conv2 has no padding: folding is exact everywhere
     masks = _unit_masks(net, ["0.weight", "3.weight", "7.weight", "9.weight"], seed=2)
-    small = S.export_pruned(net, masks)
+    small = E.export_pruned(net, masks)
     x = torch.randn(6, 1, 28, 28)
     torch.testing.assert_close(small(x), S.masked_model(net, masks, zero_bias=False)(x),
                                atol=1e-5, rtol=1e-5)
@@ -70,15 +71,15 @@ def test_export_lenet5_filters_and_neurons():
     assert small[3].out_channels == k["3.weight"]
     assert small[7].in_features == 25 * k["3.weight"] and small[7].out_features == k["7.weight"]
     assert small[11].in_features == k["9.weight"] and small[11].out_features == 10
-    assert S.count_parameters(small) < S.count_parameters(net)
+    assert E.count_parameters(small) < E.count_parameters(net)
 
 
 def test_export_padded_conv_needs_zero_bias():
     net = _rand_bias(cnn_2c2d(seed=0))                # conv2 is padded: folding is not exact
     masks = _unit_masks(net, ["0.weight", "3.weight", "7.weight"], seed=3)
     with pytest.raises(ValueError, match="padded convolution.*removed_bias='zero'"):
-        S.export_pruned(net, masks)
-    small = S.export_pruned(net, masks, removed_bias="zero")
+        E.export_pruned(net, masks)
+    small = E.export_pruned(net, masks, removed_bias="zero")
     x = torch.randn(3, 1, 28, 28)
     torch.testing.assert_close(small(x), S.masked_model(net, masks, zero_bias=True)(x),
                                atol=1e-5, rtol=1e-5)
@@ -87,7 +88,7 @@ def test_export_padded_conv_needs_zero_bias():
     # ReLU with non-positive removed biases emits exact zeros: folding is then allowed
     with torch.no_grad():
         net[0].bias[~masks["0.weight"]] = -1.0
-    small_f = S.export_pruned(net, masks)
+    small_f = E.export_pruned(net, masks)
     torch.testing.assert_close(small_f(x), S.masked_model(net, masks, zero_bias=False)(x),
                                atol=1e-5, rtol=1e-5)
 
@@ -116,7 +117,7 @@ def test_export_element_masks_and_sparse_slbi_model():
     assert 0 < sizes["total"] == sum(v for k, v in sizes.items() if k != "total")
     assert sizes == opt.support_sizes(net)
     # element masks of Linear layers: a row survives if any weight does; outputs still equal
-    small = S.export_pruned(net, units, removed_bias="fold")
+    small = E.export_pruned(net, units, removed_bias="fold")
     torch.testing.assert_close(small(x), S.masked_model(net, units, zero_bias=False)(x),
                                atol=1e-5, rtol=1e-5)
 
@@ -148,14 +149,14 @@ def test_official_lenet_prune_conv3_by_path_order():
     assert float(entry[keep].max()) <= float(entry[~keep].min())
     pruned = S.masked_model(net, masks)       # the official prune: removed filters' biases too
     assert bool((pruned[6].bias[~keep] == 0).all()) and bool((pruned[6].bias[keep] != 0).all())
-    small = S.export_pruned(net, masks, removed_bias="zero")
+    small = E.export_pruned(net, masks, removed_bias="zero")
     assert small[6].out_channels == 24 and small[9].in_features == 24
     xt = torch.randn(5, 1, 28, 28)
     torch.testing.assert_close(small(xt), pruned(xt), atol=1e-5, rtol=1e-5)
-    folded = S.export_pruned(net, masks)              # conv3 unpadded: folding is exact
+    folded = E.export_pruned(net, masks)              # conv3 unpadded: folding is exact
     torch.testing.assert_close(folded(xt), S.masked_model(net, masks, zero_bias=False)(xt),
                                atol=1e-5, rtol=1e-5)
-    assert S.count_parameters(small) == S.count_parameters(net) - 96 * (16 * 25 + 1 + 84)
+    assert E.count_parameters(small) == E.count_parameters(net) - 96 * (16 * 25 + 1 + 84)
     # the sparse model W * 1[Gamma != 0] keeps conv3's unselected filters at zero
     sm = S.sparse_model(net, opt)
     off = ~S.unit_masks_from_gamma(net, opt)["6.weight"]
@@ -165,18 +166,18 @@ def test_official_lenet_prune_conv3_by_path_order():
 def test_export_rejects_bad_input():
     net = mlp(4, [6], 3, seed=0)
     with pytest.raises(ValueError, match="output layer"):
-        S.export_pruned(net, {"3.weight": torch.tensor([True, False, True])})
+        E.export_pruned(net, {"3.weight": torch.tensor([True, False, True])})
     with pytest.raises(ValueError, match="does not have"):
-        S.export_pruned(net, {"9.weight": torch.ones(6, dtype=torch.bool)})
+        E.export_pruned(net, {"9.weight": torch.ones(6, dtype=torch.bool)})
     with pytest.raises(ValueError, match="keeps no units"):
-        S.export_pruned(net, {"1.weight": torch.zeros(6, dtype=torch.bool)})
+        E.export_pruned(net, {"1.weight": torch.zeros(6, dtype=torch.bool)})
     with pytest.raises(ValueError, match="removed_bias"):
-        S.export_pruned(net, {}, removed_bias="drop")
+        E.export_pruned(net, {}, removed_bias="drop")
     bn = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2))
     with pytest.raises(ValueError, match="does not support layer 1 \\(BatchNorm1d\\)"):
-        S.export_pruned(bn, {"0.weight": torch.ones(6, dtype=torch.bool)})
+        E.export_pruned(bn, {"0.weight": torch.ones(6, dtype=torch.bool)})
     with pytest.raises(ValueError, match="nn.Sequential"):
-        S.export_pruned(nn.Linear(2, 2), {})
+        E.export_pruned(nn.Linear(2, 2), {})
     with pytest.raises(ValueError, match="fits neither"):
         S.masked_model(net, {"1.weight": torch.ones(5, dtype=torch.bool)})
 
@@ -246,7 +247,7 @@ def test_fixed_mask_retraining_keeps_zeros(opt_name):
     assert bool((model[1].weight[off] == 0).all()) and bool((model[1].bias[off] == 0).all())
     assert not torch.allclose(model[1].weight[~off], init[1].weight[~off])
     # the retrained masked net equals its physically smaller export
-    small = S.export_pruned(model, masks, removed_bias="zero")
+    small = E.export_pruned(model, masks, removed_bias="zero")
     torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
     handle.remove()
     opt.zero_grad()

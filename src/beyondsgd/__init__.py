@@ -19,12 +19,12 @@ from importlib.metadata import version as _dist_version
 
 from . import data, models
 from .factory import create_optimizer
-from .methods import METHODS, HParam, Method, TrainContext, gdsolver, make_method, sparsity
+from .methods import METHODS, HParam, Method, TrainContext, gdsolver, make_method
 from .methods.bpgrad import BPGrad, estimate_lipschitz
 from .methods.gdsolver import GDSolver
 from .methods.pht import Alternating, PositiveHardThreshold, frozen_support, pht
 from .methods.proxprop import ProxConv2d, ProxLinear, proxprop
-from .methods.slbi import SLBI, slbi_param_groups
+from .methods.slbi import SLBI, slbi_param_groups, sparsity
 
 
 def _version() -> str:

@@ -24,7 +24,7 @@ The pruning needs the trained model, Γ and the path, so the trials run through
 Not registered: VGG-16 / ResNet-56 on CIFAR-10. The digest gives their recipes (lottery
 variant) but no paper number (Table 1 and the tickets' sparsity/accuracy are "not confirmed"),
 so there is no paper-vs-ours row to fill, and both need BatchNorm/residual blocks, which
-``methods.sparsity``'s pruning does not support.
+``methods.slbi.sparsity``'s pruning does not support.
 
 The layers the official demo prunes, and the recipe at each scale::
 
@@ -43,7 +43,8 @@ import statistics
 import torch
 from torch import nn
 
-from ...methods import sparsity as S
+from ...methods.slbi import export as E
+from ...methods.slbi import sparsity as S
 from ..problems import get_problem
 from .core import Context, Experiment, Outcome, PaperNumber, compare, final_value, register
 from .trained import analysed_trial, analysis_of, eval_test_metric
@@ -91,7 +92,7 @@ def removed_fraction(model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
     """Fraction of *all* parameters that ``masks`` set to zero (weights only)."""
     params = dict(model.named_parameters())
     gone = sum(int((~S.expand_mask(m.bool(), params[n].shape)).sum()) for n, m in masks.items())
-    return gone / S.count_parameters(model)
+    return gone / E.count_parameters(model)
 
 
 def _acc(prob, model: nn.Module, data) -> float:

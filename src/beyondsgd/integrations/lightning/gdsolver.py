@@ -8,11 +8,11 @@ method ``gdsolver`` does it (``GDSolverMethod.end_of_epoch``):
 
 1. once per training epoch, after its last batch, the validation loss
    :math:`v_e` of the model on the **validation dataloader** feeds the plateau counter
-   (:class:`~beyondsgd.methods.gdsolver_points.PlateauDetector`: ``patience`` epochs with
+   (:class:`~beyondsgd.methods.gdsolver.points.PlateauDetector`: ``patience`` epochs with
    :math:`v_e \ge \text{best} - \text{min\_delta}`, the official early stopping);
 2. at a plateau, after epochs ``floor(max_epochs * i / solves_per_run)`` (default 4 solves per
    run) or every ``solve_every`` epochs, one
-   :meth:`GDSolver.step <beyondsgd.methods.gdsolver_step.GDSolver.step>`: the MILP/LP over the
+   :meth:`GDSolver.step <beyondsgd.methods.gdsolver.solver.GDSolver.step>`: the MILP/LP over the
    last ``nn.Linear`` on training points, the new head **kept only if it raises the validation
    accuracy** (ties: lower validation loss; regression: lower validation error), else restored;
 3. the next plateau solve waits ``patience * backoff**solves`` epochs (geometric GD phases),
@@ -50,8 +50,8 @@ from torch import nn
 
 from ...distributed import local_rows
 from ...methods.gdsolver import GDSolverMethod, make_solver, run_solve
-from ...methods.gdsolver_points import PlateauDetector, backoff_patience, scheduled
-from ...methods.gdsolver_step import GDSolver
+from ...methods.gdsolver.points import PlateauDetector, backoff_patience, scheduled
+from ...methods.gdsolver.solver import GDSolver
 from ._pl import pl
 from .data import materialize
 
@@ -72,7 +72,7 @@ class GDSolverCallback(pl.Callback):
     Args:
         module: the attribute of the LightningModule that is the network (e.g. ``"net"``);
             default the LightningModule itself. Its output must be the last ``nn.Linear``'s.
-        head, task, loss_fn, seed: as :class:`~beyondsgd.methods.gdsolver_step.GDSolver`
+        head, task, loss_fn, seed: as :class:`~beyondsgd.methods.gdsolver.solver.GDSolver`
             (``loss_fn``: the validation loss; default cross-entropy / MSE by task).
         batch_to_xy: ``fn(batch) -> (x, y)`` for batches that are not ``(x, y, ...)`` tuples.
         **hparams: the registered method's solver settings, same names and defaults

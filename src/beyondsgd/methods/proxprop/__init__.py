@@ -36,7 +36,7 @@ Solvers (``solver=``):
   Linear layer the iterates are carried on the cheapest of three equivalent paths by flop
   count (:func:`linear_cg_path`): the explicit K x K Gram, primal batch products, or
   batch-space ("dual") CG with the B x B Gram :math:`\\tilde A \\tilde A^\\top`
-  (:func:`~beyondsgd.methods.cg.batch_space_cg`). ``cg_variant="official"`` reproduces the
+  (:func:`~beyondsgd.methods.proxprop.cg.batch_space_cg`). ``cg_variant="official"`` reproduces the
   official code's iteration (not CG; the paper's cgN numbers came from it): aliased
   directions, absolute eps and its blocking (per output unit for Linear, one CG over the
   whole layer for Conv2d), so it takes no ``cg_block``.
@@ -95,8 +95,9 @@ from .conv import (
     conv2d_prox_direction,
     conv2d_unfolded,
 )
-from .convert import PROX_KEYS, ProxProp, ProxPropSGD, proxprop
+from .convert import proxprop
 from .layers import ProxConv2d, ProxConv2dFunction, ProxLinear, ProxLinearFunction
+from .method import PROX_KEYS, ProxProp, ProxPropSGD
 from .solvers import (
     bias_prox_direction,
     linear_cg_flops,

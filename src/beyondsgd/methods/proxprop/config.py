@@ -28,7 +28,7 @@ class ProxConfig:
     ``gram``: "sum" (paper) | "mean" (divided by the batch rows); ``cg_block``: "auto" (the
     variant's blocking) | "unit" (one CG per output unit/channel) | "layer" (one CG for the
     layer); ``cg_variant``: "textbook" (CG, Prop. 5; "auto" blocking = "unit") | "official"
-    (the official code's iteration, which is not CG, see :mod:`beyondsgd.methods.cg`:
+    (the official code's iteration, which is not CG, see :mod:`beyondsgd.methods.proxprop.cg`:
     aliased directions, absolute eps, and its blocking, one CG per output unit for Linear and
     one CG over all weights and the bias of a Conv2d; it fixes the blocking, so an explicit
     ``cg_block`` is refused); ``cg_path``: how a Linear layer's CG is computed, "auto" (the

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import distributed as D
-from ..cg import batched_cg
+from .cg import batched_cg
 from .config import ConvGeometry, ProxConfig, _cg_kwargs, _work_dtype
 from .solvers import _global_gram, _solve_gram, _spd_solve_rows
 

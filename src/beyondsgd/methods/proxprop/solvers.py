@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ... import distributed as D
-from ..cg import batch_space_cg, batched_cg
+from .cg import batch_space_cg, batched_cg
 from .config import ProxConfig, _cg_kwargs, _work_dtype
 
 
@@ -82,7 +82,7 @@ def linear_cg_flops(rows: int, k: int, m: int, iters: int) -> dict[str, int]:
       iteration; needs the gradient (2 m B K);
     * ``primal``: two batch products per iteration, ``(v Ã^T) Ã`` (4 m B K), one for the last
       (only ``|v Ã^T|^2`` is needed there), plus the gradient;
-    * ``dual``: batch-space CG (:func:`~beyondsgd.methods.cg.batch_space_cg`): G = Ã Ã^T
+    * ``dual``: batch-space CG (:func:`~beyondsgd.methods.proxprop.cg.batch_space_cg`): G = Ã Ã^T
       (2 B^2 K), one (m, B) x (B, B) product per iteration, and the final direction q Ã
       (2 m B K) instead of the gradient.
     """

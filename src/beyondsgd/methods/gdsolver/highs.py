@@ -1,8 +1,10 @@
-"""The solver half of GDSolver: pass a :class:`~beyondsgd.methods.milp.LinearProgram` to HiGHS.
+"""The solver half of GDSolver: pass a
+:class:`~beyondsgd.methods.gdsolver.milp.LinearProgram` to HiGHS.
 
 The program goes into ``highspy`` once, as CSR arrays, with a warm start; the outcome comes back
 as a :class:`MILPResult`. ``solve_classification_milp``, ``solve_hinge_lp`` and
-``solve_regression_lp`` build (:mod:`beyondsgd.methods.milp`, where the maths is) and solve.
+``solve_regression_lp`` build (:mod:`beyondsgd.methods.gdsolver.milp`, where the maths is) and
+solve.
 
 Defaults chosen from measurements (``benchmarks/gdsolver_milp_scaling.py``): one thread; for the
 MILP no presolve and no primal heuristics (the warm start is feasible, so they only cost time:

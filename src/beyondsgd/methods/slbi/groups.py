@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .slbi_update import STRUCTURES
+from .update import STRUCTURES
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 AUTO = "auto"

@@ -4,8 +4,8 @@ With the penultimate activations ``h_n`` (``N x d``) held fixed, the network's o
 ``z_n = W h_n + b`` is *linear* in the final layer's parameters ``(W, b)``. Ashok et al. (IJCAI-22,
 Sec. 3, "Solver step") let a MILP solver search a box around the gradient-descent weights for
 weights that fit more training points. Everything here goes from numpy arrays straight into
-HiGHS (``highspy``, :mod:`beyondsgd.methods.highs`) as one CSR matrix: no per-nonzero Python
-objects.
+HiGHS (``highspy``, :mod:`beyondsgd.methods.gdsolver.highs`) as one CSR matrix: no per-nonzero
+Python objects.
 
 Classification (maximise the number of points correct with a margin)::
 
@@ -44,7 +44,7 @@ Reference: D. Ashok, V. Nagisetty, C. Srinivasa, V. Ganesh. *A Solver + Gradient
 Algorithm for Deep Neural Networks.* IJCAI-22, pp. 1766-1773, doi:10.24963/ijcai.2022/246.
 
 The builders here are pure (numpy arrays in, a :class:`LinearProgram` out); solving them with
-HiGHS is :mod:`beyondsgd.methods.highs`.
+HiGHS is :mod:`beyondsgd.methods.gdsolver.highs`.
 
 Example::
 

@@ -1,10 +1,10 @@
 """One GDSolver solver step for your own training loop (:class:`GDSolver`).
 
 Ashok, Nagisetty, Srinivasa & Ganesh (IJCAI-22, Sec. 3, "Solver step"): freeze the head's inputs
-on some training points, solve the MILP/LP of :mod:`beyondsgd.methods.milp` over the head (with
-:mod:`beyondsgd.methods.highs`), write the solution, and keep it only if it improves the
-validation accuracy (classification; ties: loss) or error (regression). The registered method
-around it is :mod:`beyondsgd.methods.gdsolver`.
+on some training points, solve the MILP/LP of :mod:`beyondsgd.methods.gdsolver.milp` over the
+head (with :mod:`beyondsgd.methods.gdsolver.highs`), write the solution, and keep it only if it
+improves the validation accuracy (classification; ties: loss) or error (regression). The
+registered method around it is :mod:`beyondsgd.methods.gdsolver.method`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed as D
-from .gdsolver_points import (
+from ... import distributed as D
+from .highs import (
+    MILPResult,
+    check_solver_args,
+    check_work_limits,
+    solve_classification_milp,
+    solve_hinge_lp,
+    solve_regression_lp,
+)
+from .milp import classification_margins
+from .points import (
     BOXES,
     CHECK_LIMIT,
     ITERATION_LIMIT,
@@ -37,15 +46,6 @@ from .gdsolver_points import (
     select_points,
     unwrap_model,
 )
-from .highs import (
-    MILPResult,
-    check_solver_args,
-    check_work_limits,
-    solve_classification_milp,
-    solve_hinge_lp,
-    solve_regression_lp,
-)
-from .milp import classification_margins
 
 __all__ = ["GDSolver"]
 
@@ -62,7 +62,7 @@ class GDSolver:
             ``w_range / 2``; 0.05 for its MNIST/CIFAR models); with ``box="fit"`` its upper bound.
         box: ``"fit"`` (default; the classification MILP): the radius is the largest, at most
             ``radius``, at which no training point left out of the MILP can change class
-            (:func:`~beyondsgd.methods.gdsolver_points.fit_radius`), so the MILP maximises the
+            (:func:`~beyondsgd.methods.gdsolver.points.fit_radius`), so the MILP maximises the
             number of correct training points in that box over the whole training set;
             ``"fixed"``: ``radius`` (official). The LPs always use ``radius``.
         objective: ``"paper"``: the paper's solver problem (classification: the MILP maximising
@@ -100,7 +100,7 @@ class GDSolver:
             broadcast the solution (see the module docstring).
 
     ``model`` may be wrapped: ``torch.compile``'s module and ``DistributedDataParallel`` /
-    ``DataParallel`` are unwrapped (:func:`~beyondsgd.methods.gdsolver_points.unwrap_model`).
+    ``DataParallel`` are unwrapped (:func:`~beyondsgd.methods.gdsolver.points.unwrap_model`).
     """
 
     def __init__(

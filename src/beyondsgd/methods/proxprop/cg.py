@@ -47,7 +47,7 @@ masking the step (no host synchronisation); on CPU the loop breaks.
 Example::
 
     >>> import torch
-    >>> from beyondsgd.methods.cg import batched_cg
+    >>> from beyondsgd.methods.proxprop.cg import batched_cg
     >>> M = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
     >>> b = torch.tensor([[1.0, 2.0], [0.0, 1.0]])        # two systems M x = b_i (rows)
     >>> x, _ = batched_cg(lambda v: v @ M, b, maxiter=2, tol=0.0, eps=0.0)

@@ -6,8 +6,8 @@ Ashok, Nagisetty, Srinivasa & Ganesh (IJCAI-22, Sec. 3, Algorithm 1) alternate t
    validation split stops improving: ``patience`` epochs in a row with
    ``val_loss >= best - min_delta`` (the official code's early stopping, patience 2).
 2. **Solver phase.** Freeze the penultimate activations ``h_n`` of some training points and
-   solve, over the final ``nn.Linear`` only, the MILP/LP of :mod:`beyondsgd.methods.milp`
-   (solved by :mod:`beyondsgd.methods.highs`)::
+   solve, over the final ``nn.Linear`` only, the MILP/LP of :mod:`beyondsgd.methods.gdsolver.milp`
+   (solved by :mod:`beyondsgd.methods.gdsolver.highs`)::
 
        classification:  max_{W,b} #{n : z_{n,y_n} >= z_{n,j} + delta  for all j != y_n}
        regression:      min_{W,b} sum_{n,o} |W h_n + b - y_n|_o     (or the max, norm="linf")
@@ -69,8 +69,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import SCHEDULE_HPARAMS, HParam, OptimizerMethod, TrainContext, register
-from .gdsolver_points import (
+from ..base import SCHEDULE_HPARAMS, HParam, OptimizerMethod, TrainContext, register
+from .points import (
     BOXES,
     CHECK_LIMIT,
     ITERATION_LIMIT,
@@ -81,52 +81,12 @@ from .gdsolver_points import (
     account_solve,
     backoff_patience,
     check_n_points,
-    check_selection,
-    default_points,
-    find_head,
-    improves,
     scheduled,
-    select_points,
     solve_budget_left,
 )
-from .gdsolver_step import GDSolver
-from .highs import (
-    MILPResult,
-    solve_classification_milp,
-    solve_hinge_lp,
-    solve_program,
-    solve_regression_lp,
-)
-from .milp import (
-    LinearProgram,
-    build_classification_milp,
-    build_hinge_lp,
-    build_regression_lp,
-    classification_margins,
-)
+from .solver import GDSolver
 
-__all__ = [
-    "PUBLISHED",
-    "GDSolver",
-    "GDSolverMethod",
-    "LinearProgram",
-    "MILPResult",
-    "PlateauDetector",
-    "backoff_patience",
-    "build_classification_milp",
-    "build_hinge_lp",
-    "build_regression_lp",
-    "classification_margins",
-    "check_selection",
-    "default_points",
-    "find_head",
-    "improves",
-    "select_points",
-    "solve_classification_milp",
-    "solve_hinge_lp",
-    "solve_program",
-    "solve_regression_lp",
-]
+__all__ = ["PRESETS", "PUBLISHED", "SOLVES_PER_RUN", "GDSolverMethod", "make_solver", "run_solve"]
 
 
 # --------------------------------------------------------------------------------------------
