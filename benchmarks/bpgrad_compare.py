@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from beyondsgd.bench.problems import get_problem
-from beyondsgd.bench.runner import DATA_SPLIT_SEED, epoch_batches, run_trial
+from beyondsgd.bench.run.runner import DATA_SPLIT_SEED, epoch_batches, run_trial
 from beyondsgd.methods.bpgrad import estimate_lipschitz
 
 GRIDS = {

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from beyondsgd.bench.problems import get_problem
-from beyondsgd.bench.runner import DATA_SPLIT_SEED, epoch_batches
+from beyondsgd.bench.run.runner import DATA_SPLIT_SEED, epoch_batches
 from beyondsgd.methods.bpgrad import BPGrad
 
 

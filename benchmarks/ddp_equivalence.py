@@ -36,7 +36,7 @@ os.environ.setdefault("BEYONDSGD_DATA", str(Path(__file__).resolve().parents[1] 
 import test_distributed as T  # noqa: E402  (the plan and the two-process worker)
 from beyondsgd import distributed as D  # noqa: E402
 from beyondsgd.bench.problems import get_problem  # noqa: E402
-from beyondsgd.bench.runner import run_trial  # noqa: E402
+from beyondsgd.bench.run.runner import run_trial  # noqa: E402
 
 
 def _timing_worker(rank: int, out: str) -> None:

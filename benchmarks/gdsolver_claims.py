@@ -46,7 +46,7 @@ import time
 import torch
 
 from beyondsgd.bench.problems import get_problem
-from beyondsgd.bench.runner import run_trial
+from beyondsgd.bench.run.runner import run_trial
 
 REG_PROBLEMS = ["friedman_mlp", "diabetes_mlp", "toy_identity_mlp",
                 "toy_polynomial_mlp", "toy_formula_mlp"]

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from beyondsgd.bench.problems import PROBLEMS
-from beyondsgd.bench.runner import run_trial
+from beyondsgd.bench.run.runner import run_trial
 from beyondsgd.methods.pht import Alternating, solvable_layers, solve_layer
 
 # problem -> (epochs, train fraction): brief runs (the fmnist problems on a subset)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from beyondsgd.bench.runner import run_trial
+from beyondsgd.bench.run.runner import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pht_compare.jsonl"

@@ -99,7 +99,7 @@ def fmt(v) -> str:
 
 
 def adam_part(args) -> None:
-    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.run.runner import run_trial
 
     out = Path(args.out.replace("table1", "adam"))
     out.parent.mkdir(parents=True, exist_ok=True)

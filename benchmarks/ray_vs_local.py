@@ -31,8 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from beyondsgd.bench.protocol.suite import get_budget, run_suite
 from beyondsgd.bench.store import Store
-from beyondsgd.bench.suite import get_budget, run_suite
 
 
 def final_metrics(path: str) -> dict[str, tuple[str, float | None]]:

@@ -3,16 +3,17 @@ store, so the README is regenerated from the data rather than edited by hand.
 
     python benchmarks/readme_tables.py docs/results/small/suite_small.db
 
-The claims rows are :func:`beyondsgd.bench.claims.evaluate_store`'s: each claim on the kind of
-problem the paper ran, every seed counted (``div k/n``: seeds that diverged), time to target on
-the validation split, the median verdict over tuning studies and **unstable** where they differ.
+The claims rows are :func:`beyondsgd.bench.analysis.claims.evaluate_store`'s: each claim on the
+kind of problem the paper ran, every seed counted (``div k/n``: seeds that diverged), time to
+target on the validation split, the median verdict over tuning studies and **unstable** where they
+differ.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from beyondsgd.bench.claims import evaluate_store, mean_text
+from beyondsgd.bench.analysis.claims import evaluate_store, mean_text
 from beyondsgd.bench.protocol import FINAL_TAG
 from beyondsgd.bench.report import overview_table, summarize
 from beyondsgd.bench.store import Store

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from beyondsgd.bench.problems import get_problem
-from beyondsgd.bench.runner import DATA_SPLIT_SEED, epoch_batches, run_trial
+from beyondsgd.bench.run.runner import DATA_SPLIT_SEED, epoch_batches, run_trial
 
 
 def bare_epoch(problem, data, seed: int) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from beyondsgd.bench.runner import run_trial
+from beyondsgd.bench.run.runner import run_trial
 
 CONFIGS = {
     "new": {},

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from beyondsgd.bench.problems import get_problem
-from beyondsgd.bench.runner import DATA_SPLIT_SEED
+from beyondsgd.bench.run.runner import DATA_SPLIT_SEED
 from beyondsgd.methods.slbi import SLBI, SLBIMethod, slbi_param_groups
 from beyondsgd.models import lenet5_official
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from beyondsgd.bench.problems import get_problem
-from beyondsgd.bench.runner import DATA_SPLIT_SEED, epoch_batches, evaluate
+from beyondsgd.bench.run.runner import DATA_SPLIT_SEED, epoch_batches, evaluate
 from beyondsgd.methods.slbi import SLBI, slbi_param_groups
 from beyondsgd.methods.slbi import sparsity as S
 

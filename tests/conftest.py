@@ -21,7 +21,7 @@ def tmp_store(tmp_path):
 def smoke_store(tmp_path_factory):
     """The real `smoke` budget run once by the local executor (1 worker, 1 thread): the path of
     its store and the SuiteResult (shared by the protocol and Ray tests)."""
-    from beyondsgd.bench.suite import run_suite
+    from beyondsgd.bench.protocol.suite import run_suite
 
     path = tmp_path_factory.mktemp("smoke") / "smoke.db"
     return path, run_suite("smoke", str(path), workers=1, threads=1, progress=False)

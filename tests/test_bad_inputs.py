@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 import beyondsgd as bs
-from beyondsgd.bench import problems as problems_mod
-from beyondsgd.bench.runner import run_trial
+from beyondsgd.bench.problems import registry as problems_mod
+from beyondsgd.bench.run.runner import run_trial
 from beyondsgd.bench.store import Store
 from beyondsgd.cli import main
 from beyondsgd.data import write_idx

@@ -322,7 +322,7 @@ def test_converges_on_rosenbrock():
 
 def test_trains_digits_mlp_to_target():
     from beyondsgd.bench.problems import get_problem
-    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.run.runner import run_trial
 
     res = run_trial("digits_mlp", "bpgrad", {"lipschitz": 30.0}, seed=0)
     assert res.status == "finished"
@@ -629,7 +629,7 @@ def test_bound_settings_are_validated_and_global():
 def test_runner_records_a_below_bound_diverge_as_diverged(monkeypatch):
     """The benchmark path: BPGradMethod.train_step turns a diverged optimizer into a NaN loss,
     and the runner ends the trial as ``diverged`` (a bound of 10 is above digits' ~2.3 loss)."""
-    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.run.runner import run_trial
     from beyondsgd.methods.bpgrad import BPGradMethod
 
     def make(self, model):
@@ -737,7 +737,7 @@ def test_runner_records_a_bpgrad_blow_up_as_diverged_not_failed():
     """L = 1e-6 overflows float32 in the first epoch: the refused step must end the trial as
     ``diverged`` (the runner re-raises errors raised while the weights and the summed loss are
     still finite, so without ``BPGradMethod.train_step`` this trial would fail)."""
-    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.run.runner import run_trial
 
     res = run_trial("digits_mlp", "bpgrad", {"lipschitz": 1e-6, "rho": 0.0}, epochs=2)
     assert res.status == "diverged", (res.status, res.error)

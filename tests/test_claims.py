@@ -60,7 +60,7 @@ def test_gdsolver_time_claim_is_time_to_target_not_seconds_at_equal_epochs(st):
     """GDSolver is cheaper per epoch here (0.5 s vs 1 s), so it wins on train_seconds at equal
     epochs, but it reaches the validation target at epoch 3 (1.5 s) where SGD and Adam reach it
     at epoch 1 (1 s): the claim "48% less time" is not supported."""
-    from beyondsgd.bench import claims as C
+    from beyondsgd.bench.analysis import claims as C
 
     for s in (1, 2, 3):
         j = 0.01 * s  # a little seed-to-seed spread
@@ -84,7 +84,7 @@ def test_gdsolver_time_claim_is_time_to_target_not_seconds_at_equal_epochs(st):
 def test_gdsolver_data_efficiency_claim_across_fractions(st):
     """GDSolver at 50% of the data vs SGD/Adam at 100%: the claim uses the 0.5 runs (GDSolver's
     full-data runs are much worse here, so using them would not support it)."""
-    from beyondsgd.bench import claims as C
+    from beyondsgd.bench.analysis import claims as C
 
     for s in (1, 2, 3):
         j = 0.002 * s
@@ -102,7 +102,7 @@ def test_gdsolver_data_efficiency_claim_across_fractions(st):
 
 def test_the_suite_runs_the_fraction_runs_a_claim_needs():
     from beyondsgd.bench.protocol import Scored
-    from beyondsgd.bench.suite import Budget, final_jobs
+    from beyondsgd.bench.protocol.suite import Budget, final_jobs
 
     b = Budget("t", {CLF: 2, REG: 2}, n_tune=1, seeds=2)
     best = {(p, m): Scored({"lr": 0.1}, 0.0, "finished") for p in (CLF, REG)
@@ -116,7 +116,7 @@ def test_the_suite_runs_the_fraction_runs_a_claim_needs():
 def test_pht_claim_is_time_to_target_against_sgd_and_momentum(st):
     """PHT reaches a lower training loss at equal epochs than SGD (the old encoding's test) but
     momentum reaches the validation target first: not supported."""
-    from beyondsgd.bench import claims as C
+    from beyondsgd.bench.analysis import claims as C
 
     for s in (1, 2, 3):
         j = 0.01 * s
@@ -135,7 +135,7 @@ def test_pht_claim_is_time_to_target_against_sgd_and_momentum(st):
 def test_every_claim_only_on_the_papers_kind_of_problem_and_cited(st):
     """BPGrad's training-loss claim is checked on classification only (the paper ran recognition
     tasks); every claim names its kind of problem and where the paper states it."""
-    from beyondsgd.bench import claims as C
+    from beyondsgd.bench.analysis import claims as C
 
     for p in (CLF, REG):
         for s in (1, 2, 3):
@@ -155,8 +155,8 @@ def test_every_claim_only_on_the_papers_kind_of_problem_and_cited(st):
 def test_a_diverged_seed_counts_in_every_mean(st):
     """SGD: two good seeds and one that diverged. Dropping it would make SGD the best (0.735);
     counted at its untrained network's accuracy (0.1) the mean is 0.523 and Adam is best."""
-    from beyondsgd.bench import claims as C
-    from beyondsgd.bench import report as R
+    from beyondsgd.bench.analysis import claims as C
+    from beyondsgd.bench.report import build as R
 
     for s, v in ((1, 0.73), (2, 0.74)):
         add(st, CLF, "sgd", s, [0.1, 0.5, v])
@@ -178,7 +178,7 @@ def test_a_diverged_seed_counts_in_every_mean(st):
 
 
 def test_a_verdict_that_flips_across_studies_is_marked_unstable(st):
-    from beyondsgd.bench import claims as C
+    from beyondsgd.bench.analysis import claims as C
 
     for tag, good in (("final", True), ("final-s1", False), ("final-s2", True)):
         for s in (1, 2, 3):
@@ -201,7 +201,7 @@ def test_a_verdict_that_flips_across_studies_is_marked_unstable(st):
 def test_targets_procedure_by_hand(st):
     """Per baseline the worst seed's best validation metric, then the median over baselines;
     paper methods do not set the target; no baselines: the problem's fixed target."""
-    from beyondsgd.bench import claims as C
+    from beyondsgd.bench.analysis import claims as C
 
     best = {"sgd": [0.90, 0.92], "adam": [0.80, 0.95], "rmsprop": [0.85, 0.86],
             "bpgrad": [0.99, 0.99]}
@@ -214,7 +214,7 @@ def test_targets_procedure_by_hand(st):
 
 
 def test_seeds_for_power():
-    from beyondsgd.bench.metrics import seeds_for_power
+    from beyondsgd.bench.analysis.metrics import seeds_for_power
 
     # effect size 0.5 sd, alpha 0.05 two-sided, power 0.8: 2 * (1.95996 + 0.84162)^2 / 0.25
     assert seeds_for_power(1.0, 0.5) == 63
@@ -227,7 +227,7 @@ def test_studies_draw_their_own_settings_and_seeds(tmp_path):
     """A 2-study suite: tuning trials of both studies' draws, final runs under 'final' (seeds 1,2)
     and 'final-s1' (seeds 3,4), each with its own study's best setting."""
     from beyondsgd.bench.protocol import sample_configs
-    from beyondsgd.bench.suite import Budget, run_suite
+    from beyondsgd.bench.protocol.suite import Budget, run_suite
 
     b = Budget("t", {CLF: 1}, n_tune=2, seeds=2)
     path = str(tmp_path / "s.db")

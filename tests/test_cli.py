@@ -116,8 +116,8 @@ def test_runtime_failures_are_printed_once_with_a_count(capsys, tmp_path, monkey
 
 def test_bench_says_resumed_and_busy(capsys, tmp_path, monkeypatch):
     from beyondsgd import cli
-    from beyondsgd.bench import batch
-    from beyondsgd.bench.runner import TrialResult
+    from beyondsgd.bench.run import batch as batch
+    from beyondsgd.bench.run.runner import TrialResult
     from beyondsgd.bench.store import Store
 
     store = tmp_path / "r.db"
@@ -137,8 +137,8 @@ def test_bench_says_resumed_and_busy(capsys, tmp_path, monkeypatch):
 
 
 def test_export_names_are_unique(capsys, tmp_path, monkeypatch):
-    from beyondsgd.bench.export import export_name
     from beyondsgd.bench.store import Store
+    from beyondsgd.bench.store.export import export_name
 
     long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
     assert export_name(long_a) != export_name(long_b) and len(export_name(long_a)) <= 120
@@ -152,7 +152,7 @@ def test_export_names_are_unique(capsys, tmp_path, monkeypatch):
                 if hasattr(st, "claim_trial") else \
                 st.begin_trial(key, "digits_mlp", "sgd", hp, 0, 1, 1.0, "", {})
             st.end_trial(tid, "finished", {})
-    from beyondsgd.bench import export
+    from beyondsgd.bench.store import export as export
 
     monkeypatch.setattr(export, "MAX_NAME", 30)  # makes both folder names shortened
     code, out, _ = run(capsys, "export", str(store), "--out", str(tmp_path / "exp"))
@@ -161,7 +161,7 @@ def test_export_names_are_unique(capsys, tmp_path, monkeypatch):
 
 
 def test_suite_prints_a_summary_and_the_report_path(capsys, tmp_path, monkeypatch):
-    from beyondsgd.bench import suite
+    from beyondsgd.bench.protocol import suite as suite
 
     store = str(tmp_path / "s.db")
     code, _, _ = run(capsys, "bench", "--problem", "digits_mlp", "--methods", "sgd,adam",

@@ -258,7 +258,7 @@ def test_mnist_status(tmp_path, monkeypatch):
 
 
 def test_problem_data_status(tmp_path, monkeypatch):
-    from beyondsgd.bench import problems as P
+    from beyondsgd.bench.problems import registry as P
 
     monkeypatch.delenv("BEYONDSGD_DOWNLOAD", raising=False)
     monkeypatch.setenv("BEYONDSGD_FASHION_MNIST", str(tmp_path))

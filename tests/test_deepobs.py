@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from beyondsgd.bench.export import deepobs_record, deepobs_value
+from beyondsgd.bench.store.export import deepobs_record, deepobs_value
 from beyondsgd.integrations import deepobs as I
 from beyondsgd.methods.bpgrad import BPGrad
 from beyondsgd.methods.slbi import SLBI

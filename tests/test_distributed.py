@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from beyondsgd import distributed as D
 from beyondsgd.bench.problems import get_problem
-from beyondsgd.bench.runner import DATA_SPLIT_SEED, run_trial
+from beyondsgd.bench.run.runner import DATA_SPLIT_SEED, run_trial
 from beyondsgd.bench.store import Store
 from beyondsgd.methods import METHODS
 from beyondsgd.methods.proxprop import (

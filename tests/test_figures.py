@@ -15,11 +15,11 @@ matplotlib.use("Agg")
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from beyondsgd.bench import figures as F  # noqa: E402
 from beyondsgd.bench.problems import PROBLEMS  # noqa: E402
 from beyondsgd.bench.protocol import FINAL_TAG, TUNE_TAG, search_space  # noqa: E402
+from beyondsgd.bench.report import figures as F  # noqa: E402
+from beyondsgd.bench.run.trial import summary  # noqa: E402
 from beyondsgd.bench.store import Store, trial_key  # noqa: E402
-from beyondsgd.bench.trial import summary  # noqa: E402
 from beyondsgd.methods import METHODS  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -89,7 +89,7 @@ def test_styles_depend_on_the_name_only(monkeypatch):
     before = {m: F.method_style(m) for m in [*METHODS, "my_new_method", "x"]}
     monkeypatch.setattr(F, "METHODS", {"sgd": METHODS["sgd"]})
     assert {m: F.method_style(m) for m in before} == before
-    code = ("from beyondsgd.bench.figures import method_style as s; "
+    code = ("from beyondsgd.bench.report.figures import method_style as s; "
             "print(repr([s('my_new_method'), s('x'), s('slbi')]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONHASHSEED": "12345"}, timeout=120, check=True)

@@ -446,7 +446,7 @@ def test_backoff_after_rejected_solves(monkeypatch):
 
 
 def _digits_trial(method, hp, seed=0):
-    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.run.runner import run_trial
 
     torch.set_num_threads(1)
     return run_trial("digits_mlp", method, hp, seed=seed)
@@ -631,7 +631,7 @@ def test_repr_names_the_head_box_and_limits():
 def test_published_preset_from_python_and_the_cli(tmp_path):
     """Issue 22: the official recipe is a named preset (GDSolverMethod.published_defaults);
     values given explicitly win; the runner keys and stores the values actually used."""
-    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.run.runner import run_trial
     from beyondsgd.bench.store import Store
     from beyondsgd.cli import parse_overrides
 
@@ -683,7 +683,7 @@ def test_method_bad_hparams(hp, match):
 
 
 def test_runner_records_solve_events_and_resumes(tmp_path):
-    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.run.runner import run_trial
     from beyondsgd.bench.store import Store
 
     hp = {"solve_every": 1, "max_solves": 3, "lr": 0.1, "n_points": 16}

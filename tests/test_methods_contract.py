@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from beyondsgd.bench.runner import run_trial
+from beyondsgd.bench.run.runner import run_trial
 from beyondsgd.bench.store import Store
 from beyondsgd.methods import METHODS
 

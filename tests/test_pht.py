@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from beyondsgd import models as M
-from beyondsgd.bench.runner import run_trial
+from beyondsgd.bench.run.runner import run_trial
 from beyondsgd.methods import METHODS, make_method
 from beyondsgd.methods.pht import (
     Alternating,
@@ -494,7 +494,7 @@ def test_damped_hidden_solves_that_lower_the_real_loss_are_kept(kind):
 
 def test_runner_layer_solve_all_events_report_real_losses():
     from beyondsgd.bench.problems import get_problem
-    from beyondsgd.bench.runner import DATA_SPLIT_SEED
+    from beyondsgd.bench.run.runner import DATA_SPLIT_SEED
 
     res = run_trial("digits_mlp", "pht_alt", {"layer_solve": "all"}, epochs=2)
     assert res.status == "finished"

@@ -6,8 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from beyondsgd.bench import claims as C
-from beyondsgd.bench.metrics import mean_ci, performance_profile, profile_ratios, time_to_target
+from beyondsgd.bench.analysis import claims as C
+from beyondsgd.bench.analysis.metrics import (
+    mean_ci,
+    performance_profile,
+    profile_ratios,
+    time_to_target,
+)
 from beyondsgd.bench.problems import get_problem
 from beyondsgd.bench.protocol import (
     FINAL_TAG,
@@ -17,9 +22,9 @@ from beyondsgd.bench.protocol import (
     search_space,
     validation_score,
 )
+from beyondsgd.bench.protocol.suite import Budget, run_suite, tuning_jobs
 from beyondsgd.bench.report import write_report
 from beyondsgd.bench.store import Store
-from beyondsgd.bench.suite import Budget, run_suite, tuning_jobs
 from beyondsgd.methods import METHODS
 
 

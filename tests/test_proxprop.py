@@ -439,7 +439,7 @@ def test_methods_registered_with_declared_hparams():
 @pytest.mark.parametrize("method,hp", [("proxprop", {}), ("proxprop_sgd", {"lr": 0.5}),
                                        ("proxprop_sgd", {"solver": "exact"})])
 def test_converges_on_digits_mlp(method, hp):
-    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.run.runner import run_trial
 
     res = run_trial("digits_mlp", method, hp, seed=0, epochs=10)
     assert res.status == "finished"

@@ -14,10 +14,10 @@ import types
 
 import pytest
 
-from beyondsgd.bench import ray_executor as RX
 from beyondsgd.bench.protocol import DEFAULTS_TAG, TUNE_TAG, sample_configs
+from beyondsgd.bench.protocol import ray_executor as RX
+from beyondsgd.bench.protocol.suite import Budget, Job, run_suite
 from beyondsgd.bench.store import Store
-from beyondsgd.bench.suite import Budget, Job, run_suite
 
 # Two problems, the whole protocol (tuning, defaults, finals), two methods: sgd, and slbi whose
 # trials also carry events (its regularisation path) and method metrics (support sizes).
@@ -85,7 +85,7 @@ def ray_cluster(kill_dir):
             import sklearn  # noqa: F401
             import torch
 
-            import beyondsgd.bench.runner  # noqa: F401
+            import beyondsgd.bench.run.runner  # noqa: F401
 
             torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports dynamo
 
@@ -331,9 +331,9 @@ def test_data_flows_one_way_between_suite_and_ray_executor():
     import ast
     from pathlib import Path
 
-    from beyondsgd.bench import jobs
+    from beyondsgd.bench.protocol import jobs as jobs
 
     for mod in (RX, jobs):
         tree = ast.parse(Path(mod.__file__).read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert "suite" not in imported and "beyondsgd.bench.suite" not in imported
+        assert "suite" not in imported and "beyondsgd.bench.protocol.suite" not in imported

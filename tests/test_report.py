@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from beyondsgd.bench import report as R
+from beyondsgd.bench.report import build as R
 
 
 class FakeStore:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from beyondsgd.bench.markdown_html import inline, markdown_to_html
 from beyondsgd.bench.report import write_report
+from beyondsgd.bench.report.html import inline, markdown_to_html
 from test_figures import hand_made_store
 
 

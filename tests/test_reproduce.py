@@ -158,7 +158,7 @@ def test_paper_models_shapes_and_init():
 
 def test_table1_value_counts_blown_up_runs_as_diverged():
     from beyondsgd.bench.reproduce.proxprop import table1_value
-    from beyondsgd.bench.runner import TrialResult
+    from beyondsgd.bench.run.runner import TrialResult
 
     def res(status: str, losses: list[float]) -> TrialResult:
         return TrialResult("p", "m", {}, 0, status,

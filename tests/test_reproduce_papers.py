@@ -18,8 +18,8 @@ from beyondsgd.bench.reproduce import gdsolver as GD
 from beyondsgd.bench.reproduce import pht as PH
 from beyondsgd.bench.reproduce.core import Context, replay_context
 from beyondsgd.bench.reproduce.trained import analysed_trial, analysis_of
+from beyondsgd.bench.run.trial import TrialResult
 from beyondsgd.bench.store import Store
-from beyondsgd.bench.trial import TrialResult
 
 torch.set_num_threads(1)
 NAMES = ("dessilbi_lenet", "gdsolver_mnist_data", "gdsolver_cifar_data", "gdsolver_regression",

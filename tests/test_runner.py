@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from beyondsgd.bench.problems import PROBLEMS
-from beyondsgd.bench.runner import epoch_batches, run_trial
+from beyondsgd.bench.run.runner import epoch_batches, run_trial
 from beyondsgd.bench.store import Store
 from beyondsgd.methods import METHODS
 from beyondsgd.methods.baselines import Adam
@@ -127,7 +127,7 @@ def test_bad_arguments():
 def test_bad_arguments_are_refused_before_any_work(kwargs, message, tmp_path, monkeypatch):
     """Each bad argument gets one ValueError naming it, its value and what is accepted, before
     any data is loaded or anything is written."""
-    import beyondsgd.bench.runner as R
+    import beyondsgd.bench.run.runner as R
 
     def no_training(*a, **k):
         raise AssertionError("training started before the arguments were checked")
@@ -176,7 +176,7 @@ def test_stop_and_resume_in_process_equals_uninterrupted(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time, torch
     torch.set_num_threads(1)
-    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.run.runner import run_trial
     from beyondsgd.bench.store import Store
     st = Store(sys.argv[1])
     slow = lambda row: time.sleep(0.4)          # make epochs slow enough to be killed mid-run
@@ -280,7 +280,7 @@ def test_a_corrupt_checkpoint_is_discarded_with_a_warning_and_the_trial_restarts
                                                                                 tmp_path):
     """A checkpoint that cannot be used (cut short, overwritten, not ours) is named in a
     warning, deleted, and the trial restarts from epoch 0 with the numbers of a clean run."""
-    from beyondsgd.bench.runner import default_checkpoint_dir
+    from beyondsgd.bench.run.runner import default_checkpoint_dir
 
     with Store(tmp_path / "a.db") as st:
         part = run_trial("digits_mlp", "slbi", seed=0, epochs=3, store=st, stop_after_epoch=1)
@@ -308,7 +308,7 @@ def test_a_corrupt_checkpoint_is_discarded_with_a_warning_and_the_trial_restarts
 def test_checkpoint_temporary_files_are_unique_per_process_and_call(tmp_path, monkeypatch):
     """Two writers of one checkpoint never share a temporary file (before: one fixed
     '<key>.pt.tmp' per trial, so a second writer's rename failed with FileNotFoundError)."""
-    from beyondsgd.bench import checkpoint as C
+    from beyondsgd.bench.run import checkpoint as C
 
     seen = []
     real_replace = os.replace

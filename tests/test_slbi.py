@@ -374,7 +374,7 @@ def test_runs_on_device_and_is_deterministic(device):
 
 
 def test_runner_records_support_and_path():
-    from beyondsgd.bench.runner import run_trial
+    from beyondsgd.bench.run.runner import run_trial
     res = run_trial("digits_mlp", "slbi", {}, seed=0, epochs=3)       # the defaults
     assert res.status == "finished"
     first, last = res.evals[0], res.final
@@ -622,7 +622,7 @@ def test_defaults_equal_the_official_optimizer_on_the_official_lenet(weight_deca
     measures them.) The defaults before issue 22 (Linear weights by neuron; slbi_param_groups:
     the classifier dense) fail at the first step (the classifier) or once a row enters."""
     from beyondsgd.bench.problems import get_problem
-    from beyondsgd.bench.runner import DATA_SPLIT_SEED
+    from beyondsgd.bench.run.runner import DATA_SPLIT_SEED
     from beyondsgd.models import lenet5_official
     torch.set_num_threads(1)
     bs = 16
@@ -925,7 +925,7 @@ def test_defaults_select_within_the_first_epoch(problem, steps):
     coupling before issue 22: first units at steps 60-80, 135 at step 400.)
     (digits_mlp, 17 steps per epoch, is covered through the runner above.)"""
     from beyondsgd.bench.problems import get_problem
-    from beyondsgd.bench.runner import DATA_SPLIT_SEED, epoch_batches
+    from beyondsgd.bench.run.runner import DATA_SPLIT_SEED, epoch_batches
     from beyondsgd.methods.base import TrainContext
     torch.set_num_threads(1)
     prob = get_problem(problem)

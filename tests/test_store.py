@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 import read_only_media
-from beyondsgd.bench import lease
 from beyondsgd.bench.store import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     Store,
     StoreError,
     TrialBusy,
+    lease,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def test_a_suite_worker_waits_for_a_busy_trial_then_takes_it_over(tmp_path):
     trial (here: until that process dies without ending it), then runs it."""
     import threading
 
-    from beyondsgd.bench.jobs import Job, run_job
+    from beyondsgd.bench.protocol.jobs import Job, run_job
     from beyondsgd.bench.store import trial_key
     from beyondsgd.methods import get_method_class
     from beyondsgd.methods.base import resolve_hparams
@@ -546,7 +546,7 @@ def test_readonly_shares_the_side_files_of_a_running_writer(tmp_path):
 def test_readonly_mode_without_write_access_is_immutable(tmp_path, monkeypatch):
     """Where the store cannot be written (read-only media, no permission: ``os.access`` says so
     even to root on a read-only file system) it is opened immutable, creating nothing."""
-    from beyondsgd.bench import store_file
+    from beyondsgd.bench.store import file as store_file
 
     fill(tmp_path / "s.db", 2)
     monkeypatch.setattr(store_file.os, "access", lambda *a, **k: False)

@@ -11,7 +11,7 @@ Methods (one module each under ``beyondsgd.methods``):
 ``create_optimizer(name, model, **hp)`` builds what any of them needs by name.
 
 Baselines SGD, momentum, Adam, AdamW, Adagrad, Adadelta, RMSProp run through the same runner
-(``beyondsgd.bench.runner.run_trial``). See README.md for the API tour.
+(``beyondsgd.bench.run.runner.run_trial``). See README.md for the API tour.
 """
 
 from importlib.metadata import PackageNotFoundError

@@ -2,7 +2,7 @@
 
 Argument parsing, the pre-flight check and progress display only; the work is done by
 ``beyondsgd.bench``. Every bad input is answered once, before any work starts, with one line
-``beyondsgd CMD: error: ...`` and exit status 2 (see :mod:`beyondsgd.bench.validate`); an
+``beyondsgd CMD: error: ...`` and exit status 2 (see :mod:`beyondsgd.bench.run.validate`); an
 unexpected internal error prints one line and exits 1 (``BEYONDSGD_DEBUG=1`` shows the
 traceback). ``report`` and ``export`` open the store read-only.
 """
@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from . import cli_reproduce
-from .bench.batch import STORE_ERRORS, TrialSpec, failure_lines, failure_text, run_batch
-from .bench.export import export_deepobs, export_store
 from .bench.problems import PROBLEMS, get_problem
 from .bench.report import label, markdown_table, summarize, write_report
-from .bench.runner import run_trial
-from .bench.store import Store
-from .bench.validate import (
+from .bench.run.batch import STORE_ERRORS, TrialSpec, failure_lines, failure_text, run_batch
+from .bench.run.runner import run_trial
+from .bench.run.validate import (
     Plan,
     PreflightError,
     check_out_dir,
@@ -33,6 +31,8 @@ from .bench.validate import (
     preflight,
     require_bench_extra,
 )
+from .bench.store import Store
+from .bench.store.export import export_deepobs, export_store
 from .data import DataFileError
 from .distributed import restored_environ
 from .methods import METHODS, get_method_class
@@ -165,7 +165,7 @@ def _apply_flags(args: argparse.Namespace) -> None:
 
 def _check_out(path: str | None, flag: str = "--out") -> None:
     """Refuse an output directory that cannot be created or written, before any work
-    (:func:`beyondsgd.bench.validate.check_out_dir`: a probe file is created and removed)."""
+    (:func:`beyondsgd.bench.run.validate.check_out_dir`: a probe file is created and removed)."""
     if path is None:
         return
     try:
@@ -336,7 +336,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from .bench.suite import BUDGETS, run_suite
+    from .bench.protocol.suite import BUDGETS, run_suite
 
     if args.budget not in BUDGETS:
         raise CLIError(f"unknown budget {args.budget!r}; accepted: {', '.join(BUDGETS)}")
@@ -385,7 +385,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def _print_summary(store: Store, problems: list[str] | None) -> None:
-    from .bench import report as R
+    from .bench.report import build as R
 
     summary = getattr(R, "report_summary", None)
     if summary is not None:

@@ -142,7 +142,7 @@ def check_data(exps: list, scale: str) -> None:
     exist but are unreadable (a garbled CIFAR-10 batch or archive, a bad IDX file) are refused
     here in one line, not by a failed experiment later. The loaders cache what they read, so the
     experiments do not read it again."""
-    from .bench.validate import PreflightError, load_data
+    from .bench.run.validate import PreflightError, load_data
 
     for name in dict.fromkeys(p for e in exps for p in e.problems.get(scale, ())):
         try:
@@ -183,8 +183,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         stored_wall,
         write_markdown,
     )
+    from .bench.run.validate import check_out_dir
     from .bench.store import Store
-    from .bench.validate import check_out_dir
 
     check_scale(args.scale)
     if args.list:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..problems import Problem
-from ..runner import TrialResult, run_trial
+from ..run.runner import TrialResult, run_trial
 from ..store import Store, trial_key
 
 SCALES = ("paper", "cpu", "smoke")
@@ -243,7 +243,7 @@ def compare(a: list[float], b: list[float], higher_is_better: bool, kind: str = 
     otherwise mixed divergence is compared on ranks (Mann-Whitney, as claims.judge does). Fewer
     than 2 seeds per side: inconclusive.
     """
-    from ..claims import judge
+    from ..analysis.claims import judge
 
     def orient(vs: list[float]) -> list[float]:
         out = []
@@ -275,7 +275,7 @@ def ci_text(values: list[float], digits: int = 3, scale: float = 1.0) -> str:
     >>> ci_text([1.0, 2.0, float("inf"), float("nan")])
     '1.5 ± 6.4 (n=2), 1 never reached, 1 diverged'
     """
-    from ..metrics import mean_ci
+    from ..analysis.metrics import mean_ci
 
     fin = [v * scale for v in finite(values)]
     n_never = sum(1 for v in values if v == math.inf)

@@ -138,7 +138,7 @@ def figure_rows(outcomes: list[Outcome]) -> list[dict]:
 
 def try_figure(outcomes: list[Outcome], path: Path) -> Path | None:
     """``figures.paper_vs_ours(rows, path)`` when that function exists (else None)."""
-    from .. import figures
+    from ..report import figures
 
     fn = getattr(figures, "paper_vs_ours", None)
     if fn is None or not outcomes:

@@ -32,11 +32,11 @@ import torch
 
 from ...methods import TrainContext, get_method_class
 from ...methods.base import evaluate, resolve_hparams
-from .. import checkpoint as C
 from ..problems import Problem
-from ..runner import default_checkpoint_dir
+from ..run import checkpoint as C
+from ..run.runner import default_checkpoint_dir
+from ..run.trial import DATA_SPLIT_SEED, TrialResult, environment, epoch_batches, summary
 from ..store import trial_key
-from ..trial import DATA_SPLIT_SEED, TrialResult, environment, epoch_batches, summary
 from .core import Context, full_tag, stored_trial
 
 Analyse = Callable[[torch.nn.Module, Any, Any], dict]

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import data as D
-from .. import models as M
+from ... import data as D
+from ... import models as M
 
 
 def _data_ready() -> str | None:
@@ -206,5 +206,3 @@ for _fn, (_target, _measured) in _TOY_TARGETS.items():
         target_note=f"the official code's 3->2->2 ReLU model; Adam 1e-3, 15 epochs, seeds 0-2: "
                     f"best test MSE {_measured}",
     ))
-
-from . import paper_problems as _paper_problems  # noqa: E402,F401  (registers the papers' problems)

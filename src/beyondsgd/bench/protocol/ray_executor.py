@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..store import Store, trial_key
 from .jobs import Job
-from .store import Store, trial_key
 
 INSTALL_HINT = "pip install 'beyondsgd[ray]'"
 DEFAULT_MAX_RETRIES = 3
@@ -81,9 +81,9 @@ def trial_fields(job: Job) -> dict[str, Any]:
     """The identity of ``job``'s trial as the runner keys it: hyperparameters resolved (defaults
     filled in), epochs resolved, and ``key``. Raises ValueError for an unknown problem, method
     or hyperparameter, like ``run_trial``."""
-    from ..methods import get_method_class
-    from ..methods.base import resolve_hparams
-    from .problems import get_problem
+    from ...methods import get_method_class
+    from ...methods.base import resolve_hparams
+    from ..problems import get_problem
 
     prob = get_problem(job.problem)
     hp = resolve_hparams(get_method_class(job.method), job.hparams or {})
@@ -124,7 +124,7 @@ def run_trial_task(fields: dict[str, Any], device: str, threads: int) -> dict[st
     """
     import torch
 
-    from .runner import run_trial
+    from ..run.runner import run_trial
 
     if threads:
         torch.set_num_threads(threads)

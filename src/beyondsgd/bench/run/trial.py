@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..methods.base import Batch
-from .problems import Problem, get_problem
-from .store import DONE_STATUSES, Store
+from ...methods.base import Batch
+from ..problems import Problem, get_problem
+from ..store import DONE_STATUSES, Store
 
 # Every trial of a problem sees the same train/validation/test split; the trial seed drives
 # initialisation and minibatch order only.

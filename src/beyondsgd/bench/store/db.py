@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import lease
-from .store_file import (  # noqa: F401 - re-exported: the store's public names
+from .file import (  # noqa: F401 - re-exported: the store's public names
     APPLICATION_ID,
     LEASE_COLUMNS,
     SCHEMA_VERSION,
@@ -95,7 +95,7 @@ def dumps(obj: Any) -> str:
 
 
 def _method_class(method: str) -> Any:
-    from ..methods import METHODS  # lazy: the store itself needs no method
+    from ...methods import METHODS  # lazy: the store itself needs no method
 
     return METHODS.get(method)
 
@@ -104,7 +104,7 @@ def trial_key(problem: str, method: str, hparams: dict, seed: int, epochs: int,
               train_fraction: float = 1.0, tag: str = "") -> str:
     """The trial's identity. A renamed hyperparameter (``Method.renamed_hparams``) is hashed
     under its old name, so trials stored before the rename keep their keys."""
-    from ..methods.base import key_hparams
+    from ...methods.base import key_hparams
 
     hparams = key_hparams(_method_class(method), hparams)
     payload = dumps({"problem": problem, "method": method, "hparams": hparams, "seed": seed,
@@ -420,7 +420,7 @@ class Store:
                 r.pop(c, None)
             r["hparams"] = self._loads(r["hparams"], f"hparams of trial {r['id']}")
             if isinstance(r["hparams"], dict):  # renamed hyperparameters: the new names
-                from ..methods.base import canonical_hparams
+                from ...methods.base import canonical_hparams
 
                 r["hparams"] = canonical_hparams(_method_class(r["method"]), r["hparams"])
             r["env"] = self._loads(r.get("env"), f"env of trial {r['id']}")

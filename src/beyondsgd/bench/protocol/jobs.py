@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from .store import Store
+from ..store import Store
 
 BUSY_POLL_SECONDS = 1.0
 EXIT_ORPHANED = 75  # a pool worker's exit status when its parent has died
@@ -88,7 +88,7 @@ def run_job(store_path: str, job: Job, device: str, threads: int | None) -> tupl
     expires (``lease.py``), and this worker then takes the trial over if it is unfinished."""
     import torch
 
-    from .runner import run_trial
+    from ..run.runner import run_trial
 
     exit_if_orphaned()
     if threads:

@@ -22,10 +22,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..methods import METHODS
-from .problems import PROBLEMS
-from .protocol import TUNE_TAG
-from .store import Store
+from ...methods import METHODS
+from ..problems import PROBLEMS
+from ..protocol import TUNE_TAG
+from ..store import Store
 
 # ---- styles -------------------------------------------------------------------------------
 # Colours: matplotlib's tab10 plus six darker tones of tab20b/c, all readable on white.
@@ -198,7 +198,7 @@ def _seed_matrix(curves: list[list[dict]], key: str, n: int):
 def profile_section(rows: list[dict], out_dir: Path, tau_max: float = 4.0
                     ) -> tuple[str, Path | None]:
     """AlgoPerf-style performance profiles over problems from time-to-target (median seconds)."""
-    from .metrics import performance_profile
+    from ..analysis.metrics import performance_profile
 
     times: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
@@ -230,7 +230,7 @@ def profile_section(rows: list[dict], out_dir: Path, tau_max: float = 4.0
 def sensitivity_section(store: Store, out_dir: Path, problems: list[str] | None = None
                         ) -> list[Path]:
     """Validation metric vs the first tuned hyperparameter, from the tuning trials."""
-    from .protocol import search_space
+    from ..protocol import search_space
 
     trials = [t for t in store.trials(tag=TUNE_TAG) if t["status"] in ("finished", "diverged")
               and (not problems or t["problem"] in problems)]
@@ -338,7 +338,7 @@ def paper_vs_ours(rows: Sequence[dict], path: str | Path) -> Path | None:
     ``rows``: dicts with keys experiment, quantity, paper (float or None), ours (list of floats,
     one per seed), unit, verdict. Returns ``path``, or None (nothing written) for no rows.
     """
-    from .metrics import mean_ci
+    from ..analysis.metrics import mean_ci
 
     _check_rows(rows)
     if not rows:

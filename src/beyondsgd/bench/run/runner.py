@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import distributed as D
-from ..methods import TrainContext, get_method_class
-from ..methods.base import Batch, evaluate, resolve_hparams
+from ... import distributed as D
+from ...methods import TrainContext, get_method_class
+from ...methods.base import Batch, evaluate, resolve_hparams
+from ..problems import Problem, get_problem
+from ..store import Store, TrialBusy, trial_key
 from . import checkpoint as C
 from .arguments import check_arguments
-from .problems import Problem, get_problem
-from .store import Store, TrialBusy, trial_key
 from .trial import DATA_SPLIT_SEED, TrialResult, environment, epoch_batches, not_run, summary
 
 __all__ = ["DATA_SPLIT_SEED", "TrialResult", "default_checkpoint_dir", "environment",

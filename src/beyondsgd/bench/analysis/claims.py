@@ -49,10 +49,10 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ..problems import PROBLEMS
+from ..protocol import BASELINES, FINAL_TAG, study_of, study_tag
+from ..store import Store
 from .metrics import diverged_value, seconds_to_target, set_target
-from .problems import PROBLEMS
-from .protocol import BASELINES, FINAL_TAG, study_of, study_tag
-from .store import Store
 
 ALPHA = 0.05
 QUANTITIES = ("test_metric", "train_loss", "seconds_to_target")

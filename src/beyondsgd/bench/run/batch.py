@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..store import Store, StoreError
 from .runner import TrialResult, run_trial
-from .store import Store, StoreError
 from .validate import extra_hint
 
 STORE_ERRORS = (StoreError, sqlite3.DatabaseError)

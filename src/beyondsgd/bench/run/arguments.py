@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from .problems import Problem
-from .store import Store
+from ..problems import Problem
+from ..store import Store
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
 

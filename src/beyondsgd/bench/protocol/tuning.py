@@ -33,8 +33,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..methods import get_method_class
-from ..methods.base import HParam, resolve_hparams
+from ...methods import get_method_class
+from ...methods.base import HParam, resolve_hparams
 
 TUNE_TAG, FINAL_TAG, DEFAULTS_TAG = "tune", "final", "defaults"
 

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import DataFileError
-from ..methods import TrainContext, get_method_class
-from ..methods.base import resolve_hparams
-from .problems import Problem, get_problem
+from ...data import DataFileError
+from ...methods import TrainContext, get_method_class
+from ...methods.base import resolve_hparams
+from ..problems import Problem, get_problem
 
 BENCH_EXTRA = "pip install 'beyondsgd[bench]'"
 # the smallest learning rate accepted: an update of lr * gradient is below float32's resolution of

@@ -26,8 +26,8 @@ def fmnist_subset(n_train: int, n_val: int, n_test: int, seed: int = 0):
     """The first ``n_*`` images of Fashion-MNIST's seeded train/validation/test split."""
     from dataclasses import replace
 
-    from .. import data as D
-    from .problems import _cached
+    from ... import data as D
+    from .registry import _cached
 
     d = _cached(D.load_fashion_mnist, seed)
     return replace(d, name=f"fashion_mnist[{n_train}/{n_val}/{n_test}]",
@@ -41,7 +41,7 @@ def synthetic_images(n_train: int = 200, n_val: int = 64, n_test: int = 64, seed
     class mean m_c ~ U(0, 1) per pixel, x = clip(m_c + 0.3 * N(0, 1), 0, 1)."""
     import torch
 
-    from .. import data as D
+    from ... import data as D
 
     g = torch.Generator().manual_seed(1234 + seed)
     means = torch.rand(10, 1, 28, 28, generator=g)
@@ -58,9 +58,9 @@ def synthetic_images(n_train: int = 200, n_val: int = 64, n_test: int = 64, seed
 def _register_proxprop_bpgrad() -> None:
     import functools
 
-    from .. import data as D
-    from .. import models as M
-    from .problems import Problem, _cached, register_problem
+    from ... import data as D
+    from ... import models as M
+    from .registry import Problem, _cached, register_problem
 
     def cifar10(seed: int) -> D.Dataset:  # 45000 train / 5000 validation (ProxProp official)
         return _cached(D.load_cifar10, seed, val_size=5000)
@@ -140,9 +140,9 @@ CPU_SUBSETS = {
 def _register_dessilbi_gdsolver() -> None:
     import functools
 
-    from .. import data as D
-    from .. import models as M
-    from .problems import Problem, _cached, register_problem
+    from ... import data as D
+    from ... import models as M
+    from .registry import Problem, _cached, register_problem
 
     def cifar10(seed: int) -> D.Dataset:  # data.load_cifar10, looked up at call time
         return _cached(D.load_cifar10, seed)

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .problems import PROBLEMS
-from .store import Store
+from ..problems import PROBLEMS
+from .db import Store
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 MAX_NAME = 120

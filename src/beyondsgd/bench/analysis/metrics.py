@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .problems import Problem
+from ..problems import Problem
 
 
 def time_to_target(problem: Problem, evals: list[dict]) -> tuple[float, float]:

@@ -22,10 +22,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..methods import METHODS
+from ...methods import METHODS
+from ..problems import get_problem
+from ..store import Store
 from .jobs import BUSY_POLL_SECONDS, Job, execute_local, init_worker, run_job
-from .problems import get_problem
-from .protocol import (
+from .tuning import (
     DEFAULTS_TAG,
     TUNE_TAG,
     Scored,
@@ -35,7 +36,6 @@ from .protocol import (
     study_tag,
     validation_score,
 )
-from .store import Store
 
 __all__ = ["BUDGETS", "BUSY_POLL_SECONDS", "Budget", "Job", "SuiteResult", "best_settings",
            "final_jobs", "get_budget", "run_job", "run_suite", "tuning_jobs"]
@@ -153,7 +153,7 @@ def final_jobs(budget: Budget, best: dict[tuple[str, str], Scored], study: int =
     """Study ``study``'s final runs: each best setting with the study's seeds, plus the runs at
     a smaller train fraction that a claim needs (``claims.fraction_runs``: GDSolver at 50% on
     classification problems), same setting, tag and seeds."""
-    from .claims import fraction_runs
+    from ..analysis.claims import fraction_runs
 
     tag = study_tag(study)
     jobs = []
@@ -169,7 +169,7 @@ def final_jobs(budget: Budget, best: dict[tuple[str, str], Scored], study: int =
 
 def _count_jobs(b: Budget, methods: list[str], studies: int) -> int:
     """Jobs the suite will run (for the progress bar): tuning + defaults + finals + fractions."""
-    from .claims import fraction_runs
+    from ..analysis.claims import fraction_runs
 
     n = len(tuning_jobs(b, methods, studies))
     for p in b.problems:

@@ -32,14 +32,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..methods import METHODS
+from ...methods import METHODS
+from ..analysis.intervals import CI_METHOD, _finite, difference_interval, seed_interval
+from ..analysis.metrics import diverged_value, seconds_to_target
+from ..problems import PROBLEMS, get_problem
+from ..protocol import DEFAULTS_TAG, FINAL_TAG, TUNE_TAG, study_of
+from ..store import Store
 from .figures import plot_curves, profile_section, sensitivity_section
-from .intervals import CI_METHOD, _finite, difference_interval, seed_interval
-from .markdown_html import markdown_to_html
-from .metrics import diverged_value, seconds_to_target
-from .problems import PROBLEMS, get_problem
-from .protocol import DEFAULTS_TAG, FINAL_TAG, TUNE_TAG, study_of
-from .store import Store
+from .html import markdown_to_html
 
 __all__ = ["CI_METHOD", "difference_interval", "label", "markdown_table", "markdown_to_html",
            "overview_table", "report_summary", "seed_interval", "summarize", "verdict_line",
@@ -126,7 +126,7 @@ def _seed_values(prob, t: dict, evals: list[dict], target: float) -> dict[str, f
 
 
 def summarize(store: Store, problems: list[str] | None = None) -> list[dict[str, Any]]:
-    from .claims import targets
+    from ..analysis.claims import targets
 
     cache: dict[str, dict[str, float]] = {}
 
@@ -405,7 +405,7 @@ def _reproduce_section(store: Store, out_dir: Path, plots: bool) -> str:
     """The paper-vs-ours section of ``beyondsgd reproduce`` ("" when that module or its
     ``report_section`` is not there, or the store holds no reproduce results)."""
     try:
-        from . import reproduce
+        from .. import reproduce
 
         section = reproduce.report_section
     except (ImportError, AttributeError):
@@ -421,7 +421,7 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
     results, ``defaults`` the untuned ones), performance profiles, sensitivity plots, claims
     table, curves, environment. Returns the Markdown path.
     """
-    from .claims import claims_markdown, evaluate_store
+    from ..analysis.claims import claims_markdown, evaluate_store
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

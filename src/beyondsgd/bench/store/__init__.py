@@ -1,0 +1,36 @@
+"""The results store: one SQLite file (``db.py``: trials, evaluations, events; ``file.py``: opening,
+schema checks, read-only media; ``lease.py``: who runs which trial) and ``export.py`` (per-trial
+JSON, CSV, DeepOBS's layout). Everything below the store (runs, protocol, analysis, report)
+reads and writes results only through :class:`Store`.
+"""
+
+from . import db, export, file, lease
+from .db import (
+    DONE_STATUSES,
+    EVAL_FIELDS,
+    SUMMARY_FIELDS,
+    Claim,
+    Store,
+    TrialBusy,
+    dumps,
+    trial_key,
+)
+from .file import APPLICATION_ID, SCHEMA_VERSION, StoreError
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "StoreError",
+    "export",
+    "file",
+    "lease",
+    "Claim",
+    "DONE_STATUSES",
+    "EVAL_FIELDS",
+    "SUMMARY_FIELDS",
+    "Store",
+    "TrialBusy",
+    "dumps",
+    "trial_key",
+    "db",
+]
