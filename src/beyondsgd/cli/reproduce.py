@@ -48,8 +48,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def list_text() -> str:
     """What ``--list`` prints."""
-    from .bench.problems import get_problem
-    from .bench.reproduce import REGISTRY, SCALES
+    from ..bench.problems import get_problem
+    from ..bench.reproduce import REGISTRY, SCALES
 
     out = []
     for e in REGISTRY.values():
@@ -67,7 +67,7 @@ def list_text() -> str:
 
 
 def _error(msg: str) -> Exception:
-    from .cli import CLIError
+    from .common import CLIError
 
     return CLIError(msg)
 
@@ -88,8 +88,8 @@ def _int(text: str | None, flag: str, low: int = 1) -> int | None:
 def resolve(args: argparse.Namespace) -> tuple[list, str, str]:
     """(experiments, scale, device) after checking names, scale, device and data; raises
     CLIError with one line naming the bad value and what is accepted."""
-    from .bench.problems import get_problem
-    from .bench.reproduce import REGISTRY
+    from ..bench.problems import get_problem
+    from ..bench.reproduce import REGISTRY
 
     check_scale(args.scale)
     if not args.names:
@@ -131,7 +131,7 @@ def resolve(args: argparse.Namespace) -> tuple[list, str, str]:
 
 def check_scale(scale: str) -> None:
     """CLIError unless ``scale`` is one of the scales (also for ``--list``)."""
-    from .bench.reproduce import SCALES
+    from ..bench.reproduce import SCALES
 
     if scale not in SCALES:
         raise _error(f"--scale {scale!r}; accepted: {', '.join(SCALES)}")
@@ -142,7 +142,7 @@ def check_data(exps: list, scale: str) -> None:
     exist but are unreadable (a garbled CIFAR-10 batch or archive, a bad IDX file) are refused
     here in one line, not by a failed experiment later. The loaders cache what they read, so the
     experiments do not read it again."""
-    from .bench.run.validate import PreflightError, load_data
+    from ..bench.run.validate import PreflightError, load_data
 
     for name in dict.fromkeys(p for e in exps for p in e.problems.get(scale, ())):
         try:
@@ -174,8 +174,8 @@ def _apply_data_flags(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .bench.reproduce import REGISTRY, Context
-    from .bench.reproduce.table import (
+    from ..bench.reproduce import REGISTRY, Context
+    from ..bench.reproduce.table import (
         ExperimentRun,
         outcome_table,
         replay,
@@ -183,8 +183,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         stored_wall,
         write_markdown,
     )
-    from .bench.run.validate import check_out_dir
-    from .bench.store import Store
+    from ..bench.run.validate import check_out_dir
+    from ..bench.store import Store
 
     check_scale(args.scale)
     if args.list:
