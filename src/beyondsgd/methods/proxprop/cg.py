@@ -96,7 +96,9 @@ class _Loop:
         self.eps, self.relative = eps, relative_eps
         self.tol = tol
         self.threshold = (tol ** 2) * rs0.mean()
-        self.use_mask = tol > 0 and is_cuda
+        # on CUDA, and under torch.compile, converged systems are masked instead of stopping
+        # the loop: no host sync per iteration (and no graph break), the same iterates
+        self.use_mask = tol > 0 and (is_cuda or torch.compiler.is_compiling())
         self.active = torch.ones((), dtype=torch.bool, device=rs0.device)
 
     def _plus_eps(self, v: torch.Tensor, rs: torch.Tensor) -> torch.Tensor:

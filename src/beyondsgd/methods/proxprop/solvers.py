@@ -94,7 +94,11 @@ def linear_cg_flops(rows: int, k: int, m: int, iters: int) -> dict[str, int]:
 def linear_cg_path(rows: int, k: int, m: int, iters: int) -> str:
     """The path of :func:`linear_cg_flops` with the fewest flops (first one on a tie)."""
     flops = linear_cg_flops(rows, k, m, iters)
-    return min(flops, key=flops.__getitem__)
+    best = "gram"
+    for path in ("primal", "dual"):         # a plain loop: torch.compile traces it unbroken
+        if flops[path] < flops[best]:
+            best = path
+    return best
 
 
 def linear_prox_direction(
