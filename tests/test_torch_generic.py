@@ -42,6 +42,7 @@ from torch import nn
 from torch.optim import lr_scheduler as S
 
 import beyondsgd as bs
+from test_optim_contract import _assert_same, _assert_same_run  # one exact-equality helper
 
 torch.set_num_threads(1)
 DT = torch.float64
@@ -122,30 +123,6 @@ def _run(model: nn.Module, opt: torch.optim.Optimizer, batches: list[Batch],
 def _loss(model: nn.Module, batch: Batch) -> float:
     with torch.no_grad():
         return float(F.mse_loss(model(batch[0]), batch[1]))
-
-
-def _assert_same(a: Any, b: Any, where: str = "") -> None:
-    """Exact equality of nested state (tensors bitwise, NaN == NaN)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), (where, a.keys(), b.keys())
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), where
-    else:
-        assert a == b, (where, a, b)
-
-
-def _assert_same_run(ta: list[torch.Tensor], tb: list[torch.Tensor]) -> None:
-    assert len(ta) == len(tb)
-    for k, (a, b) in enumerate(zip(ta, tb)):
-        assert torch.equal(a, b), f"step {k}: max diff {float((a - b).abs().max())}"
 
 
 def _save_load(obj: Any) -> Any:
