@@ -16,8 +16,7 @@ from beyondsgd.bench.reproduce import REGISTRY
 from beyondsgd.bench.reproduce import dessilbi as DL
 from beyondsgd.bench.reproduce import gdsolver as GD
 from beyondsgd.bench.reproduce import pht as PH
-from beyondsgd.bench.reproduce.core import Context, replay_context
-from beyondsgd.bench.reproduce.trained import analysed_trial, analysis_of
+from beyondsgd.bench.reproduce.core import Context, analysed_trial, analysis_of, replay_context
 from beyondsgd.bench.run.trial import TrialResult
 from beyondsgd.bench.store import Store
 
@@ -190,7 +189,8 @@ def test_analysed_trial_resumes_from_its_checkpoint(tmp_path):
     with Store(tmp_path / "b.db") as b:
         with pytest.raises(RuntimeError, match="killed"):
             analysed_trial(_ctx(b, "x"), prob, "sgd", hp, 0, boom, 2)
-        assert b.trials() == []                                   # nothing recorded
+        (t,) = b.trials()                       # the runner records the crash, no analysis
+        assert t["status"] == "failed" and not analysis_of(b.events(t["id"]))
         assert list((tmp_path / "b_checkpoints").glob("*.pt"))   # the last epoch's checkpoint
         ctx = _ctx(b, "x")
         resumed = analysed_trial(ctx, prob, "sgd", hp, 0, ok, 2)
@@ -222,8 +222,8 @@ def test_every_configured_recipe_resolves_at_every_scale():
 def test_doctests_of_the_dessilbi_gdsolver_pht_modules():
     import doctest
 
-    from beyondsgd.bench.reproduce import trained
+    from beyondsgd.bench.reproduce import core
 
-    for mod in (DL, GD, PH, trained):
+    for mod in (DL, GD, PH, core):
         res = doctest.testmod(mod)
         assert res.failed == 0 and res.attempted > 0, mod.__name__

@@ -108,8 +108,8 @@ def test_bad_arguments():
     ({"seed": 1.5}, r"seed must be an integer .*got 1.5"),
     ({"seed": True}, r"seed must be an integer .*got True"),
     ({"seed": "3"}, r"seed must be an integer .*got '3'"),
-    ({"epochs": -2}, r"epochs must be an integer >= 0 .*got -2"),
-    ({"epochs": 2.5}, r"epochs must be an integer >= 0 .*got 2.5"),
+    ({"epochs": -2}, r"epochs must be an integer >= 1 .*got -2"),
+    ({"epochs": 2.5}, r"epochs must be an integer >= 1 .*got 2.5"),
     ({"train_fraction": 0}, r"train_fraction must be a number in \(0, 1\], got 0"),
     ({"train_fraction": 1.5}, r"train_fraction must be a number in \(0, 1\], got 1.5"),
     ({"train_fraction": float("nan")}, r"train_fraction must be a number in \(0, 1\], got nan"),
@@ -429,3 +429,37 @@ def test_train_metric_is_recorded_and_stored_without_changing_the_train_loss(tmp
     assert res.final["train_loss"] == evaluate(res.model, x, y, prob.loss_fn)[0]
     stored = tmp_store.evals(res.trial_id)
     assert [e["train_metric"] for e in stored] == [e["train_metric"] for e in res.evals]
+
+
+def test_analyse_is_stored_after_the_last_epochs_events_and_survives_a_resume(tmp_path):
+    """``analyse`` runs once on the trained model; its dict is the last epoch's final event, after
+    the method's own events of that epoch, also when the trial resumes after its last epoch."""
+    seen = []
+
+    def analyse(model, method, data):
+        seen.append(type(method).__name__)
+        w = next(model.parameters()).detach()
+        return {"n_test": int(data.x_test.shape[0]), "w": float(w.sum())}
+
+    def boom(model, method, data):
+        raise RuntimeError("killed after training")
+
+    def stored(st):
+        return [{k: v for k, v in e.items() if not k.endswith("seconds")}
+                for e in st.events(st.trials()[0]["id"])]
+
+    with Store(tmp_path / "a.db") as a, Store(tmp_path / "b.db") as b:
+        whole = run_trial("digits_mlp", "slbi", seed=0, epochs=2, store=a, analyse=analyse)
+        last = [e for e in stored(a) if e["epoch"] == 2]
+        assert [e["kind"] for e in last][-1] == "analysis" and len(last) > 1  # slbi_path first
+        assert whole.events[-1] == {"epoch": 2, "step": last[-1]["step"], **last[-1]}
+        with pytest.raises(RuntimeError, match="killed"):
+            run_trial("digits_mlp", "slbi", seed=0, epochs=2, store=b, analyse=boom)
+        assert b.trials()[0]["status"] == "failed"
+        assert list((tmp_path / "b_checkpoints").glob("*.pt"))  # resumed after its last epoch
+        resumed = run_trial("digits_mlp", "slbi", seed=0, epochs=2, store=b, analyse=analyse)
+        assert resumed.status == "finished" and stored(b) == stored(a)
+        assert seen == ["SLBIMethod"] * 2 and not list((tmp_path / "b_checkpoints").glob("*"))
+        assert _numbers(resumed.evals) == _numbers(whole.evals)
+    with pytest.raises(ValueError, match="analyse must be a callable"):
+        run_trial("digits_mlp", "sgd", epochs=1, analyse=3)

@@ -9,6 +9,11 @@ resumes. Outcomes are *recomputed from the store*: :func:`replay_context` gives 
 ``trial`` returns the stored trial (never trains), so ``run`` yields the same rows again
 (:func:`beyondsgd.bench.reproduce.report_section` does that).
 
+Experiments that measure the *trained model* (pruning, test L1) pass ``analyse`` to
+:func:`analysed_trial`: the runner calls it once on the trained model of a finished trial and
+stores its dict as the last epoch's event ``{"kind": "analysis", ...}`` (:func:`analysis_of`), so
+a re-run or a replay reads the measurement without the model.
+
 Verdicts (:func:`compare`): one-sided Welch t-tests on the per-seed values (the claims table's
 test, :func:`beyondsgd.bench.claims.judge`), alpha 0.05; ``kind="better"``: A significantly
 better than B (supported) / significantly worse (not supported) / neither (inconclusive);
@@ -18,6 +23,8 @@ better than B (supported) / significantly worse (not supported) / neither (incon
 'supported'
 >>> compare([0.1, 0.2], [0.1, 0.2], higher_is_better=False)[0]
 'inconclusive'
+>>> analysis_of([{"kind": "slbi_path"}, {"kind": "analysis", "acc": 0.9}])
+{'kind': 'analysis', 'acc': 0.9}
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..problems import Problem
-from ..run.runner import TrialResult, run_trial
+from ..run.runner import TrialResult, evaluate, run_trial
 from ..store import Store, trial_key
 
 SCALES = ("paper", "cpu", "smoke")
@@ -77,6 +84,9 @@ def full_tag(experiment: str, scale: str, tag: str = "") -> str:
     return ":".join([TAG_PREFIX, experiment, scale] + ([tag] if tag else []))
 
 
+Analyse = Callable[[Any, Any, Any], dict]  # (trained model, method object, data) -> numbers
+
+
 @dataclass
 class Context:
     """What an experiment's ``run()`` receives: the scale, the seeds, the store, a trial helper.
@@ -110,9 +120,10 @@ class Context:
             print(f"[{self.experiment or 'reproduce'}] {msg}", file=sys.stderr, flush=True)
 
     def trial(self, problem: Problem, method: str, hparams: dict, seed: int,
-              epochs: int | None = None, tag: str = "", train_fraction: float = 1.0
-              ) -> TrialResult:
-        """Train (or find in the store) one trial; resumable through the store."""
+              epochs: int | None = None, tag: str = "", train_fraction: float = 1.0,
+              analyse: Analyse | None = None) -> TrialResult:
+        """Train (or find in the store) one trial; resumable through the store. ``analyse``:
+        see :func:`analysed_trial`."""
         t = full_tag(self.experiment, self.scale, tag)
         if self.replay:
             return self._count(stored_trial(self.store, problem, method, hparams, seed, epochs,
@@ -129,7 +140,7 @@ class Context:
 
         res = run_trial(problem, method, hparams, seed=seed, epochs=epochs, device=self.device,
                         store=self.store, progress=show, train_fraction=train_fraction, tag=t,
-                        dataset=self.data_override.get(problem.name))
+                        dataset=self.data_override.get(problem.name), analyse=analyse)
         if res.skipped:
             self.skipped += 1
         elif res.busy:  # its numbers are not known yet: no outcome can be computed
@@ -170,6 +181,26 @@ def stored_trial(store: Store, problem: Problem, method: str, hparams: dict, see
     return TrialResult(problem.name, method, hp, int(seed), row["status"],
                        evals=store.evals(row["id"]), events=store.events(row["id"]),
                        trial_id=row["id"], skipped=True)
+
+
+def analysed_trial(ctx: Context, problem: Problem, method: str, hparams: dict, seed: int,
+                   analyse: Analyse, epochs: int | None = None, tag: str = "",
+                   train_fraction: float = 1.0) -> TrialResult:
+    """:meth:`Context.trial` that also measures the trained model: ``analyse(model, method,
+    data) -> dict`` (JSON-able numbers) runs once, on the trained model of a finished trial, and
+    its dict is ``analysis_of(result.events)``. Replay contexts read the record only."""
+    return ctx.trial(problem, method, hparams, seed, epochs, tag, train_fraction, analyse)
+
+
+def analysis_of(events: list[dict]) -> dict:
+    """The analysis event of a trial's events (``{}`` when there is none)."""
+    found = [e for e in events if e.get("kind") == "analysis"]
+    return found[-1] if found else {}
+
+
+def eval_test_metric(prob: Problem, model: Any, data) -> float:
+    """The problem's metric of ``model`` on the test set (as the runner records it)."""
+    return evaluate(model, data.x_test, data.y_test, prob.loss_fn, prob.metric_fn)[1]
 
 
 def replay_context(store: Store, scale: str, seeds: int, experiment: str) -> Context:

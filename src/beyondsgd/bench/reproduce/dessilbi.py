@@ -19,7 +19,8 @@ coupled (filters group-lasso, Linear weights element-wise, the classifier includ
   removed reaches 98.47 %) beside our sparse model W ⊙ 1[Γ ≠ 0].
 
 The pruning needs the trained model, Γ and the path, so the trials run through
-:func:`.trained.analysed_trial` (stored, resumable, replayable like every reproduce trial).
+:func:`.core.analysed_trial`: the runner's trials with an ``analyse`` hook on the trained model
+(stored, resumable, replayable like every reproduce trial).
 
 Not registered: VGG-16 / ResNet-56 on CIFAR-10. The digest gives their recipes (lottery
 variant) but no paper number (Table 1 and the tickets' sparsity/accuracy are "not confirmed"),
@@ -46,8 +47,18 @@ from torch import nn
 from ...methods.slbi import export as E
 from ...methods.slbi import sparsity as S
 from ..problems import get_problem
-from .core import Context, Experiment, Outcome, PaperNumber, compare, final_value, register
-from .trained import analysed_trial, analysis_of, eval_test_metric
+from .core import (
+    Context,
+    Experiment,
+    Outcome,
+    PaperNumber,
+    analysed_trial,
+    analysis_of,
+    compare,
+    eval_test_metric,
+    final_value,
+    register,
+)
 
 PAPER = "DessiLBI (Fu et al., ICML 2020)"
 NAME = "dessilbi_lenet"

@@ -42,12 +42,13 @@ from .core import (
     Experiment,
     Outcome,
     PaperNumber,
+    analysed_trial,
+    analysis_of,
     compare,
     final_value,
     mean_or_nan,
     register,
 )
-from .trained import analysed_trial, analysis_of
 
 PAPER = "GDSolver (Ashok et al., IJCAI 2022)"
 SGD_LR = 0.05        # official train.py: GD baselines and the hybrid's GD at lr 0.05

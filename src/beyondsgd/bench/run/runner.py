@@ -19,7 +19,11 @@ A *trial* is (problem, method, hyperparameters, seed[, epochs, train fraction, t
    happens and checkpoints model, method state and RNG states after every epoch, so a killed
    trial resumes from its last finished epoch and ends with the same numbers as an
    uninterrupted run. An unreadable checkpoint is reported (a warning naming the file),
-   deleted, and the trial restarts from epoch 0.
+   deleted, and the trial restarts from epoch 0,
+7. with ``analyse``, measures the trained model of a finished trial once more (pruning, test
+   L1: what an experiment needs beyond the evaluations): ``analyse(model, method, data)``
+   returns a dict of JSON-able numbers, stored as the event ``{"kind": "analysis", ...}`` of the
+   last epoch (after that epoch's method events), so a stored trial keeps its measurement.
 
 Data parallelism: when ``torch.distributed`` is initialised with W > 1 processes (``torchrun``,
 see :mod:`beyondsgd.distributed`), every rank loads the whole problem, the model is wrapped in
@@ -77,6 +81,7 @@ def run_trial(
     dataset=None,
     stop_after_epoch: int | None = None,
     distributed: bool | None = None,
+    analyse: Callable[[torch.nn.Module, Any, Any], dict] | None = None,
 ) -> TrialResult:
     """Train ``method`` on ``problem`` for ``epochs`` (default: the problem's budget).
 
@@ -86,10 +91,14 @@ def run_trial(
     ``distributed``: data parallelism over the initialised ``torch.distributed`` group (``None``:
     whenever one with more than one process is initialised). Every rank calls ``run_trial`` with
     the same arguments; only rank 0's ``store`` is used (the others may pass ``None``), and
-    checkpoints must be on a filesystem every rank can read.
+    checkpoints must be on a filesystem every rank can read. ``analyse(model, method, data)``:
+    see the module docstring (7.); it runs on every rank, rank 0 stores it.
     """
     device = check_arguments(problem, method, hparams, seed, epochs, device, store, progress,
                              train_fraction, tag, checkpoint_dir, stop_after_epoch, distributed)
+    if analyse is not None and not callable(analyse):
+        raise ValueError(f"analyse must be a callable (model, method, data) -> dict or None, "
+                         f"got {analyse!r}")
     prob = problem if isinstance(problem, Problem) else get_problem(problem)
     cls = get_method_class(method)
     hp = resolve_hparams(cls, hparams or {})
@@ -126,7 +135,7 @@ def run_trial(
     result = TrialResult(prob.name, method, hp, seed, "running", trial_id=trial_id)
     try:
         _train(prob, cls, hp, seed, epochs, device, store, trial_id, ckpt_path, progress,
-               train_fraction, dataset, stop_after_epoch, result, dp)
+               train_fraction, dataset, stop_after_epoch, result, dp, analyse)
     except _LeaseLost:  # another process took the trial over (or ended it): it is theirs
         if store is None:
             return TrialResult(prob.name, method, hp, seed, "running", busy=True)
@@ -151,7 +160,8 @@ class _LeaseLost(Exception):
 
 
 def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_path, progress,
-           train_fraction, dataset, stop_after_epoch, result: TrialResult, dp: bool) -> None:
+           train_fraction, dataset, stop_after_epoch, result: TrialResult, dp: bool,
+           analyse=None) -> None:
     data = dataset if dataset is not None else prob.load(DATA_SPLIT_SEED)
     if train_fraction < 1.0:
         data = data.subsample_train(train_fraction, seed=DATA_SPLIT_SEED)
@@ -234,8 +244,10 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
 
         train_model = DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None)
+    events: list[dict] = []  # the method's events of the last trained epoch
     if ck is not None:
         start_epoch, step, train_seconds = ck["epoch"], ck["step"], ck["train_seconds"]
+        events = ck.get("epoch_events") or []
     lost = False
     if store is not None:
         try:  # a re-run from scratch (-1) replaces any stale rows; a resume drops later ones
@@ -325,12 +337,25 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             C.save_atomic({"epoch": epoch + 1, "step": step, "train_seconds": train_seconds,
                           "model": model.state_dict(), "method": method.state_dict(),
-                          "rng": C.rng_state()}, ckpt_path)
+                          "rng": C.rng_state(), "epoch_events": events or []}, ckpt_path)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
             result.status = "running"
             if store is not None:
                 store.release(trial_id)  # resumable by any process
             return None
+    if analyse is not None:
+        found = {"kind": "analysis", **analyse(model, method, data)}
+        result.events.append({"epoch": epochs, "step": step, **found})
+        lost = False
+        if store is not None:
+            try:  # all of the last epoch's events: add_events replaces those stored
+                store.add_events(trial_id, epochs, step, [*(events or []), found])
+            except TrialBusy:
+                lost = True
+        if dp:
+            lost = D.broadcast_object(lost)
+        if lost:
+            raise _LeaseLost
     _finish(prob, store, trial_id, result, "finished", own_ckpt)
 
 
