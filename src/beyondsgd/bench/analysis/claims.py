@@ -1,11 +1,11 @@
 """The claims table: each paper's claim, as the paper states it, checked against stored results.
 
-Every :class:`Claim` names the paper's method, what it is compared with, the quantity, the kind
-of test, the **kind of problem the paper ran** (``task``: a claim is only checked on problems of
-that kind, and the table says so) and **where the paper states it** (``source``). A claim can be
-made across data fractions (``fraction``): GDSolver's "highest accuracy using 50% of the
-training data" compares GDSolver's runs at ``train_fraction`` 0.5 with the baselines' at 1.0
-(the suite runs what :func:`fraction_runs` lists).
+The claims themselves (:class:`Claim`, :data:`CLAIMS`, :func:`fraction_runs`: method,
+comparisons, quantity, kind of test, the **kind of problem the paper ran** and **where the paper
+states it**) are defined in :mod:`beyondsgd.bench.protocol.claims`, where the suite reads which
+runs they need, and re-exported here. A claim is only checked on problems of its ``task`` (the
+table says so); one made across data fractions compares the method's runs at ``fraction`` with
+the comparisons' at 1.0.
 
 Per-seed values (:func:`collect`) come from the suite's final runs (tuned setting, fresh seeds).
 **A diverged seed counts** (it is never dropped): its test/validation metric and training loss
@@ -51,81 +51,19 @@ from dataclasses import dataclass, field
 
 from ..problems import PROBLEMS
 from ..protocol import BASELINES, FINAL_TAG, study_of, study_tag
+from ..protocol.claims import (  # noqa: F401 - the claims' definitions, re-exported
+    CLAIMS,
+    KINDS,
+    QUANTITIES,
+    Claim,
+    fraction_runs,
+)
 from ..store import Store
 from .metrics import diverged_value, seconds_to_target, set_target
 
 ALPHA = 0.05
-QUANTITIES = ("test_metric", "train_loss", "seconds_to_target")
-KINDS = ("better", "matches")
 VERDICTS = ("not supported", "inconclusive", "supported")  # ordered, for the median
-
-
-@dataclass(frozen=True)
-class Claim:
-    id: str
-    paper: str
-    text: str
-    method: str
-    versus: tuple[str, ...]
-    quantity: str  # one of QUANTITIES
-    kind: str  # better | matches
-    task: str  # the kind of problem the paper ran: classification | regression
-    source: str  # where the paper states the claim
-    paper_numbers: str = ""
-    fraction: float = 1.0  # train fraction of ``method``'s runs (the comparisons run at 1.0)
-
-
-_BPGRAD = ("Zhang, Wu, Wang, CVPR 2018 (arXiv 1711.06959): abstract and experiments "
-           "(recognition on CIFAR-10/100 etc.); digest bpgrad.md 'Summary'")
-_GDS = ("Ashok et al., IJCAI 2022 (arXiv 2207.03264): abstract; digest gdsolver.md "
-        "'What a benchmark should check'")
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim("bpgrad_accuracy", "BPGrad (CVPR 2018)", "beats Adagrad, Adadelta, RMSProp and Adam "
-          "in test accuracy at equal epochs", "bpgrad", ("adagrad", "adadelta", "rmsprop", "adam"),
-          "test_metric", "better", "classification", _BPGRAD,
-          "DFW paper, CIFAR-10 WRN: BPGrad 88.62 vs Adam 84.86, Adagrad 86.07"),
-    Claim("bpgrad_loss", "BPGrad (CVPR 2018)", "reaches a lower training loss than Adagrad, "
-          "Adadelta, RMSProp and Adam at equal epochs", "bpgrad",
-          ("adagrad", "adadelta", "rmsprop", "adam"), "train_loss", "better", "classification",
-          _BPGRAD + " (training-loss curves; numbers not confirmed)", "figures only"),
-    Claim("proxprop_loss", "ProxProp (ICLR 2018)", "lowers the training loss faster per epoch "
-          "than BackProp (both with Adam)", "proxprop", ("adam",), "train_loss", "better",
-          "classification", "Frerix et al., ICLR 2018: §5.3 and Fig. 3 (CIFAR-10 ConvNet, Adam "
-          "1e-3); digest proxprop.md", "faster per-epoch decrease (figure)"),
-    Claim("proxprop_test", "ProxProp (ICLR 2018)", "generalises at least as well as BackProp "
-          "(both with Adam)", "proxprop", ("adam",), "test_metric", "matches", "classification",
-          "Frerix et al., ICLR 2018: §5.3 (test accuracy after 50 epochs), §5.1 Fig. 2 caption",
-          "test 70.7% vs 69.6% (§5.3); MLP ~56% vs ~54% (§5.1)"),
-    Claim("slbi_accuracy", "DessiLBI (ICML 2020)", "test accuracy comparable to SGD and Adam",
-          "slbi", ("momentum", "adam"), "test_metric", "matches", "classification",
-          "Fu et al., ICML 2020 (arXiv 2007.02010): abstract ('comparable and even better "
-          "performance than the competitive optimizers'), Table 1",
-          "Table 1 (not confirmed): DessiLBI Mom-Wd ~= SGD Mom-Wd"),
-    Claim("gdsolver_mse", "GDSolver (IJCAI 2022)", "lower regression test MSE than SGD and Adam",
-          "gdsolver", ("sgd", "adam"), "test_metric", "better", "regression", _GDS,
-          "31.5% lower MSE"),
-    Claim("gdsolver_time", "GDSolver (IJCAI 2022)", "reaches the target in less time than SGD "
-          "and Adam on regression", "gdsolver", ("sgd", "adam"), "seconds_to_target", "better",
-          "regression", _GDS, "48% less time"),
-    Claim("gdsolver_data", "GDSolver (IJCAI 2022)", "with 50% of the training data, test "
-          "accuracy at least the best of SGD and Adam with all of it", "gdsolver",
-          ("sgd", "adam"), "test_metric", "matches", "classification",
-          _GDS + "; data-efficiency sweep (MNIST, CIFAR-10)",
-          "official logs: MNIST 10k hybrid 96.25 vs SGD 93.11 (20k)", fraction=0.5),
-    Claim("pht_speed", "PHT alternation (arXiv 2017)", "substantially faster convergence than "
-          "SGD: less time to the target than SGD and SGD+momentum", "pht_alt",
-          ("sgd", "momentum"), "seconds_to_target", "better", "classification",
-          "Huang, Kong, Lucey, arXiv 1712.02501: abstract (ImageNet and standard benchmarks)",
-          "no numbers published"),
-)
-
 LOWER_IS_BETTER = {"train_loss", "train_seconds", "seconds_to_target"}
-
-
-def fraction_runs(claims: tuple[Claim, ...] = CLAIMS) -> list[tuple[str, float, str]]:
-    """(method, train fraction, task) of the runs below 100% of the data that claims need."""
-    return sorted({(c.method, c.fraction, c.task) for c in claims if c.fraction < 1.0})
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """The tuning protocol: ``tuning.py`` (search spaces, quasi-random configurations, the validation
 score, study tags), ``suite.py`` (a budget's problems x methods: tune, pick, re-run with seeds),
-``jobs.py`` (one trial as a job for a worker process) and ``ray_executor.py`` (the same jobs on
-Ray). The claims' run requirements come from :mod:`beyondsgd.bench.analysis.claims` when a suite
-plans its runs.
+``jobs.py`` (one trial as a job for a worker process), ``ray_executor.py`` (the same jobs on
+Ray) and ``claims.py`` (the papers' claims and the runs they need, which a suite plans; their
+verdicts are :mod:`beyondsgd.bench.analysis.claims`).
 """
 
-from . import tuning
+from . import claims, tuning
 from .tuning import (
     BASELINES,
     DEFAULTS_TAG,
@@ -34,5 +34,6 @@ __all__ = [
     "study_of",
     "study_tag",
     "validation_score",
+    "claims",
     "tuning",
 ]

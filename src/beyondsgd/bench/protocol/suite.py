@@ -25,6 +25,7 @@ from typing import Any
 from ...methods import METHODS
 from ..problems import get_problem
 from ..store import Store
+from .claims import fraction_runs
 from .jobs import BUSY_POLL_SECONDS, Job, execute_local, init_worker, run_job
 from .tuning import (
     DEFAULTS_TAG,
@@ -153,8 +154,6 @@ def final_jobs(budget: Budget, best: dict[tuple[str, str], Scored], study: int =
     """Study ``study``'s final runs: each best setting with the study's seeds, plus the runs at
     a smaller train fraction that a claim needs (``claims.fraction_runs``: GDSolver at 50% on
     classification problems), same setting, tag and seeds."""
-    from ..analysis.claims import fraction_runs
-
     tag = study_tag(study)
     jobs = []
     for (p, m), sc in best.items():
@@ -169,8 +168,6 @@ def final_jobs(budget: Budget, best: dict[tuple[str, str], Scored], study: int =
 
 def _count_jobs(b: Budget, methods: list[str], studies: int) -> int:
     """Jobs the suite will run (for the progress bar): tuning + defaults + finals + fractions."""
-    from ..analysis.claims import fraction_runs
-
     n = len(tuning_jobs(b, methods, studies))
     for p in b.problems:
         extra = sum(1 for m, _, task in fraction_runs()

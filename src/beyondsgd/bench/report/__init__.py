@@ -1,8 +1,11 @@
-"""The report: ``build.py`` (summaries, Markdown tables, the report file), ``figures.py`` (curves,
-performance profiles, sensitivity plots) and ``html.py`` (the HTML page). Reads the store only.
+"""The report: ``summary.py`` (the trials grouped, statistics over seeds), ``tables.py``
+(Markdown tables, verdict lines), ``build.py`` (the report file), ``figures.py`` (curves,
+performance profiles, sensitivity plots, the papers' numbers beside ours; ``styles.py``: one
+style per method) and ``html.py`` (the HTML page). The top room of the benchmark: it reads the
+store, the analysis and the reproduce room's tables, and nothing below imports it.
 """
 
-from . import build, figures, html
+from . import build, figures, html, styles, summary, tables
 from .build import (
     environment_section,
     label,
@@ -26,4 +29,7 @@ __all__ = [
     "build",
     "figures",
     "html",
+    "styles",
+    "summary",
+    "tables",
 ]

@@ -1,5 +1,9 @@
 """The paper-vs-ours table: Markdown for the CLI's report and the benchmark report's section.
 
+This room returns data and Markdown; the figure is drawn by whoever passes ``figure`` (the
+report's ``figures.paper_vs_ours``): reproduce never imports the report, the report reads
+these tables.
+
 Outcomes are never stored as such: :func:`stored_outcomes` recomputes them from the store's
 trials (tag ``reproduce:<experiment>:<scale>[:...]``) by running each experiment against a
 replay context (:func:`.core.replay_context`), which reads finished trials and trains nothing.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +36,9 @@ from .core import (
     ci_text,
     replay_context,
 )
+
+# draws the rows of :func:`figure_rows` into a PNG at the path, returns the path (or None)
+Figure = Callable[[list[dict], Path], "Path | None"]
 
 
 @dataclass
@@ -136,14 +144,14 @@ def figure_rows(outcomes: list[Outcome]) -> list[dict]:
              "ours": list(o.ours), "unit": o.unit, "verdict": o.verdict} for o in outcomes]
 
 
-def try_figure(outcomes: list[Outcome], path: Path) -> Path | None:
-    """``figures.paper_vs_ours(rows, path)`` when that function exists (else None)."""
-    from ..report import figures
-
-    fn = getattr(figures, "paper_vs_ours", None)
-    if fn is None or not outcomes:
+def try_figure(outcomes: list[Outcome], path: Path, figure: Figure | None = None
+               ) -> Path | None:
+    """``figure(figure_rows(outcomes), path)``: the drawing is the caller's (the report's
+    ``figures.paper_vs_ours``), as this room does not import the report. None without a
+    ``figure`` or without outcomes."""
+    if figure is None or not outcomes:
         return None
-    out = fn(figure_rows(outcomes), path)
+    out = figure(figure_rows(outcomes), path)
     return Path(out) if out is not None else path
 
 
@@ -178,8 +186,10 @@ def stored_outcomes(store: Store) -> list[ExperimentRun]:
     return [replay(store, e, s, n) for e, s, n in stored_runs(store) if e in REGISTRY]
 
 
-def report_section(store: Store, out_dir: str | Path, plots: bool = True) -> str:
-    """The "Paper vs ours" section of the benchmark report ("" without reproduce results)."""
+def report_section(store: Store, out_dir: str | Path, plots: bool = True,
+                   figure: Figure | None = None) -> str:
+    """The "Paper vs ours" section of the benchmark report ("" without reproduce results);
+    with ``plots`` and a ``figure`` (see :func:`try_figure`), its figure too."""
     runs = stored_outcomes(store)
     if not runs:
         return ""
@@ -192,7 +202,7 @@ def report_section(store: Store, out_dir: str | Path, plots: bool = True) -> str
     all_out = [o for r in runs for o in r.outcomes]
     if plots and all_out:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fig = try_figure(all_out, out_dir / "paper_vs_ours.png")
+        fig = try_figure(all_out, out_dir / "paper_vs_ours.png", figure)
         if fig is not None:
             parts += [f"![paper vs ours]({fig.name})", ""]
     for r in runs:
@@ -200,8 +210,10 @@ def report_section(store: Store, out_dir: str | Path, plots: bool = True) -> str
     return "\n".join(parts)
 
 
-def write_markdown(runs: list[ExperimentRun], path: str | Path, plots: bool = True) -> Path:
-    """The CLI's report: one section per experiment run, and the figure when available."""
+def write_markdown(runs: list[ExperimentRun], path: str | Path, plots: bool = True,
+                   figure: Figure | None = None) -> Path:
+    """The CLI's report: one section per experiment run, and with ``plots`` and a ``figure``
+    (the report's ``figures.paper_vs_ours``, see :func:`try_figure`) the figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = ["# beyondsgd reproduce: paper vs ours", ""]
@@ -209,7 +221,7 @@ def write_markdown(runs: list[ExperimentRun], path: str | Path, plots: bool = Tr
     if all_out:
         parts += ["## Summary", "", outcome_table(all_out), ""]
     if plots and all_out:
-        fig = try_figure(all_out, path.with_suffix(".png"))
+        fig = try_figure(all_out, path.with_suffix(".png"), figure)
         if fig is not None:
             parts += [f"![paper vs ours]({fig.name})", ""]
     for r in runs:

@@ -1,10 +1,11 @@
-"""The results store: one SQLite file (``db.py``: trials, evaluations, events; ``file.py``: opening,
-schema checks, read-only media; ``lease.py``: who runs which trial) and ``export.py`` (per-trial
-JSON, CSV, DeepOBS's layout). Everything below the store (runs, protocol, analysis, report)
-reads and writes results only through :class:`Store`.
+"""The results store: one SQLite file (``db.py``: trials, evaluations, events; ``records.py``: a
+trial's fields, key and JSON; ``file.py``: opening, schema checks, read-only media; ``lease.py``:
+who runs which trial) and ``export.py`` (per-trial JSON, CSV, DeepOBS's layout). Everything
+above the store (runs, protocol, analysis, report) reads and writes results only through
+:class:`Store`.
 """
 
-from . import db, export, file, lease
+from . import db, export, file, lease, records
 from .db import (
     DONE_STATUSES,
     EVAL_FIELDS,
@@ -33,4 +34,5 @@ __all__ = [
     "dumps",
     "trial_key",
     "db",
+    "records",
 ]

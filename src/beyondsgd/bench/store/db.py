@@ -28,14 +28,11 @@ for writing.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,68 +45,17 @@ from .file import (  # noqa: F401 - re-exported: the store's public names
     StoreError,
     open_connection,
 )
-
-DONE_STATUSES = ("finished", "diverged")
-EVAL_FIELDS = ("epoch", "step", "train_seconds", "train_loss", "val_loss", "val_metric",
-               "test_loss", "test_metric")
-SUMMARY_FIELDS = ("final_train_loss", "final_val_metric", "final_test_metric",
-                  "best_val_metric", "best_test_metric")
-
-
-class TrialBusy(RuntimeError):
-    """This process does not hold the trial (another one runs it, or it has ended)."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The answer of :meth:`Store.claim_trial`."""
-
-    trial_id: int
-    status: str          # the stored status: running (ours or another's), finished, diverged
-    claimed: bool        # this process now holds the trial and runs it
-    holder: str = ""     # who holds it, when another live process does
-
-    @property
-    def busy(self) -> bool:
-        return not self.claimed and self.status == "running"
-
-
-def _clean(v: Any) -> Any:
-    """JSON/SQLite-friendly value: NaN/inf become None, numpy/torch scalars become floats."""
-    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
-        try:
-            v = v.item()
-        except (ValueError, RuntimeError):
-            return str(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(_clean(obj), sort_keys=True, default=str)
-
-
-def _method_class(method: str) -> Any:
-    from ...methods import METHODS  # lazy: the store itself needs no method
-
-    return METHODS.get(method)
-
-
-def trial_key(problem: str, method: str, hparams: dict, seed: int, epochs: int,
-              train_fraction: float = 1.0, tag: str = "") -> str:
-    """The trial's identity. A renamed hyperparameter (``Method.renamed_hparams``) is hashed
-    under its old name, so trials stored before the rename keep their keys."""
-    from ...methods.base import key_hparams
-
-    hparams = key_hparams(_method_class(method), hparams)
-    payload = dumps({"problem": problem, "method": method, "hparams": hparams, "seed": seed,
-                     "epochs": epochs, "train_fraction": train_fraction, "tag": tag})
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+from .records import (  # noqa: F401 - re-exported: the store's public names
+    DONE_STATUSES,
+    EVAL_FIELDS,
+    SUMMARY_FIELDS,
+    Claim,
+    TrialBusy,
+    _clean,
+    _method_class,
+    dumps,
+    trial_key,
+)
 
 
 def _reading(fn):

@@ -1,0 +1,80 @@
+"""What a stored trial is, apart from the database: its fields, its identity and its JSON.
+
+``trial_key`` hashes exactly the fields that make a trial (problem, method, resolved
+hyperparameters, seed, epochs, train fraction, tag); ``dumps`` is the JSON every column holding
+JSON is written with (NaN/inf become null, numpy/torch scalars plain numbers); ``Claim`` and
+``TrialBusy`` are :meth:`Store.claim_trial`'s answers.
+
+>>> dumps({"b": float("nan"), "a": (1, 2.5)})
+'{"a": [1, 2.5], "b": null}'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+DONE_STATUSES = ("finished", "diverged")
+EVAL_FIELDS = ("epoch", "step", "train_seconds", "train_loss", "val_loss", "val_metric",
+               "test_loss", "test_metric")
+SUMMARY_FIELDS = ("final_train_loss", "final_val_metric", "final_test_metric",
+                  "best_val_metric", "best_test_metric")
+
+
+class TrialBusy(RuntimeError):
+    """This process does not hold the trial (another one runs it, or it has ended)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer of :meth:`Store.claim_trial`."""
+
+    trial_id: int
+    status: str          # the stored status: running (ours or another's), finished, diverged
+    claimed: bool        # this process now holds the trial and runs it
+    holder: str = ""     # who holds it, when another live process does
+
+    @property
+    def busy(self) -> bool:
+        return not self.claimed and self.status == "running"
+
+
+def _clean(v: Any) -> Any:
+    """JSON/SQLite-friendly value: NaN/inf become None, numpy/torch scalars become floats."""
+    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
+        try:
+            v = v.item()
+        except (ValueError, RuntimeError):
+            return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(_clean(obj), sort_keys=True, default=str)
+
+
+def _method_class(method: str) -> Any:
+    from ...methods import METHODS  # lazy: the store itself needs no method
+
+    return METHODS.get(method)
+
+
+def trial_key(problem: str, method: str, hparams: dict, seed: int, epochs: int,
+              train_fraction: float = 1.0, tag: str = "") -> str:
+    """The trial's identity. A renamed hyperparameter (``Method.renamed_hparams``) is hashed
+    under its old name, so trials stored before the rename keep their keys."""
+    from ...methods.base import key_hparams
+
+    hparams = key_hparams(_method_class(method), hparams)
+    payload = dumps({"problem": problem, "method": method, "hparams": hparams, "seed": seed,
+                     "epochs": epochs, "train_fraction": train_fraction, "tag": tag})
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
