@@ -724,31 +724,82 @@ def test_linear_cg_path_choice_by_flop_count():
 
 @pytest.mark.parametrize("spec", CONVS)
 def test_conv_cg_gram_and_matrix_free_paths_agree(spec):
-    """The explicit unfolded Gram and the matrix-free products carry the same CG iterates
-    (float64; measured max relative difference 1e-15 for N <= 3)."""
+    """The explicit unfolded Gram ("gram"), products with the unfolded matrix ("primal") and
+    the matrix-free convolutions ("dual" for a Conv2d) carry the same CG iterates (float64;
+    measured max relative difference 1e-15 for N <= 3)."""
     torch.manual_seed(2)
     conv = nn.Conv2d(**spec).to(DT)
     x = torch.randn(3, spec["in_channels"], 7, 7, dtype=DT)
     for n in (1, 3):
         for block, variant in BLOCK_VARIANTS:
             cfg = dict(cg_iters=n, cg_block=block, cg_variant=variant, tau_theta=0.4)
-            ref, _ = _prox_grads(conv, x, cg_path="primal", **cfg)
-            d, _ = _prox_grads(conv, x, cg_path="gram", **cfg)
-            rel = float((d - ref).norm() / ref.norm())
-            assert rel <= 1e-13, (n, block, variant, rel)
+            ref, _ = _prox_grads(conv, x, cg_path="dual", **cfg)
+            for path in ("gram", "primal", "auto"):
+                d, _ = _prox_grads(conv, x, cg_path=path, **cfg)
+                rel = float((d - ref).norm() / ref.norm())
+                assert rel <= 1e-13, (n, block, variant, path, rel)
 
 
-def test_conv_cg_path_choice_by_flop_count():
-    from beyondsgd.methods.proxprop import conv2d_cg_flops
+PAPER_CONVS = [  # the paper's ConvNet (3x32x32): conv16-conv20-conv20, 5x5, padding 2
+    (dict(in_channels=3, out_channels=16, kernel_size=5, padding=2), 32),
+    (dict(in_channels=16, out_channels=20, kernel_size=5, padding=2), 16),
+    (dict(in_channels=20, out_channels=20, kernel_size=5, padding=2), 8),
+]
+
+
+@pytest.mark.parametrize("spec,side", PAPER_CONVS)
+def test_paper_convnet_chosen_path_equals_the_exact_prox_direction(spec, side):
+    """Every path the cost model may choose for a layer of the paper's ConvNet (the choice at
+    B 128 and B 32 of the real 3x32x32 net, and the others) converges to the exact prox
+    direction (same tolerance as the other converged-CG tests), and at cg3 the paths agree to
+    1e-10 in float64, textbook and official variants alike."""
+    from beyondsgd.methods.proxprop import conv2d_path
+
+    conv = nn.Conv2d(**spec).to(DT)
+    geo = ConvGeometry(conv.stride, conv.padding, conv.dilation, conv.groups)
+    chosen = {conv2d_path(torch.Size([b, spec["in_channels"], side, side]), conv.weight.shape,
+                          True, geo, ProxConfig(cg_iters=3)) for b in (128, 32)}
+    assert chosen == {"matrix_free"}  # the cost model's choice for this net (docs)
+    torch.manual_seed(3)
+    x = torch.randn(2, spec["in_channels"], 6, 6, dtype=DT)
+    exact, _ = _prox_grads(conv, x, solver="exact", tau_theta=0.2)
+    _, gth, _ = _plain_grads(conv, x)
+    a = _jacobian_matrix(conv, x)
+    m = torch.eye(a.shape[1], dtype=DT) / 0.2 + a.T @ a
+    gvec = torch.cat([gth[:, :-1].reshape(-1), gth[:, -1]])
+    torch.testing.assert_close(exact, _param_vec_to_rows(torch.linalg.solve(m, gvec), conv),
+                               rtol=1e-8, atol=1e-12)
+    for path in ("auto", "gram", "primal", "dual"):
+        d, _ = _prox_grads(conv, x, cg_iters=200, cg_tol=0.0, cg_eps=0.0, tau_theta=0.2,
+                           cg_path=path)
+        torch.testing.assert_close(d, exact, rtol=1e-6, atol=1e-9)
+    for variant in ("textbook", "official"):
+        ref, _ = _prox_grads(conv, x, cg_iters=3, cg_tol=0.0, cg_variant=variant,
+                             cg_path="dual")
+        for path in ("auto", "gram", "primal"):
+            d, _ = _prox_grads(conv, x, cg_iters=3, cg_tol=0.0, cg_variant=variant,
+                               cg_path=path)
+            assert float((d - ref).norm() / ref.norm()) <= 1e-10, (variant, path)
+
+
+def test_conv_cg_path_choice_by_cost_model():
+    from beyondsgd.methods.proxprop import conv2d_cg_flops, conv2d_cg_path
 
     # fmnist_2c2d at B 128: conv1 (1->32, 5x5, 28x28) is cheaper through its 26x26 Gram,
     # conv2 (32->64, 5x5, 14x14) matrix-free for cg3 but not for cg10
     f1 = conv2d_cg_flops(128 * 28 * 28, 26, 32, 1, 3)
-    assert f1["gram"] < f1["matrix_free"]
+    assert f1["gram"] < f1["matrix_free"] < f1["primal"]
+    assert conv2d_cg_path(128 * 28 * 28, 26, 32, 1, 3) == "gram"
     f2 = conv2d_cg_flops(128 * 14 * 14, 801, 64, 1, 3)
     assert f2["matrix_free"] < f2["gram"]
     f2 = conv2d_cg_flops(128 * 14 * 14, 801, 64, 1, 10)
     assert f2["gram"] < f2["matrix_free"]
+    # the paper's ConvNet (3x32x32, padding 2): every layer matrix-free at cg3, B 128 and 32
+    for b in (128, 32):
+        for rows, k, c in ((b * 32 * 32, 76, 16), (b * 16 * 16, 401, 20), (b * 8 * 8, 501, 20)):
+            assert conv2d_cg_path(rows, k, c, 1, 3) == "matrix_free", (b, k)
+    # an unfold above UNFOLD_LIMIT elements is never chosen
+    assert conv2d_cg_path(1 << 24, 26, 32, 1, 3) == "matrix_free"
 
 
 def test_cuda_style_masked_stopping_equals_the_cpu_break(monkeypatch):

@@ -91,9 +91,12 @@ from .config import (
 from .conv import (
     UNFOLD_LIMIT,
     conv2d_cg_flops,
+    conv2d_cg_path,
     conv2d_gram_apply,
+    conv2d_path,
     conv2d_prox_direction,
     conv2d_unfolded,
+    conv2d_unfolded_t,
 )
 from .convert import proxprop
 from .layers import ProxConv2d, ProxConv2dFunction, ProxLinear, ProxLinearFunction
@@ -124,9 +127,12 @@ __all__ = [
     "ProxPropSGD",
     "bias_prox_direction",
     "conv2d_cg_flops",
+    "conv2d_cg_path",
     "conv2d_gram_apply",
     "conv2d_prox_direction",
+    "conv2d_path",
     "conv2d_unfolded",
+    "conv2d_unfolded_t",
     "linear_cg_flops",
     "linear_cg_path",
     "linear_prox_direction",

@@ -35,8 +35,10 @@ class ProxConfig:
     cheapest by flop count, :func:`linear_cg_path`) | "gram" | "primal" | "dual" (same
     iterates up to round-off); ``distributed``: sum the Gram and gradient over the ranks of
     the initialised ``torch.distributed`` group (``None``: when it has more than one
-    process). For a Conv2d, ``cg_path="gram"`` forces the explicit unfolded Gram,
-    "primal"/"dual" the matrix-free path, "auto" the cheaper by :func:`conv2d_cg_flops`.
+    process). For a Conv2d, ``cg_path="gram"`` forces the explicit unfolded Gram, "primal"
+    products with the unfolded input, "dual" the matrix-free convolutions, "auto" the
+    cheapest per layer and batch by the cost model :func:`conv2d_cg_flops` (flops plus the
+    unfold's memory traffic), chosen in :func:`conv2d_path`.
     """
 
     tau_theta: float = 1.0

@@ -12,7 +12,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .config import ConvGeometry, ProxConfig
-from .conv import _flat, conv2d_prox_direction
+from .conv import _flat, conv2d_needs_gradient, conv2d_path, conv2d_prox_direction
 from .solvers import bias_prox_direction, linear_prox_parts
 
 
@@ -92,14 +92,20 @@ class ProxConv2dFunction(torch.autograd.Function):
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
         x_dtype = x.dtype
         x, grad_out = x.to(weight.dtype), grad_out.to(weight.dtype)  # autocast: may be half
+        prox_w = need_w and cfg.solver != "gradient"
+        path = conv2d_path(x.shape, weight.shape, bool(need_b), geo, cfg) if prox_w else None
+        # the unfolded paths form dJ/dW from their own unfold: BackProp computes dJ/dx only
+        native = not prox_w or conv2d_needs_gradient(path)
         grad_x, gw, gb = torch.ops.aten.convolution_backward(
             grad_out, x, weight, bias_sizes, list(geo.stride), list(geo.padding),
-            list(geo.dilation), False, [0, 0], geo.groups, [need_x, need_w, need_b])
-        if need_w and cfg.solver != "gradient":
+            list(geo.dilation), False, [0, 0], geo.groups,
+            [need_x, need_w and native, need_b and native])
+        if prox_w:
             use_b = bool(need_b)
-            gth = _flat(gw, gb if use_b else None)
-            d = conv2d_prox_direction(x, gth, weight.shape, use_b, geo, cfg)
-            kw = gw[0].numel()
+            gth = _flat(gw, gb if use_b else None) if native else None
+            d = conv2d_prox_direction(x, gth, weight.shape, use_b, geo, cfg,
+                                      grad_out=grad_out, path=path)
+            kw = weight[0].numel()
             gw = d[:, :kw].reshape(weight.shape)
             if use_b:
                 gb = d[:, kw].contiguous()
