@@ -232,8 +232,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     all_out = [o for r in runs for o in r.outcomes]
     if all_out:
         print(outcome_table(all_out))
+    from ..bench.report.figures import paper_vs_ours  # the cli may import the report
+
     report = write_markdown(runs + [r for r in others if r.outcomes], out_dir /
-                            f"reproduce_{scale}.md", plots=not args.no_plots)
+                            f"reproduce_{scale}.md", plots=not args.no_plots,
+                            figure=paper_vs_ours)
     for r in runs:
         print(f"{r.experiment.name}: {r.wall_seconds:.0f} s wall, {r.trials} trials")
     print(f"report: {report}\nstore: {store_path}")

@@ -29,7 +29,7 @@ from .common import (
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from .bench.protocol.suite import BUDGETS, run_suite
+    from ..bench.protocol.suite import BUDGETS, run_suite
 
     if args.budget not in BUDGETS:
         raise CLIError(f"unknown budget {args.budget!r}; accepted: {', '.join(BUDGETS)}")

@@ -31,7 +31,7 @@ from .common import (
 def cmd_train(args: argparse.Namespace) -> int:
     """One trial. Under ``torchrun --nproc-per-node W`` (``WORLD_SIZE`` > 1) it trains data
     parallel: gloo on CPU, NCCL on GPUs (one per local rank); rank 0 alone prints and writes."""
-    from . import distributed as D
+    from .. import distributed as D
 
     problem = _one(resolve_problems(args.problem, QUICK_PROBLEM), "--problem", args.problem)
     method = _one(resolve_methods(args.method, "--method"), "--method", args.method)
