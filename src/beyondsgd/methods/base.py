@@ -11,24 +11,21 @@ The benchmark runner trains *every* method (baselines included) with the same lo
     state = method.state_dict()                    # checkpoint / resume
 
 Nothing here knows about the benchmark store, the CLI or datasets: a ``TrainContext`` carries what
-a method may need (device, loss function, task, the training and validation tensors).
+a method may need (device, loss function, task, the training and validation tensors; it and the
+one evaluation function live in ``context.py``).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..distributed import all_reduce_sum, local_rows
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from .context import Batch, LossFn, TrainContext, evaluate  # noqa: F401  (re-exported)
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,114 +84,6 @@ class HParam:
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"hyperparameter {self.name!r}: {value!r} is not finite")
         return value
-
-
-# --------------------------------------------------------------------------------------------
-# What a method may see of the problem
-# --------------------------------------------------------------------------------------------
-@dataclass
-class TrainContext:
-    """Everything a method may need from the problem it trains on.
-
-    ``x_train``/``y_train`` and ``x_val``/``y_val`` are whole tensors on ``device`` (the built-in
-    problems fit in memory); ``train_batches(epoch)`` yields the shuffled minibatches of an epoch.
-    ``task`` is ``"classification"`` or ``"regression"``.
-
-    Under data parallelism (``world_size > 1``) the tensors are still the *whole* sets on every
-    rank, ``train_batches`` yields this rank's slices of the global minibatches, and
-    :meth:`local` gives this rank's contiguous slice of any tensor (e.g. to split work that is
-    summed over the ranks afterwards).
-    """
-
-    device: torch.device
-    loss_fn: LossFn
-    task: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    batch_size: int
-    epochs: int
-    steps_per_epoch: int
-    num_classes: int | None = None
-    batch_iter: Callable[[int], Iterator[Batch]] | None = None
-    seed: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
-    rank: int = 0
-    world_size: int = 1
-    metric_fn: LossFn | None = None  # batch *sum* of the problem's metric (see :func:`evaluate`)
-
-    def local(self, x: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous slice of the rows of ``x`` (``x`` itself on one process)."""
-        return local_rows(x, self.world_size, self.rank)
-
-    def train_batches(self, epoch: int) -> Iterator[Batch]:
-        if self.batch_iter is None:
-            raise RuntimeError("this TrainContext has no batch iterator")
-        return self.batch_iter(epoch)
-
-    def evaluate(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096
-    ) -> float:
-        """Mean loss of ``model`` on ``(x, y)`` in eval mode (restores the training mode): the
-        loss of :func:`evaluate`, the one implementation the runner's evaluations use too."""
-        return evaluate(model, x, y, self.loss_fn, chunk=chunk)[0]
-
-    def val_loss(self, model: nn.Module) -> float:
-        """Mean validation loss: the number the runner records as ``val_loss``."""
-        return self.evaluate(model, self.x_val, self.y_val)
-
-    def val_metric(self, model: nn.Module) -> float:
-        """Validation metric (accuracy, or MSE per sample): the runner's ``val_metric``.
-        Needs ``metric_fn`` (the runner sets it)."""
-        if self.metric_fn is None:
-            raise RuntimeError("this TrainContext has no metric_fn")
-        return evaluate(model, self.x_val, self.y_val, self.loss_fn, self.metric_fn)[1]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
-             metric_fn: LossFn | None = None, chunk: int = 4096, distributed: bool = False
-             ) -> tuple[float, float | None]:
-    """``(mean loss, mean metric)`` of ``model`` on the ``n`` rows of ``(x, y)`` in eval mode
-    (the training mode is restored). The one evaluation of the package: the runner's recorded
-    losses and metrics and :meth:`TrainContext.evaluate` both come from here.
-
-    Over chunks ``c`` of at most ``chunk`` rows, with ``loss_fn`` a batch *mean* and
-    ``metric_fn`` a batch *sum* (number correct, summed squared error)::
-
-        loss = (1/n) sum_c |c| * loss_fn(model(x_c), y_c)
-        metric = (1/n) sum_c metric_fn(model(x_c), y_c)         (None without metric_fn)
-
-    accumulated in float64 on the tensors' device (one host synchronisation at the end).
-    ``distributed=True``: every rank of the initialised ``torch.distributed`` group evaluates
-    its contiguous slice of the rows and the sums are all-reduced, so every rank returns the
-    numbers of the whole set (every rank must call it).
-
-    >>> m = nn.Linear(2, 1)
-    >>> _ = [p.data.zero_() for p in m.parameters()]
-    >>> evaluate(m, torch.ones(5, 2), torch.ones(5, 1), nn.functional.mse_loss, chunk=2)
-    (1.0, None)
-    """
-    was = model.training
-    model.eval()
-    n = int(x.shape[0])
-    if distributed:
-        x, y = local_rows(x), local_rows(y)
-    sums = torch.zeros(2, device=x.device, dtype=torch.float64)  # loss, metric
-    try:
-        for i in range(0, x.shape[0], chunk):
-            out = model(x[i:i + chunk])
-            yb = y[i:i + chunk]
-            sums[0] += loss_fn(out, yb).double() * yb.shape[0]
-            if metric_fn is not None:
-                sums[1] += metric_fn(out, yb).double()
-    finally:
-        model.train(was)
-    if distributed:
-        all_reduce_sum(sums)
-    loss_sum, metric_sum = sums.tolist()
-    return loss_sum / max(n, 1), (metric_sum / max(n, 1) if metric_fn is not None else None)
 
 
 # --------------------------------------------------------------------------------------------
