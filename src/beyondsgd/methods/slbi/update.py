@@ -2,9 +2,14 @@
 
 Pure tensor maths with no module state, used by ``beyondsgd.methods.slbi.SLBI`` (where the update
 rule is stated with the paper's equations: Fu et al., ICML 2020, Sec. 3). Written for speed
-without changing the maths: momentum buffers, V and Γ are updated in place, the coupling of the
-official code is a lerp, and the prox is written straight into Γ, so the usual step (momentum,
-no Nesterov, after the first step) allocates no parameter-sized temporaries. ``tests/test_slbi``
+without changing the maths: momentum buffers, V, W and Γ are updated in place and the prox is
+written straight into Γ, so the usual step (momentum, no Nesterov, after the first step)
+allocates no parameter-sized temporaries (as torch.optim.SGD). One step over the parameters of
+one structure is a fixed sequence of multi-tensor (``torch._foreach_*``) in-place passes:
+b ← ∇L̂ + τb (one pass per tensor on CPU), Γ ← Γ - W (Γ's storage holds W - Γ, negated, until
+the prox overwrites it), V ← V - α/ν·(Γ - W), W ← W + κα/ν·(Γ - W), W ← W - κα·b and
+Γ ← κ·Prox(V) (element-wise: one ``softshrink`` pass; groups: row norms, one scaling pass).
+``tests/test_slbi``
 checks it against a straightforward transcription of the equations in float64.
 """
 
@@ -48,9 +53,8 @@ def prox_group_lasso_(out: torch.Tensor, v: torch.Tensor, lam: float, structure:
         factor = (1 - lam / mod).clamp_min_(0)
         torch.mul(v, factor.mul_(scale) if scale != 1.0 else factor, out=out)
         return out
-    if structure == "element":
-        torch.clamp(v, -lam, lam, out=out)
-        torch.sub(v, out, out=out)
+    if structure == "element":                              # sign(V) max(|V| - λ, 0): one pass
+        _soft_threshold_(out, v, lam)
         return out.mul_(scale) if scale != 1.0 else out
     lam_g = group_thresholds(v, lam, structure, lambda_scaling)
     rows = v.view(v.shape[0], -1)
@@ -60,6 +64,12 @@ def prox_group_lasso_(out: torch.Tensor, v: torch.Tensor, lam: float, structure:
         factor.mul_(scale)
     torch.mul(rows, factor, out=out.view_as(rows))
     return out
+
+
+def _soft_threshold_(out: torch.Tensor, v: torch.Tensor, lam: float) -> torch.Tensor:
+    """``out ← sign(V)·max(|V| - λ, 0)`` for a real ``v``, in one pass (``softshrink``: V ∓ λ
+    outside [-λ, λ], 0 inside; the same numbers as V - clamp(V, -λ, λ), NaN kept)."""
+    return torch._C._nn.softshrink(v, lam, out=out)
 
 
 def mod_dtype(v: torch.Tensor) -> torch.dtype:
@@ -84,9 +94,12 @@ def _direction(params: list[torch.Tensor], grads: list[torch.Tensor],
     mom, damp, wd = group["momentum"], group["dampening"], group["weight_decay"]
     bufs = [state[p].get("momentum_buffer") for p in params] if mom != 0 else []
     if mom != 0 and not group["nesterov"] and all(b is not None for b in bufs):
-        if damp == 0:                           # b ← ∇L̂ + τb: one pass, written into b
+        if damp == 0 and bufs[0].device.type == "cpu":   # b ← ∇L̂ + τb: one pass into b
             for b, g in zip(bufs, grads):
                 torch.add(g, b, alpha=mom, out=b)
+        elif damp == 0:                         # accelerators: two multi-tensor kernels
+            torch._foreach_mul_(bufs, mom)
+            torch._foreach_add_(bufs, grads)
         else:
             torch._foreach_mul_(bufs, mom)
             torch._foreach_add_(bufs, grads, alpha=1 - damp)
@@ -166,10 +179,12 @@ def _step_tensors(params: list[torch.Tensor], grads: list[torch.Tensor], structu
             gammas.append(st["Gamma"])
     dirs = _direction(params, grads, gammas if paper else None, inv_nu, decayed, group, state)
     if coupled:
-        torch._foreach_add_(vs, params, alpha=lr * inv_nu)   # V_{k+1} = V_k + α/ν (W_k - Γ_k)
-        torch._foreach_sub_(vs, gammas, alpha=lr * inv_nu)
-        if not paper:                                        # code: W - κα/ν (W - Γ), a lerp
-            torch._foreach_lerp_(params, gammas, step * inv_nu)
+        # Γ_k is read only through W_k - Γ_k and rewritten by the prox below: its storage holds
+        # Γ_k - W_k meanwhile, so V and W each take one in-place pass (no temporaries)
+        torch._foreach_sub_(gammas, params)                  # Γ ← Γ_k - W_k
+        torch._foreach_add_(vs, gammas, alpha=-lr * inv_nu)  # V_{k+1} = V_k + α/ν (W_k - Γ_k)
+        if not paper:                                        # code: W - κα/ν (W - Γ)
+            torch._foreach_add_(params, gammas, alpha=step * inv_nu)
     torch._foreach_add_(params, dirs, alpha=-step)           # W_{k+1} = W - κα·direction
     if coupled:                                              # Γ_{k+1} = κ Prox(V_{k+1})
         _prox_list_(gammas, vs, group["lambda"], structure, group["lambda_scaling"], kappa)
@@ -179,6 +194,12 @@ def _prox_list_(gammas: list[torch.Tensor], vs: list[torch.Tensor], lam: float, 
                 lambda_scaling: str, kappa: float) -> None:
     """``prox_group_lasso_`` over a list of tensors, with the per-group factors
     κ·max(0, 1 - λ_g/‖V^g‖) of all tensors computed by a handful of multi-tensor ops."""
+    if structure == "element" and not any(v.is_complex() for v in vs):
+        for g, v in zip(gammas, vs):                # Γ ← sign(V) max(|V| - λ, 0), one pass
+            _soft_threshold_(g, v, lam)             # (any layout: out keeps Γ's strides)
+        if kappa != 1.0:
+            torch._foreach_mul_(gammas, kappa)
+        return
     fast = [i for i, (v, g) in enumerate(zip(vs, gammas))
             if structure != "element" and v.is_contiguous() and g.is_contiguous()]
     for i in sorted(set(range(len(vs))) - set(fast)):
