@@ -67,6 +67,7 @@ def conv2d_unfolded(x: torch.Tensor, w_shape: torch.Size, has_bias: bool, geo: C
 
 
 UNFOLD_LIMIT = 1 << 26  # elements of an unfolded conv input the unfolded paths may allocate
+CHANNELS_LAST_CPU = True  # matrix-free CG convolutions on NHWC copies of the input (CPU)
 UNFOLD_WEIGHT = 64  # flop-equivalents per unfolded element written (memory-bound copy)
 
 
@@ -209,13 +210,17 @@ def conv2d_prox_direction(
     c_out = w_shape[0]
     if path == "matrix_free":
         g = grad_theta.to(wd)
+        if CHANNELS_LAST_CPU and xw.device.type == "cpu" and groups == 1:
+            # oneDNN's small-channel convolutions run faster on NHWC (one copy of the input)
+            xw = xw.contiguous(memory_format=torch.channels_last)
 
         def matvec(v: torch.Tensor) -> torch.Tensor:  # (beta I + s A^T A) applied to rows
             return conv2d_gram_apply(xw, v, w_shape, has_bias, geo).mul_(s).add_(v, alpha=beta)
 
         def quad(v: torch.Tensor) -> torch.Tensor:  # v^T M v per row: beta |v|^2 + s |A v|^2
             u = _conv_forward(xw, v, w_shape, has_bias, geo)
-            return (v * v).sum(1).mul_(beta).add_(u.square().sum((0, 2, 3)), alpha=s)
+            au = torch.linalg.vector_norm(u, dim=(0, 2, 3))  # no squared copy of u
+            return (v * v).sum(1).mul_(beta).add_(au * au, alpha=s)
 
         d, _ = batched_cg(matvec, g, cfg.cg_iters, quad=quad, **_cg_kwargs(cfg, conv=True))
         return d.to(out_dtype)
@@ -265,7 +270,8 @@ def conv2d_prox_direction(
 
     def quad(v: torch.Tensor) -> torch.Tensor:
         u = forward(v)
-        return (v * v).sum(1).mul_(beta).add_(u.square().sum(2).reshape(-1), alpha=s)
+        au = torch.linalg.vector_norm(u, dim=2).reshape(-1)
+        return (v * v).sum(1).mul_(beta).add_(au * au, alpha=s)
 
     d, _ = batched_cg(matvec, g, cfg.cg_iters, quad=quad, **_cg_kwargs(cfg, conv=True))
     return d.to(out_dtype)
