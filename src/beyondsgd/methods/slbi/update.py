@@ -85,11 +85,12 @@ def prox_group_lasso(v: torch.Tensor, lam: float, structure: str,
 
 
 
-def _direction(params: list[torch.Tensor], grads: list[torch.Tensor],
+def _direction(params: list[torch.Tensor], grads: list[torch.Tensor], coupled: list[int],
                gammas: list[torch.Tensor] | None, inv_nu: float, decayed: list[int],
                group: dict[str, Any], state: dict) -> list[torch.Tensor]:
     """The step direction: the momentum buffer b ← τb + (1-δ)u (or u + τb with Nesterov; u with
-    no momentum), u = ∇L̂ + ωW [+ (W - Γ)/ν when ``gammas`` is given: paper coupling].
+    no momentum), u = ∇L̂ + ωW [+ (W - Γ)/ν for the parameters ``coupled`` (indices into
+    ``params``) when ``gammas`` (theirs, same order) is given: paper coupling].
     In the usual case (momentum, no Nesterov, every buffer exists) b is updated in place."""
     mom, damp, wd = group["momentum"], group["dampening"], group["weight_decay"]
     bufs = [state[p].get("momentum_buffer") for p in params] if mom != 0 else []
@@ -107,8 +108,9 @@ def _direction(params: list[torch.Tensor], grads: list[torch.Tensor],
             torch._foreach_add_([bufs[i] for i in decayed], [params[i] for i in decayed],
                                 alpha=(1 - damp) * wd)
         if gammas is not None:
-            torch._foreach_add_(bufs, params, alpha=(1 - damp) * inv_nu)
-            torch._foreach_sub_(bufs, gammas, alpha=(1 - damp) * inv_nu)
+            cb = [bufs[i] for i in coupled]
+            torch._foreach_add_(cb, [params[i] for i in coupled], alpha=(1 - damp) * inv_nu)
+            torch._foreach_sub_(cb, gammas, alpha=(1 - damp) * inv_nu)
         return bufs
     us = list(grads)                            # the general path: first step, Nesterov, τ = 0
     if decayed or gammas is not None:
@@ -116,8 +118,8 @@ def _direction(params: list[torch.Tensor], grads: list[torch.Tensor],
         for i in decayed:
             us[i].add_(params[i], alpha=wd)
         if gammas is not None:
-            for u, p, gam in zip(us, params, gammas):
-                u.add_(p - gam, alpha=inv_nu)
+            for i, gam in zip(coupled, gammas):
+                us[i].add_(params[i] - gam, alpha=inv_nu)
     if mom == 0:
         return us
     for i, p in enumerate(params):
@@ -133,61 +135,83 @@ def slbi_group_step(group: dict[str, Any], state: dict,
     """One DessiLBI step for every parameter of ``group`` (multi-tensor, in place).
 
     ``structures``: the resolved structure of each parameter of ``group["params"]`` (same
-    order; ``None``: no Γ); without it every parameter takes ``group["structure"]``. The
-    parameters of one structure are stepped together; the group's hyperparameters are shared.
+    order; ``None``: no Γ); without it every parameter takes ``group["structure"]``. All
+    parameters of the group are stepped by the same multi-tensor calls (the group's
+    hyperparameters are shared); only the prox is taken per structure.
     ``group["maximize"]`` ascends on the loss: the loss gradient is negated (as in
     ``torch.optim.SGD``); weight decay and the coupling are not."""
     if structures is None:
         structures = [group["structure"]] * len(group["params"])
-    by: dict[str | None, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    ps: list[torch.Tensor] = []
+    gs: list[torch.Tensor] = []
+    ss: list[str | None] = []
     for p, s in zip(group["params"], structures):
         if p.grad is not None:
             if p.grad.is_sparse:
                 raise RuntimeError("SLBI does not support sparse gradients")
-            ps, gs = by.setdefault(s, ([], []))
             ps.append(p)
             gs.append(p.grad)
-    for s, (ps, gs) in by.items():
-        if group.get("maximize", False):
-            gs = torch._foreach_neg(gs)
-        _step_tensors(ps, gs, s, group, state)
+            ss.append(s)
+    if not ps:
+        return
+    if group.get("maximize", False):
+        gs = torch._foreach_neg(gs)
+    _step_tensors(ps, gs, ss, group, state)
 
 
-def _step_tensors(params: list[torch.Tensor], grads: list[torch.Tensor], structure: str | None,
-                  group: dict[str, Any], state: dict) -> None:
-    """One DessiLBI step for ``params`` (all of one ``structure``) with the hyperparameters of
-    ``group`` (Fu et al., ICML 2020, Sec. 3; see ``beyondsgd.methods.slbi``)."""
+def _step_tensors(params: list[torch.Tensor], grads: list[torch.Tensor],
+                  structures: list[str | None], group: dict[str, Any], state: dict) -> None:
+    """One DessiLBI step for ``params`` (``structures``: each one's, ``None``: no Γ) with the
+    hyperparameters of ``group`` (Fu et al., ICML 2020, Sec. 3; see ``beyondsgd.methods.slbi``)."""
     lr, kappa, nu = group["lr"], group["kappa"], group["nu"]
     lr = float(lr) if isinstance(lr, torch.Tensor) else lr
-    coupled = structure is not None and nu != math.inf
+    with_gamma = [i for i, s in enumerate(structures) if s is not None]
+    coupled = with_gamma if nu != math.inf else []
     inv_nu = 1.0 / nu if coupled else 0.0
-    paper = coupled and group["coupling"] == "paper"
-    step = lr * kappa if (structure is not None or group["kappa_uncoupled"]) else lr
+    paper = bool(coupled) and group["coupling"] == "paper"
+    step = lr * kappa                                   # parameters with a Γ
+    step_free = step if group["kappa_uncoupled"] else lr   # those without
     decayed: list[int] = []
     if group["weight_decay"] != 0:
         all_1d = group.get("weight_decay_1d", False)
         decayed = [i for i, p in enumerate(params) if all_1d or p.dim() > 1]
     vs: list[torch.Tensor] = []
     gammas: list[torch.Tensor] = []
-    if structure is not None:
-        for p in params:
-            st = state[p]
-            if "V" not in st:
-                st["V"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["Gamma"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            vs.append(st["V"])
-            gammas.append(st["Gamma"])
-    dirs = _direction(params, grads, gammas if paper else None, inv_nu, decayed, group, state)
+    for i in with_gamma:
+        st = state[params[i]]
+        if "V" not in st:
+            st["V"] = torch.zeros_like(params[i], memory_format=torch.preserve_format)
+            st["Gamma"] = torch.zeros_like(params[i], memory_format=torch.preserve_format)
+        vs.append(st["V"])
+        gammas.append(st["Gamma"])
+    if not coupled:
+        vs, gammas = [], []
+    dirs = _direction(params, grads, coupled, gammas if paper else None, inv_nu, decayed,
+                      group, state)
     if coupled:
+        cp = [params[i] for i in coupled]
         # Γ_k is read only through W_k - Γ_k and rewritten by the prox below: its storage holds
         # Γ_k - W_k meanwhile, so V and W each take one in-place pass (no temporaries)
-        torch._foreach_sub_(gammas, params)                  # Γ ← Γ_k - W_k
+        torch._foreach_sub_(gammas, cp)                      # Γ ← Γ_k - W_k
         torch._foreach_add_(vs, gammas, alpha=-lr * inv_nu)  # V_{k+1} = V_k + α/ν (W_k - Γ_k)
         if not paper:                                        # code: W - κα/ν (W - Γ)
-            torch._foreach_add_(params, gammas, alpha=step * inv_nu)
-    torch._foreach_add_(params, dirs, alpha=-step)           # W_{k+1} = W - κα·direction
+            torch._foreach_add_(cp, gammas, alpha=step * inv_nu)
+    if step_free == step or len(with_gamma) == len(params):  # W_{k+1} = W - κα·direction
+        torch._foreach_add_(params, dirs, alpha=-step)
+    else:
+        free = sorted(set(range(len(params))) - set(with_gamma))
+        if with_gamma:
+            torch._foreach_add_([params[i] for i in with_gamma], [dirs[i] for i in with_gamma],
+                                alpha=-step)
+        torch._foreach_add_([params[i] for i in free], [dirs[i] for i in free],
+                            alpha=-step_free)
     if coupled:                                              # Γ_{k+1} = κ Prox(V_{k+1})
-        _prox_list_(gammas, vs, group["lambda"], structure, group["lambda_scaling"], kappa)
+        by: dict[str, list[int]] = {}
+        for k, i in enumerate(coupled):
+            by.setdefault(structures[i], []).append(k)
+        for s, ks in by.items():
+            _prox_list_([gammas[k] for k in ks], [vs[k] for k in ks], group["lambda"], s,
+                        group["lambda_scaling"], kappa)
 
 
 def _prox_list_(gammas: list[torch.Tensor], vs: list[torch.Tensor], lam: float, structure: str,
