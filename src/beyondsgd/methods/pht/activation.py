@@ -90,6 +90,7 @@ class PositiveHardThreshold(nn.Module):
         else:
             self.register_buffer("tau", torch.tensor(tau))
         self._frozen: torch.Tensor | None = None
+        self._frozen_cast: torch.Tensor | None = None  # _frozen in the activations' dtype
         self._recording = False
         self._recorded: torch.Tensor | None = None
 
@@ -105,7 +106,11 @@ class PositiveHardThreshold(nn.Module):
                     f"pre-activation of shape {tuple(z.shape)}; masks are per sample: freeze with "
                     "masks recorded on the same batch"
                 )
-            return z * mask.to(z.dtype)
+            cast = self._frozen_cast
+            if cast is None or cast.dtype != z.dtype or cast.device != z.device:
+                # converted once per frozen_support block, not once per inner step
+                cast = self._frozen_cast = mask.to(z.dtype)
+            return z * cast
         tau = self.tau.clamp_min(0.0) if self.learnable else self.tau
         mask = support_of(z, tau)
         if self._recording:

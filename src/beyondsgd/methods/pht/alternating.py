@@ -90,9 +90,11 @@ class Alternating:
         self.model, self.optimizer, self.inner_steps = model, optimizer, inner_steps
         self.loss, self.loss_fn = loss, _loss(loss)
         self.max_mask_bytes = max_mask_bytes
+        self.modules = mods  # the PHT modules, found once (the model's structure is fixed)
         self.masks: list[torch.Tensor] | None = None  # cached supports of the training set
-        self.density: torch.Tensor | None = None  # fraction of active units, last support step
         self.last_masks: list[torch.Tensor] | None = None  # supports of the last step's batch
+        self._density: torch.Tensor | None = None
+        self._density_of: list[torch.Tensor] | None = None
 
     def __repr__(self) -> str:
         mods = pht_modules(self.model)
@@ -125,10 +127,19 @@ class Alternating:
         self.masks = masks
         return info
 
-    def _set_density(self, masks: Sequence[torch.Tensor]) -> None:
-        with torch.no_grad():
-            on = sum(m.sum() for m in masks)
-            self.density = on / max(sum(m.numel() for m in masks), 1)
+    @property
+    def density(self) -> torch.Tensor | None:
+        """Fraction of active units at the last support step (computed when read, not on
+        every step)."""
+        masks = self.last_masks
+        if masks is None:
+            return None
+        if self._density_of is not masks:
+            with torch.no_grad():
+                on = sum(m.sum() for m in masks)
+                self._density = on / max(sum(m.numel() for m in masks), 1)
+            self._density_of = masks
+        return self._density
 
     # ---- weight step -----------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None,
@@ -139,11 +150,12 @@ class Alternating:
         wrapper of ``self.model`` (data parallelism: each rank's masks cover its own samples,
         the gradients are averaged by DDP); ``loss_fn`` overrides the loss of the steps."""
         opt = self.optimizer
+        mods = self.modules if model is None or model is self.model else None
         model = self.model if model is None else model
         loss_of = self.loss_fn if loss_fn is None else loss_fn
         if index is None:
             opt.zero_grad(set_to_none=True)
-            with recording(model) as masks:
+            with recording(model, mods) as masks:
                 first = loss_of(model(x), y)
                 first.backward()
             opt.step()
@@ -153,8 +165,7 @@ class Alternating:
                 raise RuntimeError("step(index=...) uses cached supports: call refresh() first")
             masks = [m[index] for m in self.masks]
             start, first = 0, None
-        self._set_density(masks)
-        with frozen_support(model, masks):
+        with frozen_support(model, masks, mods):
             for _ in range(start, self.inner_steps):
                 opt.zero_grad(set_to_none=True)
                 loss = loss_of(model(x), y)
@@ -166,8 +177,11 @@ class Alternating:
         return first.detach()
 
     # ---- layer solves ----------------------------------------------------------------------
+    _TRUE_LOSS_CHUNK = 8192
+
     @torch.no_grad()
-    def true_loss(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> float:
+    def true_loss(self, x: torch.Tensor, y: torch.Tensor, chunk: int = _TRUE_LOSS_CHUNK
+                  ) -> float:
         """The real network's loss on ``(x, y)``: a plain forward pass, so every support is
         recomputed from the current weights (nothing frozen). Built-in losses are means over
         rows and are evaluated in chunks of ``chunk`` rows; a callable loss on the whole batch."""
@@ -231,23 +245,35 @@ class Alternating:
         if not todo:
             raise ValueError("the model has no layer that can be solved exactly")
         out = []
-        true = self.true_loss(x, y)
+        true: float | None = None
+        # true_loss evaluates built-in losses on the whole batch up to this many rows: then the
+        # loss a free-tail solve reports on the layer's real inputs *is* the real loss, computed
+        # by the same operations, and the two plain forward passes around it are skipped
+        whole = callable(self.loss) or x.shape[0] <= self._TRUE_LOSS_CHUNK
         for i in todo:
             layer = self.model[i]
             saved = [p.detach().clone() for p in layer.parameters()]
             free_tail = not any(isinstance(m, PositiveHardThreshold) for m in self.model[i + 1:])
             if masks is None and free_tail:
                 # nothing after this layer has a support: solve on its real inputs
+                if true is None and not whole:
+                    true = self.true_loss(x, y)
                 with torch.no_grad():
                     feats = self.model[:i](x)
                 info = solve_layer(nn.Sequential(*self.model[i:]), 0, feats, y, self.loss, [],
                                    solver, iters, damping, max_bytes)
+                if true is None:
+                    true = info["loss_before"]
+                solved = info["loss_after"] if whole else self.true_loss(x, y)
             else:
+                if true is None:
+                    true = self.true_loss(x, y)
                 frozen = masks if masks is not None else _record_chunked(self.model, x,
                                                                          self.max_mask_bytes)
                 info = solve_layer(self.model, i, x, y, self.loss, frozen, solver, iters,
                                    damping, max_bytes)
-            after = solved = self.true_loss(x, y)
+                solved = self.true_loss(x, y)
+            after = solved
             reverted = not (math.isfinite(solved) and solved <= true)
             if reverted:
                 with torch.no_grad():

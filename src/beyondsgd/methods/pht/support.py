@@ -11,20 +11,22 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from .activation import pht_modules
+from .activation import PositiveHardThreshold, pht_modules
 
 
 # --------------------------------------------------------------------------------------------
 # Support step / frozen support
 # --------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def recording(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+def recording(model: nn.Module, modules: Sequence[PositiveHardThreshold] | None = None
+              ) -> Iterator[list[torch.Tensor]]:
     """Within the block every PHT module stores its mask; the list is filled on exit.
 
     The forward pass inside is the ordinary PHT forward (gradients flow as usual), so the support
-    step and the first weight step can share one forward pass.
+    step and the first weight step can share one forward pass. ``modules``: ``pht_modules(model)``
+    when the caller already has it (saves walking the model on every step).
     """
-    mods = pht_modules(model)
+    mods = pht_modules(model) if modules is None else modules
     masks: list[torch.Tensor] = []
     for m in mods:
         if m._frozen is not None:
@@ -55,25 +57,27 @@ def record_support(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
 
 
 @contextlib.contextmanager
-def frozen_support(model: nn.Module, masks: Sequence[torch.Tensor]) -> Iterator[nn.Module]:
+def frozen_support(model: nn.Module, masks: Sequence[torch.Tensor],
+                   modules: Sequence[PositiveHardThreshold] | None = None) -> Iterator[nn.Module]:
     """Within the block every PHT module multiplies by its stored mask (frozen support).
 
     The network is then the masked multilinear network of the digest: with biases zero it is
-    exactly linear in ``x``, and the loss is convex in each single layer's weights.
+    exactly linear in ``x``, and the loss is convex in each single layer's weights. ``modules``:
+    ``pht_modules(model)`` when the caller already has it.
     """
-    mods = pht_modules(model)
+    mods = pht_modules(model) if modules is None else modules
     if len(masks) != len(mods):
         raise ValueError(f"got {len(masks)} masks for {len(mods)} PHT modules")
-    previous = [m._frozen for m in mods]
+    previous = [(m._frozen, m._frozen_cast) for m in mods]
     try:
         for m, s in zip(mods, masks, strict=True):
             if not isinstance(s, torch.Tensor):
                 raise ValueError(f"masks must be tensors, got {type(s).__name__}")
-            m._frozen = s
+            m._frozen, m._frozen_cast = s, None
         yield model
     finally:
-        for m, p in zip(mods, previous, strict=True):
-            m._frozen = p
+        for m, (p, c) in zip(mods, previous, strict=True):
+            m._frozen, m._frozen_cast = p, c
 
 
 def mask_bytes(model: nn.Module, sample: torch.Tensor, n: int) -> int:
