@@ -10,6 +10,7 @@ every row. The rows reuse the existing benchmark scripts (``proxprop_speed.time_
     OMP_NUM_THREADS=1 python benchmarks/speed.py               # all rows (< 10 min, 2 idle cores)
     python benchmarks/speed.py --quick --only slbi             # smoke run of some rows
     python benchmarks/speed.py --markdown                      # the README table from the JSON
+    python benchmarks/speed.py --markdown --before OLD.json    # ... with a before column
 
 Rows (``--only`` takes row names or the groups ``proxprop``, ``slbi``, ``pht``, ``gdsolver``,
 ``official``): see ``ROWS``. Writes ``benchmarks/results/speed.json`` (merged row by row, so a
@@ -278,17 +279,23 @@ def fmt_ratio(r: dict) -> str:
     return s
 
 
-def markdown(results: dict) -> str:
-    lines = ["| ratio | net | shape, threads | median [min-max] over rounds | goal | load |",
-             "|---|---|---|---|---|---|"]
+def markdown(results: dict, before: dict | None = None) -> str:
+    """The README table; with ``before`` (the rows of an earlier run) a before column too."""
+    b_head, b_rule = ("before: median [min-max] | ", "---|") if before is not None else ("", "")
+    lines = [f"| ratio | net | shape, threads | {b_head}median [min-max] over rounds | goal | "
+             "load (1/5/15 min) before / after the row |",
+             f"|---|---|---|{b_rule}---|---|---|"]
     for row in ROWS:
         r = results.get(row.name)
         if r is None:
             continue
         load_s = f"{r.get('load_before', '-')} / {r.get('load_after', '-')}"
+        b_cell = ""
+        if before is not None:
+            b_cell = (fmt_ratio(before[row.name]) if row.name in before else "-") + " | "
         lines.append(f"| {row.what} | {row.net} | {row.shape}, {row.threads} thread"
-                     f"{'s' if row.threads > 1 else ''} | {fmt_ratio(r)} | {row.goal or '-'} | "
-                     f"{load_s} |")
+                     f"{'s' if row.threads > 1 else ''} | {b_cell}{fmt_ratio(r)} | "
+                     f"{row.goal or '-'} | {load_s} |")
     return "\n".join(lines)
 
 
@@ -310,11 +317,13 @@ def main(argv: list[str] | None = None) -> dict:
                     help="print the README table from the JSON and exit")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--no-save", action="store_true", help="do not write the JSON")
+    ap.add_argument("--before", help="with --markdown: a JSON of an earlier run, as a column")
     args = ap.parse_args(argv)
     out = Path(args.out)
     saved = json.loads(out.read_text()) if out.exists() else {}
     if args.markdown:
-        print(markdown(saved.get("rows", {})))
+        before = json.loads(Path(args.before).read_text())["rows"] if args.before else None
+        print(markdown(saved.get("rows", {}), before))
         return saved
     torch.set_num_threads(1)
     rows = select(args.only)

@@ -46,6 +46,9 @@ def test_quick_slbi_row_prints_ratio_net_threads_load_and_writes_json(speed, tmp
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| ratio | net |") and len(table) == 3
     assert "fmnist_lenet5 (LeNet-5)" in table[2]
+    speed.main(["--markdown", "--out", str(out), "--before", str(out)])   # a before column
+    table = capsys.readouterr().out.splitlines()
+    assert "| before: median [min-max] |" in table[0] and table[2].count(" [") >= 2
 
 
 def test_rows_and_groups_are_selectable(speed):
