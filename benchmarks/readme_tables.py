@@ -3,7 +3,8 @@ store, so the README is regenerated from the data rather than edited by hand.
 
     python benchmarks/readme_tables.py docs/results/small/suite_small.db
 
-The claims rows are :func:`beyondsgd.bench.analysis.claims.evaluate_store`'s: each claim on the
+The claims (each listed once, with where its paper states it) and then the rows, which name a
+claim by its id, are :func:`beyondsgd.bench.analysis.claims.evaluate_store`'s: each claim on the
 kind of problem the paper ran, every seed counted (``div k/n``: seeds that diverged), time to
 target on the validation split, the median verdict over tuning studies and **unstable** where they
 differ.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from beyondsgd.bench.analysis.claims import evaluate_store, mean_text
+from beyondsgd.bench.analysis.claims import claims_legend, evaluate_store, mean_text
 from beyondsgd.bench.protocol import FINAL_TAG
 from beyondsgd.bench.report import overview_table, summarize
 from beyondsgd.bench.store import Store
@@ -22,12 +23,11 @@ from beyondsgd.bench.store import Store
 def claims_rows(store: Store) -> str:
     results = evaluate_store(store)
     multi = any(len(r.studies) > 1 for r in results)
-    lines = ["| claim (paper, where stated) | problem | quantity | ours: method vs comparisons "
+    lines = [claims_legend(results),
+             "| claim | problem | quantity | ours: method vs comparisons, mean ± std over seeds "
              "(every seed counted) | verdict |", "|---|---|---|---|---|"]
     for r in results:
         c, v = r.claim, r.studies[0]
-        paper = c.paper.split(" (")[0]
-        where = c.source.split(": ", 1)[-1].split(";")[0]
         frac = f" at {c.fraction:.0%} data" if c.fraction < 1 else ""
         comps = "; ".join(f"{b} {mean_text(x, v.b_diverged.get(b, 0), c.quantity)}"
                           for b, x in v.b_values.items())
@@ -35,7 +35,7 @@ def claims_rows(store: Store) -> str:
         verdict = f"**unstable** (median {r.verdict})" if r.unstable else r.verdict
         if multi:
             verdict += f"; studies: {', '.join(s.verdict for s in r.studies)}"
-        lines.append(f"| {c.text} ({paper}, {where}; {c.task} only) | {r.problem} | {quantity} | "
+        lines.append(f"| `{c.id}` | {r.problem} | {quantity} | "
                      f"{c.method}{frac} {mean_text(v.a_values, v.a_diverged, c.quantity)} vs "
                      f"{comps} | {verdict} |")
     return "\n".join(lines)

@@ -244,3 +244,29 @@ def test_studies_draw_their_own_settings_and_seeds(tmp_path):
             assert lrs <= {c["lr"] for c in sample_configs("sgd", 2, seed=k)}
     with pytest.raises(ValueError, match="studies must be an integer >= 1"):
         run_suite(b, path, methods=["sgd"], workers=1, studies=0)
+
+
+def test_claims_cite_the_paper_only():
+    """Issue 24: a claim's source is the paper (no internal digest file)."""
+    from beyondsgd.bench.analysis import claims as C
+
+    for c in C.CLAIMS:
+        assert "digest" not in c.source.lower() and ".md" not in c.source, c.source
+
+
+def test_the_claims_table_states_each_claim_once(st):
+    """Issue 24: the claims table gives a claim's text and source once, however many problems
+    it is checked on; the rows name it by its id."""
+    from beyondsgd.bench.analysis import claims as C
+
+    for p in (CLF, "fmnist_mlp"):
+        for s in (1, 2, 3):
+            for m in ("bpgrad", "adagrad", "adadelta", "rmsprop", "adam"):
+                add(st, p, m, s, [0.1, 0.9 + 0.01 * s])
+    vs = find(C.evaluate_claims(C.collect(st)), "bpgrad", CLF, "test accuracy")
+    vs += find(C.evaluate_claims(C.collect(st)), "bpgrad", "fmnist_mlp", "test accuracy")
+    assert len(vs) == 2
+    md = C.claims_markdown(vs)
+    c = vs[0].claim
+    assert md.count(c.text) == 1 and md.count(c.source) == 1
+    assert md.count(f"`{c.id}`") == 3  # listed once, then named by its id on each row

@@ -166,3 +166,27 @@ def test_report_summary():
     assert one[0].startswith("2 trials (2 finished) on 1 problem(s)") and len(one) == 2
     with pytest.raises(ValueError, match="unknown problem 'nosuch'"):
         R.report_summary(FakeStore(trials), ["nosuch"])
+
+
+def test_overview_labels_the_std():
+    """Issue 24: the overview's caption says what '±' is and when a mean is bold."""
+    spec = [("digits_mlp", "adam", {}, [0.95, 0.96, 0.955], "final"),
+            ("digits_mlp", "sgd", {}, [0.70, 0.72, 0.705], "final")]
+    table = R.overview_table(R.summarize(FakeStore(_trials(spec))), "final")
+    caption = table.split("|", 1)[0]
+    assert "mean ± std over seeds" in caption and "significant" in caption
+
+
+def test_overview_bolds_only_a_significant_best():
+    """Issue 24: the best mean is bold only where it beats the runner-up significantly: digits
+    (0.95-0.96 vs 0.70-0.72, same seeds) yes; fmnist (two noisy, overlapping settings) no."""
+    spec = [("digits_mlp", "adam", {}, [0.95, 0.96, 0.955], "final"),
+            ("digits_mlp", "sgd", {}, [0.70, 0.72, 0.705], "final"),
+            ("fmnist_mlp", "adam", {}, [0.80, 0.90, 0.85], "final"),
+            ("fmnist_mlp", "sgd", {}, [0.82, 0.86, 0.84], "final")]
+    table = R.overview_table(R.summarize(FakeStore(_trials(spec))), "final")
+    row = {line.split("|")[1].strip(): line for line in table.splitlines()
+           if line.startswith("| adam") or line.startswith("| sgd")}
+    assert "**0.955 ± 0.005" in row["adam"]          # digits: significant
+    assert "**" not in row["adam"].split("|")[3]      # fmnist: 0.85 vs 0.84, not significant
+    assert "**" not in row["sgd"]

@@ -304,16 +304,35 @@ def _median_s(vals: list[float]) -> str:
     return "never" if math.isinf(med) else f"{med:.3g} s"
 
 
+def claims_legend(results: list[StudyVerdicts] | list[Verdict]) -> str:
+    """The claims of ``results``, each once: its id, the paper, the claim's full text, the kind
+    of problem it is checked on, where the paper states it and the paper's numbers (a Markdown
+    list, so the table's rows name a claim by its id only)."""
+    seen: dict[str, Claim] = {}
+    for r in results:
+        seen.setdefault(r.claim.id, r.claim)
+    lines = []
+    for c in seen.values():
+        frac = f" (method at {c.fraction:.0%} data)" if c.fraction < 1 else ""
+        nums = f" Paper: {c.paper_numbers}." if c.paper_numbers else ""
+        lines.append(f"- `{c.id}`: {c.paper}: {c.text}{frac} ({c.task} only). "
+                     f"Source: {c.source}.{nums}")
+    return "\n".join(lines) + "\n"
+
+
 def claims_markdown(results: list[StudyVerdicts] | list[Verdict]) -> str:
-    """The claims table; ``results`` from :func:`evaluate_store` (or single-study verdicts)."""
+    """The claims table; ``results`` from :func:`evaluate_store` (or single-study verdicts):
+    the claims listed once (:func:`claims_legend`), then one row per claim and problem naming the
+    claim by its id."""
     if not results:
         return "No claim could be checked: the store lacks the needed methods' final runs.\n"
     if isinstance(results[0], Verdict):
         results = [StudyVerdicts(v.claim, v.problem, [v], v.verdict, False) for v in results]
     multi = max(len(r.studies) for r in results) > 1
-    lines = ["| paper (where stated) | claim (problems: the paper's kind) | problem | quantity | "
-             "ours: method | ours: comparisons | test, p | verdict | paper |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [claims_legend(results),
+             "| claim | problem | quantity | ours: method (mean ± std over seeds) | "
+             "ours: comparisons | test, p | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         v, c = r.studies[0], r.claim
         q = c.quantity + (f" (val target {v.target:.4g})" if v.target is not None else "")
@@ -330,10 +349,10 @@ def claims_markdown(results: list[StudyVerdicts] | list[Verdict]) -> str:
             verdict = f"**unstable** (median {r.verdict})"
         if multi:
             verdict += " — studies: " + ", ".join(s.verdict for s in r.studies)
-        lines.append(f"| {c.paper}: {c.source} | {c.text} ({c.task} only) | {r.problem} | {q} | "
+        lines.append(f"| `{c.id}` | {r.problem} | {q} | "
                      f"{c.method}{frac} {mean_text(v.a_values, v.a_diverged, c.quantity)} | "
-                     f"{comps} | {test}: {pv} | {verdict} | {c.paper_numbers} |")
+                     f"{comps} | {test}: {pv} | {verdict} |")
     note = ("\nValues of study 0; " if multi else "\n") + (
         "every seed counted: a diverged seed at its untrained network's value (never reaching "
-        "the target); `div k/n`: seeds that diverged.\n")
+        "the target); `x ± s`: mean ± std over seeds; `div k/n`: seeds that diverged.\n")
     return "\n".join(lines) + "\n" + note

@@ -3,7 +3,8 @@
 ``markdown_table`` gives one section per problem (rows best-first within each comparable group,
 the best in bold, tuning trials folded away) ending with ``verdict_line``: in one line who won
 the problem and by how much, with the uncertainty. ``report_summary`` is a few such lines for a
-terminal; ``overview_table`` is methods x problems; ``environment_section`` the machine the
+terminal; ``overview_table`` is methods x problems (bold only where the best mean beats the
+runner-up significantly); ``environment_section`` the machine the
 trials ran on. A diverged seed counts everywhere, and the divergence rate ``div k/n`` is
 printed beside every mean.
 
@@ -205,9 +206,29 @@ def report_summary(store: Store, problems: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+OVERVIEW_CAPTION = (
+    "Cells: final test metric, mean ± std over seeds (every seed counted; `div k/n`: seeds that "
+    "diverged). **Bold**: a problem's best mean, only where it is significantly better than the "
+    "runner-up's (95% CI of the difference excludes 0: paired t over the same seeds, else Welch "
+    "t); no bold where the difference is not significant.")
+
+
+def _best_significant(r: dict, second: dict, prob) -> bool:
+    """Whether row ``r``'s mean beats ``second``'s significantly (the difference's 95% interval,
+    as in :func:`verdict_line`, excludes 0 on the better side)."""
+    width = prob.metric_range[1] - prob.metric_range[0]
+    pairs = _paired(r, second)
+    if pairs:
+        _, lo, hi = difference_interval(*pairs, width, paired=True)
+    else:
+        _, lo, hi = difference_interval(r["final_values"], second["final_values"], width)
+    return (lo > 0) if prob.higher_is_better else (hi < 0)
+
+
 def overview_table(rows: list[dict], tag: str) -> str:
-    """Methods x problems: final test metric (mean ± std over seeds) of the ``tag`` runs, with
-    the best mean per problem in bold."""
+    """Methods x problems: final test metric (mean ± std over seeds) of the ``tag`` runs, after
+    a caption (:data:`OVERVIEW_CAPTION`) that says so; a problem's best mean is in bold only
+    where it is significantly better than the runner-up's."""
     rows = [r for r in rows if r["tag"] == tag and r["train_fraction"] == 1.0]
     problems = sorted({r["problem"] for r in rows})
     methods = sorted({r["method"] for r in rows})
@@ -216,12 +237,15 @@ def overview_table(rows: list[dict], tag: str) -> str:
     cell = {(r["problem"], r["method"]): r for r in rows}
     best = {}
     for p in problems:
-        vals = [cell[(p, m)]["final_mean"] for m in methods if (p, m) in cell
-                and math.isfinite(cell[(p, m)]["final_mean"])]
-        if vals:
-            best[p] = max(vals) if PROBLEMS[p].higher_is_better else min(vals)
+        prob = PROBLEMS[p]
+        ranked = sorted((cell[(p, m)] for m in methods if (p, m) in cell
+                         and math.isfinite(cell[(p, m)]["final_mean"])),
+                        key=lambda r: -r["final_mean"] if prob.higher_is_better
+                        else r["final_mean"])
+        if len(ranked) >= 2 and _best_significant(ranked[0], ranked[1], prob):
+            best[p] = ranked[0]["method"]
     head = "| method | " + " | ".join(f"{p} ({PROBLEMS[p].metric})" for p in problems) + " |"
-    lines = [head, "|---" * (len(problems) + 1) + "|"]
+    lines = [OVERVIEW_CAPTION, "", head, "|---" * (len(problems) + 1) + "|"]
     for m in methods:
         cells = []
         for p in problems:
@@ -231,7 +255,7 @@ def overview_table(rows: list[dict], tag: str) -> str:
                 continue
             text = _cell(r["final_values"], PROBLEMS[p].metric_range, 3, ci=False,
                          diverged=r["diverged"])
-            if p in best and r["final_mean"] == best[p]:
+            if best.get(p) == m:
                 text = f"**{text}**"
             cells.append(text)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
