@@ -7,7 +7,8 @@ The claims (each listed once, with where its paper states it) and then the rows,
 claim by its id, are :func:`beyondsgd.bench.analysis.claims.evaluate_store`'s: each claim on the
 kind of problem the paper ran, every seed counted (``div k/n``: seeds that diverged), time to
 target on the validation split, the median verdict over tuning studies and **unstable** where they
-differ.
+differ; an inconclusive verdict says why where it can (untestable with the seeds run, or
+underpowered: the seeds 80% power needs).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ def claims_rows(store: Store) -> str:
         comps = "; ".join(f"{b} {mean_text(x, v.b_diverged.get(b, 0), c.quantity)}"
                           for b, x in v.b_values.items())
         quantity = c.quantity + (f" (val target {v.target:.4g})" if v.target is not None else "")
-        verdict = f"**unstable** (median {r.verdict})" if r.unstable else r.verdict
+        verdict = f"**unstable** (median {r.verdict_text()})" if r.unstable else r.verdict_text()
         if multi:
-            verdict += f"; studies: {', '.join(s.verdict for s in r.studies)}"
+            verdict += f"; studies: {', '.join(s.verdict_text() for s in r.studies)}"
         lines.append(f"| `{c.id}` | {r.problem} | {quantity} | "
                      f"{c.method}{frac} {mean_text(v.a_values, v.a_diverged, c.quantity)} vs "
                      f"{comps} | {verdict} |")

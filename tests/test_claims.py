@@ -270,3 +270,111 @@ def test_the_claims_table_states_each_claim_once(st):
     c = vs[0].claim
     assert md.count(c.text) == 1 and md.count(c.source) == 1
     assert md.count(f"`{c.id}`") == 3  # listed once, then named by its id on each row
+
+
+# Decidable statistics (issue 24): exact permutation tests, Holm, labelled p-values, power.
+
+def _by_hand_perm_p(a, b, alternative):
+    """Every split of the pooled values written out: share with mean(a) - mean(b) as extreme."""
+    import itertools
+
+    pool, na = list(a) + list(b), len(a)
+    obs = sum(a) / na - sum(b) / len(b)
+    splits = list(itertools.combinations(range(len(pool)), na))
+    diffs = [sum(pool[i] for i in s) / na
+             - sum(pool[i] for i in range(len(pool)) if i not in s) / len(b) for s in splits]
+    hits = [d >= obs - 1e-12 if alternative == "greater" else d <= obs + 1e-12 for d in diffs]
+    return sum(hits) / len(splits)
+
+
+def test_exact_permutation_test_against_hand_enumeration():
+    from beyondsgd.bench.analysis import claims as C
+
+    for a, b in [([0.91, 0.93, 0.92], [0.90, 0.89, 0.915]),
+                 ([1.0, 2.0, 3.0, 4.0], [2.5, 0.5, 1.5]),
+                 ([5.0, 1.0, 4.0, 2.0, 3.0], [2.0, 2.5, 0.0, 1.0, 6.0])]:
+        for alt in ("greater", "less"):
+            assert C.exact_permutation_p(a, b, alt) == pytest.approx(_by_hand_perm_p(a, b, alt))
+    # 3 vs 3, fully separated: 1 split of C(6, 3) = 20
+    assert C.exact_permutation_p([4.0, 5.0, 6.0], [1.0, 2.0, 3.0], "greater") == 0.05
+    assert C.smallest_p(3, 3) == 0.05 and C.smallest_p(5, 5) == pytest.approx(1 / 252)
+    # with infinities (never reached the target), on mid-ranks: 3 of 3 reached vs 0 of 3
+    a, b = [-9.0, -8.0, -10.0], [-math.inf] * 3  # oriented seconds (higher is better)
+    assert C._welch(a, b, "greater") == pytest.approx(0.05)  # was Mann-Whitney's 0.0318
+
+
+def test_three_seeds_that_cannot_reach_alpha_are_untestable():
+    from beyondsgd.bench.analysis import claims as C
+
+    ttt = C.Claim("x", "X", "claim", "pht_alt", ("sgd",), "seconds_to_target", "better",
+                  "classification", "here")
+    v = C.evaluate_claims(_values({"pht_alt": [9.0, 8.0, 10.0], "sgd": [math.inf] * 3},
+                                  "seconds_to_target"), (ttt,))[0]
+    assert v.verdict == "inconclusive"
+    assert v.p_values["sgd"] == pytest.approx(0.05)
+    assert v.note.startswith("untestable with 3 seeds")
+    # 4 vs 4 can reach it: 1/70 < 0.025
+    v = C.evaluate_claims(_values({"pht_alt": [9.0, 8.0, 10.0, 7.0], "sgd": [math.inf] * 4},
+                                  "seconds_to_target"), (ttt,))[0]
+    assert v.verdict == "supported" and v.p_values["sgd"] == pytest.approx(1 / 70)
+
+
+def _values(by_method, quantity="test_metric", problem=CLF):
+    return {(problem, m, 1.0): {quantity: list(x), "diverged": [0.0] * len(x)}
+            for m, x in by_method.items()}
+
+
+def test_holm_over_the_comparisons_of_one_claim():
+    from beyondsgd.bench.analysis import claims as C
+
+    assert C.holm({"x": 0.01, "y": 0.04, "z": 0.03}) == pytest.approx(
+        {"x": 0.03, "y": 0.06, "z": 0.06})
+    # A worse than one of four comparisons at raw one-sided p 0.016 (< 0.025), not after Holm
+    # (needs < 0.025 / 4 for the smallest)
+    a, near = [0.90, 0.91, 0.92], [0.90, 0.91, 0.92]
+    worse = [0.935, 0.93, 0.94]
+    raw = C._welch(a, worse, "less")
+    assert 0.025 / 4 < raw < 0.025
+    verdict, pv = C.judge(a, {"b1": worse, "b2": near, "b3": near, "b4": near}, "better")
+    assert verdict == "inconclusive"
+    # alone it is significant
+    assert C.judge(a, {"b1": worse}, "better")[0] == "not supported"
+
+
+def test_p_values_are_labelled_with_direction_and_hypothesis():
+    from beyondsgd.bench.analysis import claims as C
+
+    match = C.Claim("m", "M", "claim", "slbi", ("adam",), "test_metric", "matches",
+                    "classification", "here")
+    far = _values({"slbi": [0.85, 0.86, 0.855, 0.85], "adam": [0.90, 0.905, 0.90, 0.91]})
+    v = C.evaluate_claims(far, (match,))[0]
+    assert v.verdict == "not supported"
+    md = C.claims_markdown([v])
+    assert "p(slbi worse than adam by more than 0.01), Holm = " in md
+    same = _values({"slbi": [0.900, 0.902, 0.901, 0.899], "adam": [0.901, 0.900, 0.902, 0.899]})
+    assert "p(slbi not worse than adam by 0.01 or more) = " in C.claims_markdown(
+        C.evaluate_claims(same, (match,)))
+    better = C.Claim("b", "B", "claim", "bpgrad", ("adam",), "test_metric", "better",
+                     "classification", "here")
+    worse = _values({"bpgrad": [0.80, 0.81, 0.805, 0.80], "adam": [0.90, 0.91, 0.905, 0.90]})
+    assert "p(bpgrad worse than adam), Holm = " in C.claims_markdown(
+        C.evaluate_claims(worse, (better,)))
+
+
+def test_an_underpowered_inconclusive_verdict_says_how_many_seeds_it_needs():
+    from beyondsgd.bench.analysis import claims as C
+    from beyondsgd.bench.analysis.metrics import seeds_for_power
+
+    better = C.Claim("b", "B", "claim", "bpgrad", ("adam",), "test_metric", "better",
+                     "classification", "here")
+    a, b = [0.90, 0.92, 0.89, 0.91], [0.91, 0.90, 0.92, 0.89]
+    v = C.evaluate_claims(_values({"bpgrad": a, "adam": b}), (better,))[0]
+    sd = math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+    need = seeds_for_power(sd, 0.01)
+    assert need > 4
+    assert v.verdict == "inconclusive" and v.note == f"underpowered: {need} seeds needed"
+    assert f"**inconclusive** (underpowered: {need} seeds needed)" in C.claims_markdown([v])
+    # enough seeds for the spread: no such note
+    tight = C.evaluate_claims(_values({"bpgrad": [0.900, 0.901, 0.902, 0.9005],
+                                       "adam": [0.9005, 0.901, 0.9, 0.9015]}), (better,))[0]
+    assert tight.verdict == "inconclusive" and tight.note == ""

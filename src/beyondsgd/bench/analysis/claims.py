@@ -19,16 +19,30 @@ from the tuned baselines (``protocol.BASELINES``) of the same study (:func:`targ
 baseline, the worst seed's best validation metric (a level every seed of it reached); the target
 is the median over the baselines. With no baseline runs, the problem's fixed target is used.
 
-Two tests, on values oriented so that higher is better (losses, MSE and seconds are negated):
+Two tests, on values oriented so that higher is better (losses, MSE and seconds are negated),
+each one-sided per comparison B, every printed p labelled with its direction and hypothesis
+(``p(A better than B)``, ``p(A worse than B by more than margin)``):
 
-- **superiority** (``better``): Welch's two-sample t-test, two-sided, alpha = 0.05, of method A
-  against each comparison B (Mann-Whitney U when a value is infinite, e.g. a seed that never
-  reached the target). *supported*: A significantly better than every B; *not supported*: A
-  significantly worse than at least one B; *inconclusive*: otherwise (including too few seeds).
-- **non-inferiority** (``matches``): one-sided Welch t-tests with margin delta (1 accuracy point,
-  or 5% of B's mean for losses/MSE). *supported*: A - B > -delta significant against every B
-  (so against the best B); *not supported*: A - B < -delta significant against at least one B;
-  *inconclusive*: otherwise.
+- **superiority** (``better``): Welch's t-test, one-sided each way at alpha/2 = 0.025 (so
+  two-sided alpha = 0.05), of method A against each comparison B. When a value is infinite (a
+  seed that never reached the target) the **exact permutation test** on ranks replaces it
+  (:func:`exact_permutation_p`, every split of the pooled seeds enumerated): its smallest p is
+  1 / C(n_A + n_B, n_A), so **3 vs 3 seeds cannot reach 0.025** (smallest p 1/20 = 0.05; 4 vs 4:
+  1/70; 5 vs 5: 1/252), and such a verdict says "untestable with 3 seeds" instead of passing
+  for an ordinary inconclusive one. *supported*: A significantly better than every B (an
+  intersection-union test: every comparison at its own level, no multiplicity correction
+  needed); *not supported*: A significantly worse than at least one B after **Holm's
+  correction** over the claim's comparisons; *inconclusive*: otherwise.
+- **non-inferiority** (``matches``): the same one-sided tests at alpha = 0.05 on A + delta vs B,
+  margin delta (1 accuracy point, or 5% of B's mean for losses/MSE). *supported*: A - B > -delta
+  significant against every B (so against the best B); *not supported*: A - B < -delta
+  significant against at least one B, Holm-corrected; *inconclusive*: otherwise.
+
+An inconclusive verdict says why where it can: **untestable** (above) or **underpowered: N seeds
+needed**, where N, the seeds per arm giving 80% power to see the claim's margin (1 accuracy
+point; 5% of the comparisons' mean otherwise, also for "better" claims) at the measured spread
+(pooled sd of A and B, :func:`metrics.seeds_for_power`, the most over the comparisons), exceeds
+the seeds run.
 
 **Studies**: a store holding K independent tuning studies (``protocol.study_tag``) gets one
 verdict per study (:func:`evaluate_store`); the table shows the median verdict (not supported <
@@ -39,6 +53,8 @@ between studies as **unstable**.
 ['gdsolver_data']
 >>> median_verdict(["supported", "inconclusive", "supported"])
 ('supported', True)
+>>> smallest_p(3, 3)
+0.05
 """
 
 from __future__ import annotations
@@ -59,7 +75,7 @@ from ..protocol.claims import (  # noqa: F401 - the claims' definitions, re-expo
     fraction_runs,
 )
 from ..store import Store
-from .metrics import diverged_value, seconds_to_target, set_target
+from .metrics import diverged_value, seconds_to_target, seeds_for_power, set_target
 
 ALPHA = 0.05
 VERDICTS = ("not supported", "inconclusive", "supported")  # ordered, for the median
@@ -80,6 +96,20 @@ class Verdict:
     target: float | None = None
     study: int = 0
     test_seconds: dict[str, list[float]] = field(default_factory=dict)  # time claims: test split
+    p_label: str = ""  # what each p is the p of: direction and hypothesis (Judgement.p_label)
+    margin: float = 0.0  # the non-inferiority margin of a "matches" claim
+
+    def p_text(self) -> str:
+        """The p-values, each labelled with its direction and hypothesis."""
+        if not self.p_values:
+            return "n<2"
+        return "; ".join(
+            self.p_label.format(a=self.claim.method, b=b, margin=f"{self.margin:.3g}")
+            + f" = {p:.3g}" for b, p in self.p_values.items())
+
+    def verdict_text(self) -> str:
+        """The verdict with its reason where inconclusive (untestable / underpowered)."""
+        return self.verdict + (f" ({self.note})" if self.note else "")
 
 
 class Values(dict):
@@ -153,8 +183,57 @@ def _oriented(values: list[float], quantity: str, higher_is_better: bool) -> lis
     return [-v for v in values] if lower else list(values)
 
 
+def exact_permutation_p(a: list[float], b: list[float], alternative: str) -> float:
+    """Exact one-sided two-sample permutation p-value on the difference of means, mean(a) -
+    mean(b), enumerating every split of the pooled values into groups of len(a) and len(b):
+    p = (splits whose difference is at least as extreme as the observed one) / (all splits).
+    ``alternative``: ``"greater"`` (a above b) or ``"less"``. Values with an infinity (a seed that
+    never reached the target) are replaced by their mid-ranks in the pool first, so the test is
+    then on mean ranks (an exact Mann-Whitney test). The smallest p it can give is
+    1 / C(len(a) + len(b), len(a)) (:func:`smallest_p`).
+
+    >>> exact_permutation_p([3.0, 4.0], [1.0, 2.0], "greater")  # 1 split of C(4, 2) = 6
+    0.16666666666666666
+    """
+    import itertools
+
+    from scipy import stats
+
+    if alternative not in ("greater", "less"):
+        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    pool = [float(v) for v in list(a) + list(b)]
+    if any(math.isinf(v) for v in pool):
+        pool = [float(r) for r in stats.rankdata(pool)]
+    na, n = len(a), len(pool)
+    total = sum(pool)
+    sign = 1.0 if alternative == "greater" else -1.0
+
+    def stat(sum_a: float) -> float:  # mean(a) - mean(b), oriented by ``alternative``
+        return sign * (sum_a / na - (total - sum_a) / (n - na))
+
+    obs = stat(sum(pool[:na]))
+    tol = 1e-12 * max(1.0, abs(obs))
+    hits = count = 0
+    for idx in itertools.combinations(range(n), na):
+        count += 1
+        hits += stat(sum(pool[i] for i in idx)) >= obs - tol
+    return hits / count
+
+
+def smallest_p(na: int, nb: int) -> float:
+    """The smallest one-sided p an exact permutation test of na vs nb seeds can give:
+    1 / C(na + nb, na) (3 vs 3: 1/20 = 0.05, above alpha/2 = 0.025; 4 vs 4: 1/70; 5 vs 5: 1/252)."""
+    return 1.0 / math.comb(na + nb, na)
+
+
+def _uses_permutation(a: list[float], b: list[float]) -> bool:
+    return any(math.isinf(v) for v in list(a) + list(b)) and len(set(list(a) + list(b))) > 1
+
+
 def _welch(a: list[float], b: list[float], alternative: str, shift: float = 0.0) -> float:
-    """p-value of Welch's t-test on a - shift vs b; handles infinities and zero variance."""
+    """One-sided p-value of Welch's t-test on a - shift vs b (``alternative``: ``"greater"`` or
+    ``"less"``); with an infinity among the values, the exact permutation test on ranks
+    (:func:`exact_permutation_p`); handles zero variance."""
     from scipy import stats
 
     if len(a) < 2 or len(b) < 2:
@@ -163,8 +242,8 @@ def _welch(a: list[float], b: list[float], alternative: str, shift: float = 0.0)
     if len(set(aa + list(b))) == 1:  # every value equal (e.g. no seed reached the target)
         return 1.0
     if any(math.isinf(v) for v in aa + list(b)):
-        # a seed that never reached the target (or diverged to inf): compare by ranks
-        return float(stats.mannwhitneyu(aa, b, alternative=alternative).pvalue)
+        # a seed that never reached the target (or diverged to inf): exact test on ranks
+        return exact_permutation_p(aa, list(b), alternative)
     if statistics.pstdev(aa) == 0 and statistics.pstdev(b) == 0:
         diff = statistics.fmean(aa) - statistics.fmean(b)
         if alternative == "greater":
@@ -177,32 +256,101 @@ def _welch(a: list[float], b: list[float], alternative: str, shift: float = 0.0)
         return float(stats.ttest_ind(aa, b, equal_var=False, alternative=alternative).pvalue)
 
 
-def judge(a: list[float], bs: dict[str, list[float]], kind: str, margin: float = 0.0
-          ) -> tuple[str, dict[str, float]]:
-    """Verdict for oriented values (higher is better). Returns (verdict, p-values)."""
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-adjusted p-values (step-down; each compared with the same alpha): the i-th smallest
+    of m becomes max over j <= i of min(1, (m - j + 1) p_(j)).
+
+    >>> holm({"x": 0.01, "y": 0.04, "z": 0.03})
+    {'x': 0.03, 'y': 0.06, 'z': 0.06}
+    """
+    order = sorted(p_values, key=lambda k: p_values[k])
+    m, out, run = len(order), {}, 0.0
+    for i, k in enumerate(order):
+        run = max(run, min(1.0, (m - i) * p_values[k]))
+        out[k] = run
+    return {k: out[k] for k in p_values}
+
+
+@dataclass
+class Judgement:
+    """:func:`judge_claim`'s result: the verdict, its p-values (one per comparison), what each p
+    is the p of (``p_label``: direction and hypothesis, ``{a}``/``{b}``/``{margin}`` to fill in)
+    and, for an inconclusive verdict, why (``note``: untestable or underpowered)."""
+
+    verdict: str
+    p_values: dict[str, float]
+    p_label: str = ""
+    note: str = ""
+
+
+def _seeds_needed(a: list[float], bs: dict[str, list[float]], margin: float) -> int | None:
+    """Seeds per arm for 80% power to see ``margin`` at the measured spread (pooled sd of A and
+    each B, :func:`metrics.seeds_for_power`), the most over the comparisons; None when a value is
+    infinite or the margin is not positive."""
+    if margin <= 0 or not math.isfinite(margin):
+        return None
+    need = []
+    for b in bs.values():
+        if any(not math.isfinite(v) for v in list(a) + list(b)):
+            return None
+        sd = math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+        need.append(seeds_for_power(sd, margin, ALPHA))
+    return max(need) if need else None
+
+
+def judge_claim(a: list[float], bs: dict[str, list[float]], kind: str, margin: float = 0.0,
+                power_margin: float = 0.0) -> Judgement:
+    """Verdict for oriented values (higher is better), module docstring: one-sided tests per
+    comparison; *supported* needs every comparison significant (an intersection-union test, each
+    at its own level, no correction needed); *not supported* needs at least one comparison
+    significantly the other way, Holm-corrected over the comparisons. An inconclusive verdict
+    says why where it can: **untestable** when the seeds run cannot give a p below the level
+    (the exact permutation test's smallest p, :func:`smallest_p`), **underpowered** when the
+    seeds for 80% power to see ``power_margin`` (or ``margin``) at the measured spread exceed
+    the seeds run."""
     if kind not in KINDS:
         raise ValueError(f"unknown claim kind {kind!r}; accepted: {', '.join(KINDS)}")
     if len(a) < 2 or not bs or any(len(b) < 2 for b in bs.values()):
-        return "inconclusive", {}
+        return Judgement("inconclusive", {}, note="fewer than 2 seeds")
+    level = ALPHA / 2 if kind == "better" else ALPHA
+    shift = 0.0 if kind == "better" else -margin
+    good = {n: _welch(a, b, "greater", shift) for n, b in bs.items()}
+    bad = holm({n: _welch(a, b, "less", shift) for n, b in bs.items()})
     if kind == "better":
-        better = {n: _welch(a, b, "greater") for n, b in bs.items()}
-        worse = {n: _welch(a, b, "less") for n, b in bs.items()}
-        if all(p < ALPHA / 2 for p in better.values()):
-            return "supported", better
-        if any(p < ALPHA / 2 for p in worse.values()):
-            return "not supported", worse
-        return "inconclusive", better
-    noninf = {n: _welch(a, b, "greater", shift=-margin) for n, b in bs.items()}
-    inferior = {n: _welch(a, b, "less", shift=-margin) for n, b in bs.items()}
-    if all(p < ALPHA for p in noninf.values()):
-        return "supported", noninf
-    if any(p < ALPHA for p in inferior.values()):
-        return "not supported", inferior
-    return "inconclusive", noninf
+        good_label, bad_label = "p({a} better than {b})", "p({a} worse than {b}), Holm"
+    else:
+        good_label = "p({a} not worse than {b} by {margin} or more)"
+        bad_label = "p({a} worse than {b} by more than {margin}), Holm"
+    if all(p < level for p in good.values()):
+        return Judgement("supported", good, good_label)
+    if any(p < level for p in bad.values()):
+        return Judgement("not supported", bad, bad_label)
+    note = ""
+    floor = {n: smallest_p(len(a), len(b)) for n, b in bs.items()
+             if _uses_permutation([v - shift for v in a], b)}
+    if any(f >= level for f in floor.values()):
+        n_seeds = sorted({len(a), *(len(bs[n]) for n in floor)})
+        note = (f"untestable with {'/'.join(map(str, n_seeds))} seeds: smallest exact p "
+                f"{max(floor.values()):.3g} ≥ {level:.3g}")
+    else:
+        need = _seeds_needed(a, bs, power_margin or margin)
+        if need is not None and need > min([len(a), *(len(b) for b in bs.values())]):
+            note = f"underpowered: {need} seeds needed"
+    return Judgement("inconclusive", good, good_label, note)
 
 
-def _margin(c: Claim, bs: dict[str, list[float]], hib: bool) -> float:
-    if c.kind != "matches":
+def judge(a: list[float], bs: dict[str, list[float]], kind: str, margin: float = 0.0
+          ) -> tuple[str, dict[str, float]]:
+    """Verdict for oriented values (higher is better). Returns (verdict, p-values)
+    (:func:`judge_claim` without the labels and notes)."""
+    j = judge_claim(a, bs, kind, margin)
+    return j.verdict, j.p_values
+
+
+def _margin(c: Claim, bs: dict[str, list[float]], hib: bool, power: bool = False) -> float:
+    """The non-inferiority margin of a "matches" claim (0 for "better" claims); ``power``: the
+    difference a claim of either kind should be able to see (docs/protocol.md, "Seeds")."""
+    if c.kind != "matches" and not power:
         return 0.0
     if c.quantity == "test_metric" and hib:
         return 0.01
@@ -226,10 +374,12 @@ def evaluate_claims(values: dict, claims: tuple[Claim, ...] = CLAIMS) -> list[Ve
             hib = prob.higher_is_better
             a = _oriented(values[a_key][c.quantity], c.quantity, hib)
             bs = {b: _oriented(values[k][c.quantity], c.quantity, hib) for b, k in b_keys.items()}
-            verdict, pv = judge(a, bs, c.kind, _margin(c, bs, hib))
+            margin = _margin(c, bs, hib)
+            j = judge_claim(a, bs, c.kind, margin, _margin(c, bs, hib, power=True))
             out.append(Verdict(
-                c, p, verdict, list(values[a_key][c.quantity]),
-                {b: list(values[k][c.quantity]) for b, k in b_keys.items()}, pv,
+                c, p, j.verdict, list(values[a_key][c.quantity]),
+                {b: list(values[k][c.quantity]) for b, k in b_keys.items()}, j.p_values,
+                note=j.note, p_label=j.p_label, margin=margin,
                 a_diverged=int(sum(values[a_key]["diverged"])),
                 b_diverged={b: int(sum(values[k]["diverged"])) for b, k in b_keys.items()},
                 target=tg.get(p) if c.quantity == "seconds_to_target" else None,
@@ -255,6 +405,12 @@ class StudyVerdicts:
     studies: list[Verdict]
     verdict: str
     unstable: bool
+
+    def verdict_text(self) -> str:
+        """The median verdict with the reason of a study that gave it (untestable /
+        underpowered), if any."""
+        notes = [s.note for s in self.studies if s.verdict == self.verdict and s.note]
+        return self.verdict + (f" ({notes[0]})" if notes else "")
 
 
 def studies_in(store: Store) -> list[int]:
@@ -343,16 +499,20 @@ def claims_markdown(results: list[StudyVerdicts] | list[Verdict]) -> str:
             comps += " (on the test split, medians: " + ", ".join(
                 f"{m} {_median_s(x)}" for m, x in v.test_seconds.items()) + ")"
         test = "Welch t" if c.kind == "better" else "non-inferiority"
-        pv = ", ".join(f"{b} {p:.3g}" for b, p in v.p_values.items()) or "n<2"
-        verdict = f"**{r.verdict}**"
+        if any(_uses_permutation(v.a_values, x) for x in v.b_values.values()):
+            test += " / exact permutation"
+        pv = v.p_text()
+        verdict = f"**{r.verdict}**" + r.verdict_text()[len(r.verdict):]
         if r.unstable:
-            verdict = f"**unstable** (median {r.verdict})"
+            verdict = f"**unstable** (median {r.verdict_text()})"
         if multi:
-            verdict += " — studies: " + ", ".join(s.verdict for s in r.studies)
+            verdict += " — studies: " + ", ".join(s.verdict_text() for s in r.studies)
         lines.append(f"| `{c.id}` | {r.problem} | {q} | "
                      f"{c.method}{frac} {mean_text(v.a_values, v.a_diverged, c.quantity)} | "
                      f"{comps} | {test}: {pv} | {verdict} |")
     note = ("\nValues of study 0; " if multi else "\n") + (
         "every seed counted: a diverged seed at its untrained network's value (never reaching "
-        "the target); `x ± s`: mean ± std over seeds; `div k/n`: seeds that diverged.\n")
+        "the target); `x ± s`: mean ± std over seeds; `div k/n`: seeds that diverged. "
+        "p-values are one-sided, labelled with their direction and hypothesis; \"Holm\": "
+        "Holm-adjusted over the claim's comparisons.\n")
     return "\n".join(lines) + "\n" + note
