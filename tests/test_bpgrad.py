@@ -85,7 +85,9 @@ def _reference(w0, batches, L, rho, mu, wd, form, estimate, epoch_len):
     return traj
 
 
-def _run_opt(model, opt, batches, epoch_len=10**9):
+def _run_opt(model, opt, batches, epoch_len=10**9, with_batch_size=False):
+    """Steps on ``batches`` (``new_epoch`` every ``epoch_len``); with ``with_batch_size`` each
+    step is told its batch's size (BPGrad's ``nominal_batch_size`` parity option)."""
     traj = []
     for k, (x, y) in enumerate(batches):
         if k and k % epoch_len == 0:
@@ -97,7 +99,7 @@ def _run_opt(model, opt, batches, epoch_len=10**9):
             loss.backward()
             return loss
 
-        opt.step(closure)
+        opt.step(closure, **({"batch_size": x.shape[0]} if with_batch_size else {}))
         traj.append(_flat(model))
     return traj
 
@@ -876,23 +878,6 @@ def _sized_batches(sizes, seed=3):
             for b in sizes]
 
 
-def _run_sized(model, opt, batches, epoch_len, with_batch_size=False):
-    traj = []
-    for k, (x, y) in enumerate(batches):
-        if k and k % epoch_len == 0:
-            opt.new_epoch()
-
-        def closure(x=x, y=y):
-            opt.zero_grad()
-            loss = F.mse_loss(model(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure, **({"batch_size": x.shape[0]} if with_batch_size else {}))
-        traj.append(_flat(model))
-    return traj
-
-
 def test_nominal_batch_size_matches_the_official_update_on_short_batches():
     """Parity with the official code (docs/methods/bpgrad.md names this test): epochs of 8, 8
     and 3 samples, N = 8, weight decay, official momentum and running mean."""
@@ -902,14 +887,14 @@ def test_nominal_batch_size_matches_the_official_update_on_short_batches():
               momentum_form="official", loss_estimate="running_mean")
     model = _tiny()
     ref = _official_reference(_flat(model), batches, n, 4.0, 0.1, 0.9, 1e-2, epoch_len)
-    got = _run_sized(model, BPGrad(model.parameters(), nominal_batch_size=n, **kw), batches,
+    got = _run_opt(model, BPGrad(model.parameters(), nominal_batch_size=n, **kw), batches,
                      epoch_len, with_batch_size=True)
     for k, (a, b) in enumerate(zip(got, ref)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=f"step {k}")
     # without the option (the true mean, minibatches weighted equally) the runs part after the
     # first short batch (step 3)
     plain = _tiny()
-    other = _run_sized(plain, BPGrad(plain.parameters(), **kw), batches, epoch_len)
+    other = _run_opt(plain, BPGrad(plain.parameters(), **kw), batches, epoch_len)
     torch.testing.assert_close(other[1], ref[1], rtol=0, atol=1e-12)
     moved = float((ref[-1] - _flat(_tiny())).norm())
     assert float((other[-1] - ref[-1]).norm()) / moved > 1e-2
@@ -919,8 +904,8 @@ def test_nominal_batch_size_changes_nothing_on_full_batches():
     batches = _batches(6)
     kw = dict(lipschitz=4.0, momentum=0.9, loss_estimate="running_mean")
     a, b = _tiny(), _tiny()
-    ta = _run_sized(a, BPGrad(a.parameters(), **kw), batches, 3)
-    tb = _run_sized(b, BPGrad(b.parameters(), nominal_batch_size=8, **kw), batches, 3,
+    ta = _run_opt(a, BPGrad(a.parameters(), **kw), batches, 3)
+    tb = _run_opt(b, BPGrad(b.parameters(), nominal_batch_size=8, **kw), batches, 3,
                     with_batch_size=True)
     for x, y in zip(ta, tb):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-14)
