@@ -94,20 +94,14 @@ from torch.optim import Optimizer
 from . import sparsity
 from .groups import (
     AUTO,
-    AUTO_NEURON,
     AUTOS,
-    auto_structure,
     check_structure,
     resolve_structure,
-    slbi_param_groups,
 )
 from .update import (
     COUPLINGS,
     LAMBDA_SCALINGS,
     STRUCTURES,
-    group_thresholds,
-    prox_group_lasso,
-    prox_group_lasso_,
     slbi_group_step,
 )
 
@@ -311,8 +305,3 @@ class SLBI(Optimizer):
                           else None)
             slbi_group_step(group, self.state, structures)
         return loss
-
-
-__all__ = ["AUTO", "AUTO_NEURON", "OFFICIAL", "SLBI", "auto_structure", "check_hparams",
-           "group_thresholds", "prox_group_lasso", "prox_group_lasso_", "resolve_structure",
-           "slbi_param_groups"]
