@@ -134,7 +134,8 @@ def ours(m: nn.Module, a: torch.Tensor, gz: torch.Tensor, **cfg) -> torch.Tensor
 
 
 def rel(u: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((u - ref).norm() / ref.norm())
+    """||u - ref|| / ||ref||, with ``u`` taken to float64 (a float32 direction vs a float64 one)."""
+    return float((u.double() - ref).norm() / ref.norm())
 
 
 def main() -> None:

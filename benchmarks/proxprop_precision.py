@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from proxprop_official_parity import capture, rel  # one layer capture, one distance
 from torch import nn
 
 from beyondsgd import models as M
@@ -63,22 +63,10 @@ def _layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _capture(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
     """Layer inputs, dJ/dz and [dJ/dW, dJ/db] of every proximal layer (one backward)."""
-    seen: dict[str, list] = {}
-    hooks = []
-    for n, m in _layers(net):
-        def hook(mod, inp, out, n=n):
-            out.retain_grad()
-            seen[n] = [inp[0].detach(), out]
-        hooks.append(m.register_forward_hook(hook))
-    F.cross_entropy(net(x), y).backward()
-    for h in hooks:
-        h.remove()
-    mods = dict(net.named_modules())
     out = {}
-    for n, (a, z) in seen.items():
-        m = mods[n]
+    for n, (m, a, _, gz) in capture(net, x, y).items():
         gth = torch.cat([m.weight.grad.flatten(1), m.bias.grad[:, None]], 1)
-        out[n] = (m, a, z.grad.detach(), gth.detach())
+        out[n] = (m, a, gz, gth.detach())
     return out
 
 
@@ -95,10 +83,6 @@ def _direction(m, a, gz, gth, path: str, iters: int) -> torch.Tensor:
                                  None, True, cfg)
 
 
-def _rel(u: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((u.double() - ref).norm() / ref.norm())
-
-
 def measure(name: str, data) -> list[dict]:
     build, shape, batch, lin_paths = NETS[name]
     x = data.x_train[:batch].reshape(batch, *shape)
@@ -113,7 +97,7 @@ def measure(name: str, data) -> list[dict]:
     for n, (m, a, gz, gth) in layers.items():
         kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
         rows.append(dict(net=name, layer=n, kind=kind, path="backprop", iters=0,
-                         rel_f32_f64=_rel(g32[n], gth)))
+                         rel_f32_f64=rel(g32[n], gth)))
         exact = _direction(m, a, gz, gth, "exact", 1)
         paths = ("matrix_free", "gram", "exact") if kind == "conv" else (*lin_paths, "exact")
         for path in paths:
@@ -122,8 +106,8 @@ def measure(name: str, data) -> list[dict]:
                 d64 = _direction(m, a, gz, gth, path, it)
                 d32 = _direction(m, a.float(), gz.float(), gth.float(), path, it)
                 rows.append(dict(net=name, layer=n, kind=kind, path=path, iters=it,
-                                 rel_f32_f64=_rel(d32, d64), f64_vs_exact=_rel(d64, exact),
-                                 f32_vs_exact=_rel(d32, exact),
+                                 rel_f32_f64=rel(d32, d64), f64_vs_exact=rel(d64, exact),
+                                 f32_vs_exact=rel(d32, exact),
                                  seconds=round(time.perf_counter() - t0, 2)))
                 print(f"{name:8s} {n:3s} {kind:6s} {path:11s} N={it:<3d} f32 vs f64 "
                       f"{rows[-1]['rel_f32_f64']:.1e}   vs exact: f64 "
