@@ -33,6 +33,7 @@ from ..base import (
 )
 from ..baselines import SGD as _SGDMethod
 from ..baselines import Adam as _AdamMethod
+from ..baselines import check_unit_interval
 from .activation import DEFAULT_TAU, _check_tau, pht
 from .alternating import Alternating
 from .solvers import solvable_layers
@@ -144,9 +145,7 @@ class PHTAlternation(Method):
         _check_tau(self.hp["tau"])
         if self.hp["lr"] <= 0:
             raise ValueError(f"lr must be > 0, got {self.hp['lr']}")
-        if "momentum" in self.hp and not 0 <= self.hp["momentum"] < 1:
-            raise ValueError(f"momentum must be in [0, 1) (used by inner=momentum), got "
-                             f"{self.hp['momentum']}")
+        check_unit_interval(self.hp, "momentum")  # inner=momentum's, checked whatever the inner
         if self.hp["damping"] < 0 or self.hp["max_mask_mb"] < 0 or self.hp["solver_iters"] < 1:
             raise ValueError("damping and max_mask_mb must be >= 0 and solver_iters >= 1, got "
                              f"{self.hp['damping']}, {self.hp['max_mask_mb']}, "
