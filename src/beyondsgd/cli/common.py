@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.problems import PROBLEMS
-from ..bench.report import summarize
 from ..bench.run.validate import (
     check_out_dir,
 )
@@ -197,11 +196,6 @@ def _rounded(obj: Any) -> Any:
 
 
 def _print_summary(store: Store, problems: list[str] | None) -> None:
-    from ..bench.report import build as R
+    from ..bench.report import report_summary
 
-    summary = getattr(R, "report_summary", None)
-    if summary is not None:
-        print(summary(store, problems))
-        return
-    rows = summarize(store, problems)  # pragma: no cover - before report_summary existed
-    print(f"{len(store.trials())} trials; problems: {', '.join({r['problem'] for r in rows})}")
+    print(report_summary(store, problems))
