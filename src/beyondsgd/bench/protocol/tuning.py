@@ -37,6 +37,10 @@ from ...methods import get_method_class
 from ...methods.base import HParam, resolve_hparams
 
 TUNE_TAG, FINAL_TAG, DEFAULTS_TAG = "tune", "final", "defaults"
+#: The tuning check: study 0 tuned again with twice the draws; its tuning runs carry
+#: ``TUNING_CHECK_TUNE_TAG`` and its final runs (study 0's seeds) ``TUNING_CHECK_TAG``. The
+#: claims table says whether each verdict survives it (not a study: ``study_of`` gives None).
+TUNING_CHECK_TAG, TUNING_CHECK_TUNE_TAG = "final-x2", "tune-x2"
 
 #: The standard optimizers every paper method is compared with (the ones AlgoPerf and DeepOBS
 #: ship as baselines); claims' time-to-target targets are set over their tuned runs.

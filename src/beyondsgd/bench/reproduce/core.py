@@ -41,7 +41,14 @@ from ..run.runner import TrialResult, evaluate, run_trial
 from ..store import Store, trial_key
 
 SCALES = ("paper", "cpu", "smoke")
-VERDICTS = ("supported", "not supported", "inconclusive", "reference only")
+VERDICTS = ("supported", "not supported", "inconclusive", "reference only", "budget-limited",
+            "untested")
+#: Below this fraction of the paper's optimizer steps a row cannot say supported / not
+#: supported: it says "budget-limited" (drawn neutral) and what direction it saw. A quarter of
+#: the paper's steps is where the papers' own curves (ProxProp Fig. 3, BPGrad's loss curves,
+#: DessiLBI's first lr stage) have left the initial transient, so an ordering seen there is
+#: about the method, not about the first epochs; below it the comparison is about the start.
+BUDGET_FLOOR = 0.25
 TAG_PREFIX = "reproduce"
 DEFAULT_SEEDS = {"paper": 3, "cpu": 3, "smoke": 2}
 
@@ -68,10 +75,32 @@ class Outcome:
     scale: str
     verdict: str                  # one of VERDICTS
     verdict_reason: str           # one line
+    # our optimizer steps / the paper's for this row (None: not a training comparison, e.g. a
+    # measurement of the selection path); below BUDGET_FLOOR a supported / not supported
+    # verdict becomes "budget-limited" (see __post_init__)
+    budget: float | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict {self.verdict!r}; accepted: {', '.join(VERDICTS)}")
+        if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
+            raise ValueError(f"budget {self.budget!r}: a positive fraction of the paper's steps")
+        if (self.budget is not None and self.budget < BUDGET_FLOOR
+                and self.verdict in ("supported", "not supported")):
+            self.verdict_reason = (f"direction at {budget_text(self.budget)} of the paper's "
+                                   f"budget (would read {self.verdict}): {self.verdict_reason}")
+            self.verdict = "budget-limited"
+
+
+def budget_text(fraction: float | None) -> str:
+    """A budget fraction as a percentage with two significant digits (``–`` for None).
+
+    >>> budget_text(0.0044), budget_text(0.4), budget_text(None)
+    ('0.44 %', '40 %', '–')
+    """
+    if fraction is None:
+        return "–"
+    return f"{100 * fraction:.2g} %" if fraction < 1 else f"{100 * fraction:.0f} %"
 
 
 class NotRecorded(LookupError):
