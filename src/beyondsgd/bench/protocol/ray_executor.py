@@ -42,12 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..store import Store, trial_key
+from ..store import DONE_STATUSES, Store, trial_key
 from .jobs import Job
 
 INSTALL_HINT = "pip install 'beyondsgd[ray]'"
 DEFAULT_MAX_RETRIES = 3
-DONE_STATUSES = ("finished", "diverged")
 
 # Test hook (used by tests/test_ray.py only): a directory. When it holds a file named after a
 # trial's key, the task running that trial renames the file to "<key>.killed" right after the

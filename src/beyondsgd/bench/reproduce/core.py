@@ -38,7 +38,7 @@ from typing import Any
 
 from ..problems import Problem
 from ..run.runner import TrialResult, evaluate, run_trial
-from ..store import Store, trial_key
+from ..store import DONE_STATUSES, Store, ends_collapsed, trial_key
 
 SCALES = ("paper", "cpu", "smoke")
 VERDICTS = ("supported", "not supported", "inconclusive", "reference only", "budget-limited",
@@ -204,7 +204,7 @@ def stored_trial(store: Store, problem: Problem, method: str, hparams: dict, see
     n_ep = problem.epochs if epochs is None else int(epochs)
     key = trial_key(problem.name, method, hp, int(seed), n_ep, float(train_fraction), tag)
     row = store.trial_by_key(key)
-    if row is None or row["status"] not in ("finished", "diverged"):
+    if row is None or row["status"] not in DONE_STATUSES:
         raise NotRecorded(f"{problem.name} {method} seed {seed} ({tag}) is not finished in "
                           f"{store.path}")
     return TrialResult(problem.name, method, hp, int(seed), row["status"],
@@ -274,6 +274,12 @@ def register(exp: Experiment) -> Experiment:
 # ---- per-seed values and verdicts -----------------------------------------------------------
 def finite(values: list[float]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def collapsed(res: TrialResult) -> bool:
+    """Whether a trial learnt nothing: stored as ``collapsed``, or (a store written before that
+    status existed) finished with a final training loss at or above its initial one."""
+    return res.status == "collapsed" or (res.status == "finished" and ends_collapsed(res.evals))
 
 
 def final_value(res: TrialResult, key: str = "train_loss") -> float:

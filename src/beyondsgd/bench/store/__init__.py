@@ -17,6 +17,7 @@ from .db import (
     trial_key,
 )
 from .file import APPLICATION_ID, SCHEMA_VERSION, StoreError
+from .records import ends_collapsed
 
 __all__ = [
     "APPLICATION_ID",
@@ -32,6 +33,7 @@ __all__ = [
     "Store",
     "TrialBusy",
     "dumps",
+    "ends_collapsed",
     "trial_key",
     "db",
     "records",

@@ -17,7 +17,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-DONE_STATUSES = ("finished", "diverged")
+# "collapsed": trained to the end but its final training loss is at or above its initial one
+# (the network learnt nothing: a chance-level classifier is not a finished run); see
+# ``ends_collapsed``
+DONE_STATUSES = ("finished", "diverged", "collapsed")
 EVAL_FIELDS = ("epoch", "step", "train_seconds", "train_loss", "val_loss", "val_metric",
                "test_loss", "test_metric")
 SUMMARY_FIELDS = ("final_train_loss", "final_val_metric", "final_test_metric",
@@ -78,3 +81,20 @@ def trial_key(problem: str, method: str, hparams: dict, seed: int, epochs: int,
     payload = dumps({"problem": problem, "method": method, "hparams": hparams, "seed": seed,
                      "epochs": epochs, "train_fraction": train_fraction, "tag": tag})
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def ends_collapsed(evals: list[dict]) -> bool:
+    """Whether a trained run (evaluations epoch 0 first) ends with a finite training loss at or
+    above its initial one: it learnt nothing, and is stored as ``collapsed``.
+
+    >>> ends_collapsed([{"train_loss": 2.30}, {"train_loss": 1.2}, {"train_loss": 2.3023}])
+    True
+    >>> ends_collapsed([{"train_loss": 2.30}, {"train_loss": 0.9}])
+    False
+    """
+    if len(evals) < 2:
+        return False
+    first, last = evals[0].get("train_loss"), evals[-1].get("train_loss")
+    if first is None or last is None or not (math.isfinite(first) and math.isfinite(last)):
+        return False
+    return float(last) >= float(first)
