@@ -12,8 +12,15 @@ A *trial* is (problem, method, hyperparameters, seed[, epochs, train fraction, t
    (:func:`beyondsgd.methods.base.evaluate`, the same function behind a method's
    ``TrainContext.evaluate``/``val_loss``/``val_metric``, so the numbers agree bit for bit),
 4. counts only training time (steps and end-of-epoch hooks, e.g. GDSolver's MILP) in
-   ``train_seconds``; evaluation is excluded,
-5. ends the trial as ``diverged`` when a loss becomes NaN/inf (recorded, not raised),
+   ``train_seconds`` (wall clock) and, around the same code, this process's CPU time
+   (``time.process_time``, its threads summed: other jobs on the cores cannot inflate it) in
+   ``train_cpu_seconds``; evaluation is excluded. The epoch-0 row records ``threads``
+   (``torch.get_num_threads()``). A resume from a checkpoint without CPU seconds (older than
+   them) records none from there on (its CPU clock is unknown),
+5. ends the trial as ``diverged`` when a loss becomes NaN/inf (recorded, not raised), and a
+   trial trained to the end whose final training loss is at or above its epoch-0 one
+   (:func:`beyondsgd.bench.store.ends_collapsed`) as ``collapsed``: it learnt nothing, and is
+   done like a finished one (never re-run, skipped by a batch),
 6. with a store, first claims the trial (``Store.claim_trial``: a trial another live process
    runs is left to it and returned with ``busy=True``), writes every evaluation and event as it
    happens and checkpoints model, method state and RNG states after every epoch, so a killed
@@ -54,7 +61,7 @@ from ... import distributed as D
 from ...methods import TrainContext, get_method_class
 from ...methods.base import Batch, evaluate, resolve_hparams
 from ..problems import Problem, get_problem
-from ..store import Store, TrialBusy, trial_key
+from ..store import Store, TrialBusy, ends_collapsed, trial_key
 from . import checkpoint as C
 from .arguments import check_arguments
 from .trial import DATA_SPLIT_SEED, TrialResult, environment, epoch_batches, not_run, summary
@@ -202,6 +209,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
 
     model, method = build()
     start_epoch, step, train_seconds = 0, 0, 0.0
+    cpu_seconds: float | None = 0.0  # None: resumed from a checkpoint without CPU seconds
     ck = None
     found = ckpt_path is not None and ckpt_path.exists()
     if dp:
@@ -247,6 +255,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     events: list[dict] = []  # the method's events of the last trained epoch
     if ck is not None:
         start_epoch, step, train_seconds = ck["epoch"], ck["step"], ck["train_seconds"]
+        cpu_seconds = ck.get("train_cpu_seconds")
         events = ck.get("epoch_events") or []
     lost = False
     if store is not None:
@@ -271,6 +280,8 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         te_loss, te_metric = evaluate(em, data.x_test, data.y_test, prob.loss_fn, prob.metric_fn,
                                       distributed=dp)
         row = {"epoch": epoch, "step": step, "train_seconds": train_seconds,
+               **({"train_cpu_seconds": cpu_seconds} if cpu_seconds is not None else {}),
+               **({"threads": torch.get_num_threads()} if epoch == 0 else {}),
                "train_loss": tr_loss, "val_loss": va_loss, "val_metric": va_metric,
                "test_loss": te_loss, "test_metric": te_metric, "train_metric": tr_metric,
                **method.metrics(model)}
@@ -307,7 +318,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     model.train()
     for epoch in range(start_epoch, epochs):
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss_sum = torch.zeros((), device=device)
         try:
             for xg, yg in global_batches(epoch):
@@ -328,6 +339,8 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
             return _finish(prob, store, trial_id, result, "diverged", own_ckpt)
         sync()
         train_seconds += time.perf_counter() - t0
+        if cpu_seconds is not None:
+            cpu_seconds += time.process_time() - c0
         if events:
             result.events.extend({"epoch": epoch + 1, "step": step, **e} for e in events)
         row = record(epoch + 1, events)
@@ -336,6 +349,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         if ckpt_path is not None and writer:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             C.save_atomic({"epoch": epoch + 1, "step": step, "train_seconds": train_seconds,
+                           "train_cpu_seconds": cpu_seconds,
                           "model": model.state_dict(), "method": method.state_dict(),
                           "rng": C.rng_state(), "epoch_events": events or []}, ckpt_path)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
@@ -356,7 +370,10 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
             lost = D.broadcast_object(lost)
         if lost:
             raise _LeaseLost
-    _finish(prob, store, trial_id, result, "finished", own_ckpt)
+    # collapsed needs the epoch-0 row (a store-less resume has only the rows it ran)
+    trained = result.evals if result.evals and result.evals[0]["epoch"] == 0 else []
+    status = "collapsed" if ends_collapsed(trained) else "finished"
+    _finish(prob, store, trial_id, result, status, own_ckpt)
 
 
 def _scaled_loss_fn(loss_fn, n_local: int, n_global: int, world: int):
