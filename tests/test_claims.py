@@ -23,10 +23,14 @@ CLF, REG = "digits_mlp", "diabetes_mlp"
 def add(st: Store, problem: str, method: str, seed: int, val: list[float],
         test: list[float] | None = None, loss: list[float] | None = None,
         sec: float = 1.0, tag: str = "final", fraction: float = 1.0,
-        status: str = "finished", epochs: int | None = None) -> None:
-    """One trial (budget ``epochs``, default: the epochs ``val`` has after epoch 0) whose
+        status: str = "finished", epochs: int | None = None,
+        events: list[dict] | None = None) -> None:
+    """One trial (budget ``epochs``, default: the problem's full epoch budget, so that no
+    verdict is budget-limited; ``val`` may have fewer evaluations) whose
     evaluation at epoch e (0 = untrained) has validation metric val[e], test metric test[e]
-    (default: val), training loss loss[e] and e * sec training seconds."""
+    (default: val), training loss loss[e] and e * sec training seconds. ``events``: the
+    method's events (data dicts, stored at the last epoch); GDSolver gets one accepted solve by
+    default, so that its claims are tested (the hybrid acted)."""
     test = val if test is None else test
     loss = [1.0 / (e + 1) for e in range(len(val))] if loss is None else loss
     evals = [{"epoch": e, "step": 10 * e, "train_seconds": e * sec, "train_loss": loss[e],
@@ -38,10 +42,14 @@ def add(st: Store, problem: str, method: str, seed: int, val: list[float],
         "final_test_metric": last["test_metric"], "best_val_metric": max(val[1:]),
         "best_test_metric": max(test[1:])}
     hp = {"lr": 0.1}
-    epochs = len(val) - 1 if epochs is None else epochs
+    epochs = PROBLEMS[problem].epochs if epochs is None else epochs
     key = trial_key(problem, method, hp, seed, epochs, fraction, tag)
-    st.record_trial(key, problem, method, hp, seed, epochs, fraction, tag, {}, status, evals, [],
-                    summary)
+    if events is None:
+        events = [{"kind": "milp", "accepted": True}] if method == "gdsolver" else []
+    last_epoch = len(val) - 1
+    stored = [{"epoch": last_epoch, "step": 10 * last_epoch, "data": e} for e in events]
+    st.record_trial(key, problem, method, hp, seed, epochs, fraction, tag, {}, status, evals,
+                    stored, summary)
 
 
 def find(verdicts, method: str, problem: str, text: str):
@@ -160,7 +168,7 @@ def test_a_diverged_seed_counts_in_every_mean(st):
 
     for s, v in ((1, 0.73), (2, 0.74)):
         add(st, CLF, "sgd", s, [0.1, 0.5, v])
-    add(st, CLF, "sgd", 3, [0.1, 0.95], status="diverged", epochs=2)  # 0.95, then NaN
+    add(st, CLF, "sgd", 3, [0.1, 0.95], status="diverged")  # 0.95, then NaN
     for s in (1, 2, 3):
         add(st, CLF, "adam", s, [0.1, 0.6, 0.70 + 0.005 * s])
     rows = R.summarize(st)

@@ -7,17 +7,19 @@ runs they need, and re-exported here. A claim is only checked on problems of its
 table says so); one made across data fractions compares the method's runs at ``fraction`` with
 the comparisons' at 1.0.
 
-Per-seed values (:func:`collect`) come from the suite's final runs (tuned setting, fresh seeds).
-**A diverged seed counts** (it is never dropped): its test/validation metric and training loss
-are those of its untrained network (the epoch-0 evaluation of the same trial: chance level for
-accuracy, the initial MSE; where that is missing, the metric's worst value: accuracy 0, MSE and
-loss inf), and it never reaches the target. The divergence rate is shown beside every mean.
+Per-seed values (:func:`collect`, :mod:`.values`) come from the suite's final runs (tuned
+setting, fresh seeds). **A diverged or collapsed seed counts** (never dropped) at its untrained
+network's value and never reaches the target; the divergence and collapse rates are shown beside
+every mean (``div k/n``, ``coll k/n``).
 
 **Time to target** (AlgoPerf's convention): training seconds until the *validation* metric first
-reaches the problem's target (test beside it in the report), ``inf`` if never. The target is set
-from the tuned baselines (``protocol.BASELINES``) of the same study (:func:`targets`): for each
-baseline, the worst seed's best validation metric (a level every seed of it reached); the target
-is the median over the baselines. With no baseline runs, the problem's fixed target is used.
+reaches the target (test beside it), ``inf`` if never; the target is the median over the tuned
+baselines of the worst seed's best validation metric, a level reached late in a tuned baseline's
+budget (:mod:`.values` says why). The seconds are per-process **CPU seconds** (``CPU s, 1
+thread``: the runner records them and its thread count) when every seed of every arm has them,
+otherwise **wall seconds** (``wall s (store predates CPU time)``); ``Verdict.clock`` says which,
+and the table shows wall seconds beside CPU ones. "Faster per epoch" claims are decided on the
+curve (``train_loss_auc``: the mean training loss over epochs 1..E), not on its last point.
 
 Two tests, on values oriented so that higher is better (losses, MSE and seconds are negated),
 each one-sided per comparison B, every printed p labelled with its direction and hypothesis
@@ -44,15 +46,28 @@ point; 5% of the comparisons' mean otherwise, also for "better" claims) at the m
 (pooled sd of A and B, :func:`metrics.seeds_for_power`, the most over the comparisons), exceeds
 the seeds run.
 
+Two verdicts stand outside that scale, because they are properties of the runs, not outcomes of
+the tests: **untested** (the method never acted: more than half of its seeds collapsed or, for
+GDSolver, accepted no solve, :mod:`.mechanism`; the text gives the counts: "untested: 2 of 3
+seeds accepted no solve (1 of 9 solves accepted)") and **budget-limited** (a supported / not
+supported verdict whose runs had less than :data:`BUDGET_FLOOR` = 25 % of the problem's epoch
+budget, ``trial epochs / Problem.epochs``: "budget-limited: direction at 15 % of the budget
+(would read supported)"). ``Verdict.budget`` is that fraction (the smallest over the claim's
+runs); untested is decided first.
+
 **Studies**: a store holding K independent tuning studies (``protocol.study_tag``) gets one
 verdict per study (:func:`evaluate_store`); the table shows the median verdict (not supported <
 inconclusive < supported; the lower middle for even K) and marks a claim whose verdict differs
-between studies as **unstable**.
+between studies as **unstable**. If any study is untested (else budget-limited) the claim shows
+that instead of a median: a verdict over runs in which the method never acted, or too short to
+test it, is no verdict, whatever the other studies say.
 
 >>> [c.id for c in CLAIMS if c.fraction < 1]
 ['gdsolver_data']
 >>> median_verdict(["supported", "inconclusive", "supported"])
 ('supported', True)
+>>> median_verdict(["supported", "untested", "supported"])
+('untested', True)
 >>> smallest_p(3, 3)
 0.05
 """
@@ -65,7 +80,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..problems import PROBLEMS
-from ..protocol import BASELINES, FINAL_TAG, study_of, study_tag
+from ..protocol import study_of, study_tag
 from ..protocol.claims import (  # noqa: F401 - the claims' definitions, re-exported
     CLAIMS,
     KINDS,
@@ -76,20 +91,28 @@ from ..protocol.claims import (  # noqa: F401 - the claims' definitions, re-expo
 from ..store import Store
 from .judge import (  # noqa: F401 - the tests behind a verdict, re-exported
     ALPHA,
+    BUDGET_FLOOR,
     LOWER_IS_BETTER,
     Judgement,
     _oriented,
     _uses_permutation,
     _welch,
+    budget_limited,
+    budget_text,
     exact_permutation_p,
     holm,
     judge,
     judge_claim,
     smallest_p,
 )
-from .metrics import diverged_value, seconds_to_target, set_target
+from .mechanism import untested_note
+from .values import Values, collect, targets  # noqa: F401 - re-exported
 
 VERDICTS = ("not supported", "inconclusive", "supported")  # ordered, for the median
+#: verdicts outside the ordering, properties of the runs (module docstring), by precedence
+RUN_VERDICTS = ("untested", "budget-limited")
+CPU_LABEL, WALL_LABEL = "CPU s", "wall s (store predates CPU time)"
+MIXED_LABEL = "wall s (not every run has CPU time)"
 
 
 @dataclass
@@ -108,6 +131,11 @@ class Verdict:
     test_seconds: dict[str, list[float]] = field(default_factory=dict)  # time claims: test split
     p_label: str = ""  # what each p is the p of: direction and hypothesis (Judgement.p_label)
     margin: float = 0.0  # the non-inferiority margin of a "matches" claim
+    a_collapsed: int = 0
+    b_collapsed: dict[str, int] = field(default_factory=dict)
+    budget: float | None = None  # trial epochs / the problem's epochs (smallest over the runs)
+    clock: str = ""  # time claims: "CPU s, 1 thread" or "wall s (store predates CPU time)"
+    wall_seconds: dict[str, list[float]] = field(default_factory=dict)  # time claims, CPU clock
 
     def p_text(self) -> str:
         """The p-values, each labelled with its direction and hypothesis."""
@@ -118,74 +146,15 @@ class Verdict:
             + f" = {p:.3g}" for b, p in self.p_values.items())
 
     def verdict_text(self) -> str:
-        """The verdict with its reason where inconclusive (untestable / underpowered)."""
-        return self.verdict + (f" ({self.note})" if self.note else "")
+        """The verdict with its reason: "untested: <counts>", "budget-limited: direction at X %
+        of the budget (would read ...)", "inconclusive (untestable / underpowered ...)"."""
+        return _with_note(self.verdict, self.note)
 
 
-class Values(dict):
-    """``collect``'s result: ``{(problem, method, train_fraction): {quantity: per-seed list}}``
-    with ``targets`` (the time-to-target target per problem) and ``study``."""
-
-    targets: dict[str, float]
-    study: int = 0
-
-
-def targets(store: Store, tag: str = FINAL_TAG) -> dict[str, float]:
-    """Validation target per problem from the tuned baselines' ``tag`` runs (module docstring);
-    problems without baseline runs get their fixed ``Problem.target``."""
-    best: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for t in store.trials(tag=tag):
-        if (t["method"] in BASELINES and t["train_fraction"] == 1.0 and t["problem"] in PROBLEMS
-                and t["status"] in ("finished", "diverged")):
-            best[t["problem"]][t["method"]].append(
-                _best_val(store.evals(t["id"]), PROBLEMS[t["problem"]].higher_is_better))
-    out = {name: p.target for name, p in PROBLEMS.items()}
-    for p, by_method in best.items():
-        out[p] = set_target(list(by_method.values()), PROBLEMS[p].higher_is_better)
-    return out
-
-
-def _best_val(evals: list[dict], higher_is_better: bool) -> float:
-    vals = [e["val_metric"] for e in evals[1:]
-            if e.get("val_metric") is not None and math.isfinite(e["val_metric"])]
-    if not vals:
-        return -math.inf if higher_is_better else math.inf
-    return max(vals) if higher_is_better else min(vals)
-
-
-def collect(store: Store, tag: str = FINAL_TAG) -> Values:
-    """Per-seed values of each (problem, method, train fraction) among ``tag`` trials, diverged
-    seeds counted (module docstring). Quantities: test_metric, val_metric, train_loss,
-    seconds_to_target (validation), test_seconds_to_target, diverged (1.0 or 0.0), seed."""
-    tg = targets(store, tag)
-    out = Values()
-    out.targets, out.study = tg, study_of(tag) or 0
-    for t in store.trials(tag=tag):
-        if t["problem"] not in PROBLEMS or t["status"] not in ("finished", "diverged"):
-            continue
-        prob = PROBLEMS[t["problem"]]
-        hib = prob.higher_is_better
-        evals = store.evals(t["id"])
-        d = out.setdefault((t["problem"], t["method"], t["train_fraction"]), defaultdict(list))
-        div = t["status"] == "diverged"
-        worst = prob.metric_range[0] if hib else math.inf
-        if div:
-            d["test_metric"].append(diverged_value(evals, "test_metric", worst))
-            d["val_metric"].append(diverged_value(evals, "val_metric", worst))
-            d["train_loss"].append(diverged_value(evals, "train_loss", math.inf))
-            d["seconds_to_target"].append(math.inf)
-            d["test_seconds_to_target"].append(math.inf)
-        else:
-            d["test_metric"].append(t["final_test_metric"])
-            d["val_metric"].append(t["final_val_metric"])
-            d["train_loss"].append(t["final_train_loss"])
-            d["seconds_to_target"].append(
-                seconds_to_target(evals, tg[prob.name], hib, "val_metric")[0])
-            d["test_seconds_to_target"].append(
-                seconds_to_target(evals, tg[prob.name], hib, "test_metric")[0])
-        d["diverged"].append(1.0 if div else 0.0)
-        d["seed"].append(float(t["seed"]))
-    return out
+def _with_note(verdict: str, note: str) -> str:
+    if not note:
+        return verdict
+    return f"{verdict}: {note}" if verdict in RUN_VERDICTS else f"{verdict} ({note})"
 
 
 def _margin(c: Claim, bs: dict[str, list[float]], hib: bool, power: bool = False) -> float:
@@ -199,9 +168,26 @@ def _margin(c: Claim, bs: dict[str, list[float]], hib: bool, power: bool = False
     return 0.05 * (max(means) if means else 1.0)
 
 
+def _clock(arms: list[dict[str, list[float]]]) -> str:
+    """The clock a time claim reads (module docstring): CPU seconds, with the thread count, when
+    every seed of every arm has them; "" for values that do not say."""
+    if any("cpu_clock" not in d for d in arms):
+        return ""
+    cpu = [x for d in arms for x in d["cpu_clock"]]
+    if cpu and all(cpu):
+        threads = sorted({int(x) for d in arms for x in d.get("threads", []) if x == x})
+        if not threads:
+            return CPU_LABEL
+        n = str(threads[0]) if len(threads) == 1 else f"{threads[0]}–{threads[-1]}"
+        return f"{CPU_LABEL}, {n} thread{'' if threads == [1] else 's'}"
+    return MIXED_LABEL if any(cpu) else WALL_LABEL
+
+
 def evaluate_claims(values: dict, claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
     """One verdict per (claim, problem of the claim's task) where the method (at the claim's
-    fraction) and every comparison (at 1.0) have results."""
+    fraction) and every comparison (at 1.0) have results; untested where the method never acted
+    (:func:`mechanism.untested_note`), budget-limited below the budget floor
+    (:func:`judge.budget_limited`); time claims on CPU seconds where every run has them."""
     problems = sorted({k[0] for k in values})
     tg = getattr(values, "targets", {})
     out = []
@@ -213,26 +199,49 @@ def evaluate_claims(values: dict, claims: tuple[Claim, ...] = CLAIMS) -> list[Ve
                     k not in values for k in b_keys.values()):
                 continue
             hib = prob.higher_is_better
-            a = _oriented(values[a_key][c.quantity], c.quantity, hib)
-            bs = {b: _oriented(values[k][c.quantity], c.quantity, hib) for b, k in b_keys.items()}
+            arms = {c.method: values[a_key], **{b: values[k] for b, k in b_keys.items()}}
+            q, clock, test_q = c.quantity, "", "test_seconds_to_target"
+            if q == "seconds_to_target":
+                clock = _clock(list(arms.values()))
+                if clock and not clock.startswith(CPU_LABEL):
+                    q, test_q = "wall_seconds_to_target", "wall_test_seconds_to_target"
+            a = _oriented(values[a_key][q], c.quantity, hib)
+            bs = {b: _oriented(values[k][q], c.quantity, hib) for b, k in b_keys.items()}
             margin = _margin(c, bs, hib)
             j = judge_claim(a, bs, c.kind, margin, _margin(c, bs, hib, power=True))
+            epochs = [x for d in arms.values() for x in d.get("epochs", [])]
+            budget = min(epochs) / prob.epochs if epochs else None
+            why = untested_note(c.method, values[a_key], {b: values[k] for b, k in b_keys.items()})
+            j = Judgement("untested", j.p_values, j.p_label, why) if why else \
+                budget_limited(j, budget)
+            timed = c.quantity == "seconds_to_target"
             out.append(Verdict(
-                c, p, j.verdict, list(values[a_key][c.quantity]),
-                {b: list(values[k][c.quantity]) for b, k in b_keys.items()}, j.p_values,
+                c, p, j.verdict, list(values[a_key][q]),
+                {b: list(values[k][q]) for b, k in b_keys.items()}, j.p_values,
                 note=j.note, p_label=j.p_label, margin=margin,
                 a_diverged=int(sum(values[a_key]["diverged"])),
                 b_diverged={b: int(sum(values[k]["diverged"])) for b, k in b_keys.items()},
-                target=tg.get(p) if c.quantity == "seconds_to_target" else None,
+                target=tg.get(p) if timed else None,
                 study=getattr(values, "study", 0),
-                test_seconds={m: list(values[k].get("test_seconds_to_target", []))
-                              for m, k in [(c.method, a_key), *b_keys.items()]}
-                if c.quantity == "seconds_to_target" else {}))
+                test_seconds={m: list(d.get(test_q, [])) for m, d in arms.items()}
+                if timed else {},
+                a_collapsed=int(sum(values[a_key].get("collapsed", []))),
+                b_collapsed={b: int(sum(values[k].get("collapsed", [])))
+                             for b, k in b_keys.items()},
+                budget=budget, clock=clock,
+                wall_seconds={m: list(d.get("wall_seconds_to_target", []))
+                              for m, d in arms.items()} if clock.startswith(CPU_LABEL) else {}))
     return out
 
 
 def median_verdict(verdicts: list[str]) -> tuple[str, bool]:
-    """(median verdict over studies, whether the studies disagree)."""
+    """(verdict over studies, whether the studies disagree): "untested" if any study is, else
+    "budget-limited" if any study is (properties of the runs, not test outcomes: module
+    docstring), else the median on the ordering not supported < inconclusive < supported (the
+    lower middle for an even number)."""
+    for v in RUN_VERDICTS:
+        if v in verdicts:
+            return v, len(set(verdicts)) > 1
     ranks = sorted(VERDICTS.index(v) for v in verdicts)
     return VERDICTS[statistics.median_low(ranks)], len(set(verdicts)) > 1
 
@@ -248,10 +257,10 @@ class StudyVerdicts:
     unstable: bool
 
     def verdict_text(self) -> str:
-        """The median verdict with the reason of a study that gave it (untestable /
-        underpowered), if any."""
+        """The verdict over the studies with the reason of a study that gave it (untested,
+        budget-limited, untestable, underpowered), if any."""
         notes = [s.note for s in self.studies if s.verdict == self.verdict and s.note]
-        return self.verdict + (f" ({notes[0]})" if notes else "")
+        return _with_note(self.verdict, notes[0] if notes else "")
 
 
 def studies_in(store: Store) -> list[int]:
@@ -276,11 +285,13 @@ def evaluate_store(store: Store, claims: tuple[Claim, ...] = CLAIMS,
     return out
 
 
-def mean_text(vals: list[float], diverged: int, quantity: str = "test_metric") -> str:
-    """Mean ± std over every seed (diverged ones counted), with the divergence rate; times to
-    target: median and how many seeds reached the target."""
+def mean_text(vals: list[float], diverged: int, quantity: str = "test_metric",
+              collapsed: int = 0) -> str:
+    """Mean ± std over every seed (diverged and collapsed ones counted), with the divergence
+    rate (and ``coll k/n`` where seeds collapsed); times to target: median and how many seeds
+    reached the target."""
     n = len(vals)
-    rate = f"div {diverged}/{n}"
+    rate = f"div {diverged}/{n}" + (f", coll {collapsed}/{n}" if collapsed else "")
     if quantity == "seconds_to_target":
         reached = sum(math.isfinite(v) for v in vals)
         med = statistics.median(vals) if vals else math.nan
@@ -328,32 +339,43 @@ def claims_markdown(results: list[StudyVerdicts] | list[Verdict]) -> str:
     multi = max(len(r.studies) for r in results) > 1
     lines = [claims_legend(results),
              "| claim | problem | quantity | ours: method (mean ± std over seeds) | "
-             "ours: comparisons | test, p | verdict |",
-             "|---|---|---|---|---|---|---|"]
+             "ours: comparisons | test, p | budget | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         v, c = r.studies[0], r.claim
-        q = c.quantity + (f" (val target {v.target:.4g})" if v.target is not None else "")
+        q = c.quantity + (f" (val target {v.target:.4g}; {v.clock})" if v.target is not None
+                          else "")
         frac = f" at {c.fraction:.0%} data" if c.fraction < 1 else ""
-        comps = "; ".join(f"{b} {mean_text(x, v.b_diverged.get(b, 0), c.quantity)}"
-                          for b, x in v.b_values.items())
+        comps = "; ".join(
+            f"{b} {mean_text(x, v.b_diverged.get(b, 0), c.quantity, v.b_collapsed.get(b, 0))}"
+            for b, x in v.b_values.items())
         if v.test_seconds:
             comps += " (on the test split, medians: " + ", ".join(
                 f"{m} {_median_s(x)}" for m, x in v.test_seconds.items()) + ")"
+        if v.wall_seconds:
+            comps += " (wall s beside, medians: " + ", ".join(
+                f"{m} {_median_s(x)}" for m, x in v.wall_seconds.items()) + ")"
+        budget = "–" if v.budget is None else budget_text(v.budget)
         test = "Welch t" if c.kind == "better" else "non-inferiority"
         if any(_uses_permutation(v.a_values, x) for x in v.b_values.values()):
             test += " / exact permutation"
         pv = v.p_text()
         verdict = f"**{r.verdict}**" + r.verdict_text()[len(r.verdict):]
         if r.unstable:
-            verdict = f"**unstable** (median {r.verdict_text()})"
+            median = "median " if r.verdict in VERDICTS else ""
+            verdict = f"**unstable** ({median}{r.verdict_text()})"
         if multi:
             verdict += " — studies: " + ", ".join(s.verdict_text() for s in r.studies)
-        lines.append(f"| `{c.id}` | {r.problem} | {q} | "
-                     f"{c.method}{frac} {mean_text(v.a_values, v.a_diverged, c.quantity)} | "
-                     f"{comps} | {test}: {pv} | {verdict} |")
+        ours = mean_text(v.a_values, v.a_diverged, c.quantity, v.a_collapsed)
+        lines.append(f"| `{c.id}` | {r.problem} | {q} | {c.method}{frac} {ours} | "
+                     f"{comps} | {test}: {pv} | {budget} | {verdict} |")
     note = ("\nValues of study 0; " if multi else "\n") + (
-        "every seed counted: a diverged seed at its untrained network's value (never reaching "
-        "the target); `x ± s`: mean ± std over seeds; `div k/n`: seeds that diverged. "
+        "every seed counted: a diverged or collapsed seed at its untrained network's value "
+        "(never reaching the target); `x ± s`: mean ± std over seeds; `div k/n`, `coll k/n`: "
+        "seeds that diverged, collapsed (ended at or above their initial loss). budget: the "
+        "runs' epochs as a fraction of the problem's epoch budget; below "
+        f"{budget_text(BUDGET_FLOOR)} a verdict is budget-limited. Times: CPU seconds of one "
+        "process where every run has them, else wall seconds (the quantity says which). "
         "p-values are one-sided, labelled with their direction and hypothesis; \"Holm\": "
         "Holm-adjusted over the claim's comparisons.\n")
     return "\n".join(lines) + "\n" + note

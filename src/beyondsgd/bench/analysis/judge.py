@@ -5,6 +5,8 @@ exact permutation test over every split of the seeds (:func:`exact_permutation_p
 whose smallest attainable p (:func:`smallest_p`) says when the seeds run cannot decide; Holm's
 correction (:func:`holm`) over a claim's comparisons on the "not supported" side; every p labelled
 with its direction and hypothesis; "underpowered: N seeds needed" from the measured spread.
+Below the budget floor (:data:`BUDGET_FLOOR`, :func:`budget_limited`) a supported / not
+supported verdict becomes "budget-limited": the direction seen, not a verdict.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from ..protocol.claims import KINDS
 from .metrics import seeds_for_power
 
 ALPHA = 0.05
-LOWER_IS_BETTER = {"train_loss", "train_seconds", "seconds_to_target"}
+LOWER_IS_BETTER = {"train_loss", "train_loss_auc", "train_seconds", "seconds_to_target"}
+#: Below this fraction of the problem's full epoch budget (``trial epochs / Problem.epochs``; the
+#: built-in problems' ``epochs`` are their convergence budgets) a claim cannot be supported or
+#: not supported: it is "budget-limited" and says the direction it saw. A quarter of the budget
+#: is where the papers' own curves (ProxProp Fig. 3, BPGrad's loss curves, DessiLBI's first lr
+#: stage) have left the initial transient, so an ordering seen there is about the method, not
+#: about the first epochs; below it the comparison is about the start. The same value as
+#: ``beyondsgd.bench.reproduce.core.BUDGET_FLOOR`` (reproduce sits above analysis, so it is not
+#: imported from there).
+BUDGET_FLOOR = 0.25
 
 
 def _oriented(values: list[float], quantity: str, higher_is_better: bool) -> list[float]:
@@ -180,6 +191,26 @@ def judge_claim(a: list[float], bs: dict[str, list[float]], kind: str, margin: f
         if need is not None and need > min([len(a), *(len(b) for b in bs.values())]):
             note = f"underpowered: {need} seeds needed"
     return Judgement("inconclusive", good, good_label, note)
+
+
+def budget_text(fraction: float) -> str:
+    """A budget fraction as a percentage, two significant digits (as reproduce writes it).
+
+    >>> budget_text(0.0044), budget_text(0.15), budget_text(1.0)
+    ('0.44 %', '15 %', '100 %')
+    """
+    return f"{100 * fraction:.2g} %" if fraction < 1 else f"{100 * fraction:.0f} %"
+
+
+def budget_limited(j: Judgement, budget: float | None) -> Judgement:
+    """``j`` unchanged at or above :data:`BUDGET_FLOOR` (or without a known budget) and when
+    inconclusive; below it a supported / not supported judgement becomes "budget-limited" with
+    the note "direction at X % of the budget (would read <verdict>)" (p-values kept)."""
+    if budget is None or budget >= BUDGET_FLOOR or j.verdict not in ("supported",
+                                                                      "not supported"):
+        return j
+    note = f"direction at {budget_text(budget)} of the budget (would read {j.verdict})"
+    return Judgement("budget-limited", j.p_values, j.p_label, note)
 
 
 def judge(a: list[float], bs: dict[str, list[float]], kind: str, margin: float = 0.0

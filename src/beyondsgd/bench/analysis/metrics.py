@@ -10,9 +10,15 @@
 - ``relative_step_cost``: seconds per step of each method divided by SGD's on the same problem,
   from the same store (so measured in the same run / on the same machine).
 - ``seconds_to_target``: AlgoPerf's time to target on the *validation* split (test beside it):
-  training seconds at the first evaluation whose metric reaches ``target``; ``set_target`` sets
-  that target from baseline runs: for each baseline the worst seed's best validation metric
-  (every seed reached it), then the median over the baselines.
+  training seconds at the first evaluation whose metric reaches ``target``. The clock
+  (:func:`trial_clock`): the process's CPU seconds (``train_cpu_seconds``, which other jobs on
+  a shared machine cannot inflate; the runner measures them at the threads it records) when
+  every evaluation row of the trial has them, else wall seconds (``train_seconds``: a store
+  older than CPU time). ``set_target`` sets that target from baseline runs: for each baseline
+  the worst seed's best validation metric (every seed reached it), then the median over the
+  baselines.
+- ``loss_auc``: the mean training loss over the evaluations of epochs 1..E (the normalised area
+  under the training-loss curve), what "lowers the loss faster per epoch" is tested on.
 - ``diverged_value``: what a diverged seed counts as: its untrained network's value (epoch 0).
 - ``seeds_for_power``: seeds per arm for a two-sample test to detect a difference ``margin`` at
   spread ``sd`` (normal approximation): n = 2 (z_{1-alpha/2} + z_{power})^2 sd^2 / margin^2.
@@ -43,16 +49,57 @@ def time_to_target(problem: Problem, evals: list[dict]) -> tuple[float, float]:
     return seconds_to_target(evals, problem.target, problem.higher_is_better, "test_metric")
 
 
+CPU_CLOCK, WALL_CLOCK = "train_cpu_seconds", "train_seconds"
+
+
+def trial_clock(evals: list[dict]) -> str:
+    """The clock a trial's times are read on: ``train_cpu_seconds`` when every evaluation row
+    has it (a number), else the wall clock ``train_seconds``.
+
+    >>> trial_clock([{"train_seconds": 0.0, "train_cpu_seconds": 0.0}])
+    'train_cpu_seconds'
+    >>> trial_clock([{"train_seconds": 0.0, "train_cpu_seconds": 0.0}, {"train_seconds": 1.0}])
+    'train_seconds'
+    """
+    if evals and all(isinstance(e.get(CPU_CLOCK), int | float) for e in evals):
+        return CPU_CLOCK
+    return WALL_CLOCK
+
+
 def seconds_to_target(evals: list[dict], target: float, higher_is_better: bool,
-                      key: str = "val_metric") -> tuple[float, float]:
+                      key: str = "val_metric", clock: str | None = None
+                      ) -> tuple[float, float]:
     """(training seconds, epochs) at the first evaluation whose ``key`` reaches ``target``
-    (>= for accuracy, <= for MSE); ``(inf, inf)`` if none does."""
+    (>= for accuracy, <= for MSE); ``(inf, inf)`` if none does. ``clock``: the row key of the
+    seconds (default :func:`trial_clock`: CPU seconds when every row has them, else wall)."""
+    clock = clock or trial_clock(evals)
     for e in evals:
         v = e.get(key)
         if v is not None and math.isfinite(v) and (
                 v >= target if higher_is_better else v <= target):
-            return float(e["train_seconds"]), float(e["epoch"])
+            return float(e[clock]), float(e["epoch"])
     return math.inf, math.inf
+
+
+def loss_auc(evals: list[dict], epochs: int) -> float:
+    """The normalised area under the training-loss curve: the mean over epochs 1..``epochs`` of
+    the training loss evaluated after that epoch. An epoch without a finite evaluation (a run
+    that diverged before it, or at it) counts at the initial (epoch-0) loss; ``inf`` without a
+    finite initial loss.
+
+    >>> loss_auc([{"epoch": 0, "train_loss": 2.0}, {"epoch": 1, "train_loss": 1.0},
+    ...           {"epoch": 2, "train_loss": 0.5}], 2)
+    0.75
+    >>> loss_auc([{"epoch": 0, "train_loss": 2.0}, {"epoch": 1, "train_loss": 1.0}], 3)
+    1.6666666666666667
+    """
+    start = evals[0].get("train_loss") if evals and evals[0].get("epoch") == 0 else None
+    if start is None or not math.isfinite(start) or epochs < 1:
+        return math.inf
+    by_epoch = {e["epoch"]: e.get("train_loss") for e in evals}
+    vals = [by_epoch.get(k) for k in range(1, epochs + 1)]
+    return statistics.fmean(float(v) if v is not None and math.isfinite(v) else float(start)
+                            for v in vals)
 
 
 def set_target(best_by_baseline: Sequence[Sequence[float]], higher_is_better: bool) -> float:

@@ -47,7 +47,7 @@ class TrialResult:
     events: list[dict] = field(default_factory=list)
     trial_id: int | None = None
     error: str | None = None
-    skipped: bool = False  # already finished in the store
+    skipped: bool = False  # already done in the store (finished, diverged or collapsed)
     busy: bool = False     # another live process runs this trial: not run here (status running)
     holder: str = ""       # who runs it, when busy
     # the trained model (None when the trial was skipped); not stored
