@@ -19,6 +19,12 @@ test, :func:`beyondsgd.bench.claims.judge`), alpha 0.05; ``kind="better"``: A si
 better than B (supported) / significantly worse (not supported) / neither (inconclusive);
 ``kind="matches"``: non-inferiority with ``margin``.
 
+Every seed counts, as in the suite: a diverged seed is a :class:`Diverged` value (a float equal to
+its untrained network's epoch-0 value, :func:`beyondsgd.bench.analysis.metrics.diverged_value`),
+kept in means and tests; only when every seed of a row diverged does it read "– (diverged)" (the
+papers' '–'). A row whose method collapsed (:func:`collapsed`) in more than half its seeds is
+"untested" (:func:`collapse_reason`). Each row carries its budget (:func:`steps_text`).
+
 >>> compare([0.1, 0.11, 0.12], [0.5, 0.52, 0.49], higher_is_better=False)[0]
 'supported'
 >>> compare([0.1, 0.2], [0.1, 0.2], higher_is_better=False)[0]
@@ -30,7 +36,6 @@ better than B (supported) / significantly worse (not supported) / neither (incon
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +43,21 @@ from typing import Any
 
 from ..problems import Problem
 from ..run.runner import TrialResult, evaluate, run_trial
-from ..store import DONE_STATUSES, Store, ends_collapsed, trial_key
+from ..store import DONE_STATUSES, Store, trial_key
+from .values import (  # noqa: F401  (re-exported: the experiments' per-seed values and verdicts)
+    Diverged,
+    best_value,
+    ci_text,
+    collapse_reason,
+    collapsed,
+    compare,
+    curve_mean,
+    diverged_at_start,
+    final_value,
+    finite,
+    is_diverged,
+    mean_or_nan,
+)
 
 SCALES = ("paper", "cpu", "smoke")
 VERDICTS = ("supported", "not supported", "inconclusive", "reference only", "budget-limited",
@@ -79,8 +98,12 @@ class Outcome:
     # measurement of the selection path); below BUDGET_FLOOR a supported / not supported
     # verdict becomes "budget-limited" (see __post_init__)
     budget: float | None = None
+    # (our optimizer steps, the paper's) behind ``budget``; sets it when budget is None
+    steps: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.steps is not None and self.budget is None:
+            self.budget = self.steps[0] / self.steps[1]
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict {self.verdict!r}; accepted: {', '.join(VERDICTS)}")
         if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
@@ -101,6 +124,30 @@ def budget_text(fraction: float | None) -> str:
     if fraction is None:
         return "–"
     return f"{100 * fraction:.2g} %" if fraction < 1 else f"{100 * fraction:.0f} %"
+
+
+def steps_text(ours: int, paper: int) -> str:
+    """A budget as optimizer steps: ``N of the paper's M steps (x %)``.
+
+    >>> steps_text(20, 4500)
+    "20 of the paper's 4500 steps (0.44 %)"
+    """
+    return f"{ours} of the paper's {paper} steps ({budget_text(ours / paper)})"
+
+
+def recipe_steps(images: int, batch: int, epochs: int) -> int:
+    """Optimizer steps of ``epochs`` over ``images`` training images at ``batch`` (the last
+    batch of an epoch may be short: ceil).
+
+    >>> recipe_steps(45000, 500, 50), recipe_steps(20000, 128, 1)
+    (4500, 157)
+    """
+    return epochs * math.ceil(images / batch)
+
+
+def outcome_budget_text(o: Outcome) -> str:
+    """An outcome's budget: steps when known, else the fraction (``–`` for none)."""
+    return steps_text(*o.steps) if o.steps is not None else budget_text(o.budget)
 
 
 class NotRecorded(LookupError):
@@ -269,99 +316,3 @@ def register(exp: Experiment) -> Experiment:
                              f"{', '.join(SCALES)}")
     REGISTRY[exp.name] = exp
     return exp
-
-
-# ---- per-seed values and verdicts -----------------------------------------------------------
-def finite(values: list[float]) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(v)]
-
-
-def collapsed(res: TrialResult) -> bool:
-    """Whether a trial learnt nothing: stored as ``collapsed``, or (a store written before that
-    status existed) finished with a final training loss at or above its initial one."""
-    return res.status == "collapsed" or (res.status == "finished" and ends_collapsed(res.evals))
-
-
-def final_value(res: TrialResult, key: str = "train_loss") -> float:
-    """The last evaluation's ``key`` (nan when the trial diverged or has no evaluation)."""
-    if res.status != "finished" or not res.evals:
-        return math.nan
-    v = res.evals[-1].get(key)
-    return float(v) if v is not None and math.isfinite(v) else math.nan
-
-
-def best_value(res: TrialResult, key: str = "val_metric", higher: bool = True) -> float:
-    """Best ``key`` over the trained epochs (nan when there is none)."""
-    vals = finite([e.get(key) for e in res.evals[1:]]) if res.status == "finished" else []
-    if not vals:
-        return math.nan
-    return max(vals) if higher else min(vals)
-
-
-def compare(a: list[float], b: list[float], higher_is_better: bool, kind: str = "better",
-            margin: float = 0.0) -> tuple[str, float]:
-    """Verdict on A vs B from per-seed values: (verdict, p-value of the deciding test).
-
-    ``kind="better"``: one-sided Welch tests at alpha/2 each way (claims.judge). ``"matches"``:
-    non-inferiority, A - B > -margin (margin in the values' units). Non-finite values (a
-    diverged seed) count as the worst possible value (+inf loss / -inf accuracy): when every
-    seed of one side diverged and none of the other's, the finite side wins outright (p = 0);
-    otherwise mixed divergence is compared on ranks (Mann-Whitney, as claims.judge does). Fewer
-    than 2 seeds per side: inconclusive.
-    """
-    from ..analysis.claims import judge
-
-    def orient(vs: list[float]) -> list[float]:
-        out = []
-        for v in vs:
-            v = float(v) if v is not None else math.nan
-            if not math.isfinite(v):
-                out.append(-math.inf)
-            else:
-                out.append(v if higher_is_better else -v)
-        return out
-
-    aa, bb = orient(a), orient(b)
-    if all(math.isinf(v) for v in aa + bb):
-        return "inconclusive", math.nan
-    # divergence is qualitative: every seed of one side diverged, none of the other's
-    if len(aa) >= 2 and len(bb) >= 2:
-        if all(math.isinf(v) for v in bb) and not any(math.isinf(v) for v in aa):
-            return "supported", 0.0
-        if all(math.isinf(v) for v in aa) and not any(math.isinf(v) for v in bb):
-            return "not supported", 0.0
-    verdict, pv = judge(aa, {"b": bb}, kind, margin)
-    return verdict, float(pv.get("b", math.nan))
-
-
-def ci_text(values: list[float], digits: int = 3, scale: float = 1.0) -> str:
-    """``mean ± half-width of the 95% CI (n=k)`` over the finite seeds; a NaN seed is counted as
-    diverged and a +inf seed (a time to target that was never reached) as never reaching it.
-
-    >>> ci_text([1.0, 2.0, float("inf"), float("nan")])
-    '1.5 ± 6.4 (n=2), 1 never reached, 1 diverged'
-    """
-    from ..analysis.metrics import mean_ci
-
-    fin = [v * scale for v in finite(values)]
-    n_never = sum(1 for v in values if v == math.inf)
-    n_bad = len(values) - len(fin) - n_never
-    if not fin:
-        if not values:
-            return "–"
-        return "never reached" if n_never == len(values) else \
-            ("– (diverged)" if not n_never else f"– ({n_never} never reached, {n_bad} diverged)")
-    m, _, lo, hi = mean_ci(fin)
-    txt = f"{m:.{digits}g}" if len(fin) == 1 or math.isnan(lo) else \
-        f"{m:.{digits}g} ± {(hi - lo) / 2:.{digits - 1 if digits > 1 else 1}g}"
-    txt += f" (n={len(fin)})"
-    if n_never:
-        txt += f", {n_never} never reached"
-    if n_bad:
-        txt += f", {n_bad} diverged"
-    return txt
-
-
-def mean_or_nan(values: list[float]) -> float:
-    fin = finite(values)
-    return statistics.fmean(fin) if fin else math.nan

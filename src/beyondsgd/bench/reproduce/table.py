@@ -10,9 +10,9 @@ replay context (:func:`.core.replay_context`), which reads finished trials and t
 
 >>> from beyondsgd.bench.reproduce.core import Outcome
 >>> o = Outcome("x", "test accuracy (%)", 70.7, "§5.3", [71.0, 72.0], "%", "cpu", "supported",
-...             "direction: ...")
+...             "direction")
 >>> print(outcome_table([o]).splitlines()[2])
-| x | test accuracy (%) | 70.7 (§5.3) | 71.5 ± 6.4 (n=2) | cpu | **supported** | direction: ... |
+| x | test accuracy (%) | 70.7 (§5.3) | 71.5 ± 6.4 (n=2) | cpu | – | **supported** | direction |
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .core import (
     NotRecorded,
     Outcome,
     ci_text,
+    outcome_budget_text,
     replay_context,
 )
 
@@ -89,15 +90,24 @@ def fmt_ours(o: Outcome) -> str:
 
 def outcome_table(outcomes: list[Outcome]) -> str:
     """Markdown: experiment, quantity, paper (source), ours (mean ± 95% CI half-width, n
-    seeds), scale, verdict, reason."""
-    lines = ["| experiment | quantity | paper (source) | ours: mean ± 95% CI | scale | verdict "
-             "| what was tested |", "|---|---|---|---|---|---|---|"]
+    seeds), scale, budget (our optimizer steps of the paper's, :func:`.core.steps_text`),
+    verdict, reason."""
+    lines = ["| experiment | quantity | paper (source) | ours: mean ± 95% CI | scale | budget "
+             "| verdict | what was tested |", "|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
         lines.append(f"| {o.experiment} | {cell(o.quantity)} | "
                      f"{cell(fmt_paper(o.paper, o.paper_source))} | {fmt_ours(o)} | {o.scale} | "
-                     f"**{o.verdict}** | {cell(o.verdict_reason)} |")
+                     f"{cell(outcome_budget_text(o))} | **{o.verdict}** | "
+                     f"{cell(o.verdict_reason)} |")
     return "\n".join(lines)
+
+
+def budget_header(outcomes: list[Outcome]) -> str:
+    """The budgets of an experiment's rows for its section header ("" when none has one)."""
+    seen = list(dict.fromkeys(outcome_budget_text(o) for o in outcomes
+                              if o.budget is not None))
+    return "budget " + "; ".join(seen) if seen else ""
 
 
 def verdict_counts(outcomes: list[Outcome]) -> str:
@@ -115,7 +125,9 @@ def run_markdown(run: ExperimentRun) -> str:
         cost += f", {run.stored_wall:.0f} s wall (its trials' start-to-end times, summed)"
     if run.wall_seconds is not None:
         cost += f" ({run.wall_seconds:.0f} s wall this invocation)"
-    parts = [f"### {e.name} ({run.scale} scale, {run.seeds} seeds)", "",
+    head = ", ".join(x for x in (f"{run.scale} scale", f"{run.seeds} seeds",
+                                 budget_header(run.outcomes)) if x)
+    parts = [f"### {e.name} ({head})", "",
              f"*{e.paper}* — {e.measures}.", "",
              f"- data: {e.data.get(run.scale, 'n/a')}",
              f"- changed from the paper at this scale: {e.changes.get(run.scale, 'n/a')}",
@@ -141,7 +153,8 @@ def figure_rows(outcomes: list[Outcome]) -> list[dict]:
     return [{"experiment": o.experiment, "quantity": o.quantity,
              "paper": float(o.paper) if isinstance(o.paper, (int, float))
              and not isinstance(o.paper, bool) and math.isfinite(o.paper) else None,
-             "ours": list(o.ours), "unit": o.unit, "verdict": o.verdict} for o in outcomes]
+             "ours": [float(v) for v in o.ours], "unit": o.unit, "verdict": o.verdict,
+             "budget": o.budget} for o in outcomes]
 
 
 def try_figure(outcomes: list[Outcome], path: Path, figure: Figure | None = None
