@@ -311,10 +311,10 @@ register(Experiment(
           "cpu": "Fashion-MNIST subset: 2500 train / 500 validation / 1000 test",
           "smoke": "synthetic 1x28x28 images (200/64/64)"},
     cost={"paper": "54 trials x 50 epochs (GPU; not measured here)",
-          "cpu": "estimated from timing probes at one thread (1/8 width, 5 steps + evaluation "
-                 "per epoch): BackProp ~0.15 s, cg3 ~0.35 s, cg5/exact ~0.45 s per epoch; "
-                 "18 trials (6 BackProp at τ >= 0.5 stop when they diverge) x 225 epochs: "
-                 "~15 min unloaded, ~25-30 min on 2 shared cores",
+          "cpu": "probed at one thread on 2 cores shared at load ~6: per epoch of 2500 "
+                 "images (5 steps + evaluation) cg3 0.85 s, cg5 0.98 s, exact 0.84 s, BackProp "
+                 "about half of cg3; BackProp at τ >= 0.5 diverges within 2 epochs; 18 trials "
+                 "x 225 epochs: ~35 min at that load, ~20 min on 2 idle cores",
           "smoke": "seconds"},
     changes={"paper": "BackProp is native autograd + torch Nesterov SGD, not the official "
                       "'gradient' layer (same gradient); textbook CG (the official loop aliased "
