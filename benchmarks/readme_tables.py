@@ -1,7 +1,11 @@
-"""Print the README's benchmark tables (tuned overview, condensed claims) from a suite
-store, so the README is regenerated from the data rather than edited by hand.
+"""Print the README's benchmark tables (the verdict matrix, tuned overview, condensed claims)
+from a suite store, so the README is regenerated from the data rather than edited by hand.
 
     python benchmarks/readme_tables.py docs/results/small/suite_small.db
+
+The verdict matrix (claims x problems, coloured by verdict; the reproduce experiments' verdict
+counts where the store holds them) is :func:`beyondsgd.bench.report.matrix.matrix_markdown`,
+printed first, for the top of the README.
 
 The claims (each listed once, with where its paper states it) and then the rows, which name a
 claim by its id, are :func:`beyondsgd.bench.analysis.claims.evaluate_store`'s: each claim on the
@@ -18,6 +22,7 @@ import argparse
 from beyondsgd.bench.analysis.claims import claims_legend, evaluate_store, mean_text
 from beyondsgd.bench.protocol import FINAL_TAG
 from beyondsgd.bench.report import overview_table, summarize
+from beyondsgd.bench.report.matrix import matrix_markdown
 from beyondsgd.bench.store import Store
 
 
@@ -47,6 +52,8 @@ def main() -> None:
     ap.add_argument("store")
     args = ap.parse_args()
     with Store(args.store, readonly=True) as st:
+        print(matrix_markdown(st))
+        print()
         rows = summarize(st)
         print(overview_table(rows, FINAL_TAG))
         print()

@@ -172,7 +172,8 @@ def test_no_legend_covers_the_data(tmp_path, saved_figures):
     # named by method, by full label where a method has two rows (the first method here)
     first, second = sorted(METHODS)[:2]
     assert texts[:3] == [f"{first}(lr=0.01)", f"{second} (1/3 div.)", sorted(METHODS)[2]]
-    assert texts[-3:-1] == ["adadelta(lr=1)", "target"] and texts[-1].startswith("after a div")
+    assert texts[-3] == "adadelta(lr=1)" and texts[-1].startswith("after a div")
+    assert texts[-2].startswith("validation target")  # the target every time to target uses
     # every method drawn in its own style, in every panel
     for ax in curves_fig.axes:
         lines = {ln.get_label().split(" (")[0]: ln for ln in ax.get_lines()}
@@ -208,9 +209,9 @@ def test_paper_vs_ours_draws_the_paper_mark_and_our_t_interval(tmp_path, saved_f
         "pht mnist: test accuracy [not supported, 1 of 3 not finite]",
         "gdsolver fmnist: test accuracy [supported]"]
     assert "1 of 4 not finite" in secs.get_yticklabels()[1].get_text()
-    # verdicts coloured: inconclusive grey, not supported red, supported green
+    # verdicts coloured: inconclusive amber, not supported red, supported green
     assert [matplotlib.colors.to_hex(t.get_color()) for t in acc.get_yticklabels()] == [
-        "#444444", "#d62728", "#2ca02c"]
+        "#b07d00", "#d62728", "#2ca02c"]
     assert F._verdict_colour("supported (unstable)") == F._verdict_colour("unstable")
     paper = [(ln.get_xdata()[0], ln.get_ydata()[0]) for ax in (acc, secs)
              for ln in ax.get_lines() if ln.get_marker() == "D"]

@@ -20,6 +20,7 @@ import pytest
 
 from beyondsgd.bench.report import write_report
 from beyondsgd.bench.report.html import inline, markdown_to_html
+from beyondsgd.bench.report.matrix import MARKS
 from test_figures import hand_made_store
 
 
@@ -74,12 +75,15 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def _markdown_tables(md: str) -> list[list[str]]:
-    """The header cells of every table of the Markdown, independently of the converter."""
+    """The header cells of every table of the Markdown, independently of the converter (a
+    verdict cell's marker, an emoji square, becomes the cell's colour in HTML: dropped here)."""
     tables, prev = [], ""
+    marks = tuple(m + " " for m in MARKS.values())
     for line in md.splitlines():
         if line.startswith("|") and not prev.startswith("|"):
-            tables.append([c.strip().replace("**", "") for c in line.strip().strip("|")
-                          .split("|")])
+            cells = [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+            tables.append([c[len(c.split(" ")[0]) + 1:] if c.startswith(marks) else c
+                           for c in cells])
         prev = line
     return tables
 

@@ -19,6 +19,7 @@ from ..protocol import FINAL_TAG
 from ..store import Store
 from .figures import paper_vs_ours, plot_curves, profile_section, sensitivity_section
 from .html import markdown_to_html
+from .matrix import matrix_markdown, stored_reproduce_outcomes
 from .summary import label, summarize
 from .tables import (
     environment_section,
@@ -31,6 +32,18 @@ from .tables import (
 __all__ = ["CI_METHOD", "difference_interval", "environment_section", "label", "markdown_table",
            "markdown_to_html", "overview_table", "report_summary", "seed_interval", "summarize",
            "verdict_line", "write_report"]
+
+
+CLAIMS_INTRO = (
+    "Each claim as the paper states it, where it states it, checked only on the kind of problem "
+    "the paper ran. Per-seed final values of the tuned runs, every seed counted (a diverged "
+    "seed at its untrained network's value; `div k/n` beside every mean); time to target on "
+    "the validation split, target from the tuned baselines; tests as in "
+    "`beyondsgd/bench/analysis/claims.py` (one-sided tests, each p labelled with its direction "
+    "and hypothesis; exact permutation where a seed never reached the target; Holm over a "
+    "claim's comparisons; non-inferiority margin 1 accuracy point or 5%). With several tuning "
+    "studies (`suite --studies K`): the median verdict, and **unstable** where the studies "
+    "disagree.")
 
 
 def _reproduce_section(store: Store, out_dir: Path, plots: bool) -> str:
@@ -46,7 +59,8 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
                  plots: bool = True) -> Path:
     """Write ``report.md`` and a self-contained ``report.html`` into ``out_dir``.
 
-    Sections: summary tables (every group of trials; the suite's ``final`` runs are the tuned
+    Sections: the verdicts at a glance (:mod:`.matrix`) with the claims in detail folded below
+    them, summary tables (every group of trials; the suite's ``final`` runs are the tuned
     results, ``defaults`` the untuned ones), performance profiles, sensitivity plots, claims
     table, curves, environment. Returns the Markdown path.
     """
@@ -54,6 +68,14 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize(store, problems)
     lines = ["# beyondsgd report", "", f"Store: `{store.path}`", ""]
+    verdicts = evaluate_store(store, problems=problems)
+    glance = matrix_markdown(store, problems, verdicts, stored_reproduce_outcomes(store))
+    if glance:
+        lines += ["## Verdicts at a glance", "", glance]
+    if verdicts:
+        lines += ["<details>", "<summary>The claims in detail: each claim's text and source, "
+                  "our values, the tests and p-values (click to show)</summary>", "",
+                  CLAIMS_INTRO, "", claims_markdown(verdicts), "</details>", ""]
     if not rows:
         lines.append("No finished trials in the store.")
     else:
@@ -74,18 +96,6 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
             if sens:
                 lines += ["## Sensitivity (tuning trials)", ""]
                 lines += [f"![{p.stem}]({p.name})\n" for p in sens]
-        verdicts = evaluate_store(store, problems=problems)
-        if verdicts:
-            lines += ["## Claims", "", "Each claim as the paper states it, where it states it, "
-                      "checked only on the kind of problem the paper ran. Per-seed final values "
-                      "of the tuned runs, every seed counted (a diverged seed at its untrained "
-                      "network's value; `div k/n` beside every mean); time to target on the "
-                      "validation split, target from the tuned baselines; tests as in "
-                      "`beyondsgd/bench/analysis/claims.py` (Welch t, alpha 0.05; Mann-Whitney U "
-                      "when a seed never reached the target; non-inferiority margin 1 accuracy "
-                      "point or 5%). With several tuning studies (`suite --studies K`): the median "
-                      "verdict, and **unstable** where the studies disagree.", "",
-                      claims_markdown(verdicts)]
         section = _reproduce_section(store, out_dir, plots)
         if section:
             lines += [section.rstrip(), ""]

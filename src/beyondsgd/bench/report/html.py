@@ -20,6 +20,8 @@ import html
 import re
 from pathlib import Path
 
+from .matrix import CELL_STYLE, MARKS, NA
+
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
          "line-height:1.35;color:#222;}"
          "table{border-collapse:collapse;font-size:12px;margin:1em 0;display:block;"
@@ -30,7 +32,12 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0
          "code,pre{background:#f5f5f5;font-size:12px;}pre{padding:0.6em;overflow-x:auto;}"
          "summary{cursor:pointer;font-weight:bold;margin:0.5em 0;}"
          "h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em;}"
-         ".missing{color:#b00;}")
+         ".missing{color:#b00;}"
+         # the verdict cells (after the even rows' background, at the same specificity)
+         + "".join(f"table td.v-{k.replace(' ', '-')},table th.v-{k.replace(' ', '-')}{{{v}}}"
+                   for k, v in CELL_STYLE.items())
+         + "table td.unstable{outline:2px dashed #d67e00;outline-offset:-3px;}"
+         "table td.na{background:#fdfdfd;color:#bbb;text-align:center;}")
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg",
          ".jpeg": "image/jpeg", ".gif": "image/gif"}
 
@@ -54,6 +61,24 @@ def inline(text: str) -> str:
                    lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', s)
         out.append(s)
     return "".join(out)
+
+
+def cell(tag: str, text: str) -> str:
+    """One table cell; a cell starting with a verdict marker (:data:`.matrix.MARKS`) gets the
+    verdict's class (its colour) instead of the marker, and ``unstable`` where it says so.
+
+    >>> cell("td", "🟩 supported · **unstable**")
+    '<td class="v-supported unstable">supported · <b>unstable</b></td>'
+    """
+    for verdict, mark in MARKS.items():
+        if text.startswith(mark + " ") or text == mark:
+            cls = "v-" + verdict.replace(" ", "-")
+            if "**unstable**" in text:
+                cls += " unstable"
+            return f'<{tag} class="{cls}">{inline(text[len(mark):].strip())}</{tag}>'
+    if text == NA and tag == "td":  # a problem of another kind than the claim's
+        return f'<td class="na">{NA}</td>'
+    return f"<{tag}>{inline(text)}</{tag}>"
 
 
 def _image(alt: str, target: str, base: Path) -> str:
@@ -106,7 +131,7 @@ def markdown_to_html(md: str, base: Path, title: str = "beyondsgd report",
                 in_table, tag = True, "th"
             else:
                 tag = "td"
-            out.append("<tr>" + "".join(f"<{tag}>{inline(c)}</{tag}>" for c in cells) + "</tr>")
+            out.append("<tr>" + "".join(cell(tag, c) for c in cells) + "</tr>")
             continue
         fold = re.fullmatch(r"\s*(<details(?: open)?>|</details>|<summary>(.*)</summary>)\s*",
                             line)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 # Colours: matplotlib's tab10 plus six darker tones of tab20b/c, all readable on white.
 PALETTE = ("#000000", "#7f7f7f", "#1f77b4", "#393b79", "#bcbd22", "#8c564b", "#17becf",
@@ -58,3 +59,22 @@ def _styles_for(rows: Sequence[dict]) -> list[dict]:
                                          % len(LINESTYLES)]
         out.append(st)
     return out
+
+
+def _plt():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(plt, fig, path: Path) -> Path:
+    """Lay out, write (PNG, 110 dpi, cropped to the figure's contents, outside legends
+    included) and close ``fig``; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
+    plt.close(fig)
+    return path
