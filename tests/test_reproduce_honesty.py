@@ -175,6 +175,7 @@ def test_dessilbi_conv3_fc1_row_identical_to_conv3_is_not_counted_twice(tmp_path
 
     outs = rows(tmp_path, "dessilbi_lenet", "cpu", 3, make)
     c3 = row(outs, "conv3 pruned 80 % by the path")
+    assert c3.ours == pytest.approx([75.0, 76.0, 77.0])
     both = row(outs, "conv3 + fc1 pruned 80 % by the path")
     assert c3.ours == both.ours and c3.verdict == "not supported"
     assert both.verdict == "reference only"
@@ -199,3 +200,19 @@ def test_proxprop_faster_per_epoch_is_tested_on_the_curve_not_the_last_point(tmp
         assert "normalised area" in r.verdict_reason
     bp = row(outs, "mean training loss over epochs", "BackProp")
     assert bp.ours[0] == pytest.approx((1.5 * 49 + 0.19) / 50)
+
+
+def test_a_diverged_dessilbi_seed_counts_at_its_untrained_accuracy(tmp_path):
+    def make(method, tag, seed, ep):
+        if method == "slbi" and seed == 0:
+            return "diverged", curve([2.3, math.nan]), []
+        a = {"kind": "analysis", "dense": 0.85, "path80_conv3": 0.8, "path80_conv3_fc1": 0.8,
+             "mag80_conv3": 0.8, "mag80_conv3_fc1": 0.8, "support_path": [[1, 1], [ep, 4]]}
+        return "finished", curve([2.3] + [0.5] * ep, acc=0.85), [{"epoch": ep, "step": ep,
+                                                                  "data": a}]
+
+    outs = rows(tmp_path, "dessilbi_lenet", "cpu", 3, make)
+    for q in ("test accuracy after 45 epochs, DessiLBI", "conv3 pruned 80 % by the path"):
+        r = row(outs, q)
+        assert r.ours[0] == pytest.approx(10.0) and is_diverged(r.ours[0]), q
+        assert "(n=3), 1 diverged (counted at its epoch-0 value)" in ci_text(r.ours)

@@ -62,6 +62,7 @@ from .core import (
     analysis_of,
     collapse_reason,
     compare,
+    diverged_at_start,
     eval_test_metric,
     final_value,
     recipe_steps,
@@ -188,12 +189,20 @@ def _pct(vals: list[float]) -> list[float]:
     return [100.0 * v for v in vals]
 
 
+# analysis keys that are test accuracies: a diverged seed counts at its untrained network's
+# (epoch 0) accuracy, as the suite counts it (core.diverged_at_start)
+ACCURACIES = ("dense", "path80_conv3", "path80_conv3_fc1", "support_conv3", "sparse",
+              "mag80_conv3", "mag80_conv3_fc1")
+
+
 def _get(results, key: str) -> list[float]:
     out = []
     for r in results:
-        a = analysis_of(r.events)
-        v = a.get(key)
-        out.append(float(v) if r.status == "finished" and v is not None else math.nan)
+        if r.status == "diverged" and key in ACCURACIES:
+            out.append(diverged_at_start(r, "test_metric"))
+            continue
+        v = analysis_of(r.events).get(key)
+        out.append(float(v) if r.status != "diverged" and v is not None else math.nan)
     return out
 
 
