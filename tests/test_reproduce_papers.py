@@ -160,7 +160,7 @@ def test_smoke_run_is_stored_and_replayed_identically(tmp_path, name):
         for a, b in zip(first, rows):
             assert a.ours == pytest.approx(b.ours, nan_ok=True, abs=0)
     assert {o.verdict for o in first} <= {"supported", "not supported", "inconclusive",
-                                         "reference only"}
+                                         "reference only", "budget-limited", "untested"}
 
 
 def test_dessilbi_smoke_analysis_invariants(tmp_path):
