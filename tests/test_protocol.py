@@ -28,7 +28,7 @@ from beyondsgd.bench.store import Store
 from beyondsgd.methods import METHODS
 
 
-def test_every_method_gets_the_same_number_of_trials_in_its_space():
+def test_every_method_gets_the_same_number_of_trials_per_tuned_hyperparameter():
     for m in METHODS:
         space = search_space(m)
         assert space, f"{m} declares nothing to tune"
@@ -47,7 +47,8 @@ def test_every_method_gets_the_same_number_of_trials_in_its_space():
     for m in METHODS:
         for p in budget.problems:
             mine = [j for j in jobs if j.method == m and j.problem == p]
-            assert sum(j.tag == "tune" for j in mine) == 3
+            # n_tune draws per tuned hyperparameter (test_tuning_fair.py)
+            assert sum(j.tag == "tune" for j in mine) == 3 * len(search_space(m))
             assert sorted(j.seed for j in mine if j.tag == "defaults") == [1, 2]
 
 
@@ -232,9 +233,11 @@ def test_the_smoke_budget_runs_every_method_end_to_end(smoke_store, tmp_path):
     path, res = smoke_store
     assert not res.failed, res.failed
     n_methods = len(METHODS)
-    # tuning + defaults + finals per method and problem, plus GDSolver's final seeds at 50% of
-    # the data on the classification problem (digits_mlp) for its data-efficiency claim
-    assert res.jobs == n_methods * 2 * (2 + 2 + 2) + 2
+    # tuning (2 draws per tuned hyperparameter) + defaults + finals per method and problem,
+    # plus GDSolver's final seeds at 50% of the data on the classification problem
+    # (digits_mlp) for its data-efficiency claim
+    draws = sum(2 * len(search_space(m)) for m in METHODS)
+    assert res.jobs == 2 * (draws + n_methods * (2 + 2)) + 2
     assert len(res.best) == n_methods * 2
     with Store(path) as st:
         text = write_report(st, tmp_path / "rep").read_text()

@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--studies", type=_pos_int, help="independent tuning studies (default 1): "
                     "each draws its own settings and seeds; claims get one verdict per study, "
                     "the median is shown and a verdict that differs is marked unstable")
+    su.add_argument("--tuning-check", action="store_true",
+                    help="also tune study 0 again with twice the draws (the budget's n_tune "
+                    "draws per tuned hyperparameter, doubled); where the best setting changes "
+                    "its final runs are re-run with study 0's seeds (tag final-x2) and the "
+                    "claims table says whether each verdict survives")
     su.add_argument("--quiet", action="store_true")
     data_flags(su)
 

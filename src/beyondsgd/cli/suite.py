@@ -29,7 +29,7 @@ from .common import (
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from ..bench.protocol.suite import BUDGETS, run_suite
+    from ..bench.protocol.suite import BUDGETS, check_tuning_check, run_suite
 
     if args.budget not in BUDGETS:
         raise CLIError(f"unknown budget {args.budget!r}; accepted: {', '.join(BUDGETS)}")
@@ -49,17 +49,24 @@ def cmd_suite(args: argparse.Namespace) -> int:
                            f"names from {', '.join(budget.problems)}")
         budget = dataclasses.replace(budget, problems={p: budget.problems[p] for p in names})
     run = methods or list(budget.methods or METHODS)
+    if args.tuning_check:
+        try:
+            check_tuning_check(budget, run)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     preflight(Plan(tuple(budget.problems), tuple((m, {}) for m in run), args.device))
     store = args.store or f"results/suite_{args.budget}.db"
     _open_store(store).close()  # a bad store is refused before the workers start
     where = (f"Ray cluster {args.address}" if args.address else "a local Ray cluster") \
         if args.executor == "ray" else f"{args.workers or os.cpu_count()} worker(s)"
-    print(f"suite {args.budget}: {budget.description}; store {store}; {where}",
+    check = "; tuning check: study 0 again with twice the draws" if args.tuning_check else ""
+    print(f"suite {args.budget}: {budget.description}{check}; store {store}; {where}",
           file=sys.stderr)
     try:
         res = run_suite(budget, store, methods, workers=args.workers, threads=args.threads,
                         device=args.device, progress=not args.quiet, executor=args.executor,
-                        address=args.address, studies=args.studies)
+                        address=args.address, studies=args.studies,
+                        tuning_check=args.tuning_check)
     except (ValueError, ImportError) as exc:
         if isinstance(exc, ImportError) and extra_hint(exc):
             raise
@@ -68,6 +75,9 @@ def cmd_suite(args: argparse.Namespace) -> int:
         path = write_report(st, args.out or f"results/report_{args.budget}")
         _print_summary(st, None)
     print(f"suite {args.budget}: {res.jobs} trials in {res.seconds:.1f} s; report: {path}")
+    if args.tuning_check:
+        changed = ", ".join(f"{p}/{m}" for p, m in res.check_changed) or "none"
+        print(f"tuning check (twice the draws): best setting changed for {changed}")
     failures: dict[str, list[str]] = {}
     for f in res.failed:
         name, _, msg = f.partition(": ")

@@ -1,15 +1,21 @@
 """The benchmark suite: problems x methods x (tuning + seed re-runs + defaults), resumable and
 parallel over worker processes.
 
-``run_suite("smoke", "results/smoke.db")`` runs the protocol of ``protocol.py`` for every problem
-and method of the budget. Every trial is keyed in the store, so re-running the same command
-skips finished trials and resumes interrupted ones from their last epoch checkpoint.
+``run_suite("smoke", "results/smoke.db")`` runs the tuning protocol (``tuning.py``, which also
+defines the budgets) for every problem and method of the budget. Every trial is keyed in the
+store, so re-running the same command skips finished trials and resumes interrupted ones from
+their last epoch checkpoint.
 
 Two executors run the trials. ``executor="local"`` (the default) uses a pool of ``workers``
 processes on this machine, each writing its trials into the store itself. ``executor="ray"``
 sends trials to a Ray cluster as tasks (``address``; without one, a local cluster) and the
 driver alone writes the store, so a dying worker loses nothing: its task is retried, and
 finished trials are never redone (``ray_executor.py``; needs ``pip install 'beyondsgd[ray]'``).
+
+Per problem the suite runs two batches: (1) every study's tuning draws (``n_tune`` per tuned
+hyperparameter, ``tuning.n_draws``), the tuning check's extra draws when asked for, and the
+defaults runs; (2) every study's final runs and, where the check changed the best setting, its
+``final-x2`` runs (``tuning.py``, steps 2-6).
 """
 
 from __future__ import annotations
@@ -28,72 +34,28 @@ from ..store import Store
 from .claims import fraction_runs
 from .jobs import BUSY_POLL_SECONDS, Job, execute_local, init_worker, run_job
 from .tuning import (
+    BUDGETS,
     DEFAULTS_TAG,
     TUNE_TAG,
+    TUNING_CHECK_FACTOR,
+    TUNING_CHECK_TAG,
+    Budget,
     Scored,
     final_seeds,
+    get_budget,
     pick_best,
     sample_configs,
+    search_space,
     study_tag,
     validation_score,
 )
 
 __all__ = ["BUDGETS", "BUSY_POLL_SECONDS", "Budget", "Job", "SuiteResult", "best_settings",
-           "final_jobs", "get_budget", "run_job", "run_suite", "tuning_jobs"]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Which problems, how many tuning trials and seeds, and epochs per problem."""
-
-    name: str
-    problems: dict[str, int | None]  # problem -> epochs (None: the problem's budget)
-    n_tune: int
-    seeds: int
-    methods: tuple[str, ...] | None = None  # None: every registered method
-    description: str = ""
-    final_seeds: dict[str, int] = field(default_factory=dict)  # problem -> seeds of final runs
-    studies: int = 1  # independent tuning studies (protocol.py, step 5)
-
-    def n_final(self, problem: str) -> int:
-        """Seeds of each final run on ``problem`` (``seeds`` unless ``final_seeds`` says)."""
-        return self.final_seeds.get(problem, self.seeds)
-
-
-BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(
-        "smoke", {"digits_mlp": 3, "diabetes_mlp": 4}, n_tune=2, seeds=2,
-        description="pipeline check for CI: two tiny problems, 2 tuning trials, 2 seeds "
-                    "(a few minutes on 2 cores)"),
-    "small": Budget(
-        "small", {"digits_mlp": 20, "diabetes_mlp": 100, "friedman_mlp": 50,
-                  "toy_polynomial_mlp": 15, "mnist1d_mlp": 30, "fmnist_mlp": 3},
-        n_tune=4, seeds=3,
-        # more final seeds where the seed-to-seed spread demands it (docs/protocol.md, "Seeds"):
-        # seeds giving 80% power to see the claims' margin at the measured spread, capped at 5
-        final_seeds={"digits_mlp": 4, "friedman_mlp": 5, "toy_polynomial_mlp": 5,
-                     "mnist1d_mlp": 5},
-        description="the README numbers: six problems, 4 tuning trials, 3-5 seeds "
-                    "(about 25 min on 2 idle cores)"),
-    "full": Budget(
-        "full", {"digits_mlp": None, "mnist1d_mlp": None, "mnist1d_cnn": None,
-                 "fmnist_mlp": None, "fmnist_2c2d": None, "fmnist_lenet5": None,
-                 "diabetes_mlp": None, "friedman_mlp": None, "toy_identity_mlp": None,
-                 "toy_polynomial_mlp": None, "toy_formula_mlp": None},
-        n_tune=16, seeds=5,
-        description="every problem at its full epoch budget, 16 tuning trials, 5 seeds "
-                    "(for a multi-core or GPU machine; days on 2 cores)"),
-}
+           "check_final_jobs", "check_tuning_check", "check_tuning_jobs", "final_jobs",
+           "get_budget", "run_job", "run_suite", "tuning_jobs"]
 
 
 EXECUTORS = ("local", "ray")
-
-
-def get_budget(name: str) -> Budget:
-    try:
-        return BUDGETS[name]
-    except KeyError:
-        raise ValueError(f"unknown budget {name!r}; accepted: {', '.join(BUDGETS)}") from None
 
 
 @dataclass
@@ -104,18 +66,27 @@ class SuiteResult:
     failed: list[str] = field(default_factory=list)
     best: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the tuning check: (problem, method) -> the best of twice the draws, for every pair whose
+    #: best setting changed (those got ``final-x2`` runs); empty without the check
+    check_changed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+
+def _draws(budget: Budget, m: str, study: int, factor: int = 1) -> list[dict]:
+    n = budget.draws(m, factor)
+    return sample_configs(m, n, seed=study) if n else []
 
 
 def tuning_jobs(budget: Budget, methods: list[str], studies: int | None = None) -> list[Job]:
-    """Every study's tuning trials (seed 0; a setting drawn by two studies runs once) and the
-    defaults runs (seeds 1..S), per problem and method."""
+    """Every study's tuning trials (``budget.draws(m)`` per method and study, seed 0; a setting
+    drawn by two studies runs once) and the defaults runs (seeds 1..S), per problem and
+    method."""
     k = budget.studies if studies is None else studies
     jobs = []
     for problem, epochs in budget.problems.items():
         for m in methods:
             seen: list[dict] = []
             for study in range(k):
-                for cfg in sample_configs(m, budget.n_tune, seed=study):
+                for cfg in _draws(budget, m, study):
                     if cfg not in seen:
                         seen.append(cfg)
                         jobs.append(Job(problem, m, cfg, 0, epochs, TUNE_TAG))
@@ -124,10 +95,27 @@ def tuning_jobs(budget: Budget, methods: list[str], studies: int | None = None) 
     return jobs
 
 
-def best_settings(store: Store, budget: Budget, methods: list[str], study: int = 0
-                  ) -> dict[tuple[str, str], Scored]:
+def check_tuning_jobs(budget: Budget, methods: list[str], studies: int | None = None
+                      ) -> list[Job]:
+    """The tuning check's extra draws: study 0's draws ``n+1 .. 2n`` per method (seed 0, tag
+    ``tune``; prefix stability keeps draws 1..n those of study 0), less any setting another
+    study drew (that trial runs once)."""
+    k = budget.studies if studies is None else studies
+    jobs = []
+    for problem, epochs in budget.problems.items():
+        for m in methods:
+            seen = [c for study in range(k) for c in _draws(budget, m, study)]
+            for cfg in _draws(budget, m, 0, TUNING_CHECK_FACTOR)[budget.draws(m):]:
+                if cfg not in seen:
+                    seen.append(cfg)
+                    jobs.append(Job(problem, m, cfg, 0, epochs, TUNE_TAG))
+    return jobs
+
+
+def best_settings(store: Store, budget: Budget, methods: list[str], study: int = 0,
+                  factor: int = 1) -> dict[tuple[str, str], Scored]:
     """Best of study ``study``'s tuning settings per (problem, method) by validation score,
-    from the store."""
+    from the store; ``factor`` 2 with study 0: the tuning check's best of twice the draws."""
     out = {}
     for problem, epochs in budget.problems.items():
         prob = get_problem(problem)
@@ -135,7 +123,7 @@ def best_settings(store: Store, budget: Budget, methods: list[str], study: int =
         for m in methods:
             tuned = store.trials(problem=problem, method=m, tag=TUNE_TAG, seed=0, epochs=n_ep)
             scored = []
-            for cfg in sample_configs(m, budget.n_tune, seed=study):
+            for cfg in _draws(budget, m, study, factor):
                 rows = [t for t in tuned if t["train_fraction"] == 1.0
                         and all(t["hparams"].get(k) == v for k, v in cfg.items())]
                 if not rows:
@@ -149,12 +137,13 @@ def best_settings(store: Store, budget: Budget, methods: list[str], study: int =
     return out
 
 
-def final_jobs(budget: Budget, best: dict[tuple[str, str], Scored], study: int = 0
-               ) -> list[Job]:
+def final_jobs(budget: Budget, best: dict[tuple[str, str], Scored], study: int = 0,
+               tag: str | None = None) -> list[Job]:
     """Study ``study``'s final runs: each best setting with the study's seeds, plus the runs at
     a smaller train fraction that a claim needs (``claims.fraction_runs``: GDSolver at 50% on
-    classification problems), same setting, tag and seeds."""
-    tag = study_tag(study)
+    classification problems), same setting, tag and seeds. ``tag``: the study's unless given
+    (the tuning check's runs are study 0's seeds under ``final-x2``)."""
+    tag = study_tag(study) if tag is None else tag
     jobs = []
     for (p, m), sc in best.items():
         epochs = budget.problems[p]
@@ -166,25 +155,57 @@ def final_jobs(budget: Budget, best: dict[tuple[str, str], Scored], study: int =
     return jobs
 
 
-def _count_jobs(b: Budget, methods: list[str], studies: int) -> int:
-    """Jobs the suite will run (for the progress bar): tuning + defaults + finals + fractions."""
-    n = len(tuning_jobs(b, methods, studies))
+def changed_settings(best: dict[tuple[str, str], Scored], best2: dict[tuple[str, str], Scored]
+                     ) -> dict[tuple[str, str], Scored]:
+    """The pairs whose best setting with twice the draws (``best2``) differs from study 0's
+    (``best``): only an extra draw scoring strictly higher changes it (ties go to the earlier
+    draw, and draws 1..n are study 0's)."""
+    return {k: v for k, v in best2.items() if k in best and v.hparams != best[k].hparams}
+
+
+def check_final_jobs(budget: Budget, best: dict[tuple[str, str], Scored],
+                     best2: dict[tuple[str, str], Scored]) -> list[Job]:
+    """The tuning check's final runs: study 0's seeds (and fraction runs) under ``final-x2``,
+    only for the pairs whose best setting changed; the others' would equal study 0's
+    ``final`` runs, which the claims read instead."""
+    return final_jobs(budget, changed_settings(best, best2), 0, TUNING_CHECK_TAG)
+
+
+def check_tuning_check(budget: Budget, methods: list[str]) -> None:
+    """Refuse a tuning check that has nothing to double (ValueError, one line)."""
+    why = (f"budget {budget.name!r} has no tuning (n_tune=0)" if not budget.n_tune else None
+           if any(search_space(m) for m in methods) else
+           f"none of {', '.join(methods)} has a tuned hyperparameter")
+    if why:
+        raise ValueError(f"--tuning-check: {why}, so there is no tuning budget to double")
+
+
+def _count_jobs(b: Budget, methods: list[str], studies: int, check: bool = False) -> int:
+    """Jobs the suite will run (for the progress bar): tuning + defaults + finals + fractions,
+    and the check's extra draws (its ``final-x2`` runs are added once known)."""
+    n = len(tuning_jobs(b, methods, studies) + (check_tuning_jobs(b, methods, studies)
+                                                 if check else []))
     for p in b.problems:
         extra = sum(1 for m, _, task in fraction_runs()
                     if m in methods and get_problem(p).task == task)
-        n += studies * b.n_final(p) * (len(methods) + extra)
+        n += studies * b.n_final(p) * (len(methods) + extra) if b.n_tune else 0
     return n
 
 
 def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None = None,
               workers: int | None = None, threads: int | None = None, device: str = "cpu",
               progress: bool = True, executor: str = "local", address: str | None = None,
-              max_retries: int = 3, studies: int | None = None) -> SuiteResult:
+              max_retries: int = 3, studies: int | None = None, tuning_check: bool = False
+              ) -> SuiteResult:
     """Run the tuning protocol for every problem x method of ``budget`` into ``store_path``.
 
     ``studies``: independent tuning studies (default: the budget's, 1 for the built-in ones);
     study ``k`` draws its own settings and re-runs its best one with its own seeds
     (``protocol.py`` step 5), so the claims get one verdict per study.
+
+    ``tuning_check``: tune study 0 again with twice its draws and re-run with study 0's seeds,
+    under tag ``final-x2``, every pair whose best setting changed (``tuning.py`` step 6);
+    ``SuiteResult.check_changed`` lists those pairs. Refused (ValueError) where nothing is tuned.
 
     ``executor="local"``: ``workers`` processes on this machine (default: one per core; 1: in
     this process), each with ``threads`` torch threads (default: cores / workers). Measured on 2
@@ -218,6 +239,10 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
         raise ValueError(f"studies must be an integer >= 1, got {studies!r}")
     if studies is not None:
         b = replace(b, studies=studies)
+    if not isinstance(tuning_check, bool):
+        raise ValueError(f"tuning_check must be True or False, got {tuning_check!r}")
+    if tuning_check:
+        check_tuning_check(b, methods)
     if threads is None:
         # a cluster's cores are not this machine's: one CPU per Ray task unless told otherwise
         threads = 1 if executor == "ray" else max(1, (os.cpu_count() or 1) // workers)
@@ -236,7 +261,7 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
                                    initializer=init_worker, initargs=(os.getpid(),))
     try:
         return _run_suite(b, store_path, methods, threads, device, progress, ray_executor,
-                          pool)
+                          pool, tuning_check)
     finally:
         if ray_executor is not None:
             ray_executor.stop()
@@ -245,8 +270,8 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
 
 
 def _run_suite(b: Budget, store_path: str, methods: list[str], threads: int, device: str,
-               progress: bool, ray_executor: Any, pool: ProcessPoolExecutor | None
-               ) -> SuiteResult:
+               progress: bool, ray_executor: Any, pool: ProcessPoolExecutor | None,
+               check: bool = False) -> SuiteResult:
     t0 = time.time()
     result = SuiteResult(b.name, store_path)
     Store(store_path).close()  # create the schema once, before workers race to do it
@@ -256,19 +281,26 @@ def _run_suite(b: Budget, store_path: str, methods: list[str], threads: int, dev
         try:
             from tqdm import tqdm
 
-            total = _count_jobs(b, methods, b.studies)
+            total = _count_jobs(b, methods, b.studies, check)
             bar = tqdm(total=total, unit="trial", dynamic_ncols=True, file=sys.stderr,
                        desc=f"suite {b.name}")
         except ImportError:  # pragma: no cover
             bar = None
+
+    def say(line: str) -> None:
+        if progress:
+            (print if bar is None else bar.write)(line, file=sys.stderr)
+
+    checking: set[str] = set()  # the check's extra draws (tag tune), named so in the bar
 
     def done(job: Job, status: str, error: str) -> None:
         result.jobs += 1
         if status == "failed":
             result.failed.append(f"{job.problem}/{job.method}/{job.tag}/seed{job.seed}: {error}")
         if bar is not None:
+            what = job.tag + (" (tuning check)" if repr(job) in checking else "")
             bar.update(1)
-            bar.set_postfix_str(f"{job.problem}/{job.method}/{job.tag}: {status}")
+            bar.set_postfix_str(f"{job.problem}/{job.method}/{what}: {status}")
 
     def execute(jobs: list[Job]) -> None:
         if ray_executor is None:
@@ -276,14 +308,34 @@ def _run_suite(b: Budget, store_path: str, methods: list[str], threads: int, dev
         else:
             ray_executor.execute(jobs, store_path, done)
 
-    # problem by problem, so an interrupted suite leaves complete results for finished problems
+    # problem by problem, so an interrupted suite leaves complete results for finished problems;
+    # the check's runs join the protocol's two batches (no extra wait for the slowest trial)
     best: dict[tuple[str, str], Scored] = {}
     for problem, epochs in b.problems.items():
         one = replace(b, problems={problem: epochs})
-        execute(tuning_jobs(one, methods))
+        extra = check_tuning_jobs(one, methods) if check else []
+        checking.update(repr(j) for j in extra)
+        if check:
+            say(f"tuning check, {problem}: {len(extra)} more tuning draws (tag {TUNE_TAG}: "
+                f"study 0's draws n+1..2n, n = {b.n_tune} x the method's tuned hyperparameters)")
+        execute(tuning_jobs(one, methods) + extra)
         with Store(store_path) as st:
             per_study = [best_settings(st, one, methods, k) for k in range(b.studies)]
-        execute([j for k, bp in enumerate(per_study) for j in final_jobs(one, bp, k)])
+            best2 = best_settings(st, one, methods, 0, TUNING_CHECK_FACTOR) if check else {}
+        jobs = [j for k, bp in enumerate(per_study) for j in final_jobs(one, bp, k)]
+        if check:
+            changed = changed_settings(per_study[0], best2)
+            x2 = check_final_jobs(one, per_study[0], best2)
+            result.check_changed.update(
+                {k: {"hparams": v.hparams, "val_score": v.score} for k, v in changed.items()})
+            say(f"tuning check, {problem}: best setting changed with twice the draws for "
+                f"{', '.join(m for _, m in changed) or 'no method'} ({len(changed)} of "
+                f"{len(methods)}): {len(x2)} {TUNING_CHECK_TAG} runs with study 0's seeds")
+            if bar is not None:
+                bar.total += len(x2)
+                bar.refresh()
+            jobs += x2
+        execute(jobs)
         best.update(per_study[0])
     if bar is not None:
         bar.close()

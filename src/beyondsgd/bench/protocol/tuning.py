@@ -1,15 +1,19 @@
-"""The tuning protocol (see docs/protocol.md): equal budgets, quasi-random search, seed re-runs.
+"""The tuning protocol (see docs/protocol.md): equal budgets, quasi-random search, seed re-runs;
+and the budgets (:class:`Budget`, ``BUDGETS``) that set its draws, seeds and epochs.
 
 For every (problem, method), baselines included:
 
 1. **Search space**: the method's hyperparameters declared with ``tune=True`` (a numeric range,
    log-uniform where ``log=True``, or a set of ``choices``). Nothing else is tuned.
-2. **Tuning**: the same number ``n_trials`` of settings for every method, drawn from a scrambled
+2. **Tuning**: ``n_tune`` settings *per tuned hyperparameter* for every method
+   (:func:`n_draws`: ``n_tune * max(1, len(search_space(method)))``, so a method tuned over lr
+   and tau gets twice the draws of a baseline tuned over lr alone), drawn from a scrambled
    Halton sequence (``scipy.stats.qmc``) seeded by the method name, so the draws are
-   reproducible and independent of which other methods run. Each setting is trained once with
-   seed 0 (tag ``tune``) and scored on the *validation* split: the validation metric at the end
-   of the budget (what the suite reports is the final test metric); a diverged trial scores
-   worst.
+   reproducible and independent of which other methods run. The draws are prefix-stable: the
+   first ``n`` of ``2n`` draws are the ``n`` draws, so a larger budget reuses a smaller one's
+   trials. Each setting is trained once with seed 0 (tag ``tune``) and scored on the
+   *validation* split: the validation metric at the end of the budget (what the suite reports
+   is the final test metric); a diverged trial scores worst.
 3. **Final runs**: the best setting is re-run with seeds ``1..S`` (tag ``final``) and reported on
    the *test* split. The tuning seed is not reused, so the selection does not leak into the
    reported numbers. A claim made at a smaller share of the data (GDSolver at 50 %) adds runs of
@@ -21,6 +25,13 @@ For every (problem, method), baselines included:
    with its own seeds ``k*S+1 .. (k+1)*S`` under tag ``final`` (k = 0) or ``final-sK``; each
    study gets its own claims verdict, the table shows the median verdict and marks a verdict
    that differs between studies as unstable (``claims.py``).
+6. **Tuning check** (optional): study 0 is tuned again with twice its draws. The extra draws are
+   draws ``n+1 .. 2n`` of study 0's Halton sequence, trained like the others (seed 0, tag
+   ``tune``: prefix stability makes them the very trials a budget with twice ``n_tune`` runs,
+   so either reuses the other's). Where the best of the ``2n`` draws differs from study 0's
+   best, that setting is re-run with study 0's seeds under tag ``final-x2``; elsewhere the
+   check's runs would be study 0's ``final`` runs, so none are written and the claims read
+   those. The claims table says whether each verdict survives doubling the tuning budget.
 
 >>> study_tag(0), study_tag(2), study_of("final-s2"), list(final_seeds(1, 3))
 ('final', 'final-s2', 2, [4, 5, 6])
@@ -30,17 +41,22 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...methods import get_method_class
 from ...methods.base import HParam, resolve_hparams
 
 TUNE_TAG, FINAL_TAG, DEFAULTS_TAG = "tune", "final", "defaults"
-#: The tuning check: study 0 tuned again with twice the draws; its tuning runs carry
-#: ``TUNING_CHECK_TUNE_TAG`` and its final runs (study 0's seeds) ``TUNING_CHECK_TAG``. The
-#: claims table says whether each verdict survives it (not a study: ``study_of`` gives None).
-TUNING_CHECK_TAG, TUNING_CHECK_TUNE_TAG = "final-x2", "tune-x2"
+#: The tuning check (step 6): study 0 tuned again with twice the draws. Its final runs (study 0's
+#: seeds, only where the best setting changed) carry ``TUNING_CHECK_TAG`` (not a study:
+#: ``study_of`` gives None). Its extra tuning draws are ordinary ``tune`` trials of study 0
+#: (``TUNING_CHECK_TUNE_TAG`` is ``TUNE_TAG``): they are draws n+1..2n of the same prefix-stable
+#: sequence, so keyed alike they are shared with a budget of twice ``n_tune``, and the
+#: sensitivity plots show them with the rest of the sweep.
+TUNING_CHECK_TAG, TUNING_CHECK_TUNE_TAG = "final-x2", TUNE_TAG
+#: How many times study 0's draws the tuning check tunes with.
+TUNING_CHECK_FACTOR = 2
 
 #: The standard optimizers every paper method is compared with (the ones AlgoPerf and DeepOBS
 #: ship as baselines); claims' time-to-target targets are set over their tuned runs.
@@ -74,6 +90,14 @@ def search_space(method: str) -> list[HParam]:
     return [h for h in get_method_class(method).hparams if h.tune]
 
 
+def n_draws(method: str, n_tune: int) -> int:
+    """Tuning draws of ``method`` per study: ``n_tune`` per tuned hyperparameter (a method with
+    an empty search space counts as one: it gets its defaults)."""
+    if isinstance(n_tune, bool) or not isinstance(n_tune, int) or n_tune < 0:
+        raise ValueError(f"n_tune must be an integer >= 0, got {n_tune!r}")
+    return n_tune * max(1, len(search_space(method)))
+
+
 def _scale(h: HParam, u: float) -> Any:
     if h.choices is not None:
         return h.choices[min(int(u * len(h.choices)), len(h.choices) - 1)]
@@ -98,6 +122,9 @@ def sample_configs(method: str, n: int, seed: int = 0,
 
     ``fixed`` hyperparameters are added to every setting (e.g. a problem-specific override).
     A method with an empty search space gets its defaults (once: ``n`` copies would be wasted).
+    Prefix-stable: ``sample_configs(m, 2 * n, s)[:n] == sample_configs(m, n, s)`` (the Halton
+    points come in sequence order), which the tuning check and the reuse of stored trials
+    rely on.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -145,3 +172,68 @@ def pick_best(scored: list[Scored]) -> Scored:
     if not scored:
         raise ValueError("no tuning trials to pick from")
     return max(enumerate(scored), key=lambda t: (t[1].score, -t[0]))[1]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Which problems, how many tuning draws and seeds, and epochs per problem.
+
+    ``n_tune`` is the number of tuning draws *per tuned hyperparameter*: a method tuned over
+    ``k`` hyperparameters gets ``n_tune * k`` draws per study (``draws``), so a paper method
+    tuned over lr and tau is not handicapped against a baseline tuned over lr alone. 0: no
+    tuning (defaults runs only)."""
+
+    name: str
+    problems: dict[str, int | None]  # problem -> epochs (None: the problem's budget)
+    n_tune: int  # draws per tuned hyperparameter
+    seeds: int
+    methods: tuple[str, ...] | None = None  # None: every registered method
+    description: str = ""
+    final_seeds: dict[str, int] = field(default_factory=dict)  # problem -> seeds of final runs
+    studies: int = 1  # independent tuning studies (protocol.py, step 5)
+
+    def n_final(self, problem: str) -> int:
+        """Seeds of each final run on ``problem`` (``seeds`` unless ``final_seeds`` says)."""
+        return self.final_seeds.get(problem, self.seeds)
+
+    def __post_init__(self) -> None:
+        n_draws("sgd", self.n_tune)  # ValueError unless an integer >= 0
+
+    def draws(self, method: str, factor: int = 1) -> int:
+        """Tuning draws of ``method`` per study (``factor`` 2: the tuning check's)."""
+        return factor * n_draws(method, self.n_tune)
+
+
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget(
+        "smoke", {"digits_mlp": 3, "diabetes_mlp": 4}, n_tune=2, seeds=2,
+        description="pipeline check for CI: two tiny problems, 2 tuning draws per tuned "
+                    "hyperparameter, 2 seeds (a few minutes on 2 cores)"),
+    "small": Budget(
+        "small", {"digits_mlp": 20, "diabetes_mlp": 100, "friedman_mlp": 50,
+                  "toy_polynomial_mlp": 15, "mnist1d_mlp": 30, "fmnist_mlp": 3},
+        n_tune=4, seeds=3,
+        # more final seeds where the seed-to-seed spread demands it (docs/protocol.md, "Seeds"):
+        # seeds giving 80% power to see the claims' margin at the measured spread, capped at 5
+        final_seeds={"digits_mlp": 4, "friedman_mlp": 5, "toy_polynomial_mlp": 5,
+                     "mnist1d_mlp": 5},
+        description="the README numbers: six problems, 4 tuning draws per tuned hyperparameter, "
+                    "3-5 seeds "
+                    "(about 25 min on 2 idle cores)"),
+    "full": Budget(
+        "full", {"digits_mlp": None, "mnist1d_mlp": None, "mnist1d_cnn": None,
+                 "fmnist_mlp": None, "fmnist_2c2d": None, "fmnist_lenet5": None,
+                 "diabetes_mlp": None, "friedman_mlp": None, "toy_identity_mlp": None,
+                 "toy_polynomial_mlp": None, "toy_formula_mlp": None},
+        n_tune=16, seeds=5,
+        description="every problem at its full epoch budget, 16 tuning draws per tuned "
+                    "hyperparameter, 5 seeds (for a multi-core or GPU machine; days on 2 "
+                    "cores)"),
+}
+
+
+def get_budget(name: str) -> Budget:
+    try:
+        return BUDGETS[name]
+    except KeyError:
+        raise ValueError(f"unknown budget {name!r}; accepted: {', '.join(BUDGETS)}") from None
