@@ -84,8 +84,8 @@ def test_matrix_lists_every_claim_and_problem_with_its_verdict_colour():
 
 def test_budget_limited_and_untested_are_drawn_neutral():
     md = M.claims_matrix(RESULTS)
-    assert "⬜ budget-limited · 4 % of the paper's budget" in md
-    assert "⬚ untested (0 of 9 solves accepted)" in md
+    assert "⬜ budget-limited · 4 % of the budget" in md
+    assert "⬚ untested: 0 of 9 solves accepted" in md
     for name in ("budget-limited", "untested", "reference-only"):
         rule = re.search(rf"td\.v-{name}[^{{]*\{{([^}}]*)\}}", STYLE).group(1)
         assert not any(c in rule for c in (GREEN, RED, AMBER)), rule
@@ -211,3 +211,56 @@ def test_doctests_of_the_matrix_the_converter_and_the_paper_figure():
 
     for mod in (M, html, figures_paper):
         assert doctest.testmod(mod).failed == 0, mod.__name__
+
+
+MATRIX_PROBE = """<script>
+window.addEventListener("load", () => {
+  const cells = Array.from(document.querySelectorAll("td[class], th[class]")).map(c => ({
+    cls: c.className, text: c.textContent, bg: getComputedStyle(c).backgroundColor,
+    image: getComputedStyle(c).backgroundImage, top: c.getBoundingClientRect().top}));
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify(cells);
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+def test_chromium_shows_the_matrix_coloured_at_the_top(tmp_path):
+    """The report as headless Chromium renders it: the legend and the matrix's cells carry
+    their verdict's colour (green, red, amber; grey and hatched for budget-limited and
+    untested) and the matrix is on the first screen."""
+    import html as html_mod
+    import json
+
+    from test_report_html import CHROMIUM, _run_chromium
+
+    if CHROMIUM is None:
+        pytest.skip("headless Chromium not found (Debian's `chromium` package)")
+    db = tmp_path / "s.db"
+    hand_made_store(db, methods=["sgd", "momentum", "adam", "adagrad", "adadelta", "rmsprop",
+                                 "bpgrad", "proxprop", "slbi"]).close()
+    from beyondsgd.bench.store import Store
+
+    with Store(db) as st:
+        md_path = write_report(st, tmp_path / "rep", plots=False)
+    page = tmp_path / "probe.html"
+    page.write_text((md_path.parent / "report.html").read_text()
+                    .replace("</body>", MATRIX_PROBE + "</body>"))
+    res = _run_chromium(tmp_path, "--dump-dom", "--virtual-time-budget=10000",
+                        "--window-size=1280,1000", page.as_uri())
+    m = re.search(r'<pre id="probe">(.*?)</pre>', res.stdout, re.S)
+    assert m, f"no probe in Chromium's DOM (exit {res.returncode}): {res.stderr[-2000:]}"
+    cells = json.loads(html_mod.unescape(m.group(1)))
+    legend = {c["cls"]: c for c in cells if c["text"] in M.ORDER}
+    assert legend["v-supported"]["bg"] == "rgb(199, 233, 192)"
+    assert legend["v-not-supported"]["bg"] == "rgb(247, 197, 192)"
+    assert legend["v-inconclusive"]["bg"] == "rgb(255, 227, 154)"
+    assert legend["v-budget-limited"]["bg"] == "rgb(212, 212, 212)"
+    assert "repeating-linear-gradient" in legend["v-untested"]["image"]
+    verdict_cells = [c for c in cells if c["cls"].startswith("v-") and c["text"] not in M.ORDER]
+    assert verdict_cells, "no coloured cell in the matrix"
+    for c in verdict_cells:
+        assert c["bg"] == legend[c["cls"].split()[0]]["bg"], c
+        assert c["top"] < 1000  # on the first screen

@@ -13,7 +13,7 @@ number, no verdict) light grey. A verdict that differs between tuning studies is
 **unstable** (the median verdict's colour, a dashed orange frame in HTML).
 
 >>> print(cell_text("supported", note="", budget=0.4))
-🟩 supported · 40 % of the paper's budget
+🟩 supported · 40 % of the budget
 >>> short_text(type("C", (), {"id": "x", "text": "one two three four five six seven eight nine"})())
 'one two three four five six seven eight …'
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from ..analysis.claims import CLAIMS, evaluate_store
+from ..analysis.claims import BUDGET_FLOOR, CLAIMS, evaluate_store
 from ..problems import PROBLEMS
 from ..store import Store
 
@@ -60,6 +60,7 @@ SHORT = {
     "gdsolver_time": "reaches the regression target sooner",
     "gdsolver_data": "half the data, baselines' full-data accuracy",
     "pht_speed": "reaches the target sooner than SGD",
+    "pht_accuracy": "test accuracy at least Adam's, same budget",
 }
 
 
@@ -98,15 +99,17 @@ def _budget(fraction) -> str:
 
 
 def cell_text(verdict: str, note: str = "", budget: float | None = None,
-              unstable: bool = False, tuning: str = "") -> str:
-    """One matrix cell: marker, verdict, its note, the budget fraction, **unstable**, and the
-    2x-tuning check where there is one."""
+              unstable: bool = False, tuning: str = "", of: str = "the budget") -> str:
+    """One matrix cell: marker, verdict, its note ("untested: ...", "budget-limited: ..." as
+    the analysis words them; "inconclusive (...)"), the budget fraction (of ``of``) where it is
+    below 1 and the note does not already state it, **unstable**, and the 2x-tuning check
+    where there is one."""
     kind = _kind(verdict)
     text = f"{MARKS.get(kind, '')} {verdict}".strip()
     if note:
-        text += f" ({note})"
-    if budget is not None:
-        text += f" · {_budget(budget)} of the paper's budget"
+        text += f": {note}" if kind in ("untested", "budget-limited") else f" ({note})"
+    if budget is not None and budget < 1 and "%" not in note:
+        text += f" · {_budget(budget)} of {of}"
     if unstable:
         text += " · **unstable**"
     if tuning:
@@ -130,7 +133,8 @@ def _tuning_text(r) -> str:
 LEGEND = {"supported": "the claim holds, significantly",
           "not supported": "significantly contradicted",
           "inconclusive": "the seeds cannot decide (why, in brackets)",
-          "budget-limited": "too little of the paper's budget to decide",
+          "budget-limited": f"too little of the budget to decide (below "
+                            f"{100 * BUDGET_FLOOR:.0f} %)",
           "untested": "the method never acted (no solve kept, a collapsed run)",
           "reference only": "a baseline's number, no verdict"}
 
@@ -218,8 +222,10 @@ def matrix_markdown(store: Store, problems: list[str] | None = None, results=Non
     parts = []
     if results:
         parts += ["Claims (rows) on the problems run (columns): each paper's claim checked on "
-                  "the kind of problem the paper ran, the median verdict over tuning studies. "
-                  f"`{NA}`: a problem of another kind; `–`: runs missing.", "",
+                  "the kind of problem the paper ran; over tuning studies, untested or "
+                  "budget-limited if any study is, else the median verdict. "
+                  f"`{NA}`: a problem of another kind; `–`: runs missing; a budget: the "
+                  "fraction of the problem's epochs run.", "",
                   claims_matrix(results)]
     if outcomes:
         parts += ["The papers' own experiments (`beyondsgd reproduce`): rows per verdict and the "
