@@ -264,3 +264,14 @@ def test_chromium_shows_the_matrix_coloured_at_the_top(tmp_path):
     for c in verdict_cells:
         assert c["bg"] == legend[c["cls"].split()[0]]["bg"], c
         assert c["top"] < 1000  # on the first screen
+
+
+def test_reproduce_matrix_names_an_incomplete_experiment_and_one_budget_once():
+    outs = [SimpleNamespace(experiment="gdsolver", verdict="budget-limited", budget=0.0667),
+            SimpleNamespace(experiment="gdsolver", verdict="untested", budget=0.06670001),
+            SimpleNamespace(experiment="dessilbi", verdict="", budget=None,
+                            missing="not every trial has finished (a | b)")]
+    lines = M.reproduce_matrix(outs).splitlines()
+    assert lines[2].endswith("| 6.7 % |")
+    assert lines[3].startswith("| dessilbi | – |")
+    assert lines[3].endswith("| incomplete: not every trial has finished (a \\| b) |")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 from ..analysis.claims import BUDGET_FLOOR, CLAIMS, evaluate_store
 from ..problems import PROBLEMS
@@ -187,27 +188,41 @@ def reproduce_matrix(outcomes: Sequence) -> str:
     if not outcomes:
         return ""
     exps = list(dict.fromkeys(o.experiment for o in outcomes))
+    missing = {o.experiment: o.missing for o in outcomes if getattr(o, "missing", "")}
+    outcomes = [o for o in outcomes if not getattr(o, "missing", "")]
     lines = ["| experiment | " + " | ".join(ORDER) + " | budget (of the paper's steps) |",
              "|---" * (len(ORDER) + 2) + "|"]
     for e in exps:
+        if e in missing:  # a replay of a partial run: no verdict to count
+            why = str(missing[e]).replace("|", "\\|")
+            lines.append(f"| {e} | " + " | ".join("–" for _ in ORDER) + f" | incomplete: {why} |")
+            continue
         rows = [o for o in outcomes if o.experiment == e]
         counts = Counter(_kind(o.verdict) or o.verdict for o in rows)
         cells = [f"{MARKS[k]} {counts[k]}" if counts[k] else NA for k in ORDER]
-        budgets = sorted({b for o in rows if (b := getattr(o, "budget", None)) is not None})
-        btext = ("–" if not budgets else _budget(budgets[0]) if len(budgets) == 1
-                 else f"{_budget(budgets[0])} – {_budget(budgets[-1])}")
+        budgets = sorted(b for o in rows if (b := getattr(o, "budget", None)) is not None)
+        lo, hi = (_budget(budgets[0]), _budget(budgets[-1])) if budgets else ("–", "–")
+        btext = lo if lo == hi else f"{lo} – {hi}"
         lines.append(f"| {e} | " + " | ".join(cells) + f" | {btext} |")
     return "\n".join(lines) + "\n"
 
 
 def stored_reproduce_outcomes(store: Store) -> list:
     """The reproduce outcomes recomputed from ``store`` (none without reproduce trials;
-    imported lazily: the reproduce room trains models, which a plain store does not need)."""
+    imported lazily: the reproduce room trains models, which a plain store does not need); an
+    experiment whose trials are incomplete (a partial run, an earlier recipe) as one entry with
+    ``missing`` (its reason)."""
     from ..reproduce.table import stored_outcomes, stored_runs
 
     if not stored_runs(store):
         return []
-    return [o for run in stored_outcomes(store) for o in run.outcomes]
+    out: list = []
+    for run in stored_outcomes(store):
+        out += run.outcomes
+        if run.missing and not run.outcomes:
+            out.append(SimpleNamespace(experiment=run.experiment.name, verdict="",
+                                       budget=None, missing=run.missing))
+    return out
 
 
 def matrix_markdown(store: Store, problems: list[str] | None = None, results=None,
