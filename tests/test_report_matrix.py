@@ -275,3 +275,13 @@ def test_reproduce_matrix_names_an_incomplete_experiment_and_one_budget_once():
     assert lines[2].endswith("| 6.7 % |")
     assert lines[3].startswith("| dessilbi | – |")
     assert lines[3].endswith("| incomplete: not every trial has finished (a \\| b) |")
+
+
+@pytest.mark.parametrize("check, shown", [(True, "survives"), (False, "flips"),
+                                          ("flips to inconclusive", "flips to inconclusive"),
+                                          (SimpleNamespace(verdict="supported"), "supported")])
+def test_the_2x_tuning_check_is_shown_where_the_analysis_gives_one(check, shown):
+    r = _sv("bpgrad_accuracy", "digits_mlp", "supported")
+    assert "2× tuning" not in M.claims_matrix([r])
+    r.tuning_check = check
+    assert f"🟩 supported · 2× tuning: {shown} |" in M.claims_matrix([r])
