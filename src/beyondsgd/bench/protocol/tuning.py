@@ -217,9 +217,15 @@ BUDGETS: dict[str, Budget] = {
         # seeds giving 80% power to see the claims' margin at the measured spread, capped at 5
         final_seeds={"digits_mlp": 4, "friedman_mlp": 5, "toy_polynomial_mlp": 5,
                      "mnist1d_mlp": 5},
-        description="the README numbers: six problems, 4 tuning draws per tuned hyperparameter, "
-                    "3-5 seeds "
-                    "(about 25 min on 2 idle cores)"),
+        # cost (docs/protocol.md, "Budgets"): with --studies 2 --tuning-check 2606 trials, 125
+        # CPU-minutes (per-trial CPU time measured at one thread, 2026-12-07). fmnist_mlp stays at
+        # 3 of its 10 epochs: it is half of that cost already (66 CPU-min; an epoch costs 1.7-2.7
+        # CPU-s per method, 3.7 ProxProp, 12.5 PHT alternation), and 5 epochs would add 43
+        # CPU-min (84 min on 2 idle cores); its verdicts stay at 30 % of the problem's epochs
+        description="the README numbers: six problems (fmnist_mlp at 3 of its 10 epochs), 4 "
+                    "tuning draws per tuned hyperparameter, 3-5 seeds; with --studies 2 "
+                    "--tuning-check about 2600 trials, 125 CPU-minutes: about 60-65 min on 2 "
+                    "idle cores"),
     "full": Budget(
         "full", {"digits_mlp": None, "mnist1d_mlp": None, "mnist1d_cnn": None,
                  "fmnist_mlp": None, "fmnist_2c2d": None, "fmnist_lenet5": None,
