@@ -106,6 +106,7 @@ from .judge import (  # noqa: F401 - the tests behind a verdict, re-exported
     smallest_p,
 )
 from .mechanism import untested_note
+from .tuning_check import check_text, check_values
 from .values import Values, collect, targets  # noqa: F401 - re-exported
 
 VERDICTS = ("not supported", "inconclusive", "supported")  # ordered, for the median
@@ -255,6 +256,7 @@ class StudyVerdicts:
     studies: list[Verdict]
     verdict: str
     unstable: bool
+    tuning_check: str | None = None  # tuning_check.check_text, where the store has the check
 
     def verdict_text(self) -> str:
         """The verdict over the studies with the reason of a study that gave it (untested,
@@ -271,17 +273,26 @@ def studies_in(store: Store) -> list[int]:
 
 def evaluate_store(store: Store, claims: tuple[Claim, ...] = CLAIMS,
                    problems: list[str] | None = None) -> list[StudyVerdicts]:
-    """Every claim on every problem, one verdict per study, median and stability."""
+    """Every claim on every problem, one verdict per study, median and stability, and whether
+    study 0's verdict survives twice the tuning draws where the store has that check
+    (:mod:`.tuning_check`)."""
     by: dict[tuple[str, str], list[Verdict]] = defaultdict(list)
     for k in studies_in(store):
         values = collect(store, study_tag(k))
         for v in evaluate_claims(values, claims):
             if not problems or v.problem in problems:
                 by[(v.claim.id, v.problem)].append(v)
+    checked = check_values(store)
+    rechecked = {(v.claim.id, v.problem): v for v in evaluate_claims(checked, claims)} \
+        if checked is not None else {}
     out = []
-    for vs in by.values():
+    for (cid, prob), vs in by.items():
         verdict, unstable = median_verdict([v.verdict for v in vs])
-        out.append(StudyVerdicts(vs[0].claim, vs[0].problem, vs, verdict, unstable))
+        sv = StudyVerdicts(vs[0].claim, vs[0].problem, vs, verdict, unstable)
+        s0 = [v for v in vs if v.study == 0]
+        if (cid, prob) in rechecked and s0:
+            sv.tuning_check = check_text(s0[0].verdict, rechecked[(cid, prob)].verdict)
+        out.append(sv)
     return out
 
 
