@@ -241,7 +241,8 @@ def test_the_smoke_budget_runs_every_method_end_to_end(smoke_store, tmp_path):
     assert len(res.best) == n_methods * 2
     with Store(path) as st:
         text = write_report(st, tmp_path / "rep").read_text()
-    assert "## Claims" in text and "BPGrad" in text and "## Overview" in text
+    assert "## Verdicts at a glance" in text and "The claims in detail" in text
+    assert "BPGrad" in text and "## Overview" in text
 
 
 def test_suite_cli_problems_and_studies_refuse_bad_values(capsys, tmp_path):

@@ -23,7 +23,8 @@ from beyondsgd.bench.store import Store
 # trials also carry events (its regularisation path) and method metrics (support sizes).
 BUDGET = Budget("ray-mini", {"digits_mlp": 2, "diabetes_mlp": 2}, n_tune=2, seeds=1)
 METHODS = ["sgd", "slbi"]
-N_TRIALS = len(METHODS) * len(BUDGET.problems) * (BUDGET.n_tune + 2 * BUDGET.seeds)
+# tuning draws scale with the tuned hyperparameters (BUDGET.draws), then defaults and finals
+N_TRIALS = len(BUDGET.problems) * sum(BUDGET.draws(m) + 2 * BUDGET.seeds for m in METHODS)
 
 
 def snapshot(path, methods=None) -> dict[str, dict]:

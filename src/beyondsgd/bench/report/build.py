@@ -16,6 +16,7 @@ from pathlib import Path
 from ..analysis.claims import claims_markdown, evaluate_store
 from ..analysis.intervals import CI_METHOD, difference_interval, seed_interval
 from ..protocol import FINAL_TAG
+from ..protocol.coverage import unchecked_markdown
 from ..store import Store
 from .figures import paper_vs_ours, plot_curves, profile_section, sensitivity_section
 from .html import markdown_to_html
@@ -76,6 +77,7 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
         lines += ["<details>", "<summary>The claims in detail: each claim's text and source, "
                   "our values, the tests and p-values (click to show)</summary>", "",
                   CLAIMS_INTRO, "", claims_markdown(verdicts), "</details>", ""]
+        lines += ["## Claims without a verdict row", "", unchecked_markdown()]
     if not rows:
         lines.append("No finished trials in the store.")
     else:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..protocol.coverage import unchecked_markdown
 from ..store import Store
 from .core import (
     REGISTRY,
@@ -239,5 +240,6 @@ def write_markdown(runs: list[ExperimentRun], path: str | Path, plots: bool = Tr
             parts += [f"![paper vs ours]({fig.name})", ""]
     for r in runs:
         parts += [run_markdown(r), ""]
+    parts += ["## Claims without a verdict row", "", unchecked_markdown()]
     path.write_text("\n".join(parts))
     return path
