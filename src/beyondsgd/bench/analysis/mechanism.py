@@ -4,8 +4,8 @@ A claim about a method is only tested where the method did what makes it that me
 checks, each on the seeds of one (problem, method, train fraction), from the stored trials:
 
 - **collapsed**: a seed that learnt nothing (:func:`is_collapsed`: status ``collapsed``, or a
-  ``finished`` trial of an older store whose final training loss is at or above its epoch-0
-  one, :func:`beyondsgd.bench.store.ends_collapsed`). Its values are those of a diverged seed.
+  ``finished`` trial of an older store whose final training loss is within 1 % of its epoch-0
+  one or above it, :func:`beyondsgd.bench.store.ends_collapsed`). Its values are a diverged seed's.
 - **no accepted solve** (GDSolver): every MILP solve is a ``{"kind": "milp", "accepted": ...}``
   event (:meth:`beyondsgd.methods.gdsolver.solver.GDSolver.step`); a seed none of whose
   solves was kept trained as SGD alone, so the hybrid was never compared.
@@ -34,7 +34,7 @@ SOLVER_METHODS = ("gdsolver",)
 
 def is_collapsed(trial: dict, evals: list[dict]) -> bool:
     """Whether a stored trial learnt nothing: status ``collapsed``, or ``finished`` with
-    evaluations that end at or above the initial training loss (an older store)."""
+    evaluations that end within 1 % of the initial training loss or above it (an older store)."""
     return trial["status"] == "collapsed" or (
         trial["status"] == "finished" and ends_collapsed(evals))
 

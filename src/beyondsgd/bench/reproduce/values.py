@@ -53,7 +53,8 @@ def finite(values: list[float]) -> list[float]:
 
 def collapsed(res: TrialResult) -> bool:
     """Whether a trial learnt nothing: stored as ``collapsed``, or (a store written before that
-    status existed) finished with a final training loss at or above its initial one."""
+    status existed) finished with a final training loss within 1 % of its initial one or above
+    it (``store.ends_collapsed``)."""
     return res.status == "collapsed" or (res.status == "finished" and ends_collapsed(res.evals))
 
 

@@ -18,7 +18,7 @@ A *trial* is (problem, method, hyperparameters, seed[, epochs, train fraction, t
    (``torch.get_num_threads()``). A resume from a checkpoint without CPU seconds (older than
    them) records none from there on (its CPU clock is unknown),
 5. ends the trial as ``diverged`` when a loss becomes NaN/inf (recorded, not raised), and a
-   trial trained to the end whose final training loss is at or above its epoch-0 one
+   trial trained to the end whose final training loss is within 1 % of its epoch-0 one or above
    (:func:`beyondsgd.bench.store.ends_collapsed`) as ``collapsed``: it learnt nothing, and is
    done like a finished one (never re-run, skipped by a batch),
 6. with a store, first claims the trial (``Store.claim_trial``: a trial another live process

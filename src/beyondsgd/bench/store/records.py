@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-# "collapsed": trained to the end but its final training loss is at or above its initial one
-# (the network learnt nothing: a chance-level classifier is not a finished run); see
+# "collapsed": trained to the end but its final training loss is within 1 % of its initial one
+# or above (the network learnt nothing: a chance-level classifier is not a finished run); see
 # ``ends_collapsed``
 DONE_STATUSES = ("finished", "diverged", "collapsed")
 EVAL_FIELDS = ("epoch", "step", "train_seconds", "train_loss", "val_loss", "val_metric",
@@ -83,13 +83,21 @@ def trial_key(problem: str, method: str, hparams: dict, seed: int, epochs: int,
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def ends_collapsed(evals: list[dict]) -> bool:
-    """Whether a trained run (evaluations epoch 0 first) ends with a finite training loss at or
-    above its initial one: it learnt nothing, and is stored as ``collapsed``.
+#: A run whose final training loss is above its initial one minus COLLAPSE_TOL of it learnt
+#: nothing: on a balanced 10-class set the class-prior predictor's loss is within 0.1 % of ln 10,
+#: so 1 % separates "at chance" (PHT's K = 1 ConvNet ends at 2.30232 from 2.3025-2.3072) from the
+#: slowest real progress seen (SGD on the ProxProp MLP: 2.30 -> 2.25 in its first epoch).
+COLLAPSE_TOL = 0.01
 
-    >>> ends_collapsed([{"train_loss": 2.30}, {"train_loss": 1.2}, {"train_loss": 2.3023}])
+
+def ends_collapsed(evals: list[dict]) -> bool:
+    """Whether a trained run (evaluations epoch 0 first) ends with a finite training loss above
+    its initial one less ``COLLAPSE_TOL`` of it: it learnt nothing, and is stored as
+    ``collapsed``.
+
+    >>> ends_collapsed([{"train_loss": 2.3025}, {"train_loss": 0.81}, {"train_loss": 2.3023}])
     True
-    >>> ends_collapsed([{"train_loss": 2.30}, {"train_loss": 0.9}])
+    >>> ends_collapsed([{"train_loss": 2.30}, {"train_loss": 2.25}])
     False
     """
     if len(evals) < 2:
@@ -97,4 +105,4 @@ def ends_collapsed(evals: list[dict]) -> bool:
     first, last = evals[0].get("train_loss"), evals[-1].get("train_loss")
     if first is None or last is None or not (math.isfinite(first) and math.isfinite(last)):
         return False
-    return float(last) >= float(first)
+    return float(last) >= float(first) - COLLAPSE_TOL * abs(float(first))
