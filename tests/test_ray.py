@@ -43,6 +43,7 @@ def snapshot(path, methods=None) -> dict[str, dict]:
             rec["env"].pop("git_commit", None)
             for e in rec["evals"]:
                 del e["train_seconds"]
+                e.pop("train_cpu_seconds", None)  # a clock, like the wall seconds
             for e in rec["events"]:
                 for k in [k for k in e.get("data", {}) if k.endswith("seconds")]:
                     del e["data"][k]
