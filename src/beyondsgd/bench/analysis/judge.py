@@ -203,13 +203,15 @@ def budget_text(fraction: float) -> str:
 
 
 def budget_limited(j: Judgement, budget: float | None) -> Judgement:
-    """``j`` unchanged at or above :data:`BUDGET_FLOOR` (or without a known budget) and when
-    inconclusive; below it a supported / not supported judgement becomes "budget-limited" with
-    the note "direction at X % of the budget (would read <verdict>)" (p-values kept)."""
-    if budget is None or budget >= BUDGET_FLOOR or j.verdict not in ("supported",
-                                                                      "not supported"):
+    """``j`` unchanged at or above :data:`BUDGET_FLOOR` (or without a known budget); below it
+    any judgement (supported, not supported, inconclusive) becomes "budget-limited" with the
+    note "direction at X % of the budget (would read <verdict>)" (p-values kept): a run that
+    short can neither test the claim nor say it is undecided at the claim's budget."""
+    if budget is None or budget >= BUDGET_FLOOR or j.verdict not in (
+            "supported", "not supported", "inconclusive"):
         return j
-    note = f"direction at {budget_text(budget)} of the budget (would read {j.verdict})"
+    would = j.verdict + (f": {j.note}" if j.note else "")
+    note = f"direction at {budget_text(budget)} of the budget (would read {would})"
     return Judgement("budget-limited", j.p_values, j.p_label, note)
 
 

@@ -63,7 +63,7 @@ SCALES = ("paper", "cpu", "smoke")
 VERDICTS = ("supported", "not supported", "inconclusive", "reference only", "budget-limited",
             "untested")
 #: Below this fraction of the paper's optimizer steps a row cannot say supported / not
-#: supported: it says "budget-limited" (drawn neutral) and what direction it saw. A quarter of
+#: supported / inconclusive: it says "budget-limited" (drawn neutral) and what it saw. A quarter of
 #: the paper's steps is where the papers' own curves (ProxProp Fig. 3, BPGrad's loss curves,
 #: DessiLBI's first lr stage) have left the initial transient, so an ordering seen there is
 #: about the method, not about the first epochs; below it the comparison is about the start.
@@ -109,7 +109,7 @@ class Outcome:
         if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
             raise ValueError(f"budget {self.budget!r}: a positive fraction of the paper's steps")
         if (self.budget is not None and self.budget < BUDGET_FLOOR
-                and self.verdict in ("supported", "not supported")):
+                and self.verdict in ("supported", "not supported", "inconclusive")):
             self.verdict_reason = (f"direction at {budget_text(self.budget)} of the paper's "
                                    f"budget (would read {self.verdict}): {self.verdict_reason}")
             self.verdict = "budget-limited"
