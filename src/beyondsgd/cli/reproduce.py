@@ -223,7 +223,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                     "found in the store")
             runs.append(ExperimentRun(e, scale, n, outcomes, wall, ctx.train_seconds,
                                       ctx.trials_seen, epoch_seconds=ctx.epoch_seconds,
-                                      stored_wall=stored_wall(store, e.name, scale)))
+                                      stored_wall=stored_wall(store, e.name, scale,
+                                                              ctx.trial_ids or None)))
         # the report covers every experiment of this scale in the store (others' runs too,
         # recomputed from their trials), so the last writer of the file leaves it complete
         done = {r.experiment.name for r in runs}
