@@ -10,7 +10,7 @@ replaces every pair that has ``TUNING_CHECK_TAG`` runs; the time-to-target targe
 present when the store holds at least one ``TUNING_CHECK_TAG`` trial.
 
 >>> check_text("supported", "supported"), check_text("supported", "inconclusive")
-('survives 2x tuning', '2x tuning: inconclusive (flips)')
+('survives', 'inconclusive (flips)')
 """
 
 from __future__ import annotations
@@ -34,5 +34,6 @@ def check_values(store: Store) -> Values | None:
 
 
 def check_text(study0: str, checked: str) -> str:
-    """What the matrix shows: whether study 0's verdict is the verdict at twice the draws."""
-    return "survives 2x tuning" if study0 == checked else f"2x tuning: {checked} (flips)"
+    """What the matrix shows after "2× tuning:": whether study 0's verdict is the verdict at
+    twice the draws."""
+    return "survives" if study0 == checked else f"{checked} (flips)"
