@@ -16,20 +16,18 @@ import pytest
 from beyondsgd.bench.reproduce import REGISTRY
 from beyondsgd.bench.reproduce.core import (
     BUDGET_FLOOR,
-    Context,
     Diverged,
     Outcome,
     ci_text,
     compare,
     final_value,
-    full_tag,
     is_diverged,
     steps_text,
-    stored_trial,
 )
 from beyondsgd.bench.reproduce.table import outcome_table, replay, run_markdown
 from beyondsgd.bench.run.runner import TrialResult
-from beyondsgd.bench.store import Store, trial_key
+from beyondsgd.bench.store import Store
+from reproduce_fakes import recording
 
 
 def curve(losses: list[float], acc: float = 0.8, val: float | None = None) -> list[dict]:
@@ -40,33 +38,11 @@ def curve(losses: list[float], acc: float = 0.8, val: float | None = None) -> li
             for i, v in enumerate(losses)]
 
 
-class Recording(Context):
-    """A context whose trials are fabricated by ``make(method, tag, seed, epochs)`` ->
-    (status, evals, events), written to the store under the runner's key, read back."""
-
-    make = None
-
-    def trial(self, problem, method, hparams, seed, epochs=None, tag="", train_fraction=1.0,
-              analyse=None) -> TrialResult:
-        from beyondsgd.methods import get_method_class
-        from beyondsgd.methods.base import resolve_hparams
-
-        t = full_tag(self.experiment, self.scale, tag)
-        hp = resolve_hparams(get_method_class(method), hparams or {})
-        n_ep = problem.epochs if epochs is None else int(epochs)
-        status, evals, events = type(self).make(method, tag, seed, n_ep)
-        key = trial_key(problem.name, method, hp, int(seed), n_ep, float(train_fraction), t)
-        self.store.record_trial(key, problem.name, method, hp, seed, n_ep, train_fraction, t,
-                                {}, status, evals, events, {}, started=0.0, finished=1.0)
-        return stored_trial(self.store, problem, method, hparams, seed, epochs, t,
-                            train_fraction)
-
-
 def rows(tmp_path, name: str, scale: str, seeds: int, make) -> list[Outcome]:
     """Fill a store with ``make``'s trials for experiment ``name``, replay it from the store."""
     with Store(tmp_path / f"{name}.db") as st:
-        ctx = type("R", (Recording,), {"make": staticmethod(make)})(
-            scale=scale, seeds=seeds, device="cpu", store=st, progress=False, experiment=name)
+        ctx = recording(lambda _problem, *args: make(*args), scale=scale, seeds=seeds,
+                        device="cpu", store=st, progress=False, experiment=name)
         REGISTRY[name].run(ctx)
         run = replay(st, name, scale, seeds)
     assert not run.missing, run.missing

@@ -17,14 +17,11 @@ from beyondsgd.bench.reproduce import REGISTRY
 from beyondsgd.bench.reproduce import gdsolver as GD
 from beyondsgd.bench.reproduce import pht as PH
 from beyondsgd.bench.reproduce.core import (
-    Context,
     Outcome,
-    full_tag,
     replay_context,
-    stored_trial,
 )
-from beyondsgd.bench.run.trial import TrialResult
-from beyondsgd.bench.store import Store, trial_key
+from beyondsgd.bench.store import Store
+from reproduce_fakes import recording
 
 P_ZERO = re.compile(r"p=0(?![.\d])")
 
@@ -40,33 +37,11 @@ def curve(losses: list[float], acc: float = 0.8, steps: int = 1, wall: float = 1
             for i, v in enumerate(losses)]
 
 
-class Recording(Context):
-    """A context whose trials are fabricated by ``make(problem, method, tag, seed, epochs)`` ->
-    (status, evals, events), written to the store under the runner's key and read back."""
-
-    make = None
-
-    def trial(self, problem, method, hparams, seed, epochs=None, tag="", train_fraction=1.0,
-              analyse=None) -> TrialResult:
-        from beyondsgd.methods import get_method_class
-        from beyondsgd.methods.base import resolve_hparams
-
-        t = full_tag(self.experiment, self.scale, tag)
-        hp = resolve_hparams(get_method_class(method), hparams or {})
-        n_ep = problem.epochs if epochs is None else int(epochs)
-        status, evals, events = type(self).make(problem.name, method, tag, seed, n_ep)
-        key = trial_key(problem.name, method, hp, int(seed), n_ep, float(train_fraction), t)
-        self.store.record_trial(key, problem.name, method, hp, seed, n_ep, train_fraction, t,
-                                {}, status, evals, events, {}, started=0.0, finished=1.0)
-        return stored_trial(self.store, problem, method, hparams, seed, epochs, t,
-                            train_fraction)
-
-
 def replayed(tmp_path, name: str, scale: str, seeds: int, make) -> list[Outcome]:
     """Fill a store with ``make``'s trials for experiment ``name`` and replay it."""
     with Store(tmp_path / f"{name}.db") as st:
-        ctx = type("R", (Recording,), {"make": staticmethod(make)})(
-            scale=scale, seeds=seeds, device="cpu", store=st, progress=False, experiment=name)
+        ctx = recording(make, scale=scale, seeds=seeds, device="cpu", store=st,
+                        progress=False, experiment=name)
         REGISTRY[name].run(ctx)
         return REGISTRY[name].run(replay_context(st, scale, seeds, name))
 
