@@ -26,9 +26,8 @@ LOWER_IS_BETTER = {"train_loss", "train_loss_auc", "train_seconds", "seconds_to_
 #: not supported: it is "budget-limited" and says the direction it saw. A quarter of the budget
 #: is where the papers' own curves (ProxProp Fig. 3, BPGrad's loss curves, DessiLBI's first lr
 #: stage) have left the initial transient, so an ordering seen there is about the method, not
-#: about the first epochs; below it the comparison is about the start. The same value as
-#: ``beyondsgd.bench.reproduce.core.BUDGET_FLOOR`` (reproduce sits above analysis, so it is not
-#: imported from there).
+#: about the first epochs; below it the comparison is about the start. ``beyondsgd reproduce``
+#: applies the same floor to the paper's optimizer steps (``reproduce.core.Outcome``).
 BUDGET_FLOOR = 0.25
 
 
@@ -193,12 +192,14 @@ def judge_claim(a: list[float], bs: dict[str, list[float]], kind: str, margin: f
     return Judgement("inconclusive", good, good_label, note)
 
 
-def budget_text(fraction: float) -> str:
-    """A budget fraction as a percentage, two significant digits (as reproduce writes it).
+def budget_text(fraction: float | None) -> str:
+    """A budget fraction as a percentage, two significant digits (``–`` for None).
 
-    >>> budget_text(0.0044), budget_text(0.15), budget_text(1.0)
-    ('0.44 %', '15 %', '100 %')
+    >>> budget_text(0.0044), budget_text(0.15), budget_text(1.0), budget_text(None)
+    ('0.44 %', '15 %', '100 %', '–')
     """
+    if fraction is None:
+        return "–"
     return f"{100 * fraction:.2g} %" if fraction < 1 else f"{100 * fraction:.0f} %"
 
 

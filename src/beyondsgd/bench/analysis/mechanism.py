@@ -26,7 +26,7 @@ seeds collapsed in more than half makes the claim untested too (it was compared 
 
 from __future__ import annotations
 
-from ..store import ends_collapsed
+from ..store import learnt_nothing
 
 #: Methods that act through solves recorded as ``milp`` events (the hybrid's solver step).
 SOLVER_METHODS = ("gdsolver",)
@@ -35,8 +35,7 @@ SOLVER_METHODS = ("gdsolver",)
 def is_collapsed(trial: dict, evals: list[dict]) -> bool:
     """Whether a stored trial learnt nothing: status ``collapsed``, or ``finished`` with
     evaluations that end within 1 % of the initial training loss or above it (an older store)."""
-    return trial["status"] == "collapsed" or (
-        trial["status"] == "finished" and ends_collapsed(evals))
+    return learnt_nothing(trial["status"], evals)
 
 
 def solves(events: list[dict]) -> tuple[int, int]:

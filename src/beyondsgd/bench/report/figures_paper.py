@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..analysis.judge import budget_text
 from .matrix import NEUTRAL, verdict_colour
 from .styles import _plt, _save_figure
 
@@ -122,9 +123,7 @@ def _label(r: dict, is_baseline: bool) -> str:
     extra += ", no paper number" if r["paper"] is None else ""
     budget = r.get("budget")
     if budget is not None and math.isfinite(float(budget)):
-        pct = 100 * float(budget)
-        extra += f", at {pct:.2g} % of the paper's budget" if pct < 100 else \
-            f", at {pct:.0f} % of the paper's budget"
+        extra += f", at {budget_text(float(budget))} of the paper's budget"
     head = "↳ baseline: " if is_baseline else ""
     return textwrap.fill(f"{head}{r['experiment']}: {r['quantity']} [{r['verdict']}{extra}]", 72)
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 from ..analysis.claims import BUDGET_FLOOR, CLAIMS, evaluate_store
+from ..analysis.judge import budget_text
 from ..problems import PROBLEMS
 from ..store import Store
 
@@ -92,13 +93,6 @@ def short_text(claim) -> str:
     return " ".join(words[:8]) + (" …" if len(words) > 8 else "")
 
 
-def _budget(fraction) -> str:
-    if fraction is None:
-        return ""
-    pct = 100 * float(fraction)
-    return f"{pct:.2g} %" if pct < 100 else f"{pct:.0f} %"
-
-
 def cell_text(verdict: str, note: str = "", budget: float | None = None,
               unstable: bool = False, tuning: str = "", of: str = "the budget") -> str:
     """One matrix cell: marker, verdict, its note ("untested: ...", "budget-limited: ..." as
@@ -110,7 +104,7 @@ def cell_text(verdict: str, note: str = "", budget: float | None = None,
     if note:
         text += f": {note}" if kind in ("untested", "budget-limited") else f" ({note})"
     if budget is not None and budget < 1 and "%" not in note:
-        text += f" · {_budget(budget)} of {of}"
+        text += f" · {budget_text(budget)} of {of}"
     if unstable:
         text += " · **unstable**"
     if tuning:
@@ -201,7 +195,7 @@ def reproduce_matrix(outcomes: Sequence) -> str:
         counts = Counter(_kind(o.verdict) or o.verdict for o in rows)
         cells = [f"{MARKS[k]} {counts[k]}" if counts[k] else NA for k in ORDER]
         budgets = sorted(b for o in rows if (b := getattr(o, "budget", None)) is not None)
-        lo, hi = (_budget(budgets[0]), _budget(budgets[-1])) if budgets else ("–", "–")
+        lo, hi = (budget_text(budgets[0]), budget_text(budgets[-1])) if budgets else ("–", "–")
         btext = lo if lo == hi else f"{lo} – {hi}"
         lines.append(f"| {e} | " + " | ".join(cells) + f" | {btext} |")
     return "\n".join(lines) + "\n"

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..analysis.judge import BUDGET_FLOOR, budget_text  # noqa: F401 (re-exported)
 from ..problems import Problem
 from ..run.runner import TrialResult, evaluate, run_trial
 from ..store import DONE_STATUSES, Store, trial_key
@@ -62,12 +63,6 @@ from .values import (  # noqa: F401  (re-exported: the experiments' per-seed val
 SCALES = ("paper", "cpu", "smoke")
 VERDICTS = ("supported", "not supported", "inconclusive", "reference only", "budget-limited",
             "untested")
-#: Below this fraction of the paper's optimizer steps a row cannot say supported / not
-#: supported / inconclusive: it says "budget-limited" (drawn neutral) and what it saw. A quarter of
-#: the paper's steps is where the papers' own curves (ProxProp Fig. 3, BPGrad's loss curves,
-#: DessiLBI's first lr stage) have left the initial transient, so an ordering seen there is
-#: about the method, not about the first epochs; below it the comparison is about the start.
-BUDGET_FLOOR = 0.25
 TAG_PREFIX = "reproduce"
 DEFAULT_SEEDS = {"paper": 3, "cpu": 3, "smoke": 2}
 
@@ -113,17 +108,6 @@ class Outcome:
             self.verdict_reason = (f"direction at {budget_text(self.budget)} of the paper's "
                                    f"budget (would read {self.verdict}): {self.verdict_reason}")
             self.verdict = "budget-limited"
-
-
-def budget_text(fraction: float | None) -> str:
-    """A budget fraction as a percentage with two significant digits (``–`` for None).
-
-    >>> budget_text(0.0044), budget_text(0.4), budget_text(None)
-    ('0.44 %', '40 %', '–')
-    """
-    if fraction is None:
-        return "–"
-    return f"{100 * fraction:.2g} %" if fraction < 1 else f"{100 * fraction:.0f} %"
 
 
 def steps_text(ours: int, paper: int) -> str:

@@ -20,7 +20,7 @@ the rows say "wall s (store predates CPU time)" (:func:`time_key`). A run that n
 the target counts as infinitely slow. Every method gets the same number of weight updates (the
 K-step alternation ``ceil(E / K)`` epochs).
 
-**Mechanism check**: a run that learnt nothing (:func:`learnt_nothing`: :func:`core.collapsed`,
+**Mechanism check**: a run that learnt nothing (:func:`core.collapsed`:
 a final training loss within 1 % of its initial one or above it — the K = 1 alternation on the
 ConvNet ends at 2.30232, chance, a hair *below* its initial 2.3025-2.3072) never "reaches the
 target" (a first epoch below the target before the collapse does not count), and a row where
@@ -89,20 +89,6 @@ METHODS = {
 LABELS = {"pht_alt": "PHT alternation (defaults: K=5 Adam, exact last layer)",
           "pht_alt_k1_sgd": "PHT alternation (K=1 SGD step, exact last layer)"}
 CPU_KEY, WALL_KEY = "train_cpu_seconds", "train_seconds"
-def learnt_nothing(res) -> bool:
-    """:func:`core.collapsed`: the run ended within ``store.records.COLLAPSE_TOL`` (1 %) of its
-    initial training loss, or above it.
-
-    >>> from types import SimpleNamespace as T
-    >>> learnt_nothing(T(status="finished", evals=[{"train_loss": 2.3025},
-    ...                                            {"train_loss": 0.81}, {"train_loss": 2.3023}]))
-    True
-    >>> learnt_nothing(T(status="finished", evals=[{"train_loss": 2.30}, {"train_loss": 2.25}]))
-    False
-    """
-    return collapsed(res)
-
-
 def inner_steps(method: str, hparams: dict) -> int:
     """Weight updates per batch: K for the alternation, 1 for the baselines."""
     if method != "pht_alt":
@@ -141,7 +127,7 @@ def time_to_target(evals: list[dict], target: float, key: str = "train_seconds")
 def to_target(res, target: float, key: str, per_step: int = 1) -> float:
     """:func:`time_to_target` of a trial: inf when it diverged or collapsed (a collapsed run
     never reaches the target); ``key="step"`` counts weight updates (``per_step`` = K)."""
-    if res.status != "finished" or learnt_nothing(res):
+    if res.status != "finished" or collapsed(res):
         return math.nan if not math.isfinite(target) else math.inf
     t = time_to_target(res.evals, target, key)
     return t * per_step if key == "step" and math.isfinite(t) else t
@@ -230,7 +216,7 @@ def run(ctx: Context) -> list[Outcome]:
                                tunit, scale, "reference only", f"in {tunit}; {what}; optimizer "
                                f"steps {_fmt(steps[m])}, wall s {_fmt(wall[m])}", budget[m]))
         for m, label in LABELS.items():
-            n_bad = sum(learnt_nothing(r) for r in res[m])
+            n_bad = sum(collapsed(r) for r in res[m])
             never = sum(1 for x in secs[m] if x == math.inf)
             note = (f"; {never} of {len(secs[m])} seeds never reached the target (counted as "
                     "infinitely slow)" if never else "")

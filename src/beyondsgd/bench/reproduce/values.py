@@ -17,7 +17,7 @@ import statistics
 from typing import Any
 
 from ..run.runner import TrialResult
-from ..store import ends_collapsed
+from ..store import learnt_nothing
 
 
 # ---- per-seed values and verdicts -----------------------------------------------------------
@@ -55,7 +55,7 @@ def collapsed(res: TrialResult) -> bool:
     """Whether a trial learnt nothing: stored as ``collapsed``, or (a store written before that
     status existed) finished with a final training loss within 1 % of its initial one or above
     it (``store.ends_collapsed``)."""
-    return res.status == "collapsed" or (res.status == "finished" and ends_collapsed(res.evals))
+    return learnt_nothing(res.status, res.evals)
 
 
 def collapse_reason(**groups: list[TrialResult]) -> str | None:

@@ -17,7 +17,7 @@ from .db import (
     trial_key,
 )
 from .file import APPLICATION_ID, SCHEMA_VERSION, StoreError
-from .records import ends_collapsed
+from .records import ends_collapsed, learnt_nothing
 
 __all__ = [
     "APPLICATION_ID",
@@ -34,6 +34,7 @@ __all__ = [
     "TrialBusy",
     "dumps",
     "ends_collapsed",
+    "learnt_nothing",
     "trial_key",
     "db",
     "records",

@@ -106,3 +106,9 @@ def ends_collapsed(evals: list[dict]) -> bool:
     if first is None or last is None or not (math.isfinite(first) and math.isfinite(last)):
         return False
     return float(last) >= float(first) - COLLAPSE_TOL * abs(float(first))
+
+
+def learnt_nothing(status: str, evals: list[dict]) -> bool:
+    """Whether a done trial learnt nothing: stored as ``collapsed``, or (a store written before
+    that status existed) ``finished`` with evaluations that :func:`ends_collapsed`."""
+    return status == "collapsed" or (status == "finished" and ends_collapsed(evals))
