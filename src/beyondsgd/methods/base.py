@@ -25,7 +25,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .context import Batch, LossFn, TrainContext, evaluate  # noqa: F401  (re-exported)
+from .context import (  # noqa: F401  (re-exported)
+    Batch,
+    LossFn,
+    TrainContext,
+    evaluate,
+    evaluate_batches,
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ checks share, so a method sees exactly the numbers the store records."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,12 @@ class TrainContext:
     rank: int = 0
     world_size: int = 1
     metric_fn: LossFn | None = None  # batch *sum* of the problem's metric (see :func:`evaluate`)
+    #: a streamed problem's whole validation set, in chunks (``x_val``/``y_val`` are then its
+    #: first rows only, the method pool): ``val_loss``/``val_metric`` read all of it
+    val_batches: Callable[[], Iterator[Batch]] | None = None
+    #: whether ``x_train``/``y_train`` and ``x_val``/``y_val`` are a fixed sample (the method
+    #: pool of a streamed problem, :mod:`beyondsgd.data.streamed`) rather than the whole sets
+    pooled: bool = False
 
     def local(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous slice of the rows of ``x`` (``x`` itself on one process)."""
@@ -69,7 +75,10 @@ class TrainContext:
         return evaluate(model, x, y, self.loss_fn, chunk=chunk)[0]
 
     def val_loss(self, model: nn.Module) -> float:
-        """Mean validation loss: the number the runner records as ``val_loss``."""
+        """Mean validation loss: the number the runner records as ``val_loss`` (over the whole
+        validation set, streamed or not)."""
+        if self.val_batches is not None:
+            return evaluate_batches(model, self.val_batches(), self.loss_fn)[0]
         return self.evaluate(model, self.x_val, self.y_val)
 
     def val_metric(self, model: nn.Module) -> float:
@@ -77,6 +86,8 @@ class TrainContext:
         Needs ``metric_fn`` (the runner sets it)."""
         if self.metric_fn is None:
             raise RuntimeError("this TrainContext has no metric_fn")
+        if self.val_batches is not None:
+            return evaluate_batches(model, self.val_batches(), self.loss_fn, self.metric_fn)[1]
         return evaluate(model, self.x_val, self.y_val, self.loss_fn, self.metric_fn)[1]
 
 
@@ -104,22 +115,42 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
     >>> evaluate(m, torch.ones(5, 2), torch.ones(5, 1), nn.functional.mse_loss, chunk=2)
     (1.0, None)
     """
-    was = model.training
-    model.eval()
     n = int(x.shape[0])
     if distributed:
         x, y = local_rows(x), local_rows(y)
-    sums = torch.zeros(2, device=x.device, dtype=torch.float64)  # loss, metric
+    chunks = ((x[i:i + chunk], y[i:i + chunk]) for i in range(0, x.shape[0], chunk))
+    return _accumulate(model, chunks, loss_fn, metric_fn, x.device, distributed, n)
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn,
+                     metric_fn: LossFn | None = None) -> tuple[float, float | None]:
+    """:func:`evaluate` over minibatches ``(x_c, y_c)`` (a streamed split: ``n`` is the rows
+    seen), with the same sums; given the chunks :func:`evaluate` cuts, the same numbers."""
+    return _accumulate(model, batches, loss_fn, metric_fn, None, False, None)
+
+
+def _accumulate(model: nn.Module, chunks: Iterable[Batch], loss_fn: LossFn,
+                metric_fn: LossFn | None, device: torch.device | None, distributed: bool,
+                n: int | None) -> tuple[float, float | None]:
+    was = model.training
+    model.eval()
+    sums = None  # loss, metric, rows
     try:
-        for i in range(0, x.shape[0], chunk):
-            out = model(x[i:i + chunk])
-            yb = y[i:i + chunk]
+        for xb, yb in chunks:
+            if sums is None:
+                sums = torch.zeros(3, device=xb.device, dtype=torch.float64)
+            out = model(xb)
             sums[0] += loss_fn(out, yb).double() * yb.shape[0]
             if metric_fn is not None:
                 sums[1] += metric_fn(out, yb).double()
+            sums[2] += yb.shape[0]
     finally:
         model.train(was)
+    if sums is None:
+        sums = torch.zeros(3, device=device, dtype=torch.float64)
     if distributed:
         all_reduce_sum(sums)
-    loss_sum, metric_sum = sums.tolist()
+    loss_sum, metric_sum, rows = sums.tolist()
+    n = int(rows) if n is None else n
     return loss_sum / max(n, 1), (metric_sum / max(n, 1) if metric_fn is not None else None)

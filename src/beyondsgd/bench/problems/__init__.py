@@ -7,6 +7,7 @@ through the registry's :func:`register_problem`, never importing back into this 
 from . import (
     paper,  # noqa: F401,E402  (registers the papers' problems)
     registry,
+    user,
 )
 from .registry import (
     PROBLEMS,
@@ -14,11 +15,17 @@ from .registry import (
     get_problem,
     register_problem,
 )
+from .user import Problem as UserProblem
+from .user import ProblemError, load_ref
 
 __all__ = [
     "PROBLEMS",
     "Problem",
     "get_problem",
     "register_problem",
+    "ProblemError",
+    "UserProblem",
+    "load_ref",
     "registry",
+    "user",
 ]

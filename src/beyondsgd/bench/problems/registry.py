@@ -53,6 +53,19 @@ class Problem:
     target_note: str = ""
     train_eval_size: int = 10000  # training loss is measured on a fixed subset of this size
     data_check: Callable[[], str | None] = _data_ready
+    # a user problem (``user.py``) sets these; the built-in ones derive them from ``task``
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    metric_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    metric_name: str | None = None
+    higher: bool | None = None
+    range_: tuple[float, float] | None = None
+    origin: dict | None = None  # a user problem's card (file, sha256, ...), stored per trial
+    search_space: dict | None = None  # method -> {hparam: (low, high) | [choices]}
+
+    @property
+    def user(self) -> bool:
+        """Whether this is a user's problem (not one of ours nor a paper's)."""
+        return bool(self.origin and self.origin.get("user"))
 
     def data_status(self) -> str | None:
         """``None`` when this problem's data can be loaded; otherwise one line saying what is
@@ -65,18 +78,26 @@ class Problem:
 
     @property
     def metric(self) -> str:
+        if self.metric_name is not None:
+            return self.metric_name
         return "accuracy" if self.task == "classification" else "mse"
 
     @property
     def higher_is_better(self) -> bool:
+        if self.higher is not None:
+            return self.higher
         return self.task == "classification"
 
     @property
     def metric_range(self) -> tuple[float, float]:
         """The values the test metric can take: accuracy in [0, 1], MSE in [0, inf)."""
+        if self.range_ is not None:
+            return self.range_
         return (0.0, 1.0) if self.task == "classification" else (0.0, math.inf)
 
     def loss_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.loss is not None:
+            return self.loss(out, y)
         if self.task == "classification":
             return F.cross_entropy(out, y)
         return F.mse_loss(out, y)
@@ -84,6 +105,8 @@ class Problem:
     def metric_fn(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Summed metric over the batch (accuracy: number correct; mse: summed squared error
         per sample, averaged over outputs)."""
+        if self.metric_sum is not None:
+            return self.metric_sum(out, y)
         if self.task == "classification":
             return (out.argmax(dim=1) == y).sum()
         return ((out - y) ** 2).mean(dim=1).sum()

@@ -28,7 +28,9 @@ def check_arguments(problem, method, hparams, seed, epochs, device, store, progr
                     train_fraction, tag, checkpoint_dir, stop_after_epoch, distributed
                     ) -> torch.device:
     """ValueError naming the bad argument and what is accepted; returns the device."""
-    if not isinstance(problem, (str, Problem)):
+    from ..problems.user import Problem as UserProblem
+
+    if not isinstance(problem, (str, Problem, UserProblem)):
         raise _bad("problem", problem, "a problem name or a Problem")
     if not isinstance(method, str):
         raise _bad("method", method, "a method name")

@@ -59,12 +59,21 @@ import torch
 
 from ... import distributed as D
 from ...methods import TrainContext, get_method_class
-from ...methods.base import Batch, evaluate, resolve_hparams
+from ...methods.base import Batch, evaluate, evaluate_batches, resolve_hparams
 from ..problems import Problem, get_problem
+from ..problems import user as U
 from ..store import Store, TrialBusy, ends_collapsed, trial_key
 from . import checkpoint as C
 from .arguments import check_arguments
-from .trial import DATA_SPLIT_SEED, TrialResult, environment, epoch_batches, not_run, summary
+from .trial import (
+    DATA_SPLIT_SEED,
+    TrialResult,
+    device_sync,
+    environment,
+    epoch_batches,
+    not_run,
+    summary,
+)
 
 __all__ = ["DATA_SPLIT_SEED", "TrialResult", "default_checkpoint_dir", "environment",
            "epoch_batches", "evaluate", "run_trial"]
@@ -106,7 +115,10 @@ def run_trial(
     if analyse is not None and not callable(analyse):
         raise ValueError(f"analyse must be a callable (model, method, data) -> dict or None, "
                          f"got {analyse!r}")
-    prob = problem if isinstance(problem, Problem) else get_problem(problem)
+    if isinstance(problem, U.Problem):  # a user's problem object: checked and registered
+        prob = U.register(problem)
+    else:
+        prob = problem if isinstance(problem, Problem) else get_problem(problem)
     cls = get_method_class(method)
     hp = resolve_hparams(cls, hparams or {})
     epochs = prob.epochs if epochs is None else int(epochs)
@@ -119,7 +131,10 @@ def run_trial(
     trial_id = None
     done = None
     if store is not None:
-        env = environment()
+        U.check_store(store, prob)  # a changed user problem never mixes with its old trials
+        env = environment(device)
+        if prob.origin:
+            env["problem"] = prob.origin
         if dp:
             env["world_size"] = D.world_size()
         claim = store.claim_trial(key, prob.name, method, hp, seed, epochs, train_fraction, tag,
@@ -173,15 +188,34 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     if train_fraction < 1.0:
         data = data.subsample_train(train_fraction, seed=DATA_SPLIT_SEED)
     data = data.to(device)
-    n_eval = min(prob.train_eval_size, data.x_train.shape[0])
-    x_tr_eval, y_tr_eval = data.x_train[:n_eval], data.y_train[:n_eval]
+    # a streamed problem (beyondsgd.data.streamed) reads its splits through DataLoaders: the
+    # same minibatch order rule, evaluation over every row in chunks, and a method pool as
+    # x_train/y_train/x_val/y_val
+    streamed = getattr(data, "streamed", False)
+    n_train = data.n_train if streamed else data.x_train.shape[0]
+    n_eval = min(prob.train_eval_size, n_train)
+    if not streamed:
+        x_tr_eval, y_tr_eval = data.x_train[:n_eval], data.y_train[:n_eval]
 
-    steps_per_epoch = math.ceil(data.x_train.shape[0] / prob.batch_size)
+    steps_per_epoch = math.ceil(n_train / prob.batch_size)
 
     world = D.world_size() if dp else 1
 
     def global_batches(epoch: int) -> Iterator[Batch]:
+        if streamed:
+            return data.train_batches(prob.batch_size, seed, epoch)
         return epoch_batches(data.x_train, data.y_train, prob.batch_size, seed, epoch)
+
+    def measure(em, split: str) -> tuple[float, float | None]:
+        """(loss, metric) of a split: the train subset, validation or test."""
+        if streamed:  # every rank reads the whole split (no rows to split over)
+            return evaluate_batches(em, data.eval_batches(
+                split, n_eval if split == "train" else None), prob.loss_fn, prob.metric_fn)
+        if split == "train":
+            x, y = x_tr_eval, y_tr_eval
+        else:
+            x, y = (data.x_val, data.y_val) if split == "val" else (data.x_test, data.y_test)
+        return evaluate(em, x, y, prob.loss_fn, prob.metric_fn, distributed=dp)
 
     def batches(epoch: int) -> Iterator[Batch]:  # this rank's slices of the global batches
         for xb, yb in global_batches(epoch):
@@ -192,7 +226,9 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
                        y_val=data.y_val, batch_size=prob.batch_size, epochs=epochs,
                        steps_per_epoch=steps_per_epoch, num_classes=data.num_classes,
                        batch_iter=batches, seed=seed, extras={"problem": prob.name},
-                       rank=D.rank() if dp else 0, world_size=world, metric_fn=prob.metric_fn)
+                       rank=D.rank() if dp else 0, world_size=world, metric_fn=prob.metric_fn,
+                       val_batches=(lambda: data.eval_batches("val")) if streamed else None,
+                       pooled=streamed)
     writer = not dp or D.rank() == 0
     own_ckpt = ckpt_path if writer else None  # the checkpoint file this process may delete
 
@@ -273,12 +309,9 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
 
     def record(epoch: int, events: list[dict] | None = None) -> dict:
         em = method.eval_model(model)
-        tr_loss, tr_metric = evaluate(em, x_tr_eval, y_tr_eval, prob.loss_fn, prob.metric_fn,
-                                      distributed=dp)
-        va_loss, va_metric = evaluate(em, data.x_val, data.y_val, prob.loss_fn, prob.metric_fn,
-                                      distributed=dp)
-        te_loss, te_metric = evaluate(em, data.x_test, data.y_test, prob.loss_fn, prob.metric_fn,
-                                      distributed=dp)
+        tr_loss, tr_metric = measure(em, "train")
+        va_loss, va_metric = measure(em, "val")
+        te_loss, te_metric = measure(em, "test")
         row = {"epoch": epoch, "step": step, "train_seconds": train_seconds,
                **({"train_cpu_seconds": cpu_seconds} if cpu_seconds is not None else {}),
                **({"threads": torch.get_num_threads()} if epoch == 0 else {}),
@@ -314,7 +347,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         if not math.isfinite(row["train_loss"]):
             return _finish(prob, store, trial_id, result, "diverged", own_ckpt)
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)  # training time on an accelerator: its queued work included
     model.train()
     for epoch in range(start_epoch, epochs):
         sync()

@@ -76,9 +76,33 @@ def _git_commit() -> str:
         return ""
 
 
-def environment() -> dict[str, Any]:
-    """Versions, CPU and threads, and the git commit: recorded with every trial."""
+def device_name(device: str | torch.device | None) -> str:
+    """The device's name: the GPU's (``torch.cuda.get_device_name``), ``mps`` (Apple), or the
+    CPU's."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    if dev.type == "mps":
+        return "Apple MPS"
+    return platform.processor() or platform.machine()
+
+
+def device_sync(device: torch.device):
+    """A function waiting for ``device``'s queued work (CUDA, MPS), so wall and CPU clocks
+    around it measure the work done, not just its launch; nothing on the CPU."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
+
+
+def environment(device: str | torch.device | None = None) -> dict[str, Any]:
+    """Versions, CPU and threads, the git commit, and the training device and its name:
+    recorded with every trial."""
     return {
+        "device": str(torch.device(device)) if device is not None else "cpu",
+        "device_name": device_name(device),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
