@@ -10,6 +10,10 @@ Methods (one module each under ``beyondsgd.methods``):
 
 ``create_optimizer(name, model, **hp)`` builds what any of them needs by name.
 
+``Problem`` defines your own benchmark problem (model factory, data as tensors or
+``Dataset``s, loss, metric, budget); ``bench.compare(problem, methods=[...])`` runs the
+benchmark on it from Python, ``beyondsgd bench --problem file.py:NAME`` from the shell.
+
 Baselines SGD, momentum, Adam, AdamW, Adagrad, Adadelta, RMSProp run through the same runner
 (``beyondsgd.bench.run.runner.run_trial``). See README.md for the API tour.
 """
@@ -17,7 +21,12 @@ Baselines SGD, momentum, Adam, AdamW, Adagrad, Adadelta, RMSProp run through the
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 
-from . import data, models
+from . import (
+    bench,
+    data,
+    models,
+)
+from .bench.problems.user import Problem  # your problem, for the benchmark
 from .factory import create_optimizer
 from .methods import METHODS, HParam, Method, TrainContext, gdsolver, make_method
 from .methods.bpgrad import BPGrad, estimate_lipschitz
@@ -55,10 +64,12 @@ __all__ = [
     "HParam",
     "Method",
     "PositiveHardThreshold",
+    "Problem",
     "ProxConv2d",
     "ProxLinear",
     "TrainContext",
     "__version__",
+    "bench",
     "create_optimizer",
     "data",
     "estimate_lipschitz",

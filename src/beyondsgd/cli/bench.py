@@ -22,6 +22,7 @@ from .common import (
     _check_out,
     _open_store,
     _progress_bar,
+    check_store_problems,
     parse_overrides,
     resolve_methods,
     resolve_problems,
@@ -40,6 +41,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _apply_flags(args)
     preflight(Plan(tuple(problems), tuple((m, overrides[m]) for m in methods), args.device,
                    epochs, args.train_fraction))
+    check_store_problems(store_path, problems)
     if quick:
         print(f"Quick default: {QUICK_PROBLEM}, all {len(methods)} methods, {args.seeds} "
               f"seed(s), {epochs} epochs -> {store_path}", file=sys.stderr)

@@ -95,7 +95,28 @@ def resolve_methods(spec: str | None, flag: str = "--methods") -> list[str]:
 
 
 def resolve_problems(spec: str | None, default: str, flag: str = "--problem") -> list[str]:
-    return _names(spec, flag, PROBLEMS) if spec is not None else [default]
+    """Problem names: built-in names, and your problems as ``path/to/file.py:NAME`` or
+    ``module.path:NAME`` (imported, checked and registered here; a bad one is one line)."""
+    if spec is None:
+        return [default]
+    return _names(",".join(load_user_problems(spec)), flag, PROBLEMS)
+
+
+def load_user_problems(spec: str) -> list[str]:
+    """``spec``'s comma-separated items with every ``FILE:NAME``/``MODULE:NAME`` loaded and
+    replaced by its problem's name (CLIError on a bad one)."""
+    from ..bench.problems import ProblemError, load_ref
+    from ..bench.problems.user import is_ref
+
+    out = []
+    for item in _csv(spec):
+        if is_ref(item):
+            try:
+                item = load_ref(item).name
+            except ProblemError as exc:
+                raise CLIError(str(exc)) from None
+        out.append(item)
+    return out or [spec]
 
 
 def _one(names: list[str], flag: str, spec: str) -> str:
@@ -173,6 +194,25 @@ def _open_store(path: str, readonly: bool = False) -> Store:
             pass
     return Store(path)
 
+
+
+def check_store_problems(path: str | None, problems: list[str]) -> None:
+    """Refuse, before any work and without writing, a store that holds trials of a user problem
+    of the same name defined differently (another file hash): they must not mix."""
+    from ..bench.problems import ProblemError, get_problem
+    from ..bench.problems.user import check_store
+
+    if not path or not Path(path).exists():
+        return
+    users = [get_problem(p) for p in problems if get_problem(p).user]
+    if not users:
+        return
+    with _open_store(path, readonly=True) as st:
+        for prob in users:
+            try:
+                check_store(st, prob)
+            except ProblemError as exc:
+                raise CLIError(str(exc)) from None
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import sys
 
+from ..bench.problems import PROBLEMS, get_problem
 from ..bench.report import write_report
 from ..bench.run.batch import failure_lines
 from ..bench.run.validate import (
@@ -24,6 +25,8 @@ from .common import (
     _csv,
     _open_store,
     _print_summary,
+    check_store_problems,
+    load_user_problems,
     resolve_methods,
 )
 
@@ -40,14 +43,18 @@ def cmd_suite(args: argparse.Namespace) -> int:
     _check_out(args.out or f"results/report_{args.budget}")
     _apply_flags(args)
     budget = BUDGETS[args.budget]
-    if args.problems is not None:  # a subset of the budget's problems, same epochs
-        names = _csv(args.problems)
-        bad = [n for n in names if n not in budget.problems]
+    if args.problems is not None:  # a subset of the budget's problems, same epochs, and yours
+        names = load_user_problems(args.problems) if _csv(args.problems) else []
+        user = {n: get_problem(n) for n in names if n in PROBLEMS and get_problem(n).user}
+        bad = [n for n in names if n not in budget.problems and n not in user]
         if bad or not names:
             what = f"{', '.join(bad)} not in budget {args.budget!r}" if bad else "names nothing"
             raise CLIError(f"--problems {args.problems!r}: {what}; accepted: comma-separated "
-                           f"names from {', '.join(budget.problems)}")
-        budget = dataclasses.replace(budget, problems={p: budget.problems[p] for p in names})
+                           f"names from {', '.join(budget.problems)}, or your problems as "
+                           "path/to/file.py:NAME or module.path:NAME")
+        budget = dataclasses.replace(budget, problems={
+            p: budget.problems[p] if p in budget.problems else budget.epochs_for(user[p])
+            for p in names})
     run = methods or list(budget.methods or METHODS)
     if args.tuning_check:
         try:
@@ -56,6 +63,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
             raise CLIError(str(exc)) from None
     preflight(Plan(tuple(budget.problems), tuple((m, {}) for m in run), args.device))
     store = args.store or f"results/suite_{args.budget}.db"
+    check_store_problems(store, list(budget.problems))
     _open_store(store).close()  # a bad store is refused before the workers start
     where = (f"Ray cluster {args.address}" if args.address else "a local Ray cluster") \
         if args.executor == "ray" else f"{args.workers or os.cpu_count()} worker(s)"

@@ -22,6 +22,7 @@ from .common import (
     _one,
     _open_store,
     _rounded,
+    check_store_problems,
     parse_overrides,
     resolve_methods,
     resolve_problems,
@@ -38,6 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     hp = parse_overrides(args.set, [method], single=method)[method]
     _apply_flags(args)
     preflight(Plan((problem,), ((method, hp),), args.device, args.epochs, args.train_fraction))
+    check_store_problems(args.store, [problem])
     started = not D.active()
     device = D.init_from_env(args.device)
     started = started and D.active()

@@ -34,9 +34,13 @@ BUSY_POLL_SECONDS = 1.0
 EXIT_ORPHANED = 75  # a pool worker's exit status when its parent has died
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _parent_pid: int | None = None  # set in pool workers by init_worker
+#: user problems this worker loads itself before their first job: name -> (ref, identity, cwd)
+#: (``problems.user.job_source``); a file changed since the suite started is refused
+_sources: dict[str, tuple[str, str, str]] = {}
 
 
-def init_worker(parent_pid: int) -> None:
+def init_worker(parent_pid: int, sources: dict[str, tuple[str, str, str]] | None = None
+                ) -> None:
     """Pool-worker initializer: die with the process ``parent_pid`` that started the pool.
 
     Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (the kernel kills this worker when the thread
@@ -45,6 +49,7 @@ def init_worker(parent_pid: int) -> None:
     """
     global _parent_pid
     _parent_pid = parent_pid
+    _sources.update(sources or {})
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -94,6 +99,10 @@ def run_job(store_path: str, job: Job, device: str, threads: int | None) -> tupl
     if threads:
         torch.set_num_threads(threads)
     try:
+        if job.problem in _sources:  # a user problem: import its file here as the driver did
+            from ..problems.user import ensure
+
+            ensure(job.problem, *_sources[job.problem])
         with Store(store_path) as st:
             if _parent_pid is not None:
                 st.before_write = exit_if_orphaned

@@ -83,6 +83,7 @@ def trial_fields(job: Job) -> dict[str, Any]:
     from ...methods import get_method_class
     from ...methods.base import resolve_hparams
     from ..problems import get_problem
+    from ..problems.user import job_source
 
     prob = get_problem(job.problem)
     hp = resolve_hparams(get_method_class(job.method), job.hparams or {})
@@ -91,6 +92,7 @@ def trial_fields(job: Job) -> dict[str, Any]:
     fields = {"problem": prob.name, "method": job.method, "hparams": hp, "seed": job.seed,
               "epochs": epochs, "train_fraction": frac, "tag": job.tag}
     fields["key"] = trial_key(prob.name, job.method, hp, job.seed, epochs, frac, job.tag)
+    fields["problem_source"] = list(job_source(prob))  # a user problem: the task imports it
     return fields
 
 
@@ -129,6 +131,11 @@ def run_trial_task(fields: dict[str, Any], device: str, threads: int) -> dict[st
         torch.set_num_threads(threads)
     with Store(":memory:") as st:
         try:
+            source = fields.get("problem_source") or ["", "", ""]
+            if source[0]:  # a user problem: import its file in this worker, as the driver did
+                from ..problems.user import ensure
+
+                ensure(fields["problem"], *source)
             res = run_trial(fields["problem"], fields["method"], fields["hparams"],
                             seed=fields["seed"], epochs=fields["epochs"], device=device,
                             store=st, tag=fields["tag"], train_fraction=fields["train_fraction"],

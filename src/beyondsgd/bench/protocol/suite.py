@@ -30,6 +30,7 @@ from typing import Any
 
 from ...methods import METHODS
 from ..problems import get_problem
+from ..problems.user import job_source
 from ..store import Store
 from .claims import fraction_runs
 from .jobs import BUSY_POLL_SECONDS, Job, execute_local, init_worker, run_job
@@ -71,9 +72,10 @@ class SuiteResult:
     check_changed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
 
-def _draws(budget: Budget, m: str, study: int, factor: int = 1) -> list[dict]:
-    n = budget.draws(m, factor)
-    return sample_configs(m, n, seed=study) if n else []
+def _draws(budget: Budget, m: str, study: int, factor: int = 1, problem: str | None = None
+           ) -> list[dict]:
+    n = budget.draws(m, factor, problem)
+    return sample_configs(m, n, seed=study, problem=problem) if n else []
 
 
 def tuning_jobs(budget: Budget, methods: list[str], studies: int | None = None) -> list[Job]:
@@ -86,7 +88,7 @@ def tuning_jobs(budget: Budget, methods: list[str], studies: int | None = None) 
         for m in methods:
             seen: list[dict] = []
             for study in range(k):
-                for cfg in _draws(budget, m, study):
+                for cfg in _draws(budget, m, study, problem=problem):
                     if cfg not in seen:
                         seen.append(cfg)
                         jobs.append(Job(problem, m, cfg, 0, epochs, TUNE_TAG))
@@ -104,8 +106,9 @@ def check_tuning_jobs(budget: Budget, methods: list[str], studies: int | None = 
     jobs = []
     for problem, epochs in budget.problems.items():
         for m in methods:
-            seen = [c for study in range(k) for c in _draws(budget, m, study)]
-            for cfg in _draws(budget, m, 0, TUNING_CHECK_FACTOR)[budget.draws(m):]:
+            seen = [c for study in range(k) for c in _draws(budget, m, study, problem=problem)]
+            for cfg in _draws(budget, m, 0, TUNING_CHECK_FACTOR, problem)[
+                    budget.draws(m, problem=problem):]:
                 if cfg not in seen:
                     seen.append(cfg)
                     jobs.append(Job(problem, m, cfg, 0, epochs, TUNE_TAG))
@@ -123,7 +126,7 @@ def best_settings(store: Store, budget: Budget, methods: list[str], study: int =
         for m in methods:
             tuned = store.trials(problem=problem, method=m, tag=TUNE_TAG, seed=0, epochs=n_ep)
             scored = []
-            for cfg in _draws(budget, m, study, factor):
+            for cfg in _draws(budget, m, study, factor, problem):
                 rows = [t for t in tuned if t["train_fraction"] == 1.0
                         and all(t["hparams"].get(k) == v for k, v in cfg.items())]
                 if not rows:
@@ -256,9 +259,11 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
         # one pool for the whole suite (each worker's start-up imports cost seconds); spawn,
         # not fork: forking a process whose OpenMP threads have run can deadlock; the workers
         # die with this process and never write after it (jobs.init_worker)
+        sources = {p: job_source(get_problem(p)) for p in b.problems
+                   if get_problem(p).user}  # user problems: each worker imports them itself
         pool = ProcessPoolExecutor(max_workers=workers,
                                    mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=init_worker, initargs=(os.getpid(),))
+                                   initializer=init_worker, initargs=(os.getpid(), sources))
     try:
         return _run_suite(b, store_path, methods, threads, device, progress, ray_executor,
                           pool, tuning_check)

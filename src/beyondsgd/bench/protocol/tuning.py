@@ -85,17 +85,36 @@ def final_seeds(study: int, n: int) -> range:
     return range(study * n + 1, (study + 1) * n + 1)
 
 
-def search_space(method: str) -> list[HParam]:
-    """The method's tuned hyperparameters (``tune=True``)."""
-    return [h for h in get_method_class(method).hparams if h.tune]
+def search_space(method: str, problem: str | None = None) -> list[HParam]:
+    """The method's tuned hyperparameters (``tune=True``); on ``problem``, with the ranges its
+    ``search_space`` overrides (a user problem: ``(low, high)`` keeps the method's scale, a list
+    is a set of choices; a hyperparameter the method does not tune becomes tuned)."""
+    from dataclasses import replace as _replace
+
+    hps = get_method_class(method).hparams
+    over = {}
+    if problem is not None:
+        from ..problems import get_problem
+
+        over = (get_problem(problem).search_space or {}).get(method, {})
+    out = []
+    for h in hps:
+        if h.name in over:
+            r = over[h.name]
+            h = _replace(h, tune=True, choices=tuple(r), low=None, high=None) \
+                if isinstance(r, list) else _replace(h, tune=True, low=r[0], high=r[1],
+                                                     choices=None)
+        if h.tune:
+            out.append(h)
+    return out
 
 
-def n_draws(method: str, n_tune: int) -> int:
+def n_draws(method: str, n_tune: int, problem: str | None = None) -> int:
     """Tuning draws of ``method`` per study: ``n_tune`` per tuned hyperparameter (a method with
     an empty search space counts as one: it gets its defaults)."""
     if isinstance(n_tune, bool) or not isinstance(n_tune, int) or n_tune < 0:
         raise ValueError(f"n_tune must be an integer >= 0, got {n_tune!r}")
-    return n_tune * max(1, len(search_space(method)))
+    return n_tune * max(1, len(search_space(method, problem)))
 
 
 def _scale(h: HParam, u: float) -> Any:
@@ -117,7 +136,8 @@ def _method_seed(method: str, seed: int) -> int:
 
 
 def sample_configs(method: str, n: int, seed: int = 0,
-                   fixed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                   fixed: dict[str, Any] | None = None, problem: str | None = None
+                   ) -> list[dict[str, Any]]:
     """``n`` settings of ``method``'s search space from a scrambled Halton sequence.
 
     ``fixed`` hyperparameters are added to every setting (e.g. a problem-specific override).
@@ -128,7 +148,7 @@ def sample_configs(method: str, n: int, seed: int = 0,
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    space = search_space(method)
+    space = search_space(method, problem)
     fixed = dict(fixed or {})
     if not space:
         return [fixed]
@@ -191,6 +211,14 @@ class Budget:
     description: str = ""
     final_seeds: dict[str, int] = field(default_factory=dict)  # problem -> seeds of final runs
     studies: int = 1  # independent tuning studies (protocol.py, step 5)
+    #: epochs of a user's problem under this budget: at most this many (None: its own budget)
+    user_epochs: int | None = None
+
+    def epochs_for(self, problem: Any) -> int | None:
+        """Epochs of a problem not in ``problems`` (a user's) under this budget."""
+        if self.user_epochs is None:
+            return None
+        return min(self.user_epochs, problem.epochs)
 
     def n_final(self, problem: str) -> int:
         """Seeds of each final run on ``problem`` (``seeds`` unless ``final_seeds`` says)."""
@@ -199,14 +227,15 @@ class Budget:
     def __post_init__(self) -> None:
         n_draws("sgd", self.n_tune)  # ValueError unless an integer >= 0
 
-    def draws(self, method: str, factor: int = 1) -> int:
-        """Tuning draws of ``method`` per study (``factor`` 2: the tuning check's)."""
-        return factor * n_draws(method, self.n_tune)
+    def draws(self, method: str, factor: int = 1, problem: str | None = None) -> int:
+        """Tuning draws of ``method`` per study (``factor`` 2: the tuning check's) on
+        ``problem`` (whose search space may differ)."""
+        return factor * n_draws(method, self.n_tune, problem)
 
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
-        "smoke", {"digits_mlp": 3, "diabetes_mlp": 4}, n_tune=2, seeds=2,
+        "smoke", {"digits_mlp": 3, "diabetes_mlp": 4}, n_tune=2, seeds=2, user_epochs=2,
         description="pipeline check for CI: two tiny problems, 2 tuning draws per tuned "
                     "hyperparameter, 2 seeds (a few minutes on 2 cores)"),
     "small": Budget(

@@ -11,6 +11,7 @@ numbers beside ours (from :mod:`beyondsgd.bench.reproduce.table`, its figure dra
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..analysis.claims import claims_markdown, evaluate_store
@@ -29,6 +30,8 @@ from .tables import (
     report_summary,
     verdict_line,
 )
+from .yours import ensure_registered, mark
+from .yours import section as yours_section
 
 __all__ = ["CI_METHOD", "difference_interval", "environment_section", "label", "markdown_table",
            "markdown_to_html", "overview_table", "report_summary", "seed_interval", "summarize",
@@ -60,15 +63,20 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
                  plots: bool = True) -> Path:
     """Write ``report.md`` and a self-contained ``report.html`` into ``out_dir``.
 
-    Sections: the verdicts at a glance (:mod:`.matrix`) with the claims in detail folded below
+    Sections: your problems (the user's problems in the store, :mod:`.yours`; their
+    results need no file: registered from the store's cards), the verdicts at a glance (:mod:`.matrix`) with the claims in detail folded below
     them, summary tables (every group of trials; the suite's ``final`` runs are the tuned
     results, ``defaults`` the untuned ones), performance profiles, sensitivity plots, claims
     table, curves, environment. Returns the Markdown path.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_registered(store)  # user problems from the store's cards: no file needed
     rows = summarize(store, problems)
     lines = ["# beyondsgd report", "", f"Store: `{store.path}`", ""]
+    yours = yours_section(store, problems)
+    if yours:
+        lines += [yours]
     verdicts = evaluate_store(store, problems=problems)
     glance = matrix_markdown(store, problems, verdicts, stored_reproduce_outcomes(store))
     if glance:
@@ -76,7 +84,9 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
     if verdicts:
         lines += ["<details>", "<summary>The claims in detail: each claim's text and source, "
                   "our values, the tests and p-values (click to show)</summary>", "",
-                  CLAIMS_INTRO, "", claims_markdown(verdicts), "</details>", ""]
+                  CLAIMS_INTRO, "",
+                  claims_markdown([replace(r, problem=mark(r.problem)) for r in verdicts]),
+                  "</details>", ""]
         lines += ["## Claims without a verdict row", "", unchecked_markdown()]
     if not rows:
         lines.append("No finished trials in the store.")

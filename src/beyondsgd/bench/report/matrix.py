@@ -28,6 +28,7 @@ from ..analysis.claims import BUDGET_FLOOR, CLAIMS, evaluate_store
 from ..analysis.judge import budget_text
 from ..problems import PROBLEMS
 from ..store import Store
+from . import yours as _yours
 
 __all__ = ["CELL_STYLE", "MARKS", "NEUTRAL", "VERDICT_COLOURS", "cell_text", "claims_matrix",
            "matrix_markdown", "reproduce_matrix", "short_text", "verdict_colour"]
@@ -144,7 +145,7 @@ def legend_table() -> str:
 def claims_matrix(results: Sequence) -> str:
     """Claims x problems (``results``: :func:`~beyondsgd.bench.analysis.claims.evaluate_store`'s
     :class:`StudyVerdicts`): one row per claim (id, paper, short line), one column per problem
-    with a verdict; a cell per verdict (:func:`cell_text`), ``·`` where the problem is not of
+    with a verdict (a user's problem marked ``(yours)``); a cell per verdict (:func:`cell_text`), ``·`` where the problem is not of
     the claim's kind, ``–`` where it is but the runs are missing. "" without results."""
     if not results:
         return ""
@@ -154,7 +155,8 @@ def claims_matrix(results: Sequence) -> str:
     for r in sorted(results, key=lambda r: (order.get(r.claim.id, len(order)), r.claim.id)):
         claims.setdefault(r.claim.id, r.claim)
     by = {(r.claim.id, r.problem): r for r in results}
-    lines = ["| claim | " + " | ".join(problems) + " |", "|---" * (len(problems) + 1) + "|"]
+    lines = ["| claim | " + " | ".join(_yours.mark(p) for p in problems) + " |",
+             "|---" * (len(problems) + 1) + "|"]
     for cid, c in claims.items():
         paper = str(c.paper).split(" (")[0]
         cells = []
@@ -224,6 +226,7 @@ def matrix_markdown(store: Store, problems: list[str] | None = None, results=Non
     """The verdict matrices of ``store``: the legend, the claims x problems matrix, and where
     the store holds ``beyondsgd reproduce`` results the reproduce matrix. "" when there is
     neither. ``results``/``outcomes``: already computed (else computed here)."""
+    _yours.ensure_registered(store)  # user problems from the store's cards
     if results is None:
         results = evaluate_store(store, problems=problems)
     if outcomes is None:
@@ -234,7 +237,9 @@ def matrix_markdown(store: Store, problems: list[str] | None = None, results=Non
                   "the kind of problem the paper ran; over tuning studies, untested or "
                   "budget-limited if any study is, else the median verdict. "
                   f"`{NA}`: a problem of another kind; `–`: runs missing; a budget: the "
-                  "fraction of the problem's epochs run.", "",
+                  "fraction of the problem's epochs run."
+                  + (" " + _yours.YOURS_LEGEND
+                     if any(_yours.is_user(r.problem) for r in results) else ""), "",
                   claims_matrix(results)]
     if outcomes:
         parts += ["The papers' own experiments (`beyondsgd reproduce`): rows per verdict and the "

@@ -27,6 +27,7 @@ from ..problems import PROBLEMS, get_problem
 from ..protocol import TUNE_TAG, study_of
 from ..store import Store
 from .summary import _group_key, _paired, _rank_key, summarize
+from .yours import mark
 
 __all__ = ["CI_METHOD", "environment_section", "markdown_table", "overview_table",
            "report_summary", "verdict_line"]
@@ -150,10 +151,12 @@ def markdown_table(rows: list[dict]) -> str:
         arrow = "higher" if prob.higher_is_better else "lower"
         sgd = [r["seconds_per_step"] for r in rs if r["method"] == "sgd"
                and math.isfinite(r["seconds_per_step"])]
-        out.append(f"### {prob_name}: {prob.description}\n")
+        out.append(f"### {mark(prob_name)}: {prob.description}\n")
         tgt = rs[0].get("target", prob.target)
+        tgt_text = f"{tgt:.4g}" if tgt is not None and math.isfinite(tgt) else \
+            "none (no target given and no tuned baselines' runs to set it from)"
         out.append(f"Test {prob.metric} ({arrow} is better, range {_range_text(prob)}); "
-                   f"validation target {tgt:.4g} (median over the tuned baselines of their worst "
+                   f"validation target {tgt_text} (median over the tuned baselines of their worst "
                    "seed's best validation metric; the problem's fixed target without them); "
                    "best first, **best** in bold; mean ± std [95% CI of the mean: Student t "
                    "clipped to the metric's range] over every seed, a diverged seed counted at "
@@ -244,7 +247,8 @@ def overview_table(rows: list[dict], tag: str) -> str:
                         else r["final_mean"])
         if len(ranked) >= 2 and _best_significant(ranked[0], ranked[1], prob):
             best[p] = ranked[0]["method"]
-    head = "| method | " + " | ".join(f"{p} ({PROBLEMS[p].metric})" for p in problems) + " |"
+    head = "| method | " + " | ".join(f"{mark(p)} ({PROBLEMS[p].metric})" for p in problems) \
+        + " |"
     lines = [OVERVIEW_CAPTION, "", head, "|---" * (len(problems) + 1) + "|"]
     for m in methods:
         cells = []
@@ -263,7 +267,11 @@ def overview_table(rows: list[dict], tag: str) -> str:
 
 
 def environment_section(store: Store) -> str:
-    envs = {json.dumps(t["env"], sort_keys=True) for t in store.trials() if t["env"]}
+    # a user problem's card (env["problem"]) is the problem's, not the machine's: the
+    # "Your problems" section shows it
+    envs = {json.dumps({k: v for k, v in t["env"].items() if k != "problem"}, sort_keys=True)
+            for t in store.trials() if t["env"]}
+    envs.discard("{}")
     if not envs:
         return ""
     lines = ["| key | value |", "|---|---|"]

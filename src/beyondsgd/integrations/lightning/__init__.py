@@ -27,5 +27,14 @@ from .bpgrad import BPGradMixin
 from .data import materialize
 from .gdsolver import GDSolverCallback
 from .pht import PHTAlternationMixin
+from .problem import model_from_lightning, problem_from_datamodule
 
-__all__ = ["BPGradMixin", "GDSolverCallback", "PHTAlternationMixin", "materialize", "pl"]
+__all__ = [
+    "BPGradMixin",
+    "GDSolverCallback",
+    "PHTAlternationMixin",
+    "materialize",
+    "model_from_lightning",
+    "pl",
+    "problem_from_datamodule",
+]

@@ -60,6 +60,11 @@ accept/reject decision and keeps identical weights.
 
 Reference: D. Ashok, V. Nagisetty, C. Srinivasa, V. Ganesh. *A Solver + Gradient Descent Training
 Algorithm for Deep Neural Networks.* IJCAI-22, pp. 1766-1773, doi:10.24963/ijcai.2022/246.
+
+On a streamed problem (``ctx.pooled``: a ``Dataset`` read in minibatches) the candidate points
+are chosen from the method pool, a fixed sample of the training rows, and a solution's accept
+check reads the first pool rows of the validation set; plateaus are detected on the whole
+validation loss (:mod:`beyondsgd.data.streamed`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ samples and DDP averages the gradients of the K frozen-support steps; per-step l
 (``layer_solve_on="step"``) gather the global minibatch and its masks and solve identically on
 every rank; per-epoch solves run on the whole training set on every rank.
 
+Streamed problems (``ctx.pooled``: the data is a ``Dataset`` read in minibatches): the K steps
+and per-step solves use the minibatches as always; per-epoch layer solves run on the method pool
+(a fixed sample of the training rows, :mod:`beyondsgd.data.streamed`) instead of the whole set;
+``refresh="epoch"`` (one mask per training row) is refused.
+
 ``layer_solve`` / ``layer_solve_on`` were called ``exact`` / ``exact_on`` until issue 22 (the
 cross-entropy solve is ``solver_iters`` L-BFGS iterations, not an exact minimiser): the old
 names are accepted with a ``DeprecationWarning`` and trial keys still hash the old names, so
@@ -170,6 +175,10 @@ class PHTAlternation(Method):
             raise ValueError(f"layer_solve={self.hp['layer_solve']!r}: this model has no "
                              f"solvable layer (a Linear/Conv followed only by modules linear "
                              f"under frozen support); use layer_solve='none'")
+        if self.hp["refresh"] == "epoch" and ctx.pooled:
+            raise ValueError("refresh='epoch' keeps one support mask per training row, and a "
+                             "streamed problem holds only a sample of its rows; use "
+                             "refresh='minibatch' (the default)")
         if self.hp["refresh"] == "epoch":
             self.alt.refresh(ctx.x_train)  # refuses clearly when the masks do not fit
             self.rows = _RowIndex(ctx.x_train)
