@@ -1,5 +1,6 @@
 """``beyondsgd report`` and ``beyondsgd export``: read a store (read-only) into a report or
-files."""
+files. A store's user problems are registered from the cards stored with their trials, so
+neither needs the user's file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from ..bench.problems import PROBLEMS
 from ..bench.report import write_report
+from ..bench.report.yours import ensure_registered
 from ..bench.run.validate import (
     require_bench_extra,
 )
@@ -29,6 +31,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     require_bench_extra("report", ("scipy",) if args.no_plots else ("scipy", "matplotlib"))
     _check_out(args.out)
     with _open_store(args.store, readonly=True) as store:
+        ensure_registered(store)  # its user problems, from their stored cards: no file needed
         if problems:
             stored = sorted({t["problem"] for t in store.trials()})
             bad = [p for p in problems if p not in stored]
@@ -55,6 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                            f"new or empty directory (DeepOBS's analyzer reads every run under "
                            f"it, so older files would be mixed in)")
         with _open_store(args.store, readonly=True) as store:
+            ensure_registered(store)
             res = export_deepobs(store, args.out)
         skipped = ", ".join(f"{n} {s}" for s, n in sorted(res["skipped"].items()))
         note = f" (skipped: {skipped}; only finished and diverged trials are runs)" \
@@ -65,6 +69,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                   f"has no training accuracy for them (DeepOBS then ranks by valid_losses)")
         return 0
     with _open_store(args.store, readonly=True) as store:
+        ensure_registered(store)
         n_trials, n_files = export_store(store, args.out)
     print(f"exported {n_trials} trials: {n_files} JSON files and evals.csv in {args.out}")
     return 0

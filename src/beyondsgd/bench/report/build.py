@@ -63,11 +63,12 @@ def write_report(store: Store, out_dir: str | Path, problems: list[str] | None =
                  plots: bool = True) -> Path:
     """Write ``report.md`` and a self-contained ``report.html`` into ``out_dir``.
 
-    Sections: your problems (the user's problems in the store, :mod:`.yours`; their
-    results need no file: registered from the store's cards), the verdicts at a glance (:mod:`.matrix`) with the claims in detail folded below
-    them, summary tables (every group of trials; the suite's ``final`` runs are the tuned
-    results, ``defaults`` the untuned ones), performance profiles, sensitivity plots, claims
-    table, curves, environment. Returns the Markdown path.
+    Sections: your problems (the user's problems in the store, :mod:`.yours`; their results
+    need no file: registered from the store's cards), the verdicts at a glance
+    (:mod:`.matrix`) with the claims in detail folded below them, summary tables (every group
+    of trials; the suite's ``final`` runs are the tuned results, ``defaults`` the untuned
+    ones), performance profiles, sensitivity plots, claims table, curves, environment.
+    Returns the Markdown path.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

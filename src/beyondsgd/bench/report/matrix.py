@@ -145,8 +145,9 @@ def legend_table() -> str:
 def claims_matrix(results: Sequence) -> str:
     """Claims x problems (``results``: :func:`~beyondsgd.bench.analysis.claims.evaluate_store`'s
     :class:`StudyVerdicts`): one row per claim (id, paper, short line), one column per problem
-    with a verdict (a user's problem marked ``(yours)``); a cell per verdict (:func:`cell_text`), ``·`` where the problem is not of
-    the claim's kind, ``–`` where it is but the runs are missing. "" without results."""
+    with a verdict (a user's problem marked ``(yours)``); a cell per verdict
+    (:func:`cell_text`), ``·`` where the problem is not of the claim's kind, ``–`` where it is
+    but the runs are missing. "" without results."""
     if not results:
         return ""
     problems = sorted({r.problem for r in results})
