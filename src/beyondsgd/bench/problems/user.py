@@ -570,6 +570,12 @@ def check_store(store: Any, prob: Registered) -> None:
             "problem are never mixed: use a new --store, or give the problem a new name")
 
 
+def _stored_range(r: Any) -> tuple[float, float]:
+    """A card's metric range as stored (JSON writes an infinite bound as null)."""
+    lo, hi = (list(r) + [None, None])[:2] if r else (0.0, 1.0)
+    return (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+
+
 def register_stored(store: Any) -> list[str]:
     """Register, from a store's trial records alone, every user problem it holds that this
     process does not know (so ``report``/``export`` work without the user's file). Their data
@@ -592,6 +598,6 @@ def register_stored(store: Any) -> list[str]:
             batch_size=int(card.get("batch_size", 1)), epochs=int(card.get("epochs", 1)),
             target=float(target) if target is not None else math.nan,
             metric_name=card.get("metric"), higher=card.get("higher_is_better"),
-            range_=tuple(card.get("metric_range") or (0.0, 1.0)), origin=card)
+            range_=_stored_range(card.get("metric_range")), origin=card)
         out.append(name)
     return out
