@@ -62,9 +62,9 @@ USER_FILE = textwrap.dedent('''
                             Images(304, 368), pool=48, **KW)
     workers = bs.Problem("tiny_workers", cnn, Images(0, 240), Images(240, 304),
                          Images(304, 368), num_workers=2, **KW)
+    SPACE = {"adam": {"lr": (1e-4, 1e-3)}, "sgd": {"weight_decay": [0.0, 1e-4]}}
     tuned = bs.Problem("tiny_tuned", cnn, (X[:240], Y[:240]), (X[240:304], Y[240:304]),
-                       (X[304:], Y[304:]), search_space={"adam": {"lr": (1e-4, 1e-3)},
-                                                         "sgd": {"weight_decay": [0.0, 1e-4]}}, **KW)
+                       (X[304:], Y[304:]), search_space=SPACE, **KW)
     def factory():
         return in_memory
     not_a_problem = 3
@@ -337,7 +337,8 @@ def test_the_suite_on_ray_stores_what_the_local_workers_store(user_file, tmp_pat
         with Store(path, readonly=True) as st:
             return {t["key"]: numbers(st.evals(t["id"])) for t in st.trials()}
 
-    n = sum(budget.draws(m, problem="tiny_stream") + 2 for m in ("sgd", "slbi"))  # + defaults, final
+    # tuning draws, plus one defaults and one final run per method
+    n = sum(budget.draws(m, problem="tiny_stream") + 2 for m in ("sgd", "slbi"))
     assert snap(local) == snap(remote) and len(snap(local)) == n
 
 
