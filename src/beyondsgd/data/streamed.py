@@ -13,13 +13,17 @@ the in-memory data gives, without reading the whole set into memory:
   tensors would. Worker processes (``num_workers``) and pinned memory (on CUDA) are the
   ``DataLoader``'s; batches reach the device with ``non_blocking`` copies.
 - **evaluation** (:meth:`StreamedData.eval_batches`): the split in order, in chunks of
-  ``eval_batch`` rows (4096, the in-memory evaluation's chunk, so the two give the same sums),
-  optionally only its first ``limit`` rows (the training loss on a fixed subset).
+  ``eval_batch`` rows, optionally only its first ``limit`` rows (the training loss on a fixed
+  subset). By default a chunk holds at most 32 MiB of inputs, at least the training batch and
+  at most 4096 rows (the in-memory evaluation's chunk: small inputs give the same sums as in
+  memory; larger ones differ from them by float32 round-off only).
 - **a method pool** (``x_train``/``y_train``/``x_val``/``y_val``): methods that need data at the
   level of an epoch rather than a minibatch (GDSolver's candidate points and its accept check,
   PHT's epoch-level layer solves, SLBI's sparse-model accuracy, ProxProp's shape probe) get a
   fixed sample of ``pool`` training rows (drawn once with the split seed, the same for every
-  trial) and the first ``pool`` validation rows, as tensors. Only these are materialised.
+  trial) and the first ``pool`` validation rows, as tensors. Only these are materialised. By
+  default ``pool`` is sized by memory: 32 MiB of inputs per split, at least 256 and at most
+  4096 rows (CIFAR-sized images: 2730 rows; 224x224 RGB: 256).
 """
 
 from __future__ import annotations
@@ -31,8 +35,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-DEFAULT_POOL = 4096
-EVAL_BATCH = 4096
+DEFAULT_POOL = None  # sized by memory: POOL_BYTES of rows, between POOL_MIN and POOL_MAX
+POOL_BYTES, POOL_MIN, POOL_MAX = 32 * 2**20, 256, 4096
+EVAL_BATCH = 4096  # the in-memory evaluation's chunk
+EVAL_BYTES = 32 * 2**20  # a streamed evaluation reads at most this many bytes of input a chunk
+
+
+def rows_within(row_bytes: int, budget: int, low: int, high: int) -> int:
+    """How many rows of ``row_bytes`` fit in ``budget`` bytes, clamped to [low, high]."""
+    return int(min(high, max(low, budget // max(row_bytes, 1))))
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -83,7 +94,9 @@ class StreamedData:
     test: Any
     num_classes: int | None = None
     num_workers: int = 0
-    pool: int = DEFAULT_POOL
+    pool: int | None = DEFAULT_POOL
+    eval_batch: int | None = None
+    batch_size: int = 1  # the training batch (an evaluation chunk is never smaller)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     info: dict[str, Any] = field(default_factory=dict)
     _pool_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -107,6 +120,23 @@ class StreamedData:
         _, y = _pair(self.train[0], "train[0]")
         y = torch.as_tensor(y)
         return 1 if y.dim() == 0 else int(y.shape[-1])
+
+    def row_bytes(self) -> int:
+        x, _ = _pair(self.train[0], "train[0]")
+        x = torch.as_tensor(x)
+        return x.numel() * 4  # as float32
+
+    def pool_rows(self) -> int:
+        """Rows of the method pool (``pool``, or sized by memory)."""
+        if self.pool is not None:
+            return self.pool
+        return rows_within(self.row_bytes(), POOL_BYTES, POOL_MIN, POOL_MAX)
+
+    def eval_rows(self) -> int:
+        """Rows of an evaluation chunk (``eval_batch``, or sized by memory)."""
+        if self.eval_batch is not None:
+            return self.eval_batch
+        return rows_within(self.row_bytes(), EVAL_BYTES, self.batch_size, EVAL_BATCH)
 
     def sizes(self) -> tuple[int, int, int]:
         return len(self.train), len(self.val), len(self.test)
@@ -150,19 +180,20 @@ class StreamedData:
             raise ValueError(f"split must be train, val or test, got {name!r}")
         return getattr(self, name)
 
-    def eval_batches(self, split: str, limit: int | None = None, batch: int = EVAL_BATCH
+    def eval_batches(self, split: str, limit: int | None = None, batch: int | None = None
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The split in order (its first ``limit`` rows when given), ``batch`` rows at a time."""
+        """The split in order (its first ``limit`` rows when given), ``batch`` rows at a time
+        (default :meth:`eval_rows`)."""
         ds = self.split(split)
         if limit is not None and limit < len(ds):
             ds = Subset(ds, range(limit))
-        return self._deliver(self._loader(ds, batch, None))
+        return self._deliver(self._loader(ds, batch or self.eval_rows(), None))
 
     # ---- the method pool -----------------------------------------------------------------
     def _pool_rows(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in self._pool_cache:
             ds = self.split(split)
-            n = min(self.pool, len(ds))
+            n = min(self.pool_rows(), len(ds))
             if split == "train":  # a fixed random sample (the split seed), sorted
                 idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
                 rows = idx.sort().values.tolist()
@@ -192,4 +223,4 @@ class StreamedData:
     def __repr__(self) -> str:
         tr, va, te = self.sizes()
         return (f"StreamedData({self.name!r}, {self.task}, train={tr}, val={va}, test={te}, "
-                f"workers={self.num_workers}, pool={self.pool})")
+                f"workers={self.num_workers}, pool={self.pool_rows()})")

@@ -98,7 +98,8 @@ class Problem:
     search_space: Mapping[str, Mapping[str, Any]] | None = None
     description: str = ""
     num_workers: int = 0  # DataLoader workers of a streamed problem
-    pool: int = DEFAULT_POOL  # rows of the method pool of a streamed problem
+    pool: int | None = DEFAULT_POOL  # rows of the method pool, streamed (None: by memory)
+    eval_batch_size: int | None = None  # rows per evaluation chunk, streamed (None: by memory)
     train_eval_size: int = 10000  # the training loss is measured on this many first rows
     metric_range: tuple[float, float] | None = None  # values a callable metric can take
     extras: dict[str, Any] = field(default_factory=dict)
@@ -164,8 +165,10 @@ def _check_fields(p: Problem) -> None:
         raise bad(f"problem {name}: model is a {type(p.model).__name__}; accepted: a function "
                   "seed -> nn.Module")
     for attr, low in (("batch_size", 1), ("epochs", 1), ("train_eval_size", 1), ("pool", 1),
-                      ("num_workers", 0)):
+                      ("num_workers", 0), ("eval_batch_size", 1)):
         v = getattr(p, attr)
+        if v is None and attr in ("pool", "eval_batch_size"):
+            continue
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise bad(f"problem {name}: {attr}={v!r}; accepted: an integer >= {low}")
     if isinstance(p.loss, str) and p.loss not in LOSSES:
@@ -419,7 +422,8 @@ def to_registered(p: Problem, origin: dict[str, Any] | None = None) -> Registere
         if info["streamed"]:
             return StreamedData(p.name, task, p.train, p.val, p.test,
                                 num_classes=info["num_classes"], num_workers=p.num_workers,
-                                pool=p.pool, info={"user": True})
+                                pool=p.pool, eval_batch=p.eval_batch_size,
+                                batch_size=p.batch_size, info={"user": True})
         (xt, yt), (xv, yv), (xs, ys) = p.train, p.val, p.test
         if task == "regression":
             yt, yv, ys = (t.reshape(len(t), -1).float() for t in (yt, yv, ys))
