@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-CHILD = textwrap.dedent('''
+CHILD = textwrap.dedent(r'''
     import json, re, resource, sys, time
     import numpy as np, torch
     from torch import nn
@@ -76,7 +76,8 @@ CHILD = textwrap.dedent('''
     status = open("/proc/self/status").read()
     rss = {k: int(v) / 1024 for k, v in re.findall(r"(RssAnon|RssFile):\s+(\d+)", status)}
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"mode": mode, "peak_mib": peak, "worker_peak_mib": kids, **rss, "wall_s": wall,
+    print(json.dumps({"mode": mode, "peak_mib": peak, "worker_peak_mib": kids, **rss,
+                      "wall_s": wall,
                       "cpu_s": cpu, "train_s": res.evals[-1]["train_seconds"],
                       "test_acc": res.evals[-1]["test_metric"]}))
 ''')
