@@ -22,6 +22,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         missing = getattr(p, "data_status", lambda: None)()
         if missing:
             print(f"  {'':<22} DATA MISSING: {missing}")
+    print("  Your own: --problem path/to/file.py:NAME or module.path:NAME, NAME a "
+          "beyondsgd.Problem (docs/problems.md; example: examples/image_problem.py)")
     print("\nMethods (hyperparameter=default; * = tuned by the benchmark protocol):")
     for name, cls in METHODS.items():
         print(f"  {name:<14} {cls.summary}  [{cls.paper}]")
