@@ -14,7 +14,9 @@ A *trial* is (problem, method, hyperparameters, seed[, epochs, train fraction, t
 4. counts only training time (steps and end-of-epoch hooks, e.g. GDSolver's MILP) in
    ``train_seconds`` (wall clock) and, around the same code, this process's CPU time
    (``time.process_time``, its threads summed: other jobs on the cores cannot inflate it) in
-   ``train_cpu_seconds``; evaluation is excluded. The epoch-0 row records ``threads``
+   ``train_cpu_seconds`` (on CPU only: on CUDA/MPS the device's work is not this process's CPU
+   time, so only the wall clock, read after a synchronisation, is recorded); evaluation is
+   excluded. The epoch-0 row records ``threads``
    (``torch.get_num_threads()``). A resume from a checkpoint without CPU seconds (older than
    them) records none from there on (its CPU clock is unknown),
 5. ends the trial as ``diverged`` when a loss becomes NaN/inf (recorded, not raised), and a
@@ -245,7 +247,9 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
 
     model, method = build()
     start_epoch, step, train_seconds = 0, 0, 0.0
-    cpu_seconds: float | None = 0.0  # None: resumed from a checkpoint without CPU seconds
+    # None: resumed from a checkpoint without CPU seconds, or an accelerator (its work is not
+    # this process's CPU time: time to target then reads the synchronised wall clock)
+    cpu_seconds: float | None = 0.0 if device.type == "cpu" else None
     ck = None
     found = ckpt_path is not None and ckpt_path.exists()
     if dp:
