@@ -344,3 +344,20 @@ def test_the_suite_on_ray_stores_what_the_local_workers_store(user_file, tmp_pat
 
 def test_public_api_is_bs_problem():
     assert bs.Problem is U.Problem
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_streamed_problem_on_cuda_records_the_gpu_and_its_wall_clock(user_file, tmp_path):
+    """On a GPU: batches pinned and copied to the device, the GPU's name in the trial's
+    environment, no CPU-seconds clock (time to target reads the synchronised wall clock), and
+    the CPU run's numbers up to float32 round-off of the GPU kernels."""
+    load_ref(f"{user_file}:streamed")
+    with Store(tmp_path / "g.db") as st:
+        gpu = run_trial("tiny_stream", "adam", seed=1, epochs=2, device="cuda", store=st)
+        env = st.trials()[0]["env"]
+    cpu = run_trial("tiny_stream", "adam", seed=1, epochs=2)
+    assert env["device"].startswith("cuda") and env["device_name"] == \
+        torch.cuda.get_device_name(0)
+    assert all("train_cpu_seconds" not in e for e in gpu.evals)
+    for a, b in zip(gpu.evals, cpu.evals):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
