@@ -31,13 +31,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("beyondsgd.bench.analysis",),
     ("beyondsgd.bench.reproduce",),  # each paper's experiment: run/store/analysis
     ("beyondsgd.bench.report",),     # reads the store, analysis and reproduce's tables
+    ("beyondsgd.bench.comparison",),  # compare(): protocol + report on one problem, from Python
     ("beyondsgd.integrations",),     # methods and bench, for other frameworks
     ("beyondsgd.cli",),
 )
 # Package ``__init__`` modules that only gather their children, matched by exact name only, each a
-# room of its own between two ranks: ``beyondsgd`` re-exports the public API (data..factory),
-# ``beyondsgd.bench`` is empty.
-ROOTS = {"beyondsgd": 2.5, "beyondsgd.bench": 2.75}
+# room of its own between two ranks: ``beyondsgd`` re-exports the public API (data..factory, and
+# ``Problem`` and ``bench`` for your own problems), just below the CLI (the only module that
+# imports it, for ``__version__``); ``beyondsgd.bench`` holds ``compare``, which imports the
+# comparison on first use, so it sits above it.
+ROOTS = {"beyondsgd": 11.5, "beyondsgd.bench": 10.5}
 
 
 def module_files(src: Path = SRC) -> dict[str, Path]:

@@ -60,13 +60,14 @@ import numpy as np
 import torch
 
 from ... import distributed as D
-from ...methods import TrainContext, get_method_class
-from ...methods.base import Batch, evaluate, evaluate_batches, resolve_hparams
+from ...methods import get_method_class
+from ...methods.base import Batch, evaluate, resolve_hparams
 from ..problems import Problem, get_problem
 from ..problems import user as U
 from ..store import Store, TrialBusy, ends_collapsed, trial_key
 from . import checkpoint as C
 from .arguments import check_arguments
+from .data import TrialData, _finite, _scaled_loss_fn
 from .trial import (
     DATA_SPLIT_SEED,
     TrialResult,
@@ -190,47 +191,15 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     if train_fraction < 1.0:
         data = data.subsample_train(train_fraction, seed=DATA_SPLIT_SEED)
     data = data.to(device)
-    # a streamed problem (beyondsgd.data.streamed) reads its splits through DataLoaders: the
-    # same minibatch order rule, evaluation over every row in chunks, and a method pool as
-    # x_train/y_train/x_val/y_val
-    streamed = getattr(data, "streamed", False)
-    n_train = data.n_train if streamed else data.x_train.shape[0]
-    n_eval = min(prob.train_eval_size, n_train)
-    if not streamed:
-        x_tr_eval, y_tr_eval = data.x_train[:n_eval], data.y_train[:n_eval]
-
-    steps_per_epoch = math.ceil(n_train / prob.batch_size)
-
+    td = TrialData(prob, data, seed, dp)  # in memory or streamed: batches, evaluations, ctx
     world = D.world_size() if dp else 1
-
-    def global_batches(epoch: int) -> Iterator[Batch]:
-        if streamed:
-            return data.train_batches(prob.batch_size, seed, epoch)
-        return epoch_batches(data.x_train, data.y_train, prob.batch_size, seed, epoch)
-
-    def measure(em, split: str) -> tuple[float, float | None]:
-        """(loss, metric) of a split: the train subset, validation or test."""
-        if streamed:  # every rank reads the whole split (no rows to split over)
-            return evaluate_batches(em, data.eval_batches(
-                split, n_eval if split == "train" else None), prob.loss_fn, prob.metric_fn)
-        if split == "train":
-            x, y = x_tr_eval, y_tr_eval
-        else:
-            x, y = (data.x_val, data.y_val) if split == "val" else (data.x_test, data.y_test)
-        return evaluate(em, x, y, prob.loss_fn, prob.metric_fn, distributed=dp)
+    global_batches, measure = td.global_batches, td.measure
 
     def batches(epoch: int) -> Iterator[Batch]:  # this rank's slices of the global batches
         for xb, yb in global_batches(epoch):
             yield (D.local_rows(xb), D.local_rows(yb)) if dp else (xb, yb)
 
-    ctx = TrainContext(device=device, loss_fn=prob.loss_fn, task=prob.task,
-                       x_train=data.x_train, y_train=data.y_train, x_val=data.x_val,
-                       y_val=data.y_val, batch_size=prob.batch_size, epochs=epochs,
-                       steps_per_epoch=steps_per_epoch, num_classes=data.num_classes,
-                       batch_iter=batches, seed=seed, extras={"problem": prob.name},
-                       rank=D.rank() if dp else 0, world_size=world, metric_fn=prob.metric_fn,
-                       val_batches=(lambda: data.eval_batches("val")) if streamed else None,
-                       pooled=streamed)
+    ctx = td.context(device, epochs, batches, D.rank() if dp else 0, world)
     writer = not dp or D.rank() == 0
     own_ckpt = ckpt_path if writer else None  # the checkpoint file this process may delete
 
@@ -411,20 +380,6 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     trained = result.evals if result.evals and result.evals[0]["epoch"] == 0 else []
     status = "collapsed" if ends_collapsed(trained) else "finished"
     _finish(prob, store, trial_id, result, status, own_ckpt)
-
-
-def _scaled_loss_fn(loss_fn, n_local: int, n_global: int, world: int):
-    """The rank's loss scaled so that DDP's gradient average is the global batch mean
-    (:func:`beyondsgd.distributed.scaled_loss`); an empty slice contributes zero."""
-    def scaled(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if n_local == 0:
-            return out.sum() * 0.0  # keeps every parameter in the graph for DDP
-        return D.scaled_loss(loss_fn(out, y), n_local, n_global, world)
-    return scaled
-
-
-def _finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _finish(prob: Problem, store, trial_id, result: TrialResult, status: str,
