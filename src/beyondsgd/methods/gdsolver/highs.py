@@ -198,8 +198,15 @@ def solve_program(
     options: dict[str, Any] | None = None,
     check_limit: int | None = CHECK_LIMIT,
     iteration_limit: int | None = ITERATION_LIMIT,
+    relaxation_first: bool = False,
 ) -> MILPResult:
     """Pass ``lp`` to HiGHS once (CSR arrays), warm-start it, solve within the work limits.
+
+    ``relaxation_first`` (MILP only; exact): solve the LP relaxation first (within
+    ``iteration_limit``); when the better of the warm start and the relaxation's solution with
+    its binaries rounded (each set to 1 unless one of its rows is then violated) reaches the
+    relaxation's bound rounded down (the objective counts points, an integer), it is optimal
+    and the MILP is skipped (``info["shortcut"]``); otherwise it is the MILP's start.
 
     MILP: at most ``node_limit`` branch-and-bound nodes (HiGHS ``mip_max_nodes``) and
     ``check_limit`` of HiGHS's limit checks (counted in its MIP interrupt callback: one per root
@@ -264,14 +271,33 @@ def solve_program(
     status = h.passModel(model)
     if status == highspy.HighsStatus.kError:
         raise RuntimeError("HiGHS rejected the model (passModel returned kError)")
-    if warm_start:
-        sol = highspy.HighsSolution()
-        sol.col_value = lp.start_solution.tolist()
-        h.setSolution(sol)
+    start_x = lp.start_solution
+    shortcut = ""
     build_seconds += time.perf_counter() - t0
     t1 = time.perf_counter()
-    run_status = h.run()
+    if mip and relaxation_first:
+        start_x, shortcut = _relaxation_first(h, lp, model, warm_start)
+    if shortcut:
+        run_status = highspy.HighsStatus.kOk
+    else:
+        if warm_start or start_x is not lp.start_solution:
+            sol = highspy.HighsSolution()
+            sol.col_value = start_x.tolist()
+            h.setSolution(sol)
+        run_status = h.run()
     solve_seconds = time.perf_counter() - t1
+    if shortcut:
+        x = np.clip(start_x, lp.col_lower, lp.col_upper)
+        objective = (float(lp.cost @ x) + lp.objective_offset) * lp.objective_scale
+        return MILPResult(
+            status="optimal", has_solution=True, objective=objective, bound=objective, gap=0.0,
+            start_objective=(float(lp.cost @ lp.start_solution) + lp.objective_offset)
+            * lp.objective_scale, solve_seconds=solve_seconds, build_seconds=build_seconds,
+            n_points=int(lp.info.get("n_points", 0)), num_col=lp.num_col, num_row=lp.num_row,
+            nnz=lp.nnz, n_binaries=int(lp.integer.sum()), highs_status="Optimal", limit="",
+            deterministic=True, weight=x[: lp.n_weight],
+            bias=x[lp.n_weight: lp.n_weight + lp.n_bias],
+            info={**lp.info, "nodes": 0, "checks": 0, "shortcut": shortcut})
     ms = h.getModelStatus()
     info = h.getInfo()
     has_sol = int(info.primal_solution_status) == 2 and run_status != highspy.HighsStatus.kError
@@ -294,9 +320,9 @@ def solve_program(
                     lp.col_lower, lp.col_upper)
         weight = x[: lp.n_weight]
         bias = x[lp.n_weight: lp.n_weight + lp.n_bias]
-        objective = float(lp.cost @ x) * lp.objective_scale
+        objective = (float(lp.cost @ x) + lp.objective_offset) * lp.objective_scale
         if mip:
-            bound = float(info.mip_dual_bound) * lp.objective_scale
+            bound = (float(info.mip_dual_bound) + lp.objective_offset) * lp.objective_scale
             gap = float(info.mip_gap)
         else:
             bound, gap = objective, 0.0
@@ -309,13 +335,67 @@ def solve_program(
         _LIMITS.get(str(ms).rsplit(".", 1)[-1], "")
     return MILPResult(
         status=status_s, has_solution=has_sol, objective=objective, bound=bound, gap=gap,
-        start_objective=float(lp.cost @ lp.start_solution) * lp.objective_scale,
+        start_objective=(float(lp.cost @ lp.start_solution) + lp.objective_offset)
+        * lp.objective_scale,
         solve_seconds=solve_seconds, build_seconds=build_seconds,
         n_points=int(lp.info.get("n_points", 0)), num_col=lp.num_col, num_row=lp.num_row,
         nnz=lp.nnz, n_binaries=int(lp.integer.sum()), highs_status=h.modelStatusToString(ms),
         limit=limit, deterministic=limit != "time", weight=weight, bias=bias,
-        info={**lp.info, **work},
+        info={**lp.info, **work, "shortcut": ""},
     )
+
+
+def _row_activity(lp: LinearProgram, x: np.ndarray) -> np.ndarray:
+    rows = np.repeat(np.arange(lp.num_row), np.diff(lp.start))
+    return np.bincount(rows, weights=lp.value * x[lp.index], minlength=lp.num_row)
+
+
+def _feasible(lp: LinearProgram, x: np.ndarray, tol: float = 1e-7) -> bool:
+    act = _row_activity(lp, x)
+    return bool(np.all(act >= lp.row_lower - tol) and np.all(act <= lp.row_upper + tol)
+                and np.all(x >= lp.col_lower - tol) and np.all(x <= lp.col_upper + tol))
+
+
+def _relaxation_first(h: Any, lp: LinearProgram, model: Any, warm_start: bool
+                      ) -> tuple[np.ndarray, str]:
+    """Solve the LP relaxation of the (maximising, integral-objective) MILP already passed to
+    ``h``; return ``(start, shortcut)``: the best known solution (the warm start or the rounded
+    relaxation) and ``"relaxation"``/``"start"`` when it provably is optimal, else ``""``.
+    The model's integrality is restored before returning."""
+    import highspy
+
+    ints = np.flatnonzero(lp.integer)
+    best = lp.start_solution if warm_start else None
+    if not (lp.maximize and np.all(lp.cost[lp.integer] == 1.0)
+            and np.all(lp.cost[~lp.integer] == 0.0)):
+        return lp.start_solution, ""
+    cont = highspy.HighsVarType.kContinuous
+    h.changeColsIntegrality(len(ints), ints.astype(np.int32), np.full(len(ints), cont))
+    h.run()
+    ok = h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    x = np.asarray(h.getSolution().col_value, dtype=np.float64) if ok else None
+    bound = float(h.getInfo().objective_function_value) if ok else None
+    h.changeColsIntegrality(len(ints), ints.astype(np.int32),
+                            np.full(len(ints), highspy.HighsVarType.kInteger))
+    h.clearSolver()
+    if x is None:
+        return lp.start_solution, ""
+    x = np.clip(x, lp.col_lower, lp.col_upper)
+    # round: every binary 1 (up to its bound), then 0 for the binaries of the violated rows
+    x[ints] = lp.col_upper[ints]
+    act = _row_activity(lp, x)
+    bad = np.flatnonzero(act < lp.row_lower - 1e-7)
+    if bad.size:
+        rows = np.repeat(np.arange(lp.num_row), np.diff(lp.start))
+        on = np.isin(rows, bad) & lp.integer[lp.index] & (lp.value < 0)
+        x[lp.index[on]] = 0.0
+    cands = [c for c in (x, best) if c is not None and _feasible(lp, c)]
+    if not cands:
+        return lp.start_solution, ""
+    top = max(cands, key=lambda c: float(lp.cost @ c))
+    if float(lp.cost @ top) >= np.floor(bound + 1e-6):
+        return top, ("start" if top is best else "relaxation")
+    return top, ""
 
 
 def solve_classification_milp(
@@ -334,6 +414,9 @@ def solve_classification_milp(
     node_limit: int | None = NODE_LIMIT,
     verbose: bool = False,
     check_limit: int | None = CHECK_LIMIT,
+    reduce: bool = True,
+    relaxation_first: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> MILPResult:
     """Build (``build_classification_milp``) and solve the classification MILP within the work
     limits ``node_limit`` and ``check_limit`` (see :func:`solve_program`).
@@ -344,9 +427,11 @@ def solve_classification_milp(
     check_solver_args(time_limit, mip_gap, threads)
     check_work_limits(node_limit, check_limit, None)
     t0 = time.perf_counter()
-    lp = build_classification_milp(features, labels, weight, bias, radius, margin, min_correct)
+    lp = build_classification_milp(features, labels, weight, bias, radius, margin, min_correct,
+                                   reduce=reduce)
     return _solve_head(lp, t0, "n_classes", time_limit, mip_gap, threads, warm_start, seed,
-                       node_limit=node_limit, check_limit=check_limit, verbose=verbose)
+                       node_limit=node_limit, check_limit=check_limit, verbose=verbose,
+                       relaxation_first=relaxation_first, options=options)
 
 
 def _solve_head(lp: LinearProgram, t0: float, rows_key: str, time_limit: float, mip_gap: float,

@@ -97,7 +97,8 @@ class LinearProgram:
     start_solution: np.ndarray
     n_weight: int  # number of weight columns (C*d)
     n_bias: int
-    objective_scale: float = 1.0  # reported objective = scale * solver objective
+    objective_scale: float = 1.0  # reported objective = scale * (solver objective + offset)
+    objective_offset: float = 0.0  # constant part of the objective (points fixed by the box)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -170,11 +171,13 @@ def classification_margins(features: Any, labels: Any, weight: Any, bias: Any) -
 
 
 def _margin_rows(h: np.ndarray, y: np.ndarray, rn: np.ndarray, rj: np.ndarray, c: int,
-                 aux_coef: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 aux_coef: np.ndarray, aux_col: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CSR rows ``m_{rn[r], rj[r]}(W, b) + aux_coef[r] * x_aux[rn[r]]`` (``m`` as in (1)).
 
     Columns: ``W[k, i]`` at ``k*d + i``, ``b_k`` at ``C*d + k``, the per-point auxiliary column
-    of point n at ``C*d + C + n``. Zero features (ReLU) get no entry."""
+    of point n at ``C*d + C + aux_col[r]`` (default ``rn[r]``). Zero features (ReLU) get no
+    entry."""
     n_rows, d = rn.shape[0], h.shape[1]
     nw = c * d
     ry = y[rn]
@@ -197,7 +200,7 @@ def _margin_rows(h: np.ndarray, y: np.ndarray, rn: np.ndarray, rj: np.ndarray, c
     tail = start[1:] - 3
     index[tail], value[tail] = nw + ry, 1.0
     index[tail + 1], value[tail + 1] = nw + rj, -1.0
-    index[tail + 2], value[tail + 2] = nw + c + rn, aux_coef
+    index[tail + 2], value[tail + 2] = nw + c + (rn if aux_col is None else aux_col), aux_coef
     return start, index, value
 
 
@@ -227,6 +230,7 @@ def build_classification_milp(
     radius: float,
     margin: float = 1e-4,
     min_correct: int | None = None,
+    reduce: bool = False,
 ) -> LinearProgram:
     """The classification MILP (1)-(2) of the module docstring as arrays.
 
@@ -234,6 +238,13 @@ def build_classification_milp(
     ``weight``/``bias``: the current final layer ``(C x d, C)``; ``radius``: half-width ``eps`` of
     the box; ``margin``: ``delta``; ``min_correct``: optional extra row ``sum_n s_n >=
     min_correct`` (the official code asks for batch accuracy + 5%).
+
+    ``reduce`` (exact; default off here, on in :func:`~.highs.solve_classification_milp`): the
+    points whose indicator the box fixes get no binary -- those correct with margin everywhere
+    in the box (no row left) count 1 in ``objective_offset``, those that cannot reach the margin
+    anywhere count 0 and lose their rows. The optimum value is unchanged (the dropped binaries
+    were free with no row, or fixed to 0); the columns after the biases are then the binaries
+    of the remaining points, in order (``info["binary_points"]``).
     """
     h, w0, b0, eps = _check_common(features, weight, bias, radius)
     n, d = h.shape
@@ -249,39 +260,52 @@ def build_classification_milp(
     reach = 2.0 * eps * (np.abs(h).sum(axis=1) + 1.0)  # N: max change of any margin in the box
     big_m = margin - (m0 - reach[:, None])  # N x C
     keep = np.isfinite(big_m) & (big_m > 0)  # rows that can bind somewhere in the box
+    reachable = np.all(m0 + reach[:, None] >= margin, axis=1)
+    s0 = np.all(m0 >= margin, axis=1).astype(np.float64)
+    if reduce:
+        always = reachable & ~keep.any(axis=1)  # correct everywhere in the box: constant 1
+        binary = reachable & ~always  # the rest of the unreachable points: constant 0
+        keep &= binary[:, None]
+        points = np.flatnonzero(binary)
+    else:
+        always = np.zeros(n, dtype=bool)
+        points = np.arange(n)
+    nb = points.shape[0]
+    col_of = np.full(n, -1, dtype=np.int64)
+    col_of[points] = np.arange(nb)
     rn, rj = np.nonzero(keep)  # row r: point rn[r], rival class rj[r]
     mr = big_m[rn, rj]
     nw = c * d
     # Row r: sum_i h[n,i] (W[y,i] - W[j,i]) + b_y - b_j - M s_n >= delta - M
-    start, index, value = _margin_rows(h, y, rn, rj, c, -mr)
+    start, index, value = _margin_rows(h, y, rn, rj, c, -mr, col_of[rn])
     row_lower = margin - mr
     row_upper = np.full(rn.shape[0], np.inf)
     n_rows = rn.shape[0]
+    offset = float(always.sum())
 
     if min_correct is not None:
-        index = np.concatenate([index, (nw + c + np.arange(n)).astype(np.int32)])
-        value = np.concatenate([value, np.ones(n)])
-        start = np.append(start, start[-1] + n)
-        row_lower = np.append(row_lower, float(min_correct))
+        index = np.concatenate([index, (nw + c + np.arange(nb)).astype(np.int32)])
+        value = np.concatenate([value, np.ones(nb)])
+        start = np.append(start, start[-1] + nb)
+        row_lower = np.append(row_lower, float(min_correct) - offset)
         row_upper = np.append(row_upper, np.inf)
 
-    ncol = nw + c + n
-    col_lower = np.concatenate([(w0 - eps).ravel(), b0 - eps, np.zeros(n)])
-    col_upper = np.concatenate([(w0 + eps).ravel(), b0 + eps, np.ones(n)])
-    reachable = np.all(m0 + reach[:, None] >= margin, axis=1)
-    col_upper[nw + c:][~reachable] = 0.0  # cannot reach the margin anywhere in the box
-    cost = np.concatenate([np.zeros(nw + c), np.ones(n)])
+    ncol = nw + c + nb
+    col_lower = np.concatenate([(w0 - eps).ravel(), b0 - eps, np.zeros(nb)])
+    col_upper = np.concatenate([(w0 + eps).ravel(), b0 + eps, np.ones(nb)])
+    col_upper[nw + c:][~reachable[points]] = 0.0  # cannot reach the margin anywhere in the box
+    cost = np.concatenate([np.zeros(nw + c), np.ones(nb)])
     integer = np.zeros(ncol, dtype=bool)
     integer[nw + c:] = True
-    s0 = np.all(m0 >= margin, axis=1).astype(np.float64)
-    x0 = np.concatenate([w0.ravel(), b0, s0])
+    x0 = np.concatenate([w0.ravel(), b0, s0[points]])
     return LinearProgram(
         cost=cost, col_lower=col_lower, col_upper=col_upper, row_lower=row_lower,
         row_upper=row_upper, start=start, index=index, value=value, integer=integer,
-        maximize=True, start_solution=x0, n_weight=nw, n_bias=c,
+        maximize=True, start_solution=x0, n_weight=nw, n_bias=c, objective_offset=offset,
         info={"task": "classification", "n_points": n, "n_classes": c, "n_features": d,
               "rows_dropped": int(n * (c - 1) - n_rows), "reachable": int(reachable.sum()),
-              "start_correct": int(s0.sum()), "margin": margin, "radius": eps},
+              "start_correct": int(s0.sum()), "margin": margin, "radius": eps,
+              "fixed_points": int(n - nb), "binary_points": points},
     )
 
 
