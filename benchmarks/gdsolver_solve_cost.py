@@ -10,7 +10,8 @@ reused, so "before" and "after" solve the very same problems.
 Per instance and configuration: build and solve seconds, the objective (points correct with
 margin), the dual bound, HiGHS's status and the work limit that stopped it. "before" is the
 formulation and HiGHS options of the previous release (``reduce=False``,
-``relaxation_first=False``, ``OLD_OPTIONS``); "after" the current defaults of :func:`solve_classification_milp`.
+``relaxation_first=False``, ``OLD_OPTIONS``); "after" the current defaults of
+:func:`solve_classification_milp`.
 
     flock /tmp/beyondsgd-bench.lock python benchmarks/gdsolver_solve_cost.py [--rebuild]
 """
