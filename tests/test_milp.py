@@ -448,13 +448,14 @@ def test_node_limit_is_deterministic_and_validated():
 
 # ---- deterministic by work (issue 27) ----------------------------------------------------------
 def _branching_instance():
-    """60 points of a noisy linear rule, 12 ReLU features, 4 classes, box 0.05: HiGHS needs
-    branching, and the default work limits stop it (after ~200 limit checks, 0.1 s here) before
-    it proves optimality."""
+    """120 points of a noisy linear rule, 12 ReLU features, 4 classes, box 0.05: HiGHS needs
+    branching, and the default work limits stop it (after ~200 limit checks, 0.8 s here) before
+    it proves optimality. (60 points were enough before points the box decides were dropped
+    and the LP relaxation tried first: that instance is now solved to optimality.)"""
     rng = np.random.default_rng(4)
-    h = np.maximum(rng.normal(size=(60, 12)), 0)
+    h = np.maximum(rng.normal(size=(120, 12)), 0)
     w = rng.normal(size=(4, 12)) * 0.3
-    y = (h @ w.T + rng.normal(size=(60, 4)) * 0.8).argmax(1)
+    y = (h @ w.T + rng.normal(size=(120, 4)) * 0.8).argmax(1)
     return h, y, w, np.zeros(4)
 
 
