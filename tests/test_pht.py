@@ -857,3 +857,52 @@ def test_last_layer_solve_reports_the_real_losses_without_extra_forwards(whole, 
     assert ev["loss_solved"] == alt.true_loss(x, y) or ev["reverted"]
     assert ev["loss_after"] == alt.true_loss(x, y)
     assert ev["loss_after"] < before
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("sizes", [
+    [(128, 64), (128,), (128, 128), (128,), (10, 128), (10,)],   # digits_mlp: flat + 1 bias
+    [(256, 40), (256,), (256, 256), (256,), (10, 256), (10,)],  # mnist1d_mlp: > 32768 flat
+    [(7, 3), (64,), (3, 64), (5,)],                               # sizes off the 64 grid
+])
+def test_flat_adam_step_is_bit_identical_to_torch_adam(threads, sizes):
+    """Issue 26: the weight step's Adam runs on flat buffers (``_FlatAdam``) and matches
+    ``torch.optim.Adam(foreach=True)`` bit for bit, through an LR schedule, a checkpoint round
+    trip (the moments are re-aliased) and gradients of very different scales; it falls back to
+    ``optimizer.step()`` where exactness is not guaranteed (several threads, a buffer > 32768)."""
+    import copy
+
+    from beyondsgd.methods.pht.alternating import _FlatAdam
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        ps = [nn.Parameter(torch.randn(s)) for s in sizes]
+        qs = [nn.Parameter(p.detach().clone()) for p in ps]
+        a = torch.optim.Adam(ps, lr=1e-3, foreach=True)
+        b = torch.optim.Adam(qs, lr=1e-3, foreach=True)
+        sa = torch.optim.lr_scheduler.StepLR(a, 3, 0.5)
+        sb = torch.optim.lr_scheduler.StepLR(b, 3, 0.5)
+        flat = _FlatAdam(b)
+        assert _FlatAdam.eligible(b)
+        for it in range(10):
+            for p, q in zip(ps, qs, strict=True):
+                g = torch.randn(p.shape) * (1e-3 if it % 2 else 10.0)
+                p.grad, q.grad = g.clone(), g.clone()
+            a.step()
+            flat.step()
+            sa.step()
+            sb.step()
+            if it == 5:
+                b.load_state_dict(copy.deepcopy(b.state_dict()))
+        for p, q in zip(ps, qs, strict=True):
+            assert torch.equal(p, q)
+            for k in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(a.state[p][k], b.state[q][k])
+        big = sum(p.numel() for p in ps if p.numel() % 64 == 0) > 32768
+        assert (flat.bufs is not None) == (threads == 1 or not big)
+    finally:
+        torch.set_num_threads(old)
+    assert not _FlatAdam.eligible(torch.optim.Adam(qs, lr=1e-3))  # default: single-tensor Adam
+    assert not _FlatAdam.eligible(torch.optim.Adam(qs, lr=1e-3, foreach=True, weight_decay=1e-4))
