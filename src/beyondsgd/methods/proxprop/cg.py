@@ -69,13 +69,16 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor, joint: bool) -> torch.Tensor:
     (``a``, ``b`` contiguous)."""
     if joint:
         return torch.dot(a.reshape(-1), b.reshape(-1)).reshape(1, 1)
+    if a.dim() == 2:  # one call (the same products and sum as below)
+        return torch.linalg.vecdot(a, b).unsqueeze_(1)
     return (a * b).reshape(a.shape[0], -1).sum(1, keepdim=True)
 
 
 def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """num / den, and 0 where den <= 0: a block whose residual vanished (0/0), or whose
     p^T M p came out <= 0 by round-off once converged, stays put."""
-    return torch.where(den > 0, num / den, 0.0)
+    # masked_fill_ with a Python scalar: no scalar tensor, fewer dispatches than where()
+    return torch.div(num, den).masked_fill_(den <= 0, 0.0)
 
 
 def _check(maxiter: int, tol: float, eps: float) -> None:
@@ -95,11 +98,13 @@ class _Loop:
                  is_cuda: bool):
         self.eps, self.relative = eps, relative_eps
         self.tol = tol
-        self.threshold = (tol ** 2) * rs0.mean()
         # on CUDA, and under torch.compile, converged systems are masked instead of stopping
         # the loop: no host sync per iteration (and no graph break), the same iterates
         self.use_mask = tol > 0 and (is_cuda or torch.compiler.is_compiling())
-        self.active = torch.ones((), dtype=torch.bool, device=rs0.device)
+        if tol > 0:  # tol = 0 (fixed iteration count) needs neither: two ops saved per solve
+            self.threshold = (tol ** 2) * rs0.mean()
+        if self.use_mask:
+            self.active = torch.ones((), dtype=torch.bool, device=rs0.device)
 
     def _plus_eps(self, v: torch.Tensor, rs: torch.Tensor) -> torch.Tensor:
         return torch.add(v, rs, alpha=self.eps) if self.relative else v + self.eps
