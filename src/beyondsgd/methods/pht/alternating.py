@@ -11,11 +11,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim import optimizer as _optim_mod
 
 from ..base import LossFn
 from .activation import PositiveHardThreshold, pht_modules
 from .solvers import _loss, solvable_layers, solve_layer
 from .support import _record_chunked, frozen_support, recording
+
+
+def _hooked(opt: torch.optim.Optimizer) -> bool:
+    """Whether ``opt.step()`` would run step hooks (its own or global ones); unknown: True."""
+    names = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")
+    return (any(getattr(opt, n, True) for n in names)
+            or any(getattr(_optim_mod, f"_global_optimizer_{w}_hooks", True)
+                   for w in ("pre", "post")))
 
 
 class _FlatAdam:
@@ -109,11 +118,8 @@ class _FlatAdam:
     @torch.no_grad()
     def step(self) -> None:
         opt = self.opt
-        from torch.optim import optimizer as _o
         params = opt.param_groups[0]["params"]
-        if (opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
-                or _o._global_optimizer_pre_hooks or _o._global_optimizer_post_hooks
-                or not self.eligible(opt) or any(p.grad is None or p.grad.is_sparse
+        if (_hooked(opt) or not self.eligible(opt) or any(p.grad is None or p.grad.is_sparse
                                                  or p.grad.dtype != p.dtype for p in params)
                 or not self._ready(params)):
             opt.step()
