@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import math
 import os
 import re
@@ -123,11 +124,17 @@ def check_store(store: Any, prob: Registered) -> None:
     card = getattr(prob, "origin", None)
     if not card:
         return
-    other = {}
-    for t in store.trials(problem=prob.name):
-        got = ((t.get("env") or {}).get("problem") or {}).get("identity")
+    other: dict[str, list[str]] = {}
+    rows = store.conn.execute("SELECT env FROM trials WHERE problem=?", (prob.name,))
+    for (text,) in rows:  # cheap in the usual case: the identity is in the row's text
+        if not text or card["identity"] in text:
+            continue
+        try:
+            got = ((json.loads(text) or {}).get("problem") or {}).get("identity")
+        except ValueError:  # an unreadable env says nothing about the problem
+            continue
         if got and got != card["identity"]:
-            other.setdefault(got, []).append(t)
+            other.setdefault(got, []).append(text)
     if other:
         got, trials = next(iter(other.items()))
         what = f"its file {card['file']}" if card.get("file") else "its definition"
