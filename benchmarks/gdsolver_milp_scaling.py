@@ -33,10 +33,11 @@ from beyondsgd.methods.gdsolver.highs import (
 PROBLEMS = {"digits_mlp": 5, "mnist1d_mlp": 10}  # problem -> SGD epochs before the solves
 
 
-def trained(problem: str, epochs: int, seed: int = 0):
-    """The problem's model after ``epochs`` of SGD (lr 0.05); seconds per epoch."""
+def sgd_model(problem: str, epochs: int, seed: int = 0):
+    """(problem, data, model after ``epochs`` of SGD at lr 0.05, seconds per epoch)."""
     p = get_problem(problem)
     d = p.load(seed)
+    torch.manual_seed(seed)
     model = p.build_model(d, "relu", seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(seed)
@@ -48,7 +49,12 @@ def trained(problem: str, epochs: int, seed: int = 0):
             opt.zero_grad()
             p.loss_fn(model(d.x_train[idx]), d.y_train[idx]).backward()
             opt.step()
-    per_epoch = (time.perf_counter() - t0) / epochs
+    return p, d, model, (time.perf_counter() - t0) / epochs
+
+
+def trained(problem: str, epochs: int, seed: int = 0):
+    """The problem's features, labels and head after ``epochs`` of SGD; seconds per epoch."""
+    p, d, model, per_epoch = sgd_model(problem, epochs, seed)
     solver = GDSolver(model, task="classification")
     h, _ = solver.features(d.x_train)
     w = solver.head.weight.detach().double().numpy()

@@ -22,12 +22,15 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
 import torch
 
-from beyondsgd.bench.problems import get_problem
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling scripts
+from gdsolver_milp_scaling import sgd_model  # noqa: E402
+
 from beyondsgd.methods.gdsolver import GDSolver
 from beyondsgd.methods.gdsolver.highs import solve_classification_milp
 from beyondsgd.methods.gdsolver.points import fit_radius, flip_radius, select_points
@@ -43,19 +46,8 @@ CONFIGS = {
 
 
 def trained(problem: str, epochs: int, seed: int = 0):
-    p = get_problem(problem)
-    d = p.load(seed)
-    torch.manual_seed(seed)
-    model = p.build_model(d, "relu", seed)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(d.x_train), generator=g)
-        for i in range(0, len(perm), p.batch_size):
-            idx = perm[i:i + p.batch_size]
-            opt.zero_grad()
-            p.loss_fn(model(d.x_train[idx]), d.y_train[idx]).backward()
-            opt.step()
+    """The problem's model after ``epochs`` of SGD (lr 0.05), and its data."""
+    _, d, model, _ = sgd_model(problem, epochs, seed)
     return model, d
 
 
