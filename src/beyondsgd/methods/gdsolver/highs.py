@@ -39,12 +39,13 @@ import ctypes
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .milp import LinearProgram, build_classification_milp, build_hinge_lp, build_regression_lp
+from .relaxation import relaxation_first as _relax_first
+from .result import MILPResult, check_solver_args, check_work_limits
 
 __all__ = [
     "CHECK_LIMIT",
@@ -61,73 +62,9 @@ __all__ = [
 ]
 
 
-@dataclass
-class MILPResult:
-    """Outcome of one solver call.
-
-    ``status``: ``"optimal"`` (proved within ``mip_gap``), ``"feasible"`` (stopped at a limit
-    with a solution), ``"infeasible"``, ``"no_solution"`` (stopped at a limit without a solution)
-    or ``"error"``. ``limit``: the limit that stopped the solver (``"nodes"``, ``"checks"``,
-    ``"iterations"`` or ``"time"``; ``""`` when none did); ``deterministic`` is False only when
-    it was the time limit (the outcome then depends on the machine's speed). ``weight``/``bias``
-    are set only when ``has_solution`` (clipped into the box). ``objective`` is the number of
-    points correct with margin (classification MILP), the mean hinge loss (hinge LP) or the
-    mean absolute / max error (regression); ``start_objective`` is the same at the warm start;
-    ``bound`` is the solver's dual bound and ``gap`` the relative gap.
-    """
-
-    status: str
-    has_solution: bool
-    objective: float | None
-    bound: float | None
-    gap: float | None
-    start_objective: float | None
-    solve_seconds: float
-    build_seconds: float
-    n_points: int
-    num_col: int
-    num_row: int
-    nnz: int
-    n_binaries: int
-    highs_status: str = ""
-    limit: str = ""
-    deterministic: bool = True
-    weight: np.ndarray | None = None
-    bias: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        """The scalar fields as a JSON-friendly dict (no arrays)."""
-        d = asdict(self)
-        d.pop("weight")
-        d.pop("bias")
-        info = d.pop("info")
-        d.update({k: v for k, v in info.items() if np.isscalar(v)})
-        return d
-
-
 # --------------------------------------------------------------------------------------------
 # Solving
 # --------------------------------------------------------------------------------------------
-def check_solver_args(time_limit: float, mip_gap: float, threads: int) -> None:
-    """A clear ``ValueError`` for a bad time limit, gap or thread count."""
-    if not (time_limit > 0):
-        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit!r}")
-    if not (0 <= mip_gap < 1):
-        raise ValueError(f"mip_gap must be in [0, 1), got {mip_gap!r}")
-    if int(threads) < 1:
-        raise ValueError(f"threads must be >= 1, got {threads!r}")
-
-
-def check_work_limits(node_limit: Any, check_limit: Any, iteration_limit: Any) -> None:
-    """A clear ``ValueError`` for a work limit that is not ``None`` (unlimited) or an int >= 1."""
-    for name, v in (("node_limit", node_limit), ("check_limit", check_limit),
-                    ("iteration_limit", iteration_limit)):
-        if v is not None and not (isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                  and v >= 1):
-            raise ValueError(f"{name} must be an int >= 1 or None (unlimited), got {v!r}")
-
-
 # HiGHS options for the MILP (measured in benchmarks/gdsolver_milp_scaling.py): the warm start is
 # feasible, so presolve and the primal heuristics only cost time (presolve and feasibility jump
 # 2-5x the solve on digits/mnist1d features; the sub-MIP heuristics RINS/RENS took up to 9 s
@@ -276,7 +213,7 @@ def solve_program(
     build_seconds += time.perf_counter() - t0
     t1 = time.perf_counter()
     if mip and relaxation_first:
-        start_x, shortcut = _relaxation_first(h, lp, model, warm_start)
+        start_x, shortcut = _relax_first(h, lp, model, warm_start)
     if shortcut:
         run_status = highspy.HighsStatus.kOk
     else:
@@ -343,59 +280,6 @@ def solve_program(
         limit=limit, deterministic=limit != "time", weight=weight, bias=bias,
         info={**lp.info, **work, "shortcut": ""},
     )
-
-
-def _row_activity(lp: LinearProgram, x: np.ndarray) -> np.ndarray:
-    rows = np.repeat(np.arange(lp.num_row), np.diff(lp.start))
-    return np.bincount(rows, weights=lp.value * x[lp.index], minlength=lp.num_row)
-
-
-def _feasible(lp: LinearProgram, x: np.ndarray, tol: float = 1e-7) -> bool:
-    act = _row_activity(lp, x)
-    return bool(np.all(act >= lp.row_lower - tol) and np.all(act <= lp.row_upper + tol)
-                and np.all(x >= lp.col_lower - tol) and np.all(x <= lp.col_upper + tol))
-
-
-def _relaxation_first(h: Any, lp: LinearProgram, model: Any, warm_start: bool
-                      ) -> tuple[np.ndarray, str]:
-    """Solve the LP relaxation of the (maximising, integral-objective) MILP already passed to
-    ``h``; return ``(start, shortcut)``: the best known solution (the warm start or the rounded
-    relaxation) and ``"relaxation"``/``"start"`` when it provably is optimal, else ``""``.
-    The model's integrality is restored before returning."""
-    import highspy
-
-    ints = np.flatnonzero(lp.integer)
-    best = lp.start_solution if warm_start else None
-    if not (lp.maximize and np.all(lp.cost[lp.integer] == 1.0)
-            and np.all(lp.cost[~lp.integer] == 0.0)):
-        return lp.start_solution, ""
-    cont = highspy.HighsVarType.kContinuous
-    h.changeColsIntegrality(len(ints), ints.astype(np.int32), np.full(len(ints), cont))
-    h.run()
-    ok = h.getModelStatus() == highspy.HighsModelStatus.kOptimal
-    x = np.asarray(h.getSolution().col_value, dtype=np.float64) if ok else None
-    bound = float(h.getInfo().objective_function_value) if ok else None
-    h.changeColsIntegrality(len(ints), ints.astype(np.int32),
-                            np.full(len(ints), highspy.HighsVarType.kInteger))
-    h.clearSolver()
-    if x is None:
-        return lp.start_solution, ""
-    x = np.clip(x, lp.col_lower, lp.col_upper)
-    # round: every binary 1 (up to its bound), then 0 for the binaries of the violated rows
-    x[ints] = lp.col_upper[ints]
-    act = _row_activity(lp, x)
-    bad = np.flatnonzero(act < lp.row_lower - 1e-7)
-    if bad.size:
-        rows = np.repeat(np.arange(lp.num_row), np.diff(lp.start))
-        on = np.isin(rows, bad) & lp.integer[lp.index] & (lp.value < 0)
-        x[lp.index[on]] = 0.0
-    cands = [c for c in (x, best) if c is not None and _feasible(lp, c)]
-    if not cands:
-        return lp.start_solution, ""
-    top = max(cands, key=lambda c: float(lp.cost @ c))
-    if float(lp.cost @ top) >= np.floor(bound + 1e-6):
-        return top, ("start" if top is best else "relaxation")
-    return top, ""
 
 
 def solve_classification_milp(
