@@ -83,3 +83,9 @@ def test_frame_is_a_dataframe_when_pandas_is_installed(tmp_path):
     res = bs.bench.compare(problem(), methods=["sgd"], budget=None, seeds=1,
                            store=tmp_path / "c.db")
     assert isinstance(res.frame, pd.DataFrame) and list(res.frame["method"]) == ["sgd"]
+
+
+def test_workers_need_the_problem_in_a_file(tmp_path):
+    with pytest.raises(ValueError, match="defined in this process, not in a file"):
+        bs.bench.compare(problem(), methods=["sgd"], budget="smoke", workers=2,
+                         store=tmp_path / "w.db")

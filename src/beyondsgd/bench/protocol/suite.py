@@ -237,6 +237,13 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
         raise ValueError(f"workers must be >= 1, got {workers}")
     if max_retries < 0:
         raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+    if workers > 1 or executor == "ray":  # other processes import a user problem from its file
+        inline = [p for p in b.problems if get_problem(p).user and not job_source(
+            get_problem(p))[0]]
+        if inline:
+            raise ValueError(f"problem {inline[0]} is defined in this process, not in a file, so "
+                             "worker processes cannot import it; accepted: workers=1 (local), "
+                             "or the problem in a file passed as 'path/to/file.py:NAME'")
     if studies is not None and (isinstance(studies, bool) or not isinstance(studies, int)
                                 or studies < 1):
         raise ValueError(f"studies must be an integer >= 1, got {studies!r}")
