@@ -18,6 +18,27 @@ import torch
 from .download import default_cache_dir
 
 
+def random_rows(n: int, keep: int, seed: int) -> torch.Tensor:
+    """``keep`` of the row indices ``0..n-1``, drawn by ``seed``, in increasing order (the rule
+    of every fixed random subset: a train fraction, a streamed problem's method pool)."""
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep]
+    return idx.sort().values
+
+
+def fraction_rows(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """:func:`random_rows` keeping ``round(fraction * n)`` rows (at least one)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    return random_rows(n, max(1, int(round(fraction * n))), seed)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The minibatch order of epoch ``epoch``: a permutation of ``0..n-1`` drawn from
+    ``(seed, epoch)`` alone, so a resumed trial needs no saved state (in memory and streamed)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
 @dataclass
 class Dataset:
     """Train/validation/test tensors of one dataset (on one device)."""
@@ -48,12 +69,7 @@ class Dataset:
 
     def subsample_train(self, fraction: float, seed: int = 0) -> Dataset:
         """Keep a random ``fraction`` of the training set (validation and test unchanged)."""
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        n = self.x_train.shape[0]
-        keep = max(1, int(round(fraction * n)))
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep]
-        idx = idx.sort().values.to(self.x_train.device)
+        idx = fraction_rows(self.x_train.shape[0], fraction, seed).to(self.x_train.device)
         return replace(self, x_train=self.x_train[idx], y_train=self.y_train[idx],
                        info={**self.info, "train_fraction": fraction})
 

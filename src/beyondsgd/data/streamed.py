@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from .datasets import epoch_permutation, fraction_rows, random_rows
+
 DEFAULT_POOL = None  # sized by memory: POOL_BYTES of rows, between POOL_MIN and POOL_MAX
 POOL_BYTES, POOL_MIN, POOL_MAX = 32 * 2**20, 256, 4096
 EVAL_BATCH = 4096  # the in-memory evaluation's chunk
@@ -46,22 +48,15 @@ def rows_within(row_bytes: int, budget: int, low: int, high: int) -> int:
     return int(min(high, max(low, budget // max(row_bytes, 1))))
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The minibatch order of epoch ``epoch``: a permutation drawn from ``(seed, epoch)`` alone
-    (the rule of the in-memory batches)."""
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    return torch.randperm(n, generator=g)
-
-
 def _pair(sample: Any, where: str) -> tuple[Any, Any]:
     if not (isinstance(sample, (tuple, list)) and len(sample) == 2):
         raise ValueError(f"{where} returned {type(sample).__name__}; accepted: a pair (x, y)")
     return sample[0], sample[1]
 
 
-def _collate(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``(x, y)`` samples; integer labels become int64 class indices, float targets keep
-    a trailing output axis ((N,) -> (N, 1))."""
+def collate_batch(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """The collate function of every streamed loader: stack ``(x, y)`` samples; integer labels
+    become int64 class indices, float targets keep a trailing output axis ((N,) -> (N, 1))."""
     xs, ys = zip(*samples)
     x = torch.stack([torch.as_tensor(v) for v in xs])
     y = torch.stack([torch.as_tensor(v) for v in ys])
@@ -72,11 +67,6 @@ def _collate(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         y = y.long()
     return x.float() if x.is_floating_point() else x, y
-
-
-def collate_batch(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """The collate function of every streamed loader (public for user loaders and tests)."""
-    return _collate(samples)
 
 
 @dataclass
@@ -99,7 +89,8 @@ class StreamedData:
     batch_size: int = 1  # the training batch (an evaluation chunk is never smaller)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     info: dict[str, Any] = field(default_factory=dict)
-    _pool_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _pool_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict,
+                                                                     repr=False)
 
     streamed = True  # the runner's switch (the in-memory Dataset has no such attribute)
 
@@ -149,19 +140,15 @@ class StreamedData:
     def subsample_train(self, fraction: float, seed: int = 0) -> StreamedData:
         """Keep a random ``fraction`` of the training rows: the rule of the in-memory
         ``Dataset.subsample_train`` (same rows for the same ``n``, fraction and seed)."""
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        n = len(self.train)
-        keep = max(1, int(round(fraction * n)))
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:keep]
-        return replace(self, train=Subset(self.train, idx.sort().values.tolist()),
+        idx = fraction_rows(len(self.train), fraction, seed)
+        return replace(self, train=Subset(self.train, idx.tolist()),
                        info={**self.info, "train_fraction": fraction}, _pool_cache={})
 
     # ---- loaders -----------------------------------------------------------------------
     def _loader(self, ds: Any, batch_size: int, order: list[int] | None) -> DataLoader:
         cuda = self.device.type == "cuda"
         return DataLoader(ds, batch_size=batch_size, sampler=order, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=_collate, pin_memory=cuda,
+                          num_workers=self.num_workers, collate_fn=collate_batch, pin_memory=cuda,
                           persistent_workers=False)
 
     def _deliver(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -194,15 +181,11 @@ class StreamedData:
         if split not in self._pool_cache:
             ds = self.split(split)
             n = min(self.pool_rows(), len(ds))
-            if split == "train":  # a fixed random sample (the split seed), sorted
-                idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
-                rows = idx.sort().values.tolist()
-            else:  # the first rows, as the training-loss subset
-                rows = list(range(n))
-            x, y = _collate([ds[i] for i in rows])
-            self._pool_cache[split] = x.to(self.device)
-            self._pool_cache[split + "_y"] = y.to(self.device)
-        return self._pool_cache[split], self._pool_cache[split + "_y"]
+            # training: a fixed random sample (the split seed); validation: the first rows
+            rows = random_rows(len(ds), n, 0).tolist() if split == "train" else range(n)
+            x, y = collate_batch([ds[i] for i in rows])
+            self._pool_cache[split] = x.to(self.device), y.to(self.device)
+        return self._pool_cache[split]
 
     @property
     def x_train(self) -> torch.Tensor:

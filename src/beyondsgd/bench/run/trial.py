@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...data.datasets import epoch_permutation
 from ...methods.base import Batch
 from ..problems import Problem, get_problem
 from ..store import DONE_STATUSES, Store
@@ -117,9 +118,9 @@ def environment(device: str | torch.device | None = None) -> dict[str, Any]:
 
 def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epoch: int
                   ) -> Iterator[Batch]:
-    """Shuffled minibatches of one epoch; the order depends only on (seed, epoch)."""
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    perm = torch.randperm(x.shape[0], generator=g).to(x.device)
+    """Shuffled minibatches of one epoch; the order depends only on (seed, epoch)
+    (:func:`~beyondsgd.data.datasets.epoch_permutation`, also a streamed problem's order)."""
+    perm = epoch_permutation(x.shape[0], seed, epoch).to(x.device)
     for i in range(0, x.shape[0], batch_size):
         idx = perm[i:i + batch_size]
         yield x[idx], y[idx]
