@@ -138,7 +138,8 @@ def check_problem(p: Problem) -> dict[str, Any]:
     """Every check of ``p`` that can run before training (:class:`ProblemError`, one line):
     fields, each split's shape, ``model(0)``, a forward pass and the loss and metric on the
     first rows of each split, the labels (every label of a tensor split; the first rows of a
-    ``Dataset``). Returns what it learnt: ``num_classes``/``output_dim`` and ``streamed``."""
+    ``Dataset``). Returns what it learnt: ``num_classes``/``output_dim``, ``streamed``, and the
+    ``model`` at seed 0 and each split's first ``rows`` it read (the fingerprint hashes them)."""
     if not isinstance(p, Problem):
         raise ProblemError(f"{p!r} is a {type(p).__name__}, not a beyondsgd.Problem")
     _check_fields(p)
@@ -159,10 +160,10 @@ def check_problem(p: Problem) -> dict[str, Any]:
     if not isinstance(model, nn.Module):
         raise ProblemError(f"problem {name}: model(0) returned a {type(model).__name__}; "
                            "accepted: a torch.nn.Module")
-    width = None
+    width, rows = None, {}
     for split in ("train", "val", "test"):
         try:
-            x, y = _first_rows(getattr(p, split), CHECK_ROWS)
+            x, y = rows[split] = _first_rows(getattr(p, split), CHECK_ROWS)
         except Exception as exc:
             raise ProblemError(f"problem {name}: reading the first rows of {split} failed: "
                                f"{type(exc).__name__}: {_first_line(exc)}") from None
@@ -181,7 +182,7 @@ def check_problem(p: Problem) -> dict[str, Any]:
         _check_targets(name, split, task, y, out, getattr(p, split))
         _check_loss_metric(p, split, out, y)
     return {"output_dim": width, "num_classes": width if task == "classification" else None,
-            "streamed": kinds[0]}
+            "streamed": kinds[0], "model": model, "rows": rows}
 
 
 def _check_targets(name: str, split: str, task: str, y: torch.Tensor, out: torch.Tensor,

@@ -25,20 +25,26 @@ from .spec import (
 )
 
 
-def fingerprint(p: Problem) -> str:
+def fingerprint(p: Problem, checked: dict[str, Any] | None = None) -> str:
     """A hash of what defines the problem besides its file: name, task, sizes, the model's
-    parameters at seed 0 and the first rows of every split."""
+    parameters at seed 0 and the first rows of every split (``checked``: what
+    :func:`check_problem` returned, whose model and rows are those; else they are built and
+    read here)."""
+    if checked is None:
+        torch.manual_seed(0)
+        checked = {"model": p.model(0),
+                   "rows": {s: _first_rows(getattr(p, s), CHECK_ROWS)
+                            for s in ("train", "val", "test")}}
     h = hashlib.sha256()
     h.update(repr((p.name, p.resolved_task(), str(p.loss), str(p.metric), p.batch_size,
                    p.epochs, p.target, p.train_eval_size)).encode())
-    torch.manual_seed(0)
-    for k, v in p.model(0).state_dict().items():
+    for k, v in checked["model"].state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     for split in ("train", "val", "test"):
         d = getattr(p, split)
         h.update(str(len(d) if _is_dataset(d) else d[0].shape[0]).encode())
-        x, y = _first_rows(d, CHECK_ROWS)
+        x, y = checked["rows"][split]
         h.update(x.detach().cpu().contiguous().numpy().tobytes())
         h.update(y.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -56,7 +62,7 @@ def to_registered(p: Problem, origin: dict[str, Any] | None = None) -> Registere
             "batch_size": p.batch_size, "target": p.target,
             "description": p.description or f"your problem {p.name}",
             "streamed": info["streamed"], **(origin or {})}
-    card["fingerprint"] = fingerprint(p)
+    card["fingerprint"] = fingerprint(p, info)
     card["identity"] = card.get("sha256") or card["fingerprint"]
 
     def load(seed: int):

@@ -40,6 +40,16 @@ def _needs_module(module: str, package: str, data: str) -> Callable[[], str | No
     return check
 
 
+def accuracy_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of rows whose largest output is the label (the batch sum of accuracy)."""
+    return (out.argmax(dim=1) == y).sum()
+
+
+def mse_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed squared error per row, averaged over outputs (the batch sum of MSE)."""
+    return ((out - y) ** 2).mean(dim=1).sum()
+
+
 @dataclass(frozen=True)
 class Problem:
     name: str
@@ -107,9 +117,7 @@ class Problem:
         per sample, averaged over outputs)."""
         if self.metric_sum is not None:
             return self.metric_sum(out, y)
-        if self.task == "classification":
-            return (out.argmax(dim=1) == y).sum()
-        return ((out - y) ** 2).mean(dim=1).sum()
+        return accuracy_sum(out, y) if self.task == "classification" else mse_sum(out, y)
 
     def reached(self, value: float) -> bool:
         return value >= self.target if self.higher_is_better else value <= self.target

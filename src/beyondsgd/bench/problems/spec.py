@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data.streamed import DEFAULT_POOL, collate_batch
+from .registry import accuracy_sum, mse_sum
 
 TASKS = ("classification", "regression")
 LOSSES: dict[str, tuple[Callable, str]] = {"cross_entropy": (F.cross_entropy, "classification"),
@@ -61,6 +62,11 @@ class Problem:
         return LOSSES[self.loss][1] if isinstance(self.loss, str) and self.loss in LOSSES \
             else None
 
+    def resolved_metric(self) -> str | Callable:
+        """``metric``, or its default: accuracy for classification, else mse."""
+        if self.metric is not None:
+            return self.metric
+        return "accuracy" if self.resolved_task() == "classification" else "mse"
 
 
 def _is_dataset(d: Any) -> bool:
@@ -80,23 +86,14 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def _accuracy_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (out.argmax(dim=1) == y).sum()
-
-
-def _mse_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((out - y) ** 2).mean(dim=1).sum()
-
-
 def loss_and_metric(p: Problem) -> tuple[Callable, Callable]:
     """The loss (batch mean) and the metric as a batch *sum* (what the evaluation adds up)."""
     loss = LOSSES[p.loss][0] if isinstance(p.loss, str) else p.loss
-    metric = p.metric if p.metric is not None else (
-        "accuracy" if p.resolved_task() == "classification" else "mse")
+    metric = p.resolved_metric()
     if metric == "accuracy":
-        return loss, _accuracy_sum
+        return loss, accuracy_sum
     if metric == "mse":
-        return loss, _mse_sum
+        return loss, mse_sum
     fn = metric
 
     def metric_sum(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -108,8 +105,7 @@ def loss_and_metric(p: Problem) -> tuple[Callable, Callable]:
 
 def metric_info(p: Problem) -> tuple[str, bool, tuple[float, float]]:
     """(metric name, higher is better, range)."""
-    metric = p.metric if p.metric is not None else (
-        "accuracy" if p.resolved_task() == "classification" else "mse")
+    metric = p.resolved_metric()
     if metric == "accuracy":
         return "accuracy", True, (0.0, 1.0)
     if metric == "mse":
