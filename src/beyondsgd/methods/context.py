@@ -74,21 +74,24 @@ class TrainContext:
         loss of :func:`evaluate`, the one implementation the runner's evaluations use too."""
         return evaluate(model, x, y, self.loss_fn, chunk=chunk)[0]
 
+    def _validate(self, model: nn.Module, metric_fn: LossFn | None
+                  ) -> tuple[float, float | None]:
+        """(loss, metric) on the whole validation set: streamed in chunks, or the tensors."""
+        if self.val_batches is not None:
+            return evaluate_batches(model, self.val_batches(), self.loss_fn, metric_fn)
+        return evaluate(model, self.x_val, self.y_val, self.loss_fn, metric_fn)
+
     def val_loss(self, model: nn.Module) -> float:
         """Mean validation loss: the number the runner records as ``val_loss`` (over the whole
         validation set, streamed or not)."""
-        if self.val_batches is not None:
-            return evaluate_batches(model, self.val_batches(), self.loss_fn)[0]
-        return self.evaluate(model, self.x_val, self.y_val)
+        return self._validate(model, None)[0]
 
     def val_metric(self, model: nn.Module) -> float:
         """Validation metric (accuracy, or MSE per sample): the runner's ``val_metric``.
         Needs ``metric_fn`` (the runner sets it)."""
         if self.metric_fn is None:
             raise RuntimeError("this TrainContext has no metric_fn")
-        if self.val_batches is not None:
-            return evaluate_batches(model, self.val_batches(), self.loss_fn, self.metric_fn)[1]
-        return evaluate(model, self.x_val, self.y_val, self.loss_fn, self.metric_fn)[1]
+        return self._validate(model, self.metric_fn)[1]
 
 
 @torch.no_grad()

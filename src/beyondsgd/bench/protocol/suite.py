@@ -237,9 +237,10 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
         raise ValueError(f"workers must be >= 1, got {workers}")
     if max_retries < 0:
         raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-    if workers > 1 or executor == "ray":  # other processes import a user problem from its file
-        inline = [p for p in b.problems if get_problem(p).user and not job_source(
-            get_problem(p))[0]]
+    # user problems: worker processes and Ray tasks import each from its file themselves
+    sources = {p: job_source(get_problem(p)) for p in b.problems if get_problem(p).user}
+    if workers > 1 or executor == "ray":
+        inline = [p for p, (ref, _, _) in sources.items() if not ref]
         if inline:
             raise ValueError(f"problem {inline[0]} is defined in this process, not in a file, so "
                              "worker processes cannot import it; accepted: workers=1 (local), "
@@ -266,8 +267,6 @@ def run_suite(budget: str | Budget, store_path: str, methods: list[str] | None =
         # one pool for the whole suite (each worker's start-up imports cost seconds); spawn,
         # not fork: forking a process whose OpenMP threads have run can deadlock; the workers
         # die with this process and never write after it (jobs.init_worker)
-        sources = {p: job_source(get_problem(p)) for p in b.problems
-                   if get_problem(p).user}  # user problems: each worker imports them itself
         pool = ProcessPoolExecutor(max_workers=workers,
                                    mp_context=multiprocessing.get_context("spawn"),
                                    initializer=init_worker, initargs=(os.getpid(), sources))

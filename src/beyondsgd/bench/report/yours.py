@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Any
 
 from ..analysis.claims import CLAIMS
@@ -29,20 +28,12 @@ YOURS_LEGEND = ("`(yours)`: a problem you defined (section \"Your problems\"); i
 
 
 def ensure_registered(store: Store) -> list[str]:
-    """Register the store's user problems this process does not know (from their stored cards;
-    :func:`beyondsgd.bench.problems.user.register_stored`), an unbounded metric range read
-    back as ``None`` (JSON has no inf) made ``inf`` again. Returns the names registered."""
+    """Register the store's user problems this process does not know, from their stored cards
+    (:func:`beyondsgd.bench.problems.user.register_stored`, which also reads an unbounded
+    metric range, stored as null, back as inf). Returns the names registered."""
     from ..problems.user import register_stored  # lazily: it imports torch
 
-    names = register_stored(store)
-    for name, prob in list(PROBLEMS.items()):
-        # the store writes inf as null: a stored MSE range [0, inf) reads [0, None]
-        if not prob.user or prob.range_ is None or None not in tuple(prob.range_):
-            continue
-        lo, hi = prob.range_
-        PROBLEMS[name] = replace(prob, range_=(
-            -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)))
-    return names
+    return register_stored(store)
 
 
 def is_user(name: str) -> bool:
