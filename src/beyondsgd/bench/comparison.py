@@ -84,7 +84,7 @@ def compare(problem: Any, methods: list[str] | None = None, budget: str | None =
     from .protocol.suite import get_budget, run_suite
     from .report import markdown_table, summarize, verdict_line
     from .run.batch import TrialSpec, run_batch
-    from .run.validate import Plan, preflight
+    from .run.validate import Plan, check_store_problems, preflight
     from .store import Store
 
     name = _problem(problem)
@@ -96,10 +96,7 @@ def compare(problem: Any, methods: list[str] | None = None, budget: str | None =
     path = str(store or Path("results") / f"compare_{name}.db")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     preflight(Plan((name,), tuple((m, hparams[m]) for m in methods), device, epochs))
-    prob = get_problem(name)
-    if Path(path).exists():
-        with Store(path, readonly=True) as st:
-            U.check_store(st, prob)
+    check_store_problems(path, [name])
     failed: list[str] = []
     if budget is None:
         plan = [TrialSpec(name, m, hparams[m], s, f"{name}/{m}/seed{s}")
@@ -110,7 +107,7 @@ def compare(problem: Any, methods: list[str] | None = None, budget: str | None =
         tags = None
     else:
         b = get_budget(budget)
-        eps = b.problems[name] if name in b.problems else b.epochs_for(prob)
+        eps = b.problems[name] if name in b.problems else b.epochs_for(get_problem(name))
         b = dataclasses.replace(b, problems={name: eps})
         res = run_suite(b, path, methods, workers=workers, threads=threads, device=device,
                         progress=progress)

@@ -99,7 +99,8 @@ def resolve_problems(spec: str | None, default: str, flag: str = "--problem") ->
     ``module.path:NAME`` (imported, checked and registered here; a bad one is one line)."""
     if spec is None:
         return [default]
-    return _names(",".join(load_user_problems(spec)), flag, PROBLEMS)
+    names = load_user_problems(spec)
+    return _names(",".join(names) if names else spec, flag, PROBLEMS)
 
 
 def load_user_problems(spec: str) -> list[str]:
@@ -116,7 +117,7 @@ def load_user_problems(spec: str) -> list[str]:
             except ProblemError as exc:
                 raise CLIError(str(exc)) from None
         out.append(item)
-    return out or [spec]
+    return out
 
 
 def _one(names: list[str], flag: str, spec: str) -> str:
@@ -197,22 +198,15 @@ def _open_store(path: str, readonly: bool = False) -> Store:
 
 
 def check_store_problems(path: str | None, problems: list[str]) -> None:
-    """Refuse, before any work and without writing, a store that holds trials of a user problem
-    of the same name defined differently (another file hash): they must not mix."""
-    from ..bench.problems import ProblemError, get_problem
-    from ..bench.problems.user import check_store
+    """:func:`beyondsgd.bench.run.validate.check_store_problems`, its refusal a CLIError: a
+    store holding a changed user problem is refused before any work, without writing."""
+    from ..bench.problems import ProblemError
+    from ..bench.run.validate import check_store_problems as check
 
-    if not path or not Path(path).exists():
-        return
-    users = [get_problem(p) for p in problems if get_problem(p).user]
-    if not users:
-        return
-    with _open_store(path, readonly=True) as st:
-        for prob in users:
-            try:
-                check_store(st, prob)
-            except ProblemError as exc:
-                raise CLIError(str(exc)) from None
+    try:
+        check(path, problems)
+    except ProblemError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _progress_bar(total: int, enabled: bool):

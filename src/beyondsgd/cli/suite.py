@@ -22,7 +22,6 @@ from .common import (
     CLIError,
     _apply_flags,
     _check_out,
-    _csv,
     _open_store,
     _print_summary,
     check_store_problems,
@@ -44,7 +43,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     _apply_flags(args)
     budget = BUDGETS[args.budget]
     if args.problems is not None:  # a subset of the budget's problems, same epochs, and yours
-        names = load_user_problems(args.problems) if _csv(args.problems) else []
+        names = load_user_problems(args.problems)
         user = {n: get_problem(n) for n in names if n in PROBLEMS and get_problem(n).user}
         bad = [n for n in names if n not in budget.problems and n not in user]
         if bad or not names:

@@ -325,3 +325,19 @@ def preflight(plan: Plan) -> torch.device:
     if errors:
         raise PreflightError(errors)
     return device
+
+
+def check_store_problems(path: str | os.PathLike | None, problems: Iterable[str]) -> None:
+    """Refuse (:class:`~beyondsgd.bench.problems.ProblemError`, one line), before any work and
+    opening it read-only, a store that holds trials of one of ``problems`` (a user's) defined
+    differently, with another file hash: their results must not mix (a missing store holds
+    none)."""
+    from ..problems.user import check_store
+    from ..store import Store
+
+    users = [get_problem(p) for p in problems if get_problem(p).user]
+    if not users or not path or not Path(path).exists():
+        return
+    with Store(path, readonly=True) as st:
+        for prob in users:
+            check_store(st, prob)
