@@ -94,7 +94,6 @@ def compare(problem: Any, methods: list[str] | None = None, budget: str | None =
         raise ValueError(f"unknown method(s) {', '.join(bad)}; available: {', '.join(METHODS)}")
     hparams = {m: dict((hparams or {}).get(m, {})) for m in methods}
     path = str(store or Path("results") / f"compare_{name}.db")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     preflight(Plan((name,), tuple((m, hparams[m]) for m in methods), device, epochs))
     check_store_problems(path, [name])
     failed: list[str] = []
