@@ -109,6 +109,16 @@ def scaled_loss(loss: torch.Tensor, n_local: int, n_global: int, world: int) -> 
     return loss * (world * n_local / n_global)
 
 
+def scaled_loss_fn(loss_fn, n_local: int, n_global: int, world: int):
+    """``loss_fn`` with a rank's loss scaled by :func:`scaled_loss`, so that DDP's gradient
+    average is the global batch mean; an empty slice contributes zero."""
+    def scaled(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if n_local == 0:
+            return out.sum() * 0.0  # keeps every parameter in the graph for DDP
+        return scaled_loss(loss_fn(out, y), n_local, n_global, world)
+    return scaled
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over all ranks, in place (no-op on one process); returns ``t``."""
     if active():

@@ -16,9 +16,6 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
-from ... import distributed as D
 from ...methods import TrainContext
 from ...methods.base import Batch, evaluate, evaluate_batches
 from ..problems import Problem
@@ -65,17 +62,3 @@ class TrialData:
             world_size=world, metric_fn=p.metric_fn,
             val_batches=(lambda: d.eval_batches("val")) if self.streamed else None,
             pooled=self.streamed)
-
-
-def _scaled_loss_fn(loss_fn, n_local: int, n_global: int, world: int):
-    """The rank's loss scaled so that DDP's gradient average is the global batch mean
-    (:func:`beyondsgd.distributed.scaled_loss`); an empty slice contributes zero."""
-    def scaled(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if n_local == 0:
-            return out.sum() * 0.0  # keeps every parameter in the graph for DDP
-        return D.scaled_loss(loss_fn(out, y), n_local, n_global, world)
-    return scaled
-
-
-def _finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())

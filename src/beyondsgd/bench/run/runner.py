@@ -67,7 +67,7 @@ from ..problems import user as U
 from ..store import Store, TrialBusy, ends_collapsed, trial_key
 from . import checkpoint as C
 from .arguments import check_arguments
-from .data import TrialData, _finite, _scaled_loss_fn
+from .data import TrialData
 from .trial import (
     DATA_SPLIT_SEED,
     TrialResult,
@@ -329,7 +329,7 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         try:
             for xg, yg in global_batches(epoch):
                 xb, yb = (D.local_rows(xg), D.local_rows(yg)) if dp else (xg, yg)
-                loss_fn = _scaled_loss_fn(prob.loss_fn, xb.shape[0], xg.shape[0], world) \
+                loss_fn = D.scaled_loss_fn(prob.loss_fn, xb.shape[0], xg.shape[0], world) \
                     if dp else prob.loss_fn
                 loss_sum += method.train_step(train_model, (xb, yb), loss_fn)
                 step += 1
@@ -380,6 +380,10 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
     trained = result.evals if result.evals and result.evals[0]["epoch"] == 0 else []
     status = "collapsed" if ends_collapsed(trained) else "finished"
     _finish(prob, store, trial_id, result, status, own_ckpt)
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _finish(prob: Problem, store, trial_id, result: TrialResult, status: str,
