@@ -204,21 +204,27 @@ def pht_solve_row(problem: str, rounds: int, repeats: int) -> Callable[[bool], d
 
 
 # ---- GDSolver: the solver's share of training time -----------------------------------------
-def gdsolver_row(problem: str, rounds: int, epochs: int) -> Callable[[bool], dict]:
-    """Share of train_seconds spent in the MILP (build + solve), GDSolver with solve_every=2
-    (solves_per_run=0, so only that schedule and plateaus trigger solves)."""
+def gdsolver_row(problem: str, rounds: int, epochs: int | None, hp: dict
+                 ) -> Callable[[bool], dict]:
+    """Share of train_seconds spent in the MILP (build + solve), GDSolver with ``hp``
+    (``epochs`` None: the problem's own), and what one solve costs in epochs of the run's GD
+    (solver seconds per solve over the GD seconds per epoch, GD = train_seconds minus solver)."""
     def run(quick: bool) -> dict:
-        hp = {"solve_every": 2, "solves_per_run": 0}
-        n_rounds, n_epochs = (1, 2) if quick else (rounds, epochs)
-        shares, solves = [], []
+        n_rounds, n_epochs = (1, 2 if epochs else 4) if quick else (rounds, epochs)
+        shares, solves, per_solve = [], [], []
         for _ in range(n_rounds):
             res = run_trial(problem, "gdsolver", hp, seed=0, epochs=n_epochs)
             milp = [e for e in res.events if e.get("kind") == "milp"]
             solver = sum(e["solve_seconds"] + e["build_seconds"] for e in milp)
-            shares.append(solver / res.final["train_seconds"])
+            train = res.final["train_seconds"]
+            shares.append(solver / train)
             solves.append(len(milp))
+            run_epochs = res.final.get("epoch") or n_epochs
+            if milp and train > solver:
+                per_solve.append((solver / len(milp)) / ((train - solver) / run_epochs))
         out = summary(shares)
-        out.update(hp=hp, epochs=n_epochs, solves=solves, ratio_kind="share")
+        out.update(hp=hp, epochs=n_epochs, solves=solves, ratio_kind="share",
+                   solve_in_epochs=statistics.median(per_solve) if per_solve else None)
         return out
     return run
 
@@ -231,23 +237,24 @@ PP = "ProxProp cg3 / BackProp per step"
 ROWS = [
     Row("proxprop_convnet_b128", "proxprop", PP + " (cg10, exact too)",
         "ProxProp paper's ConvNet conv16-conv20-conv20-fc1280 (synthetic inputs)",
-        "B 128, 3x32x32", "", proxprop_row(CONVNET[128], ("cg3", "cg10", "exact"), 2, 5, 1)),
+        "B 128, 3x32x32", "<= 2.0", proxprop_row(CONVNET[128], ("cg3", "cg10", "exact"), 2, 5, 1)),
     Row("proxprop_convnet_b32", "proxprop", PP + " (cg10, exact too)",
         "ProxProp paper's ConvNet conv16-conv20-conv20-fc1280 (synthetic inputs)",
-        "B 32, 3x32x32", "", proxprop_row(CONVNET[32], ("cg3", "cg10", "exact"), 5, 5, 1)),
+        "B 32, 3x32x32", "<= 2.0", proxprop_row(CONVNET[32], ("cg3", "cg10", "exact"), 5, 5, 1)),
     Row("proxprop_mlp_b128_t1", "proxprop", PP, "fmnist_mlp 784-256-256-10", "B 128",
-        "", proxprop_row("mlp", ("cg3",), 20, 7, 1)),
-    Row("proxprop_mlp_b128_t2", "proxprop", PP, "fmnist_mlp 784-256-256-10", "B 128", "",
+        "<= 1.8", proxprop_row("mlp", ("cg3",), 20, 7, 1)),
+    Row("proxprop_mlp_b128_t2", "proxprop", PP, "fmnist_mlp 784-256-256-10", "B 128", "<= 1.8",
         proxprop_row("mlp", ("cg3",), 20, 9, 2), threads=2),
-    Row("proxprop_mlp_b500_t1", "proxprop", PP, "fmnist_mlp 784-256-256-10", "B 500", "",
+    Row("proxprop_mlp_b500_t1", "proxprop", PP, "fmnist_mlp 784-256-256-10", "B 500", "<= 1.8",
         proxprop_row("mlp500", ("cg3",), 8, 5, 1)),
-    Row("proxprop_mlp_b500_t2", "proxprop", PP, "fmnist_mlp 784-256-256-10", "B 500", "",
+    Row("proxprop_mlp_b500_t2", "proxprop", PP, "fmnist_mlp 784-256-256-10", "B 500", "<= 1.8",
         proxprop_row("mlp500", ("cg3",), 8, 9, 2), threads=2),
     Row("proxprop_wide_b500", "proxprop", PP, "paper-width MLP 784-4000-1000-4000-10 "
-        "(Fashion-MNIST inputs)", "B 500", "", proxprop_row("wide", ("cg3",), 1, 3, 1)),
-    Row("proxprop_2c2d_b128", "proxprop", PP, "fmnist_2c2d conv32-conv64-fc1024", "B 128", "",
-        proxprop_row("cnn", ("cg3",), 2, 5, 1)),
-    Row("proxprop_official", "official", "official ProxProp / ours", "-", "-", "",
+        "(Fashion-MNIST inputs)", "B 500", "<= 1.8 (hold)",
+        proxprop_row("wide", ("cg3",), 1, 3, 1)),
+    Row("proxprop_2c2d_b128", "proxprop", PP, "fmnist_2c2d conv32-conv64-fc1024", "B 128",
+        "hold (1.76-1.93)", proxprop_row("cnn", ("cg3",), 2, 5, 1)),
+    Row("proxprop_official", "official", "official ProxProp / ours", "-", "-", ">= 2 (hold)",
         official_row),
     Row("slbi_mlp", "slbi", "SLBI / SGD+momentum per step", "fmnist_mlp 784-256-256-10",
         "B 128", "<= 1.05", slbi_row("fmnist_mlp", 15, 0.5)),
@@ -256,15 +263,23 @@ ROWS = [
     Row("slbi_2c2d", "slbi", "SLBI / SGD+momentum per step", "fmnist_2c2d conv32-conv64-fc1024",
         "B 128", "<= 1.05", slbi_row("fmnist_2c2d", 9, 1.0)),
     Row("pht_epoch_digits", "pht", "PHT alternation (defaults) / SGD per epoch",
-        "digits_mlp 64-128-128-10", "problem's batch", "", pht_epoch_row("digits_mlp", 5, 2)),
+        "digits_mlp 64-128-128-10", "problem's batch", "<= K + 1 = 6",
+        pht_epoch_row("digits_mlp", 5, 2)),
     Row("pht_epoch_mnist1d", "pht", "PHT alternation (defaults) / SGD per epoch",
-        "mnist1d_mlp 40-256-256-10", "problem's batch", "", pht_epoch_row("mnist1d_mlp", 5, 1)),
+        "mnist1d_mlp 40-256-256-10", "problem's batch", "<= K + 1 = 6",
+        pht_epoch_row("mnist1d_mlp", 5, 1)),
     Row("pht_solve_diabetes", "pht", "PHT layer_solve='all': one hidden-layer solve, damped / "
-        "undamped", "diabetes_mlp 10-64-64-1 (PHT)", "whole training set", "",
+        "undamped", "diabetes_mlp 10-64-64-1 (PHT)", "whole training set", "<= 2",
         pht_solve_row("diabetes_mlp", 5, 5)),
     Row("gdsolver_share_digits", "gdsolver", "GDSolver solver share of training time "
-        "(solve_every=2)", "digits_mlp 64-128-128-10", "problem's batch, 4 epochs (--quick: 2)", "",
-        gdsolver_row("digits_mlp", 3, 4)),
+        "(solve_every=2)", "digits_mlp 64-128-128-10", "problem's batch, 4 epochs (--quick: 2)",
+        "<= 0.25", gdsolver_row("digits_mlp", 3, 4, {"solve_every": 2, "solves_per_run": 0})),
+    Row("gdsolver_share_defaults_digits", "gdsolver", "GDSolver solver share of training time "
+        "(defaults)", "digits_mlp 64-128-128-10", "problem's batch and epochs (--quick: 4)", "-",
+        gdsolver_row("digits_mlp", 1, None, {})),
+    Row("gdsolver_share_defaults_mnist1d", "gdsolver", "GDSolver solver share of training time "
+        "(defaults)", "mnist1d_mlp 40-256-256-10", "problem's batch and epochs (--quick: 4)",
+        "-", gdsolver_row("mnist1d_mlp", 1, None, {})),
 ]
 
 
@@ -276,6 +291,9 @@ def fmt_ratio(r: dict) -> str:
         s += " (" + ", ".join(f"{k} {v:.2f}" for k, v in r["others"].items()) + ")"
     if r.get("ratio_kind") == "share":
         s += " of train_seconds"
+        if r.get("solve_in_epochs") is not None:
+            s += (f", {sum(r['solves']) / len(r['solves']):.3g} solves per run, one solve = "
+                  f"{r['solve_in_epochs']:.0f} GD epochs")
     return s
 
 
