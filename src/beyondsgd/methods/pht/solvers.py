@@ -21,6 +21,7 @@ from torch import nn
 
 from ..base import LossFn
 from .activation import PositiveHardThreshold
+from .fastpath import LinearCE
 from .support import frozen_support, record_support
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +156,9 @@ def _lstsq_linear(layer: nn.Linear, h: torch.Tensor, y: torch.Tensor,
 
 
 def _lbfgs_layer(layer: nn.Module, objective: Callable[[], torch.Tensor], iters: int,
-                 damping: float) -> None:
+                 damping: float, fast: LinearCE | None = None) -> None:
+    """``iters`` L-BFGS iterations on ``objective() + damping/2 ||theta - theta_0||^2``; ``fast``
+    computes the same closure without autograd, bit for bit (:mod:`.fastpath`)."""
     params = [p for p in layer.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, max_eval=3 * iters, history_size=10,
@@ -173,7 +176,7 @@ def _lbfgs_layer(layer: nn.Module, objective: Callable[[], torch.Tensor], iters:
             p.grad = g
         return loss.detach()
 
-    opt.step(closure)
+    opt.step(closure if fast is None else fast.closure(params, start, damping))
     for p in params:
         p.grad = None
 
@@ -234,15 +237,18 @@ def solve_layer(model: nn.Sequential, index: int, x: torch.Tensor, y: torch.Tens
     with frozen_support(model, masks), torch.no_grad():
         h = head(x)
 
+        # cross-entropy on a last Linear layer: the same numbers without autograd (fastpath)
+        fast = LinearCE.make(layer, tail, h, y, loss) if solver == "lbfgs" else None
+
         def objective() -> torch.Tensor:
-            return loss_fn(tail(layer(h)), y)
+            return loss_fn(tail(layer(h)), y) if fast is None else fast.objective()
 
         before = float(objective())
         state = [p.detach().clone() for p in layer.parameters()]
         if solver == "lstsq":
             _lstsq_linear(layer, h, y, tail, len(tail) == 0, damping, max_bytes)
         else:
-            _lbfgs_layer(layer, objective, iters, damping)
+            _lbfgs_layer(layer, objective, iters, damping, fast)
         after = float(objective())
         if not math.isfinite(after) or after > before * (1 + 1e-6) + 1e-12:
             # numerical failure: keep theta_0
