@@ -15,6 +15,7 @@ from torch.optim import optimizer as _optim_mod
 
 from ..base import LossFn
 from .activation import PositiveHardThreshold, pht_modules
+from .fastpath import alternation_step
 from .solvers import _loss, solvable_layers, solve_layer
 from .support import _record_chunked, frozen_support, recording
 
@@ -288,6 +289,9 @@ class Alternating:
         ``model``: the module to run the steps through, e.g. a ``DistributedDataParallel``
         wrapper of ``self.model`` (data parallelism: each rank's masks cover its own samples,
         the gradients are averaged by DDP); ``loss_fn`` overrides the loss of the steps."""
+        fast = alternation_step(self, x, y, index, model, loss_fn)  # no autograd, same bits
+        if fast is not None:
+            return fast
         opt = self.optimizer
         mods = self.modules if model is None or model is self.model else None
         model = self.model if model is None else model
