@@ -340,3 +340,19 @@ def test_two_threads_give_the_same_bits_too():
     want = _run_steps(twin, x, y, "builtin", False, False)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), twin.model.parameters()))
+
+
+def test_a_problems_batch_loss_is_the_builtin_function_with_loss_fns_numbers():
+    """The runner trains with ``problem.batch_loss``: ``F.cross_entropy`` / ``F.mse_loss``
+    themselves for built-in losses (so PHT's steps recognise them without recording a graph),
+    and the same numbers as ``problem.loss_fn``."""
+    from beyondsgd.bench.problems import get_problem
+
+    for name, fn in (("digits_mlp", F.cross_entropy), ("diabetes_mlp", F.mse_loss)):
+        prob = get_problem(name)
+        assert prob.batch_loss is fn
+        g = torch.Generator().manual_seed(0)
+        out = torch.randn(7, 10 if fn is F.cross_entropy else 1, generator=g)
+        y = (torch.randint(0, 10, (7,), generator=g) if fn is F.cross_entropy
+             else torch.randn(7, 1, generator=g))
+        assert torch.equal(prob.batch_loss(out, y), prob.loss_fn(out, y))

@@ -55,7 +55,7 @@ class TrialData:
         evaluator."""
         d, p = self.data, self.prob
         return TrainContext(
-            device=device, loss_fn=p.loss_fn, task=p.task, x_train=d.x_train,
+            device=device, loss_fn=p.batch_loss, task=p.task, x_train=d.x_train,
             y_train=d.y_train, x_val=d.x_val, y_val=d.y_val, batch_size=p.batch_size,
             epochs=epochs, steps_per_epoch=self.steps_per_epoch, num_classes=d.num_classes,
             batch_iter=batch_iter, seed=self.seed, extras={"problem": p.name}, rank=rank,

@@ -329,8 +329,8 @@ def _train(prob: Problem, cls, hp, seed, epochs, device, store, trial_id, ckpt_p
         try:
             for xg, yg in global_batches(epoch):
                 xb, yb = (D.local_rows(xg), D.local_rows(yg)) if dp else (xg, yg)
-                loss_fn = D.scaled_loss_fn(prob.loss_fn, xb.shape[0], xg.shape[0], world) \
-                    if dp else prob.loss_fn
+                loss_fn = D.scaled_loss_fn(prob.batch_loss, xb.shape[0], xg.shape[0], world) \
+                    if dp else prob.batch_loss
                 loss_sum += method.train_step(train_model, (xb, yb), loss_fn)
                 step += 1
             if dp:

@@ -286,7 +286,9 @@ def alternation_step(alt: Any, x: torch.Tensor, y: torch.Tensor, index: torch.Te
     if layers is None:
         return None
     pre, linears = layers
-    builtin = loss_fn is None and alt.loss == "cross_entropy"
+    # the built-in loss, or F.cross_entropy itself (a problem's batch_loss): the same call
+    builtin = ((loss_fn is None and alt.loss == "cross_entropy")
+               or loss_fn is F.cross_entropy)
     if builtin and not _class_targets(y, x.shape[0]):
         return None
     loss_of = alt.loss_fn if loss_fn is None else loss_fn
