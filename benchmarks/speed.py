@@ -264,10 +264,10 @@ ROWS = [
         "B 128", "<= 1.05", slbi_row("fmnist_2c2d", 9, 1.0)),
     Row("pht_epoch_digits", "pht", "PHT alternation (defaults) / SGD per epoch",
         "digits_mlp 64-128-128-10", "problem's batch", "<= K + 1 = 6",
-        pht_epoch_row("digits_mlp", 5, 2)),
+        pht_epoch_row("digits_mlp", 9, 4)),
     Row("pht_epoch_mnist1d", "pht", "PHT alternation (defaults) / SGD per epoch",
         "mnist1d_mlp 40-256-256-10", "problem's batch", "<= K + 1 = 6",
-        pht_epoch_row("mnist1d_mlp", 5, 1)),
+        pht_epoch_row("mnist1d_mlp", 7, 2)),
     Row("pht_solve_diabetes", "pht", "PHT layer_solve='all': one hidden-layer solve, damped / "
         "undamped", "diabetes_mlp 10-64-64-1 (PHT)", "whole training set", "<= 2",
         pht_solve_row("diabetes_mlp", 5, 5)),
