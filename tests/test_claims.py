@@ -9,6 +9,7 @@ that each test fails on its own assertion, not at collection.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
@@ -386,3 +387,34 @@ def test_an_underpowered_inconclusive_verdict_says_how_many_seeds_it_needs():
     tight = C.evaluate_claims(_values({"bpgrad": [0.900, 0.901, 0.902, 0.9005],
                                        "adam": [0.9005, 0.901, 0.9, 0.9015]}), (better,))[0]
     assert tight.verdict == "inconclusive" and tight.note == ""
+
+
+def test_the_matches_margin_is_one_percent_of_a_bounded_metrics_range(st, monkeypatch):
+    """The non-inferiority margin of a "matches" claim on a higher-is-better metric is 1 % of
+    its range (one accuracy point on [0, 1]; 1.0 on a user metric declared on [0, 100]), and
+    5 % of the comparisons' mean where the range is unbounded or lower is better; the power
+    margin follows the same rule. End to end: slbi's "matches" claim on a classification
+    problem whose metric is declared on [0, 100] carries margin 1.0, and a method 0.5 below
+    the others on that scale matches them (it would not with the accuracy margin 0.01)."""
+    from beyondsgd.bench.analysis import claims as C
+
+    matches = next(c for c in C.CLAIMS if c.id == "slbi_accuracy")
+    better = next(c for c in C.CLAIMS if c.id == "bpgrad_accuracy")
+    bs = {"momentum": [60.0, 62.0], "adam": [58.0, 60.0]}
+    assert C._margin(matches, bs, True) == 0.01                       # accuracy's [0, 1]
+    assert C._margin(matches, bs, True, metric_range=(0.0, 100.0)) == 1.0
+    assert C._margin(matches, bs, True, metric_range=(-1.0, 1.0)) == 0.02
+    assert C._margin(matches, bs, True, metric_range=(0.0, math.inf)) == 0.05 * 61.0
+    assert C._margin(matches, bs, False, metric_range=(0.0, 100.0)) == 0.05 * 61.0
+    assert C._margin(better, bs, True, metric_range=(0.0, 100.0)) == 0.0
+    assert C._margin(better, bs, True, power=True, metric_range=(0.0, 100.0)) == 1.0
+
+    monkeypatch.setitem(PROBLEMS, CLF, dataclasses.replace(PROBLEMS[CLF], range_=(0.0, 100.0)))
+    for s in range(1, 6):
+        j = 0.1 * s
+        for m in ("momentum", "adam"):
+            add(st, CLF, m, s, [10.0] + [80.0 + j] * 3)
+        add(st, CLF, "slbi", s, [10.0] + [79.5 + j] * 3)
+    (v,) = find(C.evaluate_claims(C.collect(st)), "slbi", CLF, "")
+    assert v.margin == 1.0
+    assert v.verdict == "supported", (v.verdict, v.note)

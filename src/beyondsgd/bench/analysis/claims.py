@@ -158,13 +158,20 @@ def _with_note(verdict: str, note: str) -> str:
     return f"{verdict}: {note}" if verdict in RUN_VERDICTS else f"{verdict} ({note})"
 
 
-def _margin(c: Claim, bs: dict[str, list[float]], hib: bool, power: bool = False) -> float:
+def _margin(c: Claim, bs: dict[str, list[float]], hib: bool, power: bool = False,
+            metric_range: tuple[float, float] = (0.0, 1.0)) -> float:
     """The non-inferiority margin of a "matches" claim (0 for "better" claims); ``power``: the
-    difference a claim of either kind should be able to see (docs/protocol.md, "Seeds")."""
+    difference a claim of either kind should be able to see (docs/protocol.md, "Seeds").
+
+    A higher-is-better test metric: 1 % of its range ``metric_range`` (0.01 for accuracy, one
+    point; a user metric in [0, 100] gets 1.0, one in [0, 0.05] gets 0.0005), or, where the range
+    is unbounded, 5 % of the comparisons' mean, as for everything else."""
     if c.kind != "matches" and not power:
         return 0.0
-    if c.quantity == "test_metric" and hib:
-        return 0.01
+    lo, hi = metric_range
+    if c.quantity == "test_metric" and hib and math.isfinite(lo) and math.isfinite(hi) \
+            and hi > lo:
+        return 0.01 * (hi - lo)
     means = [abs(statistics.fmean(v)) for v in bs.values() if all(math.isfinite(x) for x in v)]
     return 0.05 * (max(means) if means else 1.0)
 
@@ -208,8 +215,10 @@ def evaluate_claims(values: dict, claims: tuple[Claim, ...] = CLAIMS) -> list[Ve
                     q, test_q = "wall_seconds_to_target", "wall_test_seconds_to_target"
             a = _oriented(values[a_key][q], c.quantity, hib)
             bs = {b: _oriented(values[k][q], c.quantity, hib) for b, k in b_keys.items()}
-            margin = _margin(c, bs, hib)
-            j = judge_claim(a, bs, c.kind, margin, _margin(c, bs, hib, power=True))
+            rng = prob.metric_range
+            margin = _margin(c, bs, hib, metric_range=rng)
+            j = judge_claim(a, bs, c.kind, margin,
+                            _margin(c, bs, hib, power=True, metric_range=rng))
             epochs = [x for d in arms.values() for x in d.get("epochs", [])]
             budget = min(epochs) / prob.epochs if epochs else None
             why = untested_note(c.method, values[a_key], {b: values[k] for b, k in b_keys.items()})

@@ -107,8 +107,9 @@ def section(store: Store, problems: Iterable[str] | None = None) -> str:
         "paper's own experiment**: the paper's claim is checked in its own setting by "
         "`beyondsgd reproduce`. A problem is checked against the claims of its kind "
         "(classification or regression) only; a claim about test accuracy or MSE is read on "
-        "your problem's metric in its direction (non-inferiority margin: 0.01 of a "
-        "higher-is-better metric, as 1 accuracy point, else 5 % of the comparison's mean).", "",
+        "your problem's metric in its direction (non-inferiority margin: 1 % of a "
+        "higher-is-better metric's range, as 1 accuracy point, or where the range is "
+        "unbounded, and for lower-is-better metrics, 5 % of the comparison's mean).", "",
         "| problem | file | task | metric | epochs | validation target | claims of its kind | "
         "description |",
         "|---|---|---|---|---|---|---|---|"]
