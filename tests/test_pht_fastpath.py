@@ -356,3 +356,11 @@ def test_a_problems_batch_loss_is_the_builtin_function_with_loss_fns_numbers():
         y = (torch.randint(0, 10, (7,), generator=g) if fn is F.cross_entropy
              else torch.randn(7, 1, generator=g))
         assert torch.equal(prob.batch_loss(out, y), prob.loss_fn(out, y))
+
+
+def test_a_torch_without_the_internals_it_checks_keeps_the_autograd_code(monkeypatch):
+    """``_quiet`` reads torch internals; where one is missing (another torch version) the fast
+    paths are off rather than failing."""
+    assert fastpath._quiet()
+    monkeypatch.delattr(torch._C, "_len_torch_function_stack")
+    assert not fastpath._quiet()

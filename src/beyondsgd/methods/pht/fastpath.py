@@ -54,15 +54,20 @@ _aten = torch.ops.aten
 
 
 def _quiet() -> bool:
-    """No global state that would make autograd (or a module call) do anything else."""
-    return (ENABLED and not torch.is_anomaly_enabled()
-            and torch._C._len_torch_function_stack() == 0
-            and torch._C._len_torch_dispatch_stack() == 0
-            and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
-            and not any(getattr(_module, n) for n in (
-                "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                "_global_backward_pre_hooks", "_global_forward_hooks_with_kwargs",
-                "_global_forward_hooks_always_called")))
+    """No global state that would make autograd (or a module call) do anything else. The
+    checks read torch internals: a torch without one of them (``torch>=2.1`` is allowed)
+    keeps the autograd code."""
+    try:
+        return (ENABLED and not torch.is_anomaly_enabled()
+                and torch._C._len_torch_function_stack() == 0
+                and torch._C._len_torch_dispatch_stack() == 0
+                and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+                and not any(getattr(_module, n, True) for n in (
+                    "_global_forward_hooks", "_global_forward_pre_hooks",
+                    "_global_backward_hooks", "_global_backward_pre_hooks",
+                    "_global_forward_hooks_with_kwargs", "_global_forward_hooks_always_called")))
+    except (AttributeError, TypeError):
+        return False
 
 
 def _unhooked(m: nn.Module) -> bool:
