@@ -163,9 +163,8 @@ def _margin(c: Claim, bs: dict[str, list[float]], hib: bool, power: bool = False
     """The non-inferiority margin of a "matches" claim (0 for "better" claims); ``power``: the
     difference a claim of either kind should be able to see (docs/protocol.md, "Seeds").
 
-    A higher-is-better test metric: 1 % of its range ``metric_range`` (0.01 for accuracy, one
-    point; a user metric in [0, 100] gets 1.0, one in [0, 0.05] gets 0.0005), or, where the range
-    is unbounded, 5 % of the comparisons' mean, as for everything else."""
+    A higher-is-better test metric: 1 % of its range ``metric_range`` (0.01 for accuracy; 1.0 on
+    [0, 100]); unbounded, and everything else: 5 % of the comparisons' mean."""
     if c.kind != "matches" and not power:
         return 0.0
     lo, hi = metric_range
