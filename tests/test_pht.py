@@ -872,7 +872,7 @@ def test_flat_adam_step_is_bit_identical_to_torch_adam(threads, sizes):
     ``optimizer.step()`` where exactness is not guaranteed (several threads, a buffer > 32768)."""
     import copy
 
-    from beyondsgd.methods.pht.alternating import _FlatAdam
+    from beyondsgd.methods.pht.flatadam import _FlatAdam
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
