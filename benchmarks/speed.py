@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
@@ -236,8 +237,73 @@ def gdsolver_row(problem: str, rounds: int, epochs: int | None, hp: dict
     return run
 
 
+OFFICIAL_ENV = "BEYONDSGD_OFFICIAL_PROXPROP"
+
+
 def official_row(quick: bool) -> dict:
-    return {"ratio": None, "note": "not measured here (needs the official ProxProp code)"}
+    """The official ProxProp code (github.com/tfrerix/proxprop, its ``ProxProp.py`` in the
+    directory ``--official`` names, fetched and run outside this repository: no code of it is
+    in ours) over ours, seconds per step on fmnist_mlp 784-256-256-10, B 128, Nesterov SGD: the
+    official ``ProxPropLinear`` hidden layers and a plain output layer against
+    ``proxprop(model)`` (the same layers converted), cg3 (and cg10), interleaved. Its
+    ``prox_exact`` calls ``torch.gesv``, which torch 2 no longer has, so exact is not timed."""
+    where = os.environ.get(OFFICIAL_ENV)
+    if not where:
+        return {"ratio": None, "note": "not measured here (give --official DIR: a directory "
+                "holding the official ProxProp.py)"}
+    import warnings
+
+    from beyondsgd.methods.proxprop import proxprop
+    sys.path.insert(0, where)
+    try:
+        official = __import__("ProxProp")
+    finally:
+        sys.path.remove(where)
+    data = _data("fmnist_mlp")
+    x = data.x_train.reshape(data.x_train.shape[0], -1)
+    y = data.y_train
+    n_rounds, n_steps, bs = (1, 2, 128) if quick else (5, 20, 128)
+
+    def build(which: str, iters: int) -> nn.Module:
+        torch.manual_seed(0)
+        if which == "official":
+            def layer(i: int, o: int) -> nn.Module:
+                return official.ProxPropLinear(i, o, tau_prox=1.0,
+                                               optimization_mode=f"prox_cg{iters}")
+            return nn.Sequential(layer(784, 256), nn.ReLU(), layer(256, 256), nn.ReLU(),
+                                 nn.Linear(256, 10))
+        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                              nn.Linear(256, 10))
+        return proxprop(model, tau_theta=1.0, solver="cg", cg_iters=iters,
+                        output_layer="4")
+
+    def seconds(model: nn.Module) -> float:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.95, nesterov=True)
+
+        def step(i: int) -> None:
+            j = (i * bs) % (x.shape[0] - bs)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[j:j + bs]), y[j:j + bs]).backward()
+            opt.step()
+
+        step(0)
+        t0 = time.perf_counter()
+        for i in range(n_steps):
+            step(1 + i)
+        return (time.perf_counter() - t0) / n_steps
+
+    ratios: dict[int, list[float]] = {3: [], 10: []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the official code's deprecated torch calls
+        for r in range(n_rounds):
+            for iters in ratios:
+                pair = ("official", "ours") if r % 2 == 0 else ("ours", "official")
+                t = {w: seconds(build(w, iters)) for w in pair}
+                ratios[iters].append(t["official"] / t["ours"])
+    out = summary(ratios[3])
+    out["others"] = {"cg10": statistics.median(ratios[10])}
+    out["note_exact"] = "official prox_exact needs torch.gesv (gone in torch 2): not timed"
+    return out
 
 
 PP = "ProxProp cg3 / BackProp per step"
@@ -261,8 +327,9 @@ ROWS = [
         proxprop_row("wide", ("cg3",), 1, 3, 1)),
     Row("proxprop_2c2d_b128", "proxprop", PP, "fmnist_2c2d conv32-conv64-fc1024", "B 128",
         "hold (1.76-1.93)", proxprop_row("cnn", ("cg3",), 2, 5, 1)),
-    Row("proxprop_official", "official", "official ProxProp / ours", "-", "-", ">= 2 (hold)",
-        official_row),
+    Row("proxprop_official", "official", "official ProxProp / ours per step, cg3 (cg10 too)",
+        "fmnist_mlp 784-256-256-10 (official ProxPropLinear layers vs ours)", "B 128",
+        ">= 2 (hold)", official_row),
     Row("slbi_mlp", "slbi", "SLBI / SGD+momentum per step", "fmnist_mlp 784-256-256-10",
         "B 128", "<= 1.05", slbi_row("fmnist_mlp", 15, 0.5)),
     Row("slbi_lenet5", "slbi", "SLBI / SGD+momentum per step", "fmnist_lenet5 (LeNet-5)",
@@ -343,7 +410,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--no-save", action="store_true", help="do not write the JSON")
     ap.add_argument("--before", help="with --markdown: a JSON of an earlier run, as a column")
+    ap.add_argument("--official", help="a directory holding the official ProxProp.py "
+                    "(github.com/tfrerix/proxprop, outside this repository): times the "
+                    "proxprop_official row")
     args = ap.parse_args(argv)
+    if args.official:
+        if not (Path(args.official) / "ProxProp.py").is_file():
+            raise SystemExit(f"--official {args.official}: no ProxProp.py there; accepted: a "
+                             "directory holding the official ProxProp.py")
+        os.environ[OFFICIAL_ENV] = str(Path(args.official).resolve())
     out = Path(args.out)
     saved = json.loads(out.read_text()) if out.exists() else {}
     if args.markdown:

@@ -58,3 +58,12 @@ def test_rows_and_groups_are_selectable(speed):
     assert speed.official_row(True)["ratio"] is None
     with pytest.raises(SystemExit, match="unknown rows"):
         speed.select("slbi,nonsense")
+
+
+def test_official_needs_a_directory_with_the_official_code(speed, tmp_path, monkeypatch):
+    """--official names a directory holding the official ProxProp.py; anything else is one
+    clear refusal before any timing, and without it the row says it was not measured."""
+    monkeypatch.delenv(speed.OFFICIAL_ENV, raising=False)
+    with pytest.raises(SystemExit, match="no ProxProp.py there"):
+        speed.main(["--official", str(tmp_path), "--only", "official", "--no-save"])
+    assert "--official" in speed.official_row(True)["note"]
