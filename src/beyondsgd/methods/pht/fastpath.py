@@ -90,6 +90,22 @@ def _class_targets(y: torch.Tensor, n: int) -> bool:
             and y.shape[0] == n and y.device.type == "cpu")
 
 
+def _ce_forward(out: torch.Tensor, y: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``F.cross_entropy(out, y)``'s forward kernels: ``(log_softmax, loss, total weight)``."""
+    logp = torch._log_softmax(out, 1, False)
+    loss, total = _aten.nll_loss_forward(logp, y, None, _MEAN, _IGNORE)
+    return logp, loss, total
+
+
+def _ce_backward(one: torch.Tensor, logp: torch.Tensor, y: torch.Tensor, total: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """The gradient of ``F.cross_entropy`` in its input, from the forward's ``log_softmax``
+    output ``logp`` and total weight (the two backward kernels of autograd)."""
+    g = _aten.nll_loss_backward(one, logp, y, None, _MEAN, _IGNORE, total)
+    return _aten._log_softmax_backward_data(g, logp, 1, dtype)
+
+
 # --------------------------------------------------------------------------------------------
 # The last-layer L-BFGS solve: cross-entropy of one Linear layer
 # --------------------------------------------------------------------------------------------
@@ -143,8 +159,7 @@ class LinearCE:
             return self._last[1]
         with torch.no_grad():
             logits = F.linear(self.h, *params)
-            logp = torch._log_softmax(logits, 1, False)
-            ce, total = _aten.nll_loss_forward(logp, self.y, None, _MEAN, _IGNORE)
+            logp, ce, total = _ce_forward(logits, self.y)
         snap = [b.clone() for b in bits]
         self._last = (snap, (logits, logp, total, ce))
         self._seen.append((snap, ce))
@@ -171,8 +186,7 @@ class LinearCE:
                     diffs = [p.detach() - s for p, s in zip(params, start, strict=True)]
                     loss = ce + 0.5 * damping * sum((d ** 2).sum() for d in diffs)
                 one = torch.ones_like(loss)
-                g = _aten.nll_loss_backward(one, logp, self.y, None, _MEAN, _IGNORE, total)
-                g = _aten._log_softmax_backward_data(g, logp, 1, logits.dtype)
+                g = _ce_backward(one, logp, self.y, total, logits.dtype)
                 grads = [g.t().mm(self.h)]
                 if len(params) == 2:
                     grads.append(g.sum([0], keepdim=True).view(params[1].shape))
@@ -192,10 +206,8 @@ class LinearCE:
 # --------------------------------------------------------------------------------------------
 def _ce_grad(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``F.cross_entropy(out, y)`` and its gradient in ``out`` (the kernels of autograd)."""
-    logp = torch._log_softmax(out, 1, False)
-    loss, total = _aten.nll_loss_forward(logp, y, None, _MEAN, _IGNORE)
-    g = _aten.nll_loss_backward(torch.ones_like(loss), logp, y, None, _MEAN, _IGNORE, total)
-    return loss, _aten._log_softmax_backward_data(g, logp, 1, out.dtype)
+    logp, loss, total = _ce_forward(out, y)
+    return loss, _ce_backward(torch.ones_like(loss), logp, y, total, out.dtype)
 
 
 def _loss_grad(loss_fn: Callable, out: torch.Tensor, y: torch.Tensor
