@@ -2,7 +2,6 @@
 run, baselines reduce the loss, finished trials are skipped."""
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from beyondsgd.bench.run.runner import epoch_batches, run_trial
 from beyondsgd.bench.store import Store
 from beyondsgd.methods import METHODS
 from beyondsgd.methods.baselines import Adam
+from killing import kill_after_epochs
 
 BASELINES = ["sgd", "momentum", "adam", "adamw", "adagrad", "adadelta", "rmsprop"]
 FIELDS = {"epoch", "step", "train_seconds", "train_loss", "val_loss", "val_metric", "test_loss",
@@ -191,21 +191,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(KILL_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script), str(path)])
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline:
-            time.sleep(0.2)
-            if path.exists():
-                try:
-                    with Store(path) as st:
-                        rows = st.trials()
-                except Exception:
-                    continue
-                if rows and rows[0]["epochs_done"] >= 3:
-                    break
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_after_epochs(proc, path, 3, poll=0.2)
     with Store(path) as st:
         (t,) = st.trials()
         assert t["status"] == "running" and 3 <= t["epochs_done"] < 8

@@ -6,12 +6,9 @@ built-in problems (resume after kill -9 with identical numbers)."""
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from beyondsgd.bench.protocol.tuning import Budget, sample_configs, search_space
 from beyondsgd.bench.run.runner import run_trial
 from beyondsgd.bench.store import Store
 from beyondsgd.cli import main
+from killing import kill_after_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "image_problem.py"
@@ -261,21 +259,7 @@ def test_a_streamed_user_problem_resumes_after_kill_9_with_identical_numbers(use
     script = tmp_path / "train.py"
     script.write_text(KILL_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script), str(path), f"{user_file}:streamed"])
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline:
-            time.sleep(0.1)
-            if path.exists():
-                try:
-                    with Store(path, readonly=True) as st:
-                        rows = st.trials()
-                except Exception:
-                    continue
-                if rows and rows[0]["epochs_done"] >= 2:
-                    break
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_after_epochs(proc, path, 2)
     with Store(path) as st:
         assert st.trials()[0]["status"] == "running"
         load_ref(f"{user_file}:streamed")
